@@ -1,0 +1,46 @@
+# One entry point for humans and CI. Every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PY310 := $(shell command -v python3.10 2>/dev/null || echo "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.10.13/bin/python")
+VENV := .venv
+UV := $(VENV)/bin/uv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.5.31
+
+.PHONY: setup setup-test run-local test bench lock clean
+
+$(UV):
+	@test -x "$(PY310)" || { echo "error: Python 3.10 not found (looked for python3.10 and pyenv's 3.10.13); install it with 'pyenv install 3.10.13'" >&2; exit 1; }
+	$(PY310) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.main.stamp: $(UV) requirements/main.lock pyproject.toml
+	$(UV) pip install --python $(PY) --quiet -r requirements/main.lock
+	$(UV) pip install --python $(PY) --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(VENV)/.test.stamp: $(VENV)/.main.stamp requirements/test.lock
+	$(UV) pip install --python $(PY) --quiet -r requirements/test.lock
+	@touch $@
+
+setup: $(VENV)/.main.stamp
+setup-test: $(VENV)/.test.stamp
+
+## The main job on the embedded default: synthetic data -> ingest -> TFDV, with a summary.
+run-local: setup
+	$(VENV)/bin/deblur run-local $(ARGS)
+
+## The test suite (what CI runs).
+test: setup-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## Benchmarks (not tests): results go to benchmarks/results/.
+bench: setup-test
+	$(PY) -m benchmarks.ingest_bench
+
+## Re-resolve the locks from requirements/*.in within the measured reference set.
+lock: $(UV)
+	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/main.in -o requirements/main.lock
+	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/test.in -o requirements/test.lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info
