@@ -1,0 +1,254 @@
+"""`deblur`: the command line of the pipeline (SPEC section 9).
+
+User mistakes (bad paths, bad options, a layout that does not match, too much quarantined)
+end with one line `deblur: error: ...` on stderr and a non-zero exit code; tracebacks are
+reserved for bugs. Heavy libraries (Beam, TensorFlow, TFX) are imported only by the commands
+that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from typing import List, Optional, Sequence
+
+EXIT_USAGE = 2  # bad arguments / inputs
+EXIT_FAILED = 1  # the work ran and its result is not acceptable
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="apache_beam")
+    if not verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def _size(text: str):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}")
+    return h, w
+
+
+# --------------------------------------------------------------------------------------------
+def cmd_synth_data(args) -> int:
+    from deblur import synth
+
+    t0 = time.time()
+    summary = synth.generate(args.out, pairs=args.pairs, size=args.size, seed=args.seed,
+                             test_pairs=args.test_pairs, progress=True)
+    print(json.dumps(summary, indent=2) if args.json else
+          f"in-domain (GoPro layout): {summary['in_domain']['root']}  train {summary['in_domain']['train']}"
+          f" / test {summary['in_domain']['test']} pairs\n"
+          f"out-of-domain (RealBlur layout): {summary['out_of_domain']['root']}  train "
+          f"{summary['out_of_domain']['train']} / test {summary['out_of_domain']['test']} pairs\n"
+          f"done in {time.time() - t0:.1f} s")
+    return 0
+
+
+def _clear_output(out: str, overwrite: bool) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    from components.ingest import beam_ingest as bi
+
+    existing = [m.path for m in FileSystems.match([out.rstrip("/") + "/*"])[0].metadata_list] \
+        if FileSystems.exists(out) else []
+    if not existing and not FileSystems.exists(f"{out.rstrip('/')}/{bi.SUMMARY_FILE}"):
+        return
+    if not overwrite:
+        raise UserError(f"{out} already holds an ingest output; pass --overwrite to replace it")
+    for sub in FileSystems.match([out.rstrip("/") + "/**"])[0].metadata_list:
+        FileSystems.delete([sub.path])
+
+
+def cmd_ingest(args, beam_args: List[str]) -> int:
+    from components.ingest import beam_ingest as bi
+
+    subsets = None if args.split in (None, "", "all") else [s for s in args.split.split(",") if s]
+    source = bi.IngestSource(layout=args.layout, root=args.root, subsets=subsets,
+                             dataset=args.dataset, domain=args.domain, blur_kind=args.blur_kind)
+    options = bi.IngestOptions(max_quarantine_fraction=args.max_quarantine_fraction,
+                               train_crop_size=args.crop_size)
+    if args.workers > 1:
+        beam_args = [f"--direct_num_workers={args.workers}",
+                     "--direct_running_mode=multi_processing"] + beam_args
+    _clear_output(args.out, args.overwrite)
+    t0 = time.time()
+    print(f"listing {args.root} ({args.layout} layout)...", file=sys.stderr)
+    plan = bi.plan_ingest([source], options)
+    print(f"{len(plan.candidates)} inputs in split(s) {', '.join(plan.splits)}; "
+          f"running the Beam pipeline...", file=sys.stderr)
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        bi.expand_ingest(p, plan, args.out)
+    try:
+        summary = bi.finalize_ingest(plan, args.out)
+    except bi.IngestError as e:
+        print(f"deblur: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(f"{summary['inputs']} inputs = {summary['written']} written + "
+              f"{summary['quarantined']} quarantined in {time.time() - t0:.1f} s -> {args.out}")
+        for split, c in summary["splits"].items():
+            print(f"  {split}: {c['written']} examples in {c['num_shards']} shard(s), "
+                  f"{c['quarantined']} quarantined")
+        for reason, n in summary["quarantine_by_reason"].items():
+            print(f"  quarantined {reason}: {n}  (see {summary['quarantine_file']})")
+    return 0
+
+
+class _ComponentProgress(logging.Filter):
+    """Lets LocalDagRunner's 'Component X is running/finished' lines through as progress."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Component ") and msg.endswith(("is running.", "is finished.")):
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+        return record.levelno >= logging.WARNING
+
+
+def _ensure_synthetic_data(cfg) -> None:
+    from deblur import synth
+
+    root = cfg.synthetic_root()
+    s = cfg.data.synthetic
+    marker = os.path.join(root, "synth.json")
+    want = {"pairs": s.pairs, "test_pairs": s.test_pairs, "size": list(s.size), "seed": s.seed}
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f).get("params") == want:
+                print(f"synthetic data: reusing {root}", file=sys.stderr)
+                return
+    print(f"synthetic data: generating {s.pairs} train + {s.test_pairs} test in-domain and "
+          f"{s.test_pairs} out-of-domain test pairs of {s.size[0]}x{s.size[1]} in {root}",
+          file=sys.stderr)
+    summary = synth.generate(root, pairs=s.pairs, size=tuple(s.size), seed=s.seed,
+                             test_pairs=s.test_pairs, progress=True)
+    with open(marker, "w") as f:
+        json.dump({"params": want, "summary": summary}, f, indent=2)
+
+
+def cmd_run_local(args) -> int:
+    from pipelines import config as config_lib
+
+    cfg = config_lib.load(args.config)
+    if args.work_dir:
+        cfg.runner.work_dir = args.work_dir
+    if not cfg.data.sources:
+        _ensure_synthetic_data(cfg)
+    from pipelines import local_runner, summary
+
+    logging.getLogger().addFilter(_ComponentProgress())
+    for h in logging.getLogger().handlers:
+        h.addFilter(_ComponentProgress())
+    logging.getLogger().setLevel(logging.INFO)
+    t0 = time.time()
+    try:
+        local_runner.run(cfg)
+    finally:
+        logging.getLogger().setLevel(logging.WARNING)
+    s = summary.build_summary(os.path.abspath(cfg.runner.resolved_metadata_path()),
+                              cfg.runner.pipeline_name)
+    s["seconds"] = round(time.time() - t0, 1)
+    out = os.path.join(cfg.runner.work_dir, "summary.json")
+    with open(out, "w") as f:
+        json.dump(s, f, indent=2, sort_keys=True)
+    print(summary.format_summary(s))
+    print(f"done in {s['seconds']} s; summary written to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deblur", description=__doc__.splitlines()[0])
+    p.add_argument("--verbose", action="store_true", help="library logs at INFO")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth-data", help="write the synthetic in- and out-of-domain data sets")
+    s.add_argument("out")
+    s.add_argument("--pairs", type=int, default=8, help="in-domain training pairs")
+    s.add_argument("--test-pairs", type=int, default=None,
+                   help="in-domain and out-of-domain test pairs (default max(2, pairs/2))")
+    s.add_argument("--size", type=_size, default=(256, 256), help="HxW (default 256x256)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+
+    from components.ingest.layouts import LAYOUTS
+
+    s = sub.add_parser("ingest", help="Beam ingest of a paired dataset into sharded TFRecords",
+                       epilog="Arguments after a lone '--' go to Beam, e.g. "
+                              "-- --runner=DataflowRunner --project=P --region=R "
+                              "--temp_location=gs://B/tmp")
+    s.add_argument("--layout", required=True, choices=LAYOUTS)
+    s.add_argument("--root", required=True, help="dataset root: local path or gs:// URI")
+    s.add_argument("--out", required=True, help="output dir (local or gs://)")
+    s.add_argument("--split", default=None,
+                   help="subset(s) to ingest, comma-separated (train,test,val,all); default all")
+    s.add_argument("--dataset", default=None, help="dataset name stored in each example")
+    s.add_argument("--domain", choices=("in", "out"), default=None,
+                   help="default: in for gopro/folder, out for the others")
+    s.add_argument("--blur-kind", default="blur", choices=("blur", "blur_gamma"),
+                   help="GoPro: which blurry frames")
+    s.add_argument("--max-quarantine-fraction", type=float, default=0.05)
+    s.add_argument("--crop-size", type=int, default=128,
+                   help="training crop; smaller images in a train split are quarantined")
+    s.add_argument("--workers", type=int, default=1, help="DirectRunner worker processes")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
+    s.add_argument("--config", default=None, help="JSON or YAML config (pipelines/config.py)")
+    s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    beam_args: List[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, beam_args = argv[:i], argv[i + 1 :]
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
+    try:
+        if args.command == "synth-data":
+            return cmd_synth_data(args)
+        if args.command == "ingest":
+            return cmd_ingest(args, beam_args)
+        if args.command == "run-local":
+            return cmd_run_local(args)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        # LayoutError and ConfigError are ValueErrors too. --verbose keeps the traceback.
+        if args.verbose:
+            raise
+        print(f"deblur: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as e:
+        # The pipeline ran and stopped on its own rule (quarantine bound, data anomalies).
+        if type(e).__name__ not in ("IngestError", "DataValidationError") or args.verbose:
+            raise
+        print(f"deblur: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("deblur: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

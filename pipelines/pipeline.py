@@ -1,0 +1,38 @@
+"""create_pipeline(config): the pure pipeline definition, shared by every runner.
+
+    DeblurIngest ─> StatisticsGen ─> ExampleValidator ─> ValidationGate (stops on anomalies)
+                    ImportSchemaGen ─┘    └──────────> DomainDriftReport (in- vs out-of-domain)
+
+Later stages (Trainer -> DeblurEvaluator -> pusher) attach after the ValidationGate.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from tfx.v1.components import ExampleValidator, ImportSchemaGen, StatisticsGen
+from tfx.orchestration import pipeline as tfx_pipeline
+
+from components.ingest.component import DeblurIngest
+from components.validation_component import DomainDriftReport, ValidationGate
+from pipelines.config import PipelineConfig
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
+                    pipeline_root: Optional[str] = None) -> tfx_pipeline.Pipeline:
+    ingest = DeblurIngest(sources=config.ingest_sources(), options=config.ingest)
+    statistics = StatisticsGen(examples=ingest.outputs["examples"])
+    schema = ImportSchemaGen(schema_file=config.validation.schema_path)
+    validator = ExampleValidator(statistics=statistics.outputs["statistics"],
+                                 schema=schema.outputs["schema"])
+    gate = ValidationGate(anomalies=validator.outputs["anomalies"])
+    drift = DomainDriftReport(statistics=statistics.outputs["statistics"],
+                              schema=schema.outputs["schema"],
+                              baseline_split=config.validation.drift_baseline_split)
+    return tfx_pipeline.Pipeline(
+        pipeline_name=config.runner.pipeline_name,
+        pipeline_root=pipeline_root or config.runner.resolved_pipeline_root(),
+        components=[ingest, statistics, schema, validator, gate, drift],
+        enable_cache=config.runner.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.runner.beam_args),
+    )

@@ -1,0 +1,82 @@
+"""The main job's printed summary, read back from ML Metadata (not from in-process state), so
+it describes what the pipeline actually recorded for its latest run."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components import validation
+from components.ingest.beam_ingest import SUMMARY_FILE
+
+
+def latest_run_artifacts(metadata_path: str, pipeline_name: str) -> Dict[str, List]:
+    """{artifact type name: [artifacts]} of the newest pipeline_run context of the pipeline."""
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = metadata_path
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(cfg)
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_ctx is None:
+        raise RuntimeError(f"no run of pipeline {pipeline_name} in {metadata_path}")
+    in_pipeline = {a.id for a in store.get_artifacts_by_context(pipeline_ctx.id)}
+    runs = [c for c in store.get_contexts_by_type("pipeline_run")
+            if any(a.id in in_pipeline for a in store.get_artifacts_by_context(c.id))]
+    if not runs:
+        raise RuntimeError(f"no run of pipeline {pipeline_name} in {metadata_path}")
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    out: Dict[str, List] = {}
+    for a in store.get_artifacts_by_context(run.id):
+        if a.id in in_pipeline:
+            out.setdefault(types[a.type_id], []).append(a)
+    out["_run"] = [run]
+    return out
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _split_names(artifact) -> List[str]:
+    return json.loads(artifact.properties["split_names"].string_value)
+
+
+def build_summary(metadata_path: str, pipeline_name: str) -> dict:
+    arts = latest_run_artifacts(metadata_path, pipeline_name)
+    summary = {"pipeline_run": arts["_run"][0].name}
+    if "Examples" in arts:
+        ex = arts["Examples"][0]
+        summary["examples_uri"] = ex.uri
+        summary["ingest"] = _read_json(os.path.join(ex.uri, SUMMARY_FILE))
+    if "ExampleAnomalies" in arts:
+        an = arts["ExampleAnomalies"][0]
+        summary["anomalies"] = validation.anomalies_by_split(an.uri, _split_names(an))
+    if "DomainDrift" in arts:
+        summary["drift"] = _read_json(os.path.join(arts["DomainDrift"][0].uri, validation.DRIFT_FILE))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"pipeline run {s['pipeline_run']}"]
+    ing = s.get("ingest")
+    if ing:
+        lines.append(f"ingest: {ing['inputs']} inputs = {ing['written']} written + "
+                     f"{ing['quarantined']} quarantined "
+                     f"({', '.join(f'{k} {v}' for k, v in ing['quarantine_by_reason'].items()) or 'none'})"
+                     f" -> {s['examples_uri']}")
+        for split, c in ing["splits"].items():
+            lines.append(f"  {split:10s} {c['written']:5d} examples in {c['num_shards']} shard(s)")
+    if "anomalies" in s:
+        bad = {k: v for k, v in s["anomalies"].items() if v}
+        lines.append("TFDV validation against schemas/schema.pbtxt: "
+                     + ("no anomalies" if not bad else f"ANOMALIES in {', '.join(bad)}"))
+        for split, msgs in bad.items():
+            lines.extend(f"  {split}: {m}" for m in msgs)
+    if "drift" in s:
+        lines.append(validation.format_drift(s["drift"]))
+    return "\n".join(lines)
