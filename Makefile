@@ -1,6 +1,7 @@
 # One entry point for humans and CI. Every target installs what it needs into .venv first.
 SHELL := /bin/bash
-PY310 := $(shell command -v python3.10 2>/dev/null || echo "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.10.13/bin/python")
+# A Python 3.10 that really runs (a pyenv shim may exist without resolving to 3.10).
+PY310 := $(shell for p in "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.10*/bin/python3.10 $$(command -v python3.10) /usr/bin/python3.10 /usr/local/bin/python3.10; do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 VENV := .venv
 UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
