@@ -82,8 +82,9 @@ def box_downsample(gray: np.ndarray, factor: int) -> np.ndarray:
 
 
 def gray_pyramid(rgb: np.ndarray) -> Dict[int, np.ndarray]:
-    """{factor: level} for factors 2, 4, 8 (float64). Each level is computed from the luma
-    itself (not from the previous level), which matters when a side is not a multiple of 8."""
+    """{factor: level} for factors 2, 4, 8 (float64), each computed directly from the luma.
+    (Chaining box means level by level gives the same blocks, since floor(floor(H/2)/2) =
+    floor(H/4); computing from the luma avoids compounding float rounding.)"""
     y = luma(rgb)
     return {f: box_downsample(y, f) for f in PYRAMID_FACTORS}
 

@@ -205,3 +205,18 @@ def test_layout_mistakes_are_clear_errors(tmp_path):
         run_ingest([IngestSource("gopro", str(tmp_path / "x"))], str(tmp_path / "o"))
     with pytest.raises(L.LayoutError, match="no files found"):
         run_ingest([IngestSource("gopro", str(tmp_path / "missing"))], str(tmp_path / "o"))
+
+
+def test_credential_failures_fail_the_run_instead_of_quarantining(tmp_path, monkeypatch):
+    import google.auth.exceptions
+
+    from components.ingest import beam_ingest
+
+    fx.write_pair(str(tmp_path / "f/blur/a.png"), str(tmp_path / "f/sharp/a.png"), (16, 16), 0)
+
+    def no_credentials(uri):
+        raise google.auth.exceptions.DefaultCredentialsError("no credentials for " + uri)
+
+    monkeypatch.setattr(beam_ingest, "read_bytes", no_credentials)
+    with pytest.raises(Exception, match="no credentials for"):
+        ingest(tmp_path, IngestSource("folder", str(tmp_path / "f")))

@@ -192,10 +192,20 @@ class ProcessPairFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(self.QUARANTINE, (split, c))
 
 
+def _is_infrastructure_error(e: BaseException) -> bool:
+    """Credentials / permission failures say nothing about the file: they fail the run
+    instead of quarantining every input as unreadable."""
+    name, module = type(e).__name__, type(e).__module__
+    return module.startswith("google.auth") or name in ("Forbidden", "Unauthorized",
+                                                        "DefaultCredentialsError")
+
+
 def _read(uri: str) -> bytes:
     try:
         return read_bytes(uri)
     except Exception as e:  # noqa: BLE001 - a missing/unreadable file is a quarantine reason
+        if _is_infrastructure_error(e) or _is_infrastructure_error(e.__cause__ or e):
+            raise
         raise decode.Quarantine(L.UNREADABLE, f"{uri}: {type(e).__name__}: {e}")
 
 

@@ -1,0 +1,72 @@
+"""The deblur command: results, one-line errors and exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from deblur import cli
+from tests import fixtures as fx
+
+
+def _gopro(root, n=3, size=(24, 32)):
+    for i in range(n):
+        d = root / "GOPRO_Large" / "test" / "SEQ"
+        fx.write_pair(str(d / "blur" / f"{i}.png"), str(d / "sharp" / f"{i}.png"), size, i)
+
+
+def test_ingest_prints_counts_and_writes_summary(tmp_path, capsys):
+    _gopro(tmp_path / "src")
+    out = tmp_path / "out"
+    assert cli.main(["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"),
+                     "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["written"] == 3 and summary["splits"]["test"]["written"] == 3
+    assert json.loads((out / "summary.json").read_text())["written"] == 3
+    # the same output again needs --overwrite
+    assert cli.main(["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"),
+                     "--out", str(out)]) == cli.EXIT_USAGE
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"),
+                     "--out", str(out), "--overwrite", "--split", "test"]) == 0
+    assert "3 inputs = 3 written + 0 quarantined" in capsys.readouterr().out
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    _gopro(tmp_path / "src")
+    cases = [
+        ["ingest", "--layout", "realblur", "--root", str(tmp_path / "src"), "--out", str(tmp_path / "o1")],
+        ["ingest", "--layout", "gopro", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")],
+        ["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"), "--out", str(tmp_path / "o3"),
+         "--split", "train"],
+        ["synth-data", str(tmp_path / "s"), "--pairs", "0"],
+    ]
+    errors = []
+    for argv in cases:
+        assert cli.main(argv) == cli.EXIT_USAGE, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("deblur: error: "), (argv, err)
+        assert "Traceback" not in "\n".join(err)
+        errors.append(err[-1])
+    assert "no RealBlur" in errors[0] and "no files found" in errors[1]
+    assert "for subset(s) train (found: test)" in errors[2] and "pairs" in errors[3]
+
+
+def test_quarantine_bound_exits_1(tmp_path, capsys):
+    _gopro(tmp_path / "src", n=2)
+    fx.write(str(tmp_path / "src/GOPRO_Large/test/SEQ/blur/lonely.png"), fx.png_bytes(fx.rgb(24, 32, 9)))
+    code = cli.main(["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"),
+                     "--out", str(tmp_path / "out"), "--max-quarantine-fraction", "0.2"])
+    assert code == cli.EXIT_FAILED
+    assert "1 of 3 inputs quarantined" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2_without_traceback(tmp_path):
+    # argparse's own errors, through the installed console script
+    exe = os.path.join(os.path.dirname(sys.executable), "deblur")
+    r = subprocess.run([exe, "ingest", "--layout", "nope", "--root", "x", "--out", "y"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([exe, "synth-data", str(tmp_path), "--size", "big"], capture_output=True, text=True)
+    assert r.returncode == 2 and "expected HxW" in r.stderr
