@@ -1,0 +1,145 @@
+"""tf.data input of the guided icDPM from the ingest's GZIP TFRecords (docs/data.md).
+
+Training element (images and pyramid levels scaled from [0, 1] to [-1, 1]):
+    x        sharp crop      (crop, crop, 3)         the clean image
+    y        blurry crop     (crop, crop, 3)         the condition
+    phi      {k: (crop/k, crop/k, 1)}  blurry gray pyramid level + N(0, sigma^2): phi_k(y)
+    target   {k: (crop/k, crop/k, 1 or 3)}  sharp gray level (or box-downsampled RGB): phi_k(x)
+
+Crops start at offsets that are multiples of 8 so that pyramid level k covers exactly the
+crop's pixels (level cell (i, j) = pixels [k i, k i + k)); flips are applied to every tensor
+of an example together.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Sequence
+
+import tensorflow as tf
+
+from deblur import example_format as ef
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    examples_dir: str = ""  # an ingest output (Examples artifact) folder
+    train_split: str = "train"
+    crop_size: int = 128
+    scales: Sequence[int] = (2, 4, 8)
+    target: str = "gray"  # "gray" | "rgb": what R_k regresses
+    guidance_noise_sigma: float = 0.0  # sigma of n in phi_k(y), in the [-1, 1] scale
+    random_flips: bool = True
+    shuffle_buffer: int = 256
+    interleave_cycle: int = 8
+
+    def __post_init__(self):
+        if self.crop_size % ef.ALIGNMENT or self.crop_size <= 0:
+            raise ValueError(f"crop_size must be a positive multiple of {ef.ALIGNMENT}")
+        if not set(self.scales) <= set(ef.PYRAMID_FACTORS) or not self.scales:
+            raise ValueError(f"scales must be a non-empty subset of {ef.PYRAMID_FACTORS}")
+        if self.target not in ("gray", "rgb"):
+            raise ValueError("target must be 'gray' or 'rgb'")
+
+
+FEATURE_SPEC = {
+    **{k: tf.io.FixedLenFeature([], tf.string) for k in ef.BYTES_KEYS},
+    **{k: tf.io.FixedLenFeature([], tf.int64) for k in ef.INT_KEYS},
+    **{k: tf.io.FixedLenFeature([], tf.float32) for k in ef.FLOAT_KEYS},
+}
+
+
+def split_files(examples_dir: str, split: str) -> Sequence[str]:
+    files = sorted(tf.io.gfile.glob(f"{examples_dir.rstrip('/')}/Split-{split}/*.gz"))
+    if not files:
+        raise ValueError(f"no TFRecord files for split {split!r} under {examples_dir}")
+    return files
+
+
+def parse_full(serialized: tf.Tensor, scales: Sequence[int] = ef.PYRAMID_FACTORS) -> Dict[str, tf.Tensor]:
+    """One serialized example -> full-resolution tensors in [0, 1] (uint8 images as float)."""
+    f = tf.io.parse_single_example(serialized, {k: FEATURE_SPEC[k] for k in
+                                                ("blurry", "sharp", "height", "width", "pair_id",
+                                                 "dataset", "domain")
+                                                + tuple(ef.pyramid_key(i, s) for i in ef.IMAGE_KEYS
+                                                        for s in scales)})
+    h, w = tf.cast(f["height"], tf.int32), tf.cast(f["width"], tf.int32)
+    out = {k: f[k] for k in ("pair_id", "dataset", "domain")}
+    out["height"], out["width"] = h, w
+    for key in ef.IMAGE_KEYS:
+        img = tf.io.decode_png(f[key], channels=3)
+        out[key] = tf.image.convert_image_dtype(img, tf.float32)  # [0, 1]
+        for s in scales:
+            level = tf.io.decode_raw(f[ef.pyramid_key(key, s)], tf.float32)
+            out[f"{key}_x{s}"] = tf.reshape(level, [h // s, w // s, 1])
+    return out
+
+
+def _to_signed(x: tf.Tensor) -> tf.Tensor:
+    return x * 2.0 - 1.0
+
+
+def random_aligned_crop(ex: Dict[str, tf.Tensor], crop: int, scales: Sequence[int],
+                        seed: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+    """Crop at offsets that are multiples of 8; each pyramid level is cropped to match."""
+    h, w = ex["height"], ex["width"]
+    a = ef.ALIGNMENT
+    ny, nx = (h - crop) // a + 1, (w - crop) // a + 1
+    if seed is None:
+        oy = tf.random.uniform([], 0, ny, dtype=tf.int32) * a
+        ox = tf.random.uniform([], 0, nx, dtype=tf.int32) * a
+    else:
+        oy = tf.random.stateless_uniform([], seed, 0, ny, dtype=tf.int32) * a
+        ox = tf.random.stateless_uniform([], seed + 1, 0, nx, dtype=tf.int32) * a
+    out = {}
+    for key in ef.IMAGE_KEYS:
+        out[key] = ex[key][oy : oy + crop, ox : ox + crop]
+        out[key].set_shape([crop, crop, 3])
+        for s in scales:
+            lvl = ex[f"{key}_x{s}"][oy // s : oy // s + crop // s, ox // s : ox // s + crop // s]
+            lvl.set_shape([crop // s, crop // s, 1])
+            out[f"{key}_x{s}"] = lvl
+    return out
+
+
+def _flip(ex: Dict[str, tf.Tensor], axis: int, do: tf.Tensor) -> Dict[str, tf.Tensor]:
+    return {k: tf.cond(do, lambda v=v: tf.reverse(v, [axis]), lambda v=v: v) for k, v in ex.items()}
+
+
+def training_element(ex: Dict[str, tf.Tensor], cfg: DataConfig) -> Dict[str, object]:
+    """Crop, flip, scale to [-1, 1], add the guidance noise, build the regression targets."""
+    c = random_aligned_crop(ex, cfg.crop_size, cfg.scales)
+    if cfg.random_flips:
+        c = _flip(c, 1, tf.random.uniform([]) < 0.5)  # left-right
+        c = _flip(c, 0, tf.random.uniform([]) < 0.5)  # up-down
+    x, y = _to_signed(c["sharp"]), _to_signed(c["blurry"])
+    phi, target = {}, {}
+    for s in cfg.scales:
+        clean = _to_signed(c[f"blurry_x{s}"])
+        noise = tf.random.normal(tf.shape(clean), stddev=cfg.guidance_noise_sigma)
+        phi[s] = clean + noise if cfg.guidance_noise_sigma > 0 else clean
+        if cfg.target == "gray":
+            target[s] = _to_signed(c[f"sharp_x{s}"])
+        else:  # box-downsampled RGB of x; exact because the crop is aligned to 8
+            target[s] = tf.nn.avg_pool2d(x[None], s, s, "VALID")[0]
+    return {"x": x, "y": y, "phi": phi, "target": target}
+
+
+def training_dataset(cfg: DataConfig, batch_size: int, *, input_context=None,
+                     seed: Optional[int] = None, repeat: bool = True) -> tf.data.Dataset:
+    """Batches of training elements (batch_size is per replica under tf.distribute)."""
+    files = split_files(cfg.examples_dir, cfg.train_split)
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=cfg.interleave_cycle, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=seed is not None)
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
+    ds = ds.map(lambda s: training_element(parse_full(s, cfg.scales), cfg),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
