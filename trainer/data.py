@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from deblur import example_format as ef
@@ -79,17 +80,13 @@ def _to_signed(x: tf.Tensor) -> tf.Tensor:
 
 
 def random_aligned_crop(ex: Dict[str, tf.Tensor], crop: int, scales: Sequence[int],
-                        seed: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+                        seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Crop at offsets that are multiples of 8; each pyramid level is cropped to match."""
     h, w = ex["height"], ex["width"]
     a = ef.ALIGNMENT
     ny, nx = (h - crop) // a + 1, (w - crop) // a + 1
-    if seed is None:
-        oy = tf.random.uniform([], 0, ny, dtype=tf.int32) * a
-        ox = tf.random.uniform([], 0, nx, dtype=tf.int32) * a
-    else:
-        oy = tf.random.stateless_uniform([], seed, 0, ny, dtype=tf.int32) * a
-        ox = tf.random.stateless_uniform([], seed + 1, 0, nx, dtype=tf.int32) * a
+    oy = tf.random.stateless_uniform([], seed, 0, ny, dtype=tf.int32) * a
+    ox = tf.random.stateless_uniform([], seed + 1, 0, nx, dtype=tf.int32) * a
     out = {}
     for key in ef.IMAGE_KEYS:
         out[key] = ex[key][oy : oy + crop, ox : ox + crop]
@@ -105,22 +102,31 @@ def _flip(ex: Dict[str, tf.Tensor], axis: int, do: tf.Tensor) -> Dict[str, tf.Te
     return {k: tf.cond(do, lambda v=v: tf.reverse(v, [axis]), lambda v=v: v) for k, v in ex.items()}
 
 
-def training_element(ex: Dict[str, tf.Tensor], cfg: DataConfig) -> Dict[str, object]:
-    """Crop, flip, scale to [-1, 1], add the guidance noise, build the regression targets."""
-    c = random_aligned_crop(ex, cfg.crop_size, cfg.scales)
+def training_element(ex: Dict[str, tf.Tensor], cfg: DataConfig, seed: tf.Tensor) -> Dict[str, object]:
+    """Crop, flip, scale to [-1, 1], add the guidance noise, build the regression targets.
+
+    All randomness is stateless, from `seed` (int64 [2]): an input pipeline made of stateless
+    ops can be checkpointed (tf.data refuses to serialize stateful random ops), so a resumed
+    training run continues with exactly the crops and noise it would have seen."""
+    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    c = random_aligned_crop(ex, cfg.crop_size, cfg.scales, seed=s[0])
     if cfg.random_flips:
-        c = _flip(c, 1, tf.random.uniform([]) < 0.5)  # left-right
-        c = _flip(c, 0, tf.random.uniform([]) < 0.5)  # up-down
+        flips = tf.random.stateless_uniform([2], s[1]) < 0.5
+        c = _flip(c, 1, flips[0])  # left-right
+        c = _flip(c, 0, flips[1])  # up-down
     x, y = _to_signed(c["sharp"]), _to_signed(c["blurry"])
     phi, target = {}, {}
-    for s in cfg.scales:
-        clean = _to_signed(c[f"blurry_x{s}"])
-        noise = tf.random.normal(tf.shape(clean), stddev=cfg.guidance_noise_sigma)
-        phi[s] = clean + noise if cfg.guidance_noise_sigma > 0 else clean
+    noise_seeds = tf.random.experimental.stateless_split(s[2], len(cfg.scales))
+    for i, k in enumerate(cfg.scales):
+        clean = _to_signed(c[f"blurry_x{k}"])
+        if cfg.guidance_noise_sigma > 0:
+            clean = clean + cfg.guidance_noise_sigma * tf.random.stateless_normal(
+                tf.shape(clean), noise_seeds[i])
+        phi[k] = clean
         if cfg.target == "gray":
-            target[s] = _to_signed(c[f"sharp_x{s}"])
+            target[k] = _to_signed(c[f"sharp_x{k}"])
         else:  # box-downsampled RGB of x; exact because the crop is aligned to 8
-            target[s] = tf.nn.avg_pool2d(x[None], s, s, "VALID")[0]
+            target[k] = tf.nn.avg_pool2d(x[None], k, k, "VALID")[0]
     return {"x": x, "y": y, "phi": phi, "target": target}
 
 
@@ -139,7 +145,10 @@ def training_dataset(cfg: DataConfig, batch_size: int, *, input_context=None,
         cycle_length=cfg.interleave_cycle, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=seed is not None)
     ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
-    ds = ds.map(lambda s: training_element(parse_full(s, cfg.scales), cfg),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+    base = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+    ds = ds.enumerate().map(
+        lambda i, s: training_element(parse_full(s, cfg.scales), cfg,
+                                      tf.stack([tf.constant(base, tf.int64), i])),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,121 @@
+"""One typed config per experiment (google-research/vdm style): model, diffusion, data, train.
+
+    exp = get("S+Guide-S")                       # the paper's recipe at size S + Guide-S
+    exp = get("tiny", train={"steps": 300})      # CPU-sized, for tests and the local pipeline
+
+Every preset uses the paper's training recipe (SPEC section 5) except "tiny", which shrinks
+the model, the batch, the crop and the warm-ups so a few CPU minutes show learning.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+from trainer import data as data_lib
+from trainer.diffusion import DiffusionConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    crop_size: int = 128
+    random_flips: bool = True
+    shuffle_buffer: int = 256
+    train_split: str = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1_000_000
+    global_batch_size: int = 256
+    learning_rate: float = 1e-4
+    lr_warmup_steps: int = 20_000
+    dpm_warmup_steps: int = 60_000  # w(step): 0 -> 1 (regression-only warm start)
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    ema_decay: float = 0.9999
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 3
+    log_every: int = 100
+    image_summary_every: int = 5_000
+    seed: int = 0
+    mixed_precision: str = "float32"  # "float32" | "bfloat16" (TPU)
+    strategy: str = "auto"  # "auto" | "default" | "mirrored"
+    tpu: Optional[str] = None  # TPU name or grpc:// address -> TPUStrategy
+
+    def __post_init__(self):
+        if self.steps < 1 or self.global_batch_size < 1:
+            raise ValueError("steps and global_batch_size must be >= 1")
+        if self.mixed_precision not in ("float32", "bfloat16"):
+            raise ValueError("mixed_precision must be float32 or bfloat16")
+        if min(self.checkpoint_every, self.log_every, self.image_summary_every) < 1:
+            raise ValueError("checkpoint_every, log_every and image_summary_every must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: Any  # trainer.model.ModelConfig
+    diffusion: DiffusionConfig = DiffusionConfig()
+    data: DataSection = DataSection()
+    train: TrainConfig = TrainConfig()
+
+    def data_config(self, examples_dir: str) -> data_lib.DataConfig:
+        m = self.model
+        return data_lib.DataConfig(
+            examples_dir=examples_dir, train_split=self.data.train_split,
+            crop_size=self.data.crop_size, scales=tuple(m.guidance_scales),
+            target=m.guidance_target, guidance_noise_sigma=m.guidance_noise_sigma,
+            random_flips=self.data.random_flips, shuffle_buffer=self.data.shuffle_buffer)
+
+    def replace(self, **sections: Dict[str, Any]) -> "Experiment":
+        """exp.replace(train={"steps": 10}, model={"guidance": "none"})"""
+        kw = {}
+        for name, changes in sections.items():
+            if name == "name":
+                kw[name] = changes
+                continue
+            current = getattr(self, name)
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"unknown experiment section {name!r}")
+            fields = {f.name for f in dataclasses.fields(current)}
+            unknown = set(changes) - fields
+            if unknown:
+                raise ValueError(f"{name}: unknown field(s) {', '.join(sorted(unknown))}")
+            kw[name] = dataclasses.replace(current, **changes)
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Experiment":
+        from trainer.model import ModelConfig
+
+        return cls(name=d["name"], model=ModelConfig(**_tuples(d["model"])),
+                   diffusion=DiffusionConfig(**d["diffusion"]), data=DataSection(**d["data"]),
+                   train=TrainConfig(**d["train"]))
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+TINY_TRAIN = TrainConfig(
+    steps=300, global_batch_size=8, learning_rate=2e-4, lr_warmup_steps=20,
+    dpm_warmup_steps=100, ema_decay=0.99, checkpoint_every=50, log_every=10,
+    image_summary_every=100)
+
+PRESETS = ("tiny", "icDPM-S", "icDPM-L", "S+Guide-S", "S+Guide-L", "L+Guide-S", "L+Guide-L")
+
+
+def get(name: str, **overrides) -> Experiment:
+    from trainer.model import preset
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(PRESETS)}")
+    if name == "tiny":
+        exp = Experiment(name, preset("tiny"), data=DataSection(crop_size=64, shuffle_buffer=64),
+                         train=TINY_TRAIN)
+    else:
+        exp = Experiment(name, preset(name))
+    return exp.replace(**overrides) if overrides else exp

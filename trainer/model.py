@@ -1,0 +1,349 @@
+"""The guided icDPM of "Multiscale Structure Guided Diffusion for Image Deblurring" (paper sec. 3).
+
+Two Keras 3 functional models (docs/model.md maps every part to the paper):
+
+  guidance_net  {"x2": phi_2, "x4": phi_4, "x8": phi_8}  (B, H/k, W/k, C_phi)
+                -> ({"x2": H_2(phi_2), ...}, {"x2": R_2(H_2(phi_2)), ...})
+                H_k: conv 3x3 then `guidance_blocks` residual blocks, all at scale 1/k (no
+                down/upsampling, no noise-level input); R_k: one conv 3x3 -> 1 (gray) or 3 (rgb).
+  unet          {"x_t", "y", "gamma", "guide_x2", ...} -> eps (B, H, W, 3)
+                SR3/DDPM-style UNet G([x_t, y], gamma); gamma enters every residual block by
+                FiLM (scale and shift after the second GroupNorm); guidance="latent" adds
+                conv1x1(H_k features) inside the first residual block(s) of the encoder level whose
+                resolution is 1/k ("guided residual block"); guidance="input" upsamples the
+                regressions R_k (nearest) to H x W and concatenates them to the input.
+
+GuidedDenoiser ties both together: eps, regressions = model(x_t, y, gamma, phi).
+phi and the returned regressions are dicts keyed by the integer factor k (2, 4, 8), as in
+trainer/data.py; the Keras models' own dict keys are the strings "x2", "x4", "x8".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Mapping, Optional, Tuple
+
+import keras
+from keras import layers, ops
+
+GUIDANCE_MODES = ("none", "input", "latent")
+GUIDANCE_TARGETS = ("gray", "rgb")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and ablation switches. Presets: preset(name); docs/model.md explains the choice."""
+
+    diffusion_channels: int = 32  # base width C of the UNet: S = 32, L = 64
+    channel_multipliers: Tuple[int, ...] = (1, 2, 3, 4)  # width C*m of levels 1, 1/2, 1/4, 1/8
+    num_res_blocks: int = 3  # residual blocks per encoder level (decoder: +1, DDPM-style)
+    num_middle_blocks: int = 1  # residual blocks at the bottleneck
+    guidance: str = "latent"  # "none" | "input" | "latent"
+    guidance_channels: int = 32  # base width G of H_k: Guide-S = 32, Guide-L = 64
+    guidance_multiplier: int = 3  # H_k works at G * guidance_multiplier channels (96 / 192)
+    guidance_blocks: int = 10  # residual blocks of each H_k
+    guidance_scales: Tuple[int, ...] = (2, 4, 8)  # the factors k of phi_k; (8,) = single scale
+    guided_blocks_per_level: int = 1  # "latent": first n encoder blocks at 1/k get H_k features
+    guidance_target: str = "gray"  # what R_k regresses: "gray" (1 ch) | "rgb" (3 ch)
+    phi_channels: int = 1  # channels of phi_k(y) (gray luma)
+    input_concat: bool = True  # concatenate y to x_t at the input (6 channels)
+    guidance_noise_sigma: float = 0.05  # sigma of n in phi_k(y), [-1, 1] scale (tf.data adds it)
+    noise_embedding_scale: float = 5000.0  # sinusoidal embedding of scale * sqrt(gamma) (WaveGrad)
+    dropout: float = 0.0
+    norm_groups: int = 32  # GroupNorm groups (gcd with the channel count)
+    norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        # tuples, also when built from lists (e.g. a JSON config)
+        object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
+        object.__setattr__(self, "guidance_scales", tuple(self.guidance_scales))
+        for name in ("diffusion_channels", "num_res_blocks", "guidance_channels",
+                     "guidance_multiplier", "guidance_blocks", "phi_channels", "norm_groups"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.guided_blocks_per_level, int) or not (
+                1 <= self.guided_blocks_per_level <= self.num_res_blocks):
+            raise ValueError(f"guided_blocks_per_level must be in 1..num_res_blocks, "
+                             f"got {self.guided_blocks_per_level!r}")
+        if not isinstance(self.num_middle_blocks, int) or self.num_middle_blocks < 0:
+            raise ValueError(f"num_middle_blocks must be an integer >= 0, "
+                             f"got {self.num_middle_blocks!r}")
+        if not self.channel_multipliers or any(
+                not isinstance(m, int) or m < 1 for m in self.channel_multipliers):
+            raise ValueError(f"channel_multipliers must be positive integers, "
+                             f"got {self.channel_multipliers!r}")
+        if self.guidance not in GUIDANCE_MODES:
+            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
+        if self.guidance_target not in GUIDANCE_TARGETS:
+            raise ValueError(f"guidance_target must be one of {GUIDANCE_TARGETS}, "
+                             f"got {self.guidance_target!r}")
+        s = self.guidance_scales
+        if not s or any(not isinstance(k, int) or k < 2 or k & (k - 1) for k in s):
+            raise ValueError(f"guidance_scales must be powers of two >= 2, got {s!r}")
+        if len(set(s)) != len(s) or list(s) != sorted(s):
+            raise ValueError(f"guidance_scales must be increasing and unique, got {s!r}")
+        deepest = 2 ** (len(self.channel_multipliers) - 1)
+        if self.guidance == "latent" and max(s) > deepest:
+            raise ValueError(f"guidance at scale 1/{max(s)} needs a UNet level at that resolution: "
+                             f"{len(self.channel_multipliers)} levels reach 1/{deepest}")
+        if not self.input_concat and self.guidance == "none":
+            raise ValueError("input_concat=False with guidance='none' would never show y "
+                             "to the model")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.guidance_noise_sigma < 0:
+            raise ValueError(f"guidance_noise_sigma must be >= 0, got {self.guidance_noise_sigma!r}")
+        if self.noise_embedding_scale <= 0 or self.norm_epsilon <= 0:
+            raise ValueError("noise_embedding_scale and norm_epsilon must be > 0")
+
+    @property
+    def regression_channels(self) -> int:
+        return 1 if self.guidance_target == "gray" else 3
+
+    @property
+    def guidance_width(self) -> int:
+        return self.guidance_channels * self.guidance_multiplier
+
+    @property
+    def multiple(self) -> int:
+        """H and W must be multiples of this (UNet downsampling and the coarsest phi_k)."""
+        m = 2 ** (len(self.channel_multipliers) - 1)
+        if self.guidance != "none":
+            m = max(m, max(self.guidance_scales))
+        return m
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_S = dict(diffusion_channels=32)
+_L = dict(diffusion_channels=64)
+_GUIDE_S = dict(guidance="latent", guidance_channels=32)
+_GUIDE_L = dict(guidance="latent", guidance_channels=64)
+_NONE = dict(guidance="none")
+PRESETS: Dict[str, dict] = {
+    "tiny": dict(diffusion_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
+                 num_middle_blocks=1, guidance="latent", guidance_channels=8,
+                 guidance_multiplier=1, guidance_blocks=1, norm_groups=4),
+    "S": {**_S, **_NONE}, "L": {**_L, **_NONE},
+    "icDPM-S": {**_S, **_NONE}, "icDPM-L": {**_L, **_NONE},
+    "S+Guide-S": {**_S, **_GUIDE_S}, "S+Guide-L": {**_S, **_GUIDE_L},
+    "L+Guide-S": {**_L, **_GUIDE_S}, "L+Guide-L": {**_L, **_GUIDE_L},
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A named configuration ("tiny", "S", "L", "icDPM-S", "icDPM-L", "S+Guide-S", ...);
+    keyword overrides apply on top (e.g. preset("tiny", guidance="input"))."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def scale_key(k: int) -> str:
+    return f"x{int(k)}"
+
+
+# ----------------------------------------------------------------------------- layers
+
+@keras.saving.register_keras_serializable(package="deblur")
+class NoiseLevelEmbedding(layers.Layer):
+    """Sinusoidal embedding of the noise level (WaveGrad / SR3): gamma (B,) -> (B, dim).
+
+    The embedded value is scale * sqrt(gamma) (the signal level, in [0, 1]); frequencies are
+    10000^(-i / (dim/2 - 1)) as in the Transformer / DDPM position embedding.
+    """
+
+    def __init__(self, dim: int, scale: float = 5000.0, **kwargs):
+        super().__init__(**kwargs)
+        if dim % 2:
+            raise ValueError("embedding dim must be even")
+        self.dim, self.scale = dim, scale
+
+    def call(self, gamma):
+        half = self.dim // 2
+        level = ops.sqrt(ops.clip(ops.cast(ops.reshape(gamma, (-1, 1)), "float32"), 0.0, 1.0))
+        freqs = ops.exp(-math.log(10000.0) * ops.arange(half, dtype="float32") / max(half - 1, 1))
+        arg = self.scale * level * ops.reshape(freqs, (1, half))
+        return ops.concatenate([ops.sin(arg), ops.cos(arg)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "scale": self.scale}
+
+
+def _norm(cfg: ModelConfig, ch: int, name: str):
+    return layers.GroupNormalization(groups=math.gcd(cfg.norm_groups, ch),
+                                     epsilon=cfg.norm_epsilon, name=name)
+
+
+def _conv(ch: int, k: int, name: str, dtype=None):
+    return layers.Conv2D(ch, k, padding="same", name=name, dtype=dtype)
+
+
+def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None):
+    """GroupNorm-swish-conv, [+ conv1x1(guide)], GroupNorm, [FiLM(emb)], swish, dropout, conv;
+    plus the (1x1-projected if needed) input. emb: silu(noise-level embedding) (B, E) or None."""
+    in_ch = x.shape[-1]
+    h = layers.Activation("silu", name=f"{name}_act1")(_norm(cfg, in_ch, f"{name}_norm1")(x))
+    h = _conv(out_ch, 3, f"{name}_conv1")(h)
+    if guide is not None:  # the guided residual block (paper Fig. 12, middle)
+        h = layers.Add(name=f"{name}_guided")([h, _conv(out_ch, 1, f"{name}_guide_proj")(guide)])
+    h = _norm(cfg, out_ch, f"{name}_norm2")(h)
+    if emb is not None:  # FiLM: h * (1 + scale) + shift, scale/shift = Dense(silu(emb))
+        ss = layers.Dense(2 * out_ch, name=f"{name}_film")(emb)
+        ss = layers.Reshape((1, 1, 2 * out_ch), name=f"{name}_film_reshape")(ss)
+        scale, shift = ops.split(ss, 2, axis=-1)
+        h = h * (1.0 + scale) + shift
+    h = layers.Activation("silu", name=f"{name}_act2")(h)
+    if cfg.dropout > 0:
+        h = layers.Dropout(cfg.dropout, name=f"{name}_dropout")(h)
+    h = _conv(out_ch, 3, f"{name}_conv2")(h)
+    skip = x if in_ch == out_ch else _conv(out_ch, 1, f"{name}_skip")(x)
+    return layers.Add(name=f"{name}_out")([skip, h])
+
+
+def _check_size(cfg: ModelConfig, height, width):
+    for side, v in (("height", height), ("width", width)):
+        if v is not None and (v <= 0 or v % cfg.multiple):
+            raise ValueError(f"{side} {v} is not a positive multiple of {cfg.multiple} "
+                             f"(the model's downsampling factor); pad the image first")
+
+
+def _sub(size, k):
+    return None if size is None else size // k
+
+
+def build_guidance_net(cfg: ModelConfig, height: Optional[int] = None,
+                       width: Optional[int] = None) -> keras.Model:
+    """H_k and R_k for every scale k (paper eq. 3-4). height/width: static full-image size
+    (None = any size; a static size is used by trainer/flops.py to read the output shapes)."""
+    if cfg.guidance == "none":
+        raise ValueError("guidance='none' has no guidance network")
+    _check_size(cfg, height, width)
+    inputs, feats, regs = {}, {}, {}
+    for k in cfg.guidance_scales:
+        s = scale_key(k)
+        inputs[s] = keras.Input((_sub(height, k), _sub(width, k), cfg.phi_channels), name=s)
+        h = _conv(cfg.guidance_width, 3, f"H_{s}_conv_in")(inputs[s])
+        for i in range(cfg.guidance_blocks):
+            h = res_block(cfg, h, cfg.guidance_width, f"H_{s}_res{i}")
+        feats[s] = h
+        regs[s] = _conv(cfg.regression_channels, 3, f"R_{s}", "float32")(h)  # R_k: one conv
+    return keras.Model(inputs, (feats, regs), name="guidance_net")
+
+
+def build_unet(cfg: ModelConfig, height: Optional[int] = None,
+               width: Optional[int] = None) -> keras.Model:
+    """G([x_t, y], gamma[, guidance]) -> eps (paper eq. 2 and sec. 3, Fig. 12 left)."""
+    _check_size(cfg, height, width)
+    C = cfg.diffusion_channels
+    chs = [C * m for m in cfg.channel_multipliers]
+    inputs = {"x_t": keras.Input((height, width, 3), name="x_t")}
+    if cfg.input_concat:
+        inputs["y"] = keras.Input((height, width, 3), name="y")
+    inputs["gamma"] = keras.Input((), name="gamma")
+    guide_in = {}  # "latent": H_k features; "input": regressions R_k(H_k(phi_k))
+    if cfg.guidance != "none":
+        ch = cfg.guidance_width if cfg.guidance == "latent" else cfg.regression_channels
+        for k in cfg.guidance_scales:
+            name = f"guide_{scale_key(k)}"
+            guide_in[k] = inputs[name] = keras.Input((_sub(height, k), _sub(width, k), ch), name=name)
+
+    # noise-level embedding -> MLP (SR3 / WaveGrad); silu(emb) feeds each block's FiLM Dense.
+    # float32 under mixed precision: bfloat16 cannot tell gamma = 0.9999 from 1.
+    emb = NoiseLevelEmbedding(C, cfg.noise_embedding_scale, name="noise_embedding",
+                              dtype="float32")(inputs["gamma"])
+    emb = layers.Dense(4 * C, activation="silu", name="emb_dense1", dtype="float32")(emb)
+    emb = layers.Dense(4 * C, name="emb_dense2", dtype="float32")(emb)
+    emb = layers.Activation("silu", name="emb_act")(emb)
+
+    x = [inputs["x_t"]] + ([inputs["y"]] if cfg.input_concat else [])
+    if cfg.guidance == "input":
+        x += [layers.UpSampling2D(k, interpolation="nearest",
+                                  name=f"guide_up_{scale_key(k)}")(guide_in[k])
+              for k in cfg.guidance_scales]
+    x = layers.Concatenate(name="input_concat")(x) if len(x) > 1 else x[0]
+
+    h = _conv(chs[0], 3, "conv_in")(x)
+    skips = [h]
+    for lvl, ch in enumerate(chs):  # encoder: level lvl works at 1/2^lvl
+        for i in range(cfg.num_res_blocks):
+            g = guide_in.get(2 ** lvl) if (cfg.guidance == "latent"
+                                           and i < cfg.guided_blocks_per_level) else None
+            h = res_block(cfg, h, ch, f"enc{lvl}_res{i}", emb, guide=g)
+            skips.append(h)
+        if lvl < len(chs) - 1:
+            h = layers.AveragePooling2D(2, name=f"enc{lvl}_down")(h)
+            skips.append(h)
+    for i in range(cfg.num_middle_blocks):
+        h = res_block(cfg, h, chs[-1], f"mid_res{i}", emb)
+    for lvl in reversed(range(len(chs))):  # decoder
+        for i in range(cfg.num_res_blocks + 1):
+            h = layers.Concatenate(name=f"dec{lvl}_cat{i}")([h, skips.pop()])
+            h = res_block(cfg, h, chs[lvl], f"dec{lvl}_res{i}", emb)
+        if lvl > 0:
+            h = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{lvl}_up")(h)
+            h = _conv(chs[lvl], 3, f"dec{lvl}_up_conv")(h)
+    h = layers.Activation("silu", name="out_act")(_norm(cfg, chs[0], "out_norm")(h))
+    eps = _conv(3, 3, "conv_out", "float32")(h)  # float32 outputs under mixed precision
+    return keras.Model(inputs, eps, name="unet")
+
+
+# ----------------------------------------------------------------------------- the model
+
+class GuidedDenoiser(keras.Model):
+    """eps, regressions = model(x_t, y, gamma, phi, training=False).
+
+    x_t, y: (B, H, W, 3) in [-1, 1]; gamma: (B,) signal level of x_t = sqrt(gamma) x +
+    sqrt(1 - gamma) eps; phi: {k: (B, H/k, W/k, phi_channels)} (ignored when guidance is
+    "none"). Returns eps (B, H, W, 3) and {k: R_k(H_k(phi_k))} ({} without guidance).
+    For sampling, guide(phi) once per image and denoise(x_t, y, gamma, guidance) per step.
+    """
+
+    def __init__(self, cfg: ModelConfig, name: str = "guided_denoiser", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.cfg = cfg
+        self.guidance_net = build_guidance_net(cfg) if cfg.guidance != "none" else None
+        self.unet = build_unet(cfg)
+        self.built = True  # both functional models are built; count_params() works
+
+    @property
+    def multiple(self) -> int:
+        return self.cfg.multiple
+
+    def check_size(self, height, width):
+        """ValueError unless height and width (ints or None) are multiples of `multiple`."""
+        _check_size(self.cfg, height, width)
+
+    def guide(self, phi: Mapping[int, object], training=False):
+        """({k: H_k(phi_k)}, {k: R_k(H_k(phi_k))}); independent of gamma and x_t."""
+        if self.guidance_net is None:
+            return {}, {}
+        missing = [k for k in self.cfg.guidance_scales if k not in phi]
+        if missing:
+            raise ValueError(f"phi lacks the guidance scales {missing} (has {sorted(phi)})")
+        feats, regs = self.guidance_net({scale_key(k): phi[k] for k in self.cfg.guidance_scales},
+                                        training=training)
+        return ({k: feats[scale_key(k)] for k in self.cfg.guidance_scales},
+                {k: regs[scale_key(k)] for k in self.cfg.guidance_scales})
+
+    def denoise(self, x_t, y, gamma, guidance: Tuple[Mapping, Mapping] = ({}, {}), training=False):
+        """eps = G([x_t, y], gamma, guidance) with guidance = self.guide(phi)."""
+        self.check_size(x_t.shape[1], x_t.shape[2])
+        inputs = {"x_t": x_t, "gamma": ops.reshape(gamma, (-1,))}
+        if self.cfg.input_concat:
+            inputs["y"] = y
+        feats, regs = guidance
+        source = feats if self.cfg.guidance == "latent" else regs
+        if self.cfg.guidance != "none":
+            for k in self.cfg.guidance_scales:
+                inputs[f"guide_{scale_key(k)}"] = source[k]
+        return self.unet(inputs, training=training)
+
+    def call(self, x_t, y, gamma, phi=None, training=False):
+        guidance = self.guide(phi or {}, training=training)
+        return self.denoise(x_t, y, gamma, guidance, training=training), guidance[1]

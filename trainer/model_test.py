@@ -1,0 +1,178 @@
+"""The guided icDPM model (trainer/model.py) and its counter (trainer/flops.py); tiny configs,
+except the Table 11 check, which counts the full-size presets without building tensors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import flops as F
+from trainer import model as M
+
+H, W = 32, 48  # non-square, a multiple of the tiny UNet's 8
+
+# Every value of every ablation axis (guidance none/input/latent, target gray/rgb, scales
+# (8,)/(2,4,8), input concatenation on/off) appears at least once.
+ABLATIONS = {
+    "latent_gray_ms": {},
+    "latent_rgb_x8_noconcat": dict(guidance_target="rgb", guidance_scales=(8,), input_concat=False,
+                                   num_res_blocks=2, guided_blocks_per_level=2),
+    "input_gray_ms_noconcat": dict(guidance="input", input_concat=False),
+    "input_rgb_x8": dict(guidance="input", guidance_target="rgb", guidance_scales=(8,)),
+    "none": dict(guidance="none"),
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    tf.random.set_seed(0)
+    return {name: M.GuidedDenoiser(M.preset("tiny", **over)) for name, over in ABLATIONS.items()}
+
+
+def _inputs(batch, h=H, w=W, scales=(2, 4, 8), seed=0):
+    g = tf.random.Generator.from_seed(seed)
+    x_t, y = g.normal([batch, h, w, 3]), g.normal([batch, h, w, 3])
+    phi = {k: g.uniform([batch, h // k, w // k, 1], -1, 1) for k in scales}
+    return x_t, y, phi
+
+
+def _expected_input_channels(cfg):
+    n = 3 + (3 if cfg.input_concat else 0)
+    if cfg.guidance == "input":
+        n += cfg.regression_channels * len(cfg.guidance_scales)
+    return n
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_output_shapes_of_every_ablation(models, name):
+    model = models[name]
+    cfg = model.cfg
+    x_t, y, phi = _inputs(2)
+    eps, regs = model(x_t, y, tf.constant([0.3, 0.9]), phi)
+    assert eps.shape == (2, H, W, 3)
+    assert model.unet.get_layer("conv_in").kernel.shape[2] == _expected_input_channels(cfg)
+    if cfg.guidance == "none":
+        assert model.guidance_net is None and regs == {}
+    else:
+        assert sorted(regs) == list(cfg.guidance_scales)
+        for k in cfg.guidance_scales:
+            assert regs[k].shape == (2, H // k, W // k, cfg.regression_channels)
+    assert np.all(np.isfinite(eps.numpy()))
+    # the Keras variables are exactly what the counter predicts
+    assert model.count_params() == F.count_analytic(cfg, H, W)["params"]
+
+
+def test_fully_convolutional_and_multiple_enforced(models):
+    model = models["latent_gray_ms"]
+    assert model.multiple == 8
+    x_t, y, phi = _inputs(1, 24, 16)  # the same weights at a second size
+    eps, regs = model(x_t, y, tf.constant([0.5]), phi)
+    assert eps.shape == (1, 24, 16, 3) and regs[8].shape == (1, 3, 2, 1)
+    x_t, y, phi = _inputs(1, 36, 48)
+    with pytest.raises(ValueError, match="height 36 is not a positive multiple of 8"):
+        model(x_t, y, tf.constant([0.5]), phi)
+    with pytest.raises(ValueError, match="width 50 is not a positive multiple of 8"):
+        M.build_unet(model.cfg, 32, 50)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        F.count_analytic(model.cfg, 720, 1276)
+
+
+def _three_way(model, scales):
+    """Batch of 3 (GroupNorm is per example): [reference, other gamma, other phi]."""
+    x_t, y, phi = _inputs(1, scales=scales)
+    _, _, phi2 = _inputs(1, scales=scales, seed=1)
+    rep = lambda t: tf.concat([t, t, t], 0)
+    phi3 = {k: tf.concat([phi[k], phi[k], phi2[k]], 0) for k in scales}
+    eps, _ = model(rep(x_t), rep(y), tf.constant([0.5, 0.999, 0.5]), phi3)
+    e = eps.numpy()
+    return np.abs(e[0] - e[1]).max(), np.abs(e[0] - e[2]).max()
+
+
+@pytest.mark.parametrize("name", ["latent_gray_ms", "input_rgb_x8", "none"])
+def test_gamma_and_guidance_matter(models, name):
+    model = models[name]
+    d_gamma, d_phi = _three_way(model, model.cfg.guidance_scales)
+    assert d_gamma > 1e-3  # the noise level conditions every block
+    if model.cfg.guidance == "none":
+        assert d_phi < 1e-5  # phi is ignored (CPU convolutions differ ~1e-6 across the batch)
+    else:
+        assert d_phi > 1e-3
+
+
+def test_guide_once_then_denoise_equals_call(models):
+    model = models["latent_gray_ms"]
+    x_t, y, phi = _inputs(1)
+    gamma = tf.constant([0.7])
+    eps, regs = model(x_t, y, gamma, phi)
+    guidance = model.guide(phi)
+    np.testing.assert_allclose(model.denoise(x_t, y, gamma, guidance).numpy(), eps.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(guidance[1][2].numpy(), regs[2].numpy())
+    with pytest.raises(ValueError, match="lacks the guidance scales"):
+        model.guide({2: phi[2]})
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="guidance must be one of"):
+        M.ModelConfig(guidance="skip")
+    with pytest.raises(ValueError, match="guidance_target"):
+        M.ModelConfig(guidance_target="lab")
+    with pytest.raises(ValueError, match="powers of two"):
+        M.ModelConfig(guidance_scales=(3,))
+    with pytest.raises(ValueError, match="increasing and unique"):
+        M.ModelConfig(guidance_scales=(4, 2))
+    with pytest.raises(ValueError, match="needs a UNet level"):
+        M.ModelConfig(channel_multipliers=(1, 2, 3), guidance_scales=(2, 4, 8))
+    with pytest.raises(ValueError, match="never show y"):
+        M.ModelConfig(guidance="none", input_concat=False)
+    with pytest.raises(ValueError, match="positive integer"):
+        M.ModelConfig(num_res_blocks=0)
+    with pytest.raises(ValueError, match="guided_blocks_per_level"):
+        M.ModelConfig(num_res_blocks=2, guided_blocks_per_level=3)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        M.preset("XL")
+    # input-level guidance needs no UNet level at 1/8; the multiple still covers phi_8
+    cfg = M.ModelConfig(channel_multipliers=(1, 2), guidance="input")
+    assert cfg.multiple == 8
+    assert M.preset("icDPM-S") == M.preset("S") and M.preset("S").guidance == "none"
+    assert M.preset("S+Guide-L").guidance_channels == 64
+
+
+@pytest.mark.parametrize("name", list(F.PAPER_TABLE11))
+def test_table11_sizes(name):
+    """Params within 15 % and FLOPs of one 720 x 1280 step within 30 % of paper Table 11."""
+    paper_params, paper_flops = F.PAPER_TABLE11[name]
+    got = F.count_analytic(M.preset(name), 720, 1280)
+    assert abs(got["params"] / paper_params - 1) <= 0.15, got
+    assert abs(got["flops"] / paper_flops - 1) <= 0.30, got
+
+
+@pytest.mark.parametrize("name", ["latent_rgb_x8_noconcat", "input_gray_ms_noconcat"])
+def test_counter_walks_the_keras_models(name):
+    """count() (Keras layers at a static size) == count_analytic() on each code path."""
+    cfg = M.preset("tiny", **ABLATIONS[name])
+    assert F.count(cfg, H, W) == F.count_analytic(cfg, H, W)
+
+
+def test_counter_agrees_with_tf_profiler(models):
+    """TF's profiler on the concrete graph of one step at 64 x 64 (tiny): Conv2D + MatMul
+    FLOPs agree with our count; all ops together are a few % more (biases, norms...)."""
+    model = models["latent_gray_ms"]
+    ours = F.count_analytic(model.cfg, 64, 64)["flops"]
+    prof = F.tf_profiler_flops(model.cfg, 64, 64, model=model)
+    assert abs(prof["conv_matmul"] / ours - 1) < 0.01, (prof, ours)
+    assert 0 <= prof["total"] / ours - 1 < 0.10, (prof, ours)
+
+
+def test_model_stats_main():
+    for bad, match in [(("M", "S"), "--diffusion must be S or L"),
+                       (("S", "XL"), "--guide must be none, S or L")]:
+        with pytest.raises(ValueError, match=match):
+            F.model_stats_main(*bad, height=720, width=1280)
+    with pytest.raises(ValueError, match="--height must be a positive multiple of 8"):
+        F.model_stats_main("S", "none", height=721, width=1280)
+    out = F.model_stats_main("s", "None", height=720, width=1280)  # builds icDPM-S (Keras)
+    assert out["config"] == "icDPM-S"
+    assert out["params"] == F.count_analytic(M.preset("icDPM-S"))["params"]
+    assert out["flops"] == F.count_analytic(M.preset("icDPM-S"))["flops"]
+    assert out["paper_params"] == 6_000_000 and abs(out["params_vs_paper"]) < 0.15
