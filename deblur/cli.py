@@ -117,6 +117,44 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
     return 0
 
 
+def cmd_model_stats(args) -> int:
+    from trainer.flops import model_stats_main
+
+    r = model_stats_main(args.diffusion, args.guide, args.height, args.width)
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "breakdown"}, sort_keys=True))
+        return 0
+    print(f"{r['config']} at {r['height']}x{r['width']}x3, one denoising step (guidance included)")
+    print(f"  params {r['params'] / 1e6:8.2f} M   (paper {r['paper_params'] / 1e6:.0f} M, "
+          f"{r['params_vs_paper']:+.1%})")
+    print(f"  FLOPs  {r['flops'] / 1e9:8.0f} G   (paper {r['paper_flops_at_size'] / 1e9:.0f} G at "
+          f"this size, {r['flops_vs_paper']:+.1%}; FLOPs = 2 x multiply-adds of conv/dense)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from trainer import experiments, train
+
+    overrides = {"steps": args.steps} if args.steps else {}
+    if args.batch_size:
+        overrides["global_batch_size"] = args.batch_size
+    if args.tpu:
+        overrides.update(tpu=args.tpu, mixed_precision="bfloat16")
+    if args.strategy:
+        overrides["strategy"] = args.strategy
+    exp = experiments.get(args.config, train=overrides) if overrides else experiments.get(args.config)
+    if not os.path.isdir(args.examples) and not args.examples.startswith("gs://"):
+        raise UserError(f"--examples {args.examples} is not a directory")
+    t0 = time.time()
+    result = train.train(exp, args.examples, args.out, progress=True)
+    last = result["history"][-1] if result["history"] else {}
+    print(f"trained {exp.name} to step {result['step']} in {time.time() - t0:.0f} s; "
+          f"loss {last.get('loss', float('nan')):.4f} (dpm {last.get('loss_dpm', float('nan')):.4f}, "
+          f"guidance {last.get('loss_guidance', float('nan')):.4f})")
+    print(f"  {args.out}/saved_model, {args.out}/checkpoints, {args.out}/tensorboard")
+    return 0
+
+
 class _ComponentProgress(logging.Filter):
     """Lets LocalDagRunner's 'Component X is running/finished' lines through as progress."""
 
@@ -216,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--json", action="store_true")
 
+    s = sub.add_parser("model-stats", help="parameters and FLOPs of a model size (paper Table 11)")
+    s.add_argument("--diffusion", required=True, help="S or L")
+    s.add_argument("--guide", required=True, help="none, S or L")
+    s.add_argument("--height", type=int, default=720)
+    s.add_argument("--width", type=int, default=1280)
+    s.add_argument("--json", action="store_true", help='one JSON object with "params" and "flops"')
+
+    s = sub.add_parser("train", help="train the guided icDPM on ingested examples")
+    s.add_argument("--examples", required=True, help="an ingest output folder (Split-<split>/*.gz)")
+    s.add_argument("--out", required=True, help="checkpoints, tensorboard, saved_model go here; "
+                                                "re-running resumes from its checkpoints")
+    s.add_argument("--config", default="tiny",
+                   help="tiny, icDPM-S, icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    s.add_argument("--strategy", choices=("auto", "default", "mirrored"), default=None)
+    s.add_argument("--tpu", default=None, help="TPU name or grpc:// address (TPUStrategy, bfloat16)")
+
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
     s.add_argument("--config", default=None, help="JSON or YAML config (pipelines/config.py)")
     s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
@@ -237,6 +293,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_ingest(args, beam_args)
         if args.command == "run-local":
             return cmd_run_local(args)
+        if args.command == "model-stats":
+            return cmd_model_stats(args)
+        if args.command == "train":
+            return cmd_train(args)
     except (UserError, ValueError, FileNotFoundError) as e:
         # LayoutError and ConfigError are ValueErrors too. --verbose keeps the traceback.
         if args.verbose:
