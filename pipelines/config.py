@@ -55,6 +55,16 @@ class ValidationConfig:
 
 
 @dataclasses.dataclass
+class TrainingConfig:
+    """The Trainer stage: an experiment preset of trainer/experiments.py plus overrides."""
+
+    experiment: str = "tiny"
+    steps: int = 300
+    # {section: {field: value}}, e.g. {"train": {"global_batch_size": 16}, "model": {...}}
+    overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class RunnerConfig:
     pipeline_name: str = "deblur-icdpm"
     work_dir: str = "runs/local"  # data, pipeline root and ML Metadata live under it
@@ -76,6 +86,7 @@ class PipelineConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     ingest: IngestOptions = dataclasses.field(default_factory=IngestOptions)
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
 
     def synthetic_root(self) -> str:

@@ -56,6 +56,13 @@ def build_summary(metadata_path: str, pipeline_name: str) -> dict:
     if "ExampleAnomalies" in arts:
         an = arts["ExampleAnomalies"][0]
         summary["anomalies"] = validation.anomalies_by_split(an.uri, _split_names(an))
+    if "ModelRun" in arts:
+        history_path = os.path.join(arts["ModelRun"][0].uri, "history.json")
+        if os.path.exists(history_path):
+            history = _read_json(history_path)
+            summary["training"] = {"first": history[0], "last": history[-1]} if history else {}
+    if "Model" in arts:
+        summary["model_uri"] = arts["Model"][0].uri
     if "DomainDrift" in arts:
         summary["drift"] = _read_json(os.path.join(arts["DomainDrift"][0].uri, validation.DRIFT_FILE))
     return summary
@@ -79,4 +86,15 @@ def format_summary(s: dict) -> str:
             lines.extend(f"  {split}: {m}" for m in msgs)
     if "drift" in s:
         lines.append(validation.format_drift(s["drift"]))
+    tr = s.get("training")
+    if tr:
+        first, last = tr["first"], tr["last"]
+        lines.append(f"training: {last['step']} steps; noise loss (L1) {first['loss_dpm']:.4f} -> "
+                     f"{last['loss_dpm']:.4f}")
+        for k in (2, 4, 8):
+            if f"loss_guidance_x{k}" in last:
+                lines.append(f"  guidance x{k}: MSE {last[f'loss_guidance_x{k}']:.4f} "
+                             f"(identity baseline {last[f'identity_x{k}']:.4f})")
+    if "model_uri" in s:
+        lines.append(f"model: {s['model_uri']}")
     return "\n".join(lines)

@@ -15,6 +15,8 @@ def tiny_config(tmp_path, **runner):
     return {
         "data": {"synthetic": {"pairs": 3, "test_pairs": 2, "size": [64, 80], "seed": 1}},
         "ingest": {"train_crop_size": 64},
+        "training": {"experiment": "tiny", "steps": 3,
+                     "overrides": {"train": {"global_batch_size": 2}}},
         "runner": {"work_dir": str(tmp_path / "run"), **runner},
     }
 
@@ -44,7 +46,7 @@ def test_run_local_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
     states = executions(str(run / "metadata.sqlite"))
     for component in ("DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-                      "ValidationGate", "DomainDriftReport"):
+                      "ValidationGate", "DomainDriftReport", "Trainer"):
         assert any(component in t for t in states), (component, states)
     assert set(states.values()) == {"COMPLETE"}, states
     summary = json.loads((run / "summary.json").read_text())
@@ -58,6 +60,12 @@ def test_run_local_end_to_end(tmp_path, capsys):
     # the out-of-domain set is darker than the in-domain training set, and says so
     assert drift["blurry_mean_luma"]["mean"] < drift["blurry_mean_luma"]["baseline_mean"]
     assert "no anomalies" in out and "test_ood" in out and re.search(r"JS \d\.\d{3}", out)
+    # the Trainer ran the same train() as the CLI and exported a SavedModel for serving
+    assert summary["training"]["last"]["step"] == 3
+    assert "training: 3 steps" in out
+    serving = [os.path.join(r, d) for r, ds, _ in os.walk(summary["model_uri"]) for d in ds
+               if d == "Format-Serving"]
+    assert serving and os.path.exists(os.path.join(serving[0], "saved_model.pb"))
 
 
 def test_anomalies_stop_the_pipeline(tmp_path, capsys):
@@ -76,6 +84,7 @@ def test_anomalies_stop_the_pipeline(tmp_path, capsys):
     assert "ExampleValidator found" in err and "test_ood" in err and "domain" in err
     states = executions(str(tmp_path / "run" / "metadata.sqlite"))
     assert any("ValidationGate" in t and s == "FAILED" for t, s in states.items()), states
+    assert not any("Trainer" in t for t in states), states  # nothing trained on bad data
 
 
 def test_config_errors_are_one_line(tmp_path, capsys):
