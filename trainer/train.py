@@ -159,8 +159,10 @@ class Trainer:
 
 def train(exp: Experiment, examples_dir: str, out_dir: str,
           strategy: Optional[tf.distribute.Strategy] = None,
-          progress: bool = False, on_step: Optional[Callable[[int, Dict], None]] = None) -> dict:
-    """Trains to exp.train.steps (resuming from OUT/checkpoints), exports, returns the history."""
+          progress: bool = False, on_step: Optional[Callable[[int, Dict], None]] = None,
+          export_dir: Optional[str] = None) -> dict:
+    """Trains to exp.train.steps (resuming from OUT/checkpoints), exports the SavedModel to
+    export_dir (default OUT/saved_model), returns the history."""
     t = exp.train
     os.makedirs(out_dir, exist_ok=True)
     trainer = Trainer(exp, out_dir, strategy)
@@ -221,7 +223,7 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
     writer.flush()
     from trainer import export
 
-    export.export_saved_model(trainer, os.path.join(out_dir, "saved_model"))
+    export.export_saved_model(trainer, export_dir or os.path.join(out_dir, "saved_model"))
     return {"history": history, "step": int(trainer.step.numpy())}
 
 
