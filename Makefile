@@ -14,13 +14,16 @@ $(UV):
 	$(PY310) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, so without .pyc files
+# written at install time every process recompiles TensorFlow and Beam on import (measured:
+# TensorFlow's import 23 -> 9 CPU-s, a Beam DirectRunner worker's start-up 26 -> 12 s).
 $(VENV)/.main.stamp: $(UV) requirements/main.lock pyproject.toml
-	$(UV) pip install --python $(PY) --quiet -r requirements/main.lock
+	$(UV) pip install --python $(PY) --quiet --compile-bytecode -r requirements/main.lock
 	$(UV) pip install --python $(PY) --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(VENV)/.test.stamp: $(VENV)/.main.stamp requirements/test.lock
-	$(UV) pip install --python $(PY) --quiet -r requirements/test.lock
+	$(UV) pip install --python $(PY) --quiet --compile-bytecode -r requirements/test.lock
 	@touch $@
 
 setup: $(VENV)/.main.stamp
