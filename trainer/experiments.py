@@ -19,7 +19,9 @@ from trainer.diffusion import DiffusionConfig
 class DataSection:
     crop_size: int = 128
     random_flips: bool = True
-    shuffle_buffer: int = 256
+    # serialized examples held for shuffling; the checkpointed input iterator stores them, so
+    # keep it small (256 GoPro-size examples made ~1.3 GB checkpoints; file interleave mixes too)
+    shuffle_buffer: int = 32
     train_split: str = "train"
 
 
