@@ -35,12 +35,10 @@ Results: benchmarks/results/ingest.md and benchmarks/results/ingest.json.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gzip
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -54,6 +52,8 @@ from multiprocessing import get_context
 from typing import Dict, List, Tuple
 
 import numpy as np
+
+from benchmarks.machine import machine_info as _machine_info
 
 HEIGHT, WIDTH = 720, 1280
 PAIRS_PER_SEQ = 8
@@ -313,24 +313,8 @@ def machine_info() -> dict:
     import apache_beam
     import PIL
 
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "nproc_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "apache_beam": apache_beam.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return _machine_info(apache_beam=apache_beam.__version__, numpy=np.__version__,
+                         pillow=PIL.__version__)
 
 
 def summarize(times: Dict[str, List[dict]], n_pairs: int) -> dict:

@@ -48,11 +48,9 @@ never the bottleneck. Results: benchmarks/results/train_input.md and .json.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -60,6 +58,8 @@ import tempfile
 import time
 import warnings
 from typing import List, Optional, Sequence
+
+from benchmarks.machine import machine_info as _machine_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
@@ -395,25 +395,8 @@ def machine_info() -> dict:
     import numpy as np
     import tensorflow as tf
 
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem = round(int(next(ln.split()[1] for ln in f if ln.startswith("MemTotal"))) / 2**20, 1)
-    except (OSError, StopIteration):
-        pass
-    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "nproc": os.cpu_count(),
-            "nproc_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cpu_model": cpu, "mem_gib": mem, "python": platform.python_version(),
-            "platform": platform.platform(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__,
-            "tf_devices": [d.name for d in tf.config.list_logical_devices()]}
+    return _machine_info(tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__,
+                         tf_devices=[d.name for d in tf.config.list_logical_devices()])
 
 
 def write_results(res: dict, out_dir: str) -> tuple:
