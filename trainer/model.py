@@ -43,6 +43,9 @@ class ModelConfig:
     guidance_multiplier: int = 3  # H_k works at G * guidance_multiplier channels (96 / 192)
     guidance_blocks: int = 10  # residual blocks of each H_k
     guidance_scales: Tuple[int, ...] = (2, 4, 8)  # the factors k of phi_k; (8,) = single scale
+    # R_k's conv predicts phi_k(x) - phi_k(y) and phi_k(y) is added back (an identity skip), so
+    # the regression starts at the identity baseline; False = the literal "R_k(H_k(.))".
+    guidance_residual: bool = True
     guided_blocks_per_level: int = 1  # "latent": first n encoder blocks at 1/k get H_k features
     guidance_target: str = "gray"  # what R_k regresses: "gray" (1 ch) | "rgb" (3 ch)
     phi_channels: int = 1  # channels of phi_k(y) (gray luma)
@@ -232,7 +235,14 @@ def build_guidance_net(cfg: ModelConfig, height: Optional[int] = None,
         for i in range(cfg.guidance_blocks):
             h = res_block(cfg, h, cfg.guidance_width, f"H_{s}_res{i}")
         feats[s] = h
-        regs[s] = _conv(cfg.regression_channels, 3, f"R_{s}", "float32")(h)  # R_k: one conv
+        if cfg.guidance_residual:
+            # zero-initialised so the regression starts exactly at the identity baseline;
+            # a gray phi broadcasts over an RGB target's channels
+            r = layers.Conv2D(cfg.regression_channels, 3, padding="same", name=f"R_{s}",
+                              dtype="float32", kernel_initializer="zeros")(h)  # R_k: one conv
+            regs[s] = keras.ops.add(r, keras.ops.cast(inputs[s], "float32"))
+        else:
+            regs[s] = _conv(cfg.regression_channels, 3, f"R_{s}", "float32")(h)  # R_k: one conv
     return keras.Model(inputs, (feats, regs), name="guidance_net")
 
 
