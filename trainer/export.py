@@ -30,6 +30,14 @@ def phi_from_image(img01: tf.Tensor, scales) -> dict:
     return {k: tf.nn.avg_pool2d(y, k, k, "VALID") * 2.0 - 1.0 for k in scales}
 
 
+def symmetric_pad_end(x: tf.Tensor, size, axis: int) -> tf.Tensor:
+    """x extended along `axis` to `size` by mirroring at its end: tf.pad's SYMMETRIC mode, which
+    refuses a padding larger than the side (a 3-pixel side padded to 8); this repeats it."""
+    n = tf.shape(x)[axis]
+    i = tf.range(size) % (2 * n)
+    return tf.gather(x, tf.where(i < n, i, 2 * n - 1 - i), axis=axis)
+
+
 class DeblurModule(tf.Module):
     def __init__(self, model, defaults: Optional[dict] = None):
         super().__init__()
@@ -40,11 +48,12 @@ class DeblurModule(tf.Module):
         self._defaults = (int(d["steps"]), float(d["max_noise"]), int(d["samples"]))
 
     def _deblur(self, image, steps, max_noise, samples, seed):
+        tf.debugging.assert_positive(samples, message="samples must be >= 1")
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         m = self._multiple
         ph, pw = (m - h % m) % m, (m - w % m) % m
         x01 = tf.image.convert_image_dtype(image, tf.float32)
-        x01 = tf.pad(x01, [[0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")[None]
+        x01 = symmetric_pad_end(symmetric_pad_end(x01, h + ph, 0), w + pw, 1)[None]
         y = x01 * 2.0 - 1.0
         phi = phi_from_image(x01, self._scales)
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), samples)

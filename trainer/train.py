@@ -83,6 +83,10 @@ class Trainer:
         if t.mixed_precision == "bfloat16":
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         self.schedule = diffusion.TrainingSchedule(exp.diffusion)
+        # The initial weights come from the Keras initializers, which draw their seeds from the
+        # global RNGs: seed them so that the same experiment starts from the same weights (a
+        # rerun, or an interrupted-and-resumed run, ends with the same weights).
+        keras.utils.set_random_seed(t.seed)
         with self.strategy.scope():
             self.model = GuidedDenoiser(exp.model)
             self.variables = list(self.model.trainable_variables)

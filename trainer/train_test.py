@@ -1,0 +1,438 @@
+"""The training loop (train.py) and its export (export.py, sampling.py), end to end on CPU.
+
+Every check here needs a TensorFlow process of its own: two logical CPUs have to be configured
+before TensorFlow starts, a run has to be SIGKILLed, and the SavedModel has to be loaded by a
+process that never imported this project. Tracing a training step costs tens of CPU seconds,
+so the module fixture `jobs` starts the subprocesses of the selected tests together, on
+background threads, and each test waits for the jobs it checks:
+
+  mirrored   one script: two steps under MirroredStrategy over two logical CPUs and under the
+             default strategy, from the same weights on the same global batches
+  reference  an uninterrupted run of STEPS steps (checkpoint every 2)
+  resume     the same run, SIGKILLed after its first checkpoint (it holds still after step 3,
+             so the kill lands between checkpoints every time), then rerun: it has to go on
+             from step 2 and end with the reference's weights, bit for bit
+  export     loads the resumed run's SavedModel in a process that can import TensorFlow, numpy
+             and PIL but not this project, and deblurs with both signatures
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+from tests import fixtures as fx
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 600  # seconds, per subprocess: a loaded 2-core machine is slow to trace the step
+STEPS, CHECKPOINT_EVERY, PAUSE_AT = 6, 2, 3
+CROP = 32
+# The "tiny" experiment with a smaller UNet: one level, guidance="input". These tests are about
+# the loop (loss scaling, gradient all-reduce, optimizer, EMA, step counter, checkpoints, the
+# input iterator) and the export (padding, phi, the sampler, the signatures), which do not
+# depend on the architecture; this model keeps every part of them (multiscale phi {2, 4, 8},
+# regressions in the loss and in the UNet's input, multiple 8) and traces in less than half
+# the time of the tiny UNet (measured: the module takes 1.5 min instead of 3.5 min on a busy
+# 2-core machine). model_test.py covers the architectures; MODEL = {} runs the real tiny one.
+MODEL = {"guidance": "input", "channel_multipliers": [1], "num_middle_blocks": 0}
+TRAIN = {"model": MODEL, "data": {"crop_size": CROP},
+         "train": {"steps": STEPS, "global_batch_size": 4, "checkpoint_every": CHECKPOINT_EVERY,
+                   "log_every": 1, "image_summary_every": 4}}
+MIRRORED = {"model": MODEL, "data": {"crop_size": CROP}, "train": {"global_batch_size": 4}}
+# The killed run, its rerun and the export's loader follow one another: the longest chain.
+# The other jobs run at a lower priority so that, on a busy machine, they fill the gaps.
+NICE = 10
+PROJECT = ("trainer", "deblur", "components", "pipelines", "tests", "benchmarks")
+# which background jobs each test waits for (only the selected tests' jobs are started)
+NEEDS = {"test_mirrored_step_matches_the_default_strategy": {"mirrored"},
+         "test_resume_after_sigkill_ends_with_the_uninterrupted_weights": {"reference", "resume"},
+         "test_saved_model_deblurs_without_the_project": {"resume", "export"}}
+
+# ---- the subprocess programs (JSON arguments in argv[1]) ---------------------------------
+
+TRAIN_RUN = r"""
+import json, os, sys, time
+a = json.loads(sys.argv[1])
+os.nice(a["nice"])
+from trainer import experiments, train
+exp = experiments.get("tiny", **a["overrides"])
+if not a["export"]:  # the reference run: the export reads the EMA, it changes no training state
+    from trainer import export
+    export.export_saved_model = lambda trainer, path, defaults=None: path
+def on_step(step, row):
+    print(json.dumps({"step": step, "loss": row["loss"]}), flush=True)
+    if step == a["pause_at"]:  # checkpoint 2 is written, step 3 is not: hold until SIGKILL
+        print("PAUSED", flush=True)
+        time.sleep(3600)
+result = train.train(exp, a["examples"], a["out"], on_step=on_step)
+print(json.dumps({"done": result["step"]}), flush=True)
+"""
+
+MIRRORED_STEP = r"""
+import json, os, pickle, sys
+a = json.loads(sys.argv[1])
+os.nice(a["nice"])
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]  # before anything initialises the devices
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from trainer import data as data_lib, diffusion, experiments, train
+
+exp = experiments.get("tiny", **a["overrides"])
+gb = exp.train.global_batch_size
+noise = train.add_diffusion_noise(diffusion.TrainingSchedule(exp.diffusion), exp.train.seed)
+ds = data_lib.training_dataset(exp.data_config(a["examples"]), gb, seed=0).enumerate().map(noise)
+batches = [tf.nest.map_structure(lambda t: t.numpy(), b) for b in ds.take(2)]
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+ref = train.Trainer(exp, a["out"], tf.distribute.get_strategy())
+dis = train.Trainer(exp, a["out"], mirrored)
+
+def state(t):
+    return list(t.model.weights) + list(t.ema) + list(t.optimizer.variables) + [t.step]
+
+for mine, theirs in zip(state(dis), state(ref)):
+    mine.assign(theirs.numpy())
+for t in (ref, dis):
+    t.step.assign(30)  # w(step) > 0: the diffusion loss takes part (w = 0 at step 0)
+
+def replica_slice(ctx, batch):  # replica r gets examples [r n, (r + 1) n) of the global batch
+    n = gb // ctx.num_replicas_in_sync
+    r = ctx.replica_id_in_sync_group
+    return tf.nest.map_structure(lambda v: v[r * n:(r + 1) * n], batch)
+
+def copies(v):
+    v = v.value if isinstance(v, keras.Variable) else v
+    return [np.asarray(c) for c in mirrored.experimental_local_results(v)]
+
+res = {"replicas": mirrored.num_replicas_in_sync, "sizes": [len(state(ref)), len(ref.model.weights),
+                                                            len(ref.ema)],
+       "init": [np.array(v.numpy()) for v in ref.model.weights], "steps": []}
+for batch in batches:
+    m_ref = ref.train_step(tf.nest.map_structure(tf.constant, batch))
+    m_dis = dis.train_step(mirrored.experimental_distribute_values_from_function(
+        lambda ctx: replica_slice(ctx, batch)))
+    res["steps"].append({
+        "ref_metrics": {k: float(v) for k, v in m_ref.items()},
+        "dis_metrics": {k: float(v) for k, v in m_dis.items()},
+        "ref_state": [np.array(v.numpy()) for v in state(ref)],
+        "dis_state": [np.array(v.numpy()) for v in state(dis)],
+        "copies_per_variable": min(len(copies(v)) for v in state(dis)),
+        "replica_spread": max(float(np.max(np.abs(c - copies(v)[0])))
+                              for v in state(dis) for c in copies(v))})
+# the export reads the EMA of the mirrored variables
+from trainer import export
+res["exported_ema"] = [np.array(v.numpy()) for v in export.ema_model(dis).trainable_variables]
+res["ref_ema"] = [np.array(v.numpy()) for v in ref.ema]
+with open(a["result"], "wb") as f:
+    pickle.dump(res, f)
+"""
+
+LOAD_SAVED_MODEL = r"""
+import json, sys
+
+class NoProject:  # any import of the project's packages fails in this process
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in PROJECT:
+            raise ImportError(f"{name}: this process must not use the project")
+PROJECT = set(json.loads(sys.argv[1])["project"])
+sys.meta_path.insert(0, NoProject())
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+a = json.loads(sys.argv[1])
+model = tf.saved_model.load(a["saved_model"])
+img = np.asarray(Image.open(a["png"]).convert("RGB"))
+first, second = img[:37, :53], img[5:34, 10:80]  # neither side a multiple of 8
+
+def deblur(seed, image=first, samples=2):
+    return model.signatures["deblur"](
+        image=tf.constant(image), steps=tf.constant(3, tf.int32), max_noise=tf.constant(0.5),
+        samples=tf.constant(samples, tf.int32), seed=tf.constant(seed, tf.int64))["image"].numpy()
+
+a1, a2, b = deblur([1, 2]), deblur([1, 2]), deblur([3, 4])
+served = model.signatures["serving_default"](image=tf.constant(second))["image"].numpy()
+small = deblur([1, 2], img[:5, :3], samples=1)  # sides smaller than the padding to 8
+try:
+    deblur([1, 2], samples=0)
+    no_samples = "accepted"
+except tf.errors.InvalidArgumentError as e:
+    no_samples = e.message
+print(json.dumps({
+    "signatures": sorted(model.signatures),
+    "deblur": {"in": first.shape, "out": a1.shape, "dtype": str(a1.dtype), "std": float(a1.std())},
+    "same_seed_equal": bool(np.array_equal(a1, a2)),
+    "other_seed_mean_abs_diff": float(np.mean(np.abs(a1.astype(int) - b))),
+    "serving_default": {"in": second.shape, "out": served.shape, "dtype": str(served.dtype),
+                        "std": float(served.std())},
+    "small": {"in": img[:5, :3].shape, "out": small.shape, "dtype": str(small.dtype)},
+    "samples_0": no_samples,
+    "project_modules": sorted(m for m in sys.modules if m.split(".")[0] in PROJECT)}))
+"""
+
+
+# ---- running them ----------------------------------------------------------------------
+
+class Procs:
+    """Starts subprocesses with stdout/stderr in files; kills the ones still alive at teardown."""
+
+    def __init__(self, log_dir: str):
+        self.log_dir, self.procs, self.lock, self.closed = log_dir, [], threading.Lock(), False
+
+    def start(self, name: str, program: str, args: dict, project: bool = True):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("PYTHONPATH", None)
+        if project:  # the tree under test, even if another checkout is installed editable
+            env["PYTHONPATH"] = REPO
+        cwd = os.path.join(self.log_dir, name + ".cwd")
+        os.makedirs(cwd, exist_ok=True)
+        out, err = (open(os.path.join(self.log_dir, f"{name}.{s}"), "w") for s in ("out", "err"))
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("the module's tests are over")
+            # a session of its own: SIGKILL goes to its process group, grandchildren included
+            p = subprocess.Popen([sys.executable, "-c", program, json.dumps(args)], cwd=cwd,
+                                 env=env, stdout=out, stderr=err, start_new_session=True)
+            p.name, p.started = name, time.time()
+            self.procs.append(p)
+        out.close()
+        err.close()
+        return p
+
+    def output(self, p, stream: str = "out") -> str:
+        with open(os.path.join(self.log_dir, f"{p.name}.{stream}")) as f:
+            return f.read()
+
+    def finish(self, p, timeout: float = TIMEOUT) -> str:
+        """Waits for p; its stdout if it succeeded, else an AssertionError with its stderr."""
+        try:
+            p.wait(timeout=max(1.0, timeout - (time.time() - p.started)))
+        except subprocess.TimeoutExpired:
+            self.kill(p)
+            raise AssertionError(f"{p.name}: no result after {timeout} s")
+        if p.returncode != 0:
+            raise AssertionError(f"{p.name} exited with {p.returncode}:\n"
+                                 + self.output(p, "err")[-4000:])
+        return self.output(p)
+
+    @staticmethod
+    def kill(p):
+        if p.poll() is None:  # not reaped yet, so the pid and its group are still ours
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+
+    def kill_all(self):
+        with self.lock:
+            self.closed = True
+            for p in self.procs:
+                self.kill(p)
+
+
+def _run_args(examples: str, out: str, pause_at: int = 0, export: bool = True,
+              nice: int = 0) -> dict:
+    return {"overrides": TRAIN, "examples": examples, "out": out, "pause_at": pause_at,
+            "export": export, "nice": nice}
+
+
+def _json_lines(text: str):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _mirrored_job(procs: Procs, examples: str, work: str) -> dict:
+    result = os.path.join(work, "mirrored.pkl")
+    procs.finish(procs.start("mirrored", MIRRORED_STEP, {
+        "overrides": MIRRORED, "examples": examples, "out": os.path.join(work, "mirrored"),
+        "result": result, "nice": NICE}))
+    with open(result, "rb") as f:
+        return pickle.load(f)
+
+
+def _reference_job(procs: Procs, examples: str, work: str) -> dict:
+    out = os.path.join(work, "reference")
+    args = _run_args(examples, out, export=False, nice=NICE)
+    stdout = procs.finish(procs.start("reference", TRAIN_RUN, args))
+    return {"out": out, "lines": _json_lines(stdout)}
+
+
+def _resume_job(procs: Procs, examples: str, work: str) -> dict:
+    out = os.path.join(work, "resumed")
+    ckpt_state = os.path.join(out, "checkpoints", "checkpoint")
+    p = procs.start("killed", TRAIN_RUN, _run_args(examples, out, pause_at=PAUSE_AT))
+    while not (os.path.exists(ckpt_state) and "PAUSED" in procs.output(p)):  # poll the files
+        if p.poll() is not None:
+            raise AssertionError(f"the run to kill exited with {p.returncode}:\n"
+                                 + procs.output(p, "err")[-4000:])
+        if time.time() - p.started > TIMEOUT:
+            raise AssertionError(f"no checkpoint after {TIMEOUT} s")
+        time.sleep(0.5)
+    at_kill = {"checkpoints": sorted(os.listdir(os.path.dirname(ckpt_state))),
+               "history": json.load(open(os.path.join(out, "history.json")))}
+    procs.kill(p)  # SIGKILL, mid-training
+    killed = {"returncode": p.returncode, "lines": _json_lines(procs.output(p)), **at_kill}
+    again = procs.start("resumed", TRAIN_RUN, _run_args(examples, out))
+    stdout = procs.finish(again)
+    return {"out": out, "killed": killed, "lines": _json_lines(stdout),
+            "log": procs.output(again, "err")}
+
+
+def _export_job(procs: Procs, resume_future, src: str) -> dict:
+    resumed = resume_future.result(timeout=3 * TIMEOUT)
+    png = os.path.join(src, "GOPRO_Large", "train", "SEQ", "blur", "0.png")
+    stdout = procs.finish(procs.start("export", LOAD_SAVED_MODEL, {
+        "saved_model": os.path.join(resumed["out"], "saved_model"), "png": png,
+        "project": list(PROJECT)}, project=False))
+    return _json_lines(stdout)[-1]
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    """6 GoPro pairs of 64 x 96, ingested with 32-pixel training crops."""
+    src = tmp_path_factory.mktemp("src")
+    d = src / "GOPRO_Large" / "train" / "SEQ"
+    for i in range(6):
+        fx.write_pair(str(d / "blur" / f"{i}.png"), str(d / "sharp" / f"{i}.png"), (64, 96), i)
+    out = str(tmp_path_factory.mktemp("examples"))
+    run_ingest([IngestSource("gopro", str(src))], out, IngestOptions(train_crop_size=CROP))
+    return str(src), out
+
+
+@pytest.fixture(scope="module")
+def jobs(request, ingested, tmp_path_factory):
+    """{job: Future} for the jobs the selected tests of this module need, all started now."""
+    wanted = set()
+    for item in request.session.items:
+        if item.path == request.path:
+            wanted |= NEEDS.get(item.originalname, set())
+    src, examples = ingested
+    work = str(tmp_path_factory.mktemp("train"))
+    procs = Procs(work)
+    pool = ThreadPoolExecutor(max_workers=4)
+    futures = {}
+    if "mirrored" in wanted:
+        futures["mirrored"] = pool.submit(_mirrored_job, procs, examples, work)
+    if "reference" in wanted:
+        futures["reference"] = pool.submit(_reference_job, procs, examples, work)
+    if "resume" in wanted:
+        futures["resume"] = pool.submit(_resume_job, procs, examples, work)
+    if "export" in wanted:
+        futures["export"] = pool.submit(_export_job, procs, futures["resume"], src)
+    yield futures
+    procs.kill_all()
+    pool.shutdown(wait=True)
+
+
+# ---- the tests -------------------------------------------------------------------------
+
+def test_mirrored_step_matches_the_default_strategy(jobs):
+    r = jobs["mirrored"].result(timeout=TIMEOUT)
+    assert r["replicas"] == 2
+    n_state, n_weights, n_ema = r["sizes"]
+    for i, step in enumerate(r["steps"]):
+        # loss and every logged metric: per-example losses / GLOBAL batch, summed over replicas
+        assert step["ref_metrics"].keys() == step["dis_metrics"].keys()
+        for k, v in step["ref_metrics"].items():
+            np.testing.assert_allclose(step["dis_metrics"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+        ref, dis = step["ref_state"], step["dis_state"]
+        assert len(ref) == len(dis) == n_state
+        for j in range(n_weights + n_ema):  # model weights, then the EMA
+            np.testing.assert_allclose(dis[j], ref[j], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"step {i + 1}, variable {j}")
+        # optimizer: iterations, then Adam's m and v, which carry the gradients' scale (the
+        # weights do not: Adam's first steps move each weight by about +-lr whatever the
+        # gradient's size). A gradient is a sum over the batch, reduced in another order over
+        # two replicas, so entries that nearly cancel differ more than the tensor's scale does.
+        for j in range(n_weights + n_ema, n_state - 1):
+            scale = float(np.max(np.abs(ref[j]))) if np.size(ref[j]) else 0.0
+            np.testing.assert_allclose(dis[j], ref[j], rtol=1e-5, atol=1e-5 * scale + 1e-12,
+                                       err_msg=f"step {i + 1}, optimizer variable {j}")
+        assert int(ref[-1]) == int(dis[-1]) == 31 + i  # the step counter
+        assert step["copies_per_variable"] == 2 and step["replica_spread"] == 0.0
+    first = r["steps"][0]["ref_state"]
+    moved = max(float(np.max(np.abs(first[j] - r["init"][j]))) for j in range(n_weights))
+    assert moved > 1e-6, "the step did not change the weights"
+    for got, want in zip(r["exported_ema"], r["ref_ema"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(jobs):
+    import tensorflow as tf
+
+    ref, res = jobs["reference"].result(timeout=TIMEOUT), jobs["resume"].result(timeout=2 * TIMEOUT)
+    killed = res["killed"]
+    assert killed["returncode"] == -signal.SIGKILL
+    # killed after step 3, with the step-2 checkpoint as the latest one
+    assert [r["step"] for r in killed["lines"] if "step" in r] == [1, 2, 3]
+    assert "ckpt-2.index" in killed["checkpoints"] and "ckpt-4.index" not in killed["checkpoints"]
+    assert [h["step"] for h in killed["history"]] == [1, 2]
+    # the rerun continued from step 2 (not 0, not 3) and stopped at STEPS, with an export
+    assert "resumed from" in res["log"] and "ckpt-2 at step 2" in res["log"], res["log"][-2000:]
+    assert [r["step"] for r in res["lines"] if "step" in r] == list(range(3, STEPS + 1))
+    assert res["lines"][-1] == {"done": STEPS}
+    assert os.path.exists(os.path.join(res["out"], "saved_model", "saved_model.pb"))
+    assert os.path.exists(os.path.join(res["out"], "saved_model", "deblur.json"))
+    # the same losses, step by step (history.json: steps 1-2 from the killed run, 3-6 rerun)
+    history = json.load(open(os.path.join(res["out"], "history.json")))
+    ref_history = json.load(open(os.path.join(ref["out"], "history.json")))
+    assert [h["step"] for h in history] == [h["step"] for h in ref_history] == list(range(1, STEPS + 1))
+    strip = lambda h: {k: v for k, v in h.items() if k != "seconds"}  # noqa: E731
+    assert [strip(h) for h in history] == [strip(h) for h in ref_history]
+    # and the same final state, bit for bit: seeded initial weights, stateless per-element
+    # randomness, the input iterator restored from the checkpoint, deterministic CPU kernels
+    paths = [tf.train.latest_checkpoint(os.path.join(run["out"], "checkpoints")) for run in (res, ref)]
+    assert [os.path.basename(p) for p in paths] == [f"ckpt-{STEPS}"] * 2
+    readers = [tf.train.load_checkpoint(p) for p in paths]
+    dtypes = readers[0].get_variable_to_dtype_map()
+    assert dtypes == readers[1].get_variable_to_dtype_map()
+    compared = 0
+    for name, dtype in dtypes.items():
+        if dtype in (tf.variant, tf.string):  # the iterator's state, the object graph
+            continue
+        np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name),
+                                      err_msg=name)
+        compared += 1
+    n_ema = sum(name.startswith("ema/") for name in dtypes)
+    assert n_ema > 0 and compared > 4 * n_ema  # the model (via the optimizer), EMA, Adam m, v
+    assert int(readers[0].get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == STEPS
+
+
+def test_saved_model_deblurs_without_the_project(jobs):
+    r = jobs["export"].result(timeout=3 * TIMEOUT)
+    assert r["signatures"] == ["deblur", "serving_default"]
+    for sig in ("deblur", "serving_default"):
+        assert r[sig]["out"] == r[sig]["in"] and r[sig]["dtype"] == "uint8", r[sig]
+        assert r[sig]["std"] > 0, r[sig]
+    assert r["small"]["out"] == r["small"]["in"] and r["small"]["dtype"] == "uint8", r["small"]
+    assert "samples must be >= 1" in r["samples_0"]
+    assert r["same_seed_equal"]
+    assert r["other_seed_mean_abs_diff"] > 0
+    assert r["project_modules"] == []
+
+
+def test_train_cli_one_line_errors(tmp_path, capsys):
+    from deblur import cli
+
+    missing = tmp_path / "nowhere"
+    assert cli.main(["train", "--examples", str(missing), "--out", str(tmp_path / "o1")]) == 2
+    assert capsys.readouterr().err.strip() == f"deblur: error: --examples {missing} is not a directory"
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", "--examples", str(tmp_path / "empty"), "--out", str(tmp_path / "o2"),
+                     "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("deblur: error: no TFRecord files"), err
