@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional
 import keras
 import tensorflow as tf
 
+from deblur import example_format as ef
 from trainer import data as data_lib
 from trainer import diffusion
 from trainer.experiments import Experiment
@@ -127,10 +128,14 @@ class Trainer:
         for k in sorted(regressions or {}):
             out[f"loss_guidance_x{k}"] = tf.reduce_sum(
                 diffusion.mse_per_example(regressions[k], batch["target"][k])) / gb
-            # the identity baseline: the blurry level itself as the prediction of the sharp one
+            # the identity baseline: the clean blurry level (phi without its training noise) as
+            # the prediction of the sharp one; y is in [-1, 1] and the luma weights sum to 1,
+            # so the signed luma of y is the weighted sum of its signed channels
+            tgt = batch["target"][k]
+            src = batch["y"] if tgt.shape[-1] == 3 else tf.reduce_sum(
+                batch["y"] * tf.constant(ef.LUMA_WEIGHTS, batch["y"].dtype), -1, keepdims=True)
             out[f"identity_x{k}"] = tf.reduce_sum(
-                diffusion.mse_per_example(batch["phi"][k], batch["target"][k])) / gb \
-                if batch["phi"][k].shape[-1] == batch["target"][k].shape[-1] else tf.constant(0.0)
+                diffusion.mse_per_example(tf.nn.avg_pool2d(src, k, k, "VALID"), tgt)) / gb
         return out
 
     def learning_rate(self) -> float:
