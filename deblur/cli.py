@@ -63,18 +63,21 @@ def cmd_synth_data(args) -> int:
 
 
 def _clear_output(out: str, overwrite: bool) -> None:
+    """An existing ingest output is replaced only with --overwrite; a folder holding anything
+    else is never deleted."""
     from apache_beam.io.filesystems import FileSystems
 
     from components.ingest import beam_ingest as bi
 
-    existing = [m.path for m in FileSystems.match([out.rstrip("/") + "/*"])[0].metadata_list] \
-        if FileSystems.exists(out) else []
-    if not existing and not FileSystems.exists(f"{out.rstrip('/')}/{bi.SUMMARY_FILE}"):
+    root = out.rstrip("/")
+    existing = [m.path for m in FileSystems.match([root + "/**"])[0].metadata_list]
+    if not existing:
         return
+    if not FileSystems.exists(f"{root}/{bi.SUMMARY_FILE}"):
+        raise UserError(f"{out} is not empty and holds no ingest output; choose an empty --out")
     if not overwrite:
         raise UserError(f"{out} already holds an ingest output; pass --overwrite to replace it")
-    for sub in FileSystems.match([out.rstrip("/") + "/**"])[0].metadata_list:
-        FileSystems.delete([sub.path])
+    FileSystems.delete(existing)
 
 
 def cmd_ingest(args, beam_args: List[str]) -> int:

@@ -70,3 +70,13 @@ def test_bad_arguments_exit_2_without_traceback(tmp_path):
     assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([exe, "synth-data", str(tmp_path), "--size", "big"], capture_output=True, text=True)
     assert r.returncode == 2 and "expected HxW" in r.stderr
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_ingest_output(tmp_path, capsys):
+    _gopro(tmp_path / "src")
+    keep = tmp_path / "mine" / "precious.txt"
+    fx.write(str(keep), b"do not delete")
+    assert cli.main(["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"),
+                     "--out", str(tmp_path / "mine"), "--overwrite"]) == cli.EXIT_USAGE
+    assert "holds no ingest output" in capsys.readouterr().err
+    assert keep.read_bytes() == b"do not delete"
