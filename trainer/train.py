@@ -23,6 +23,7 @@ from typing import Callable, Dict, Optional
 
 import keras
 import tensorflow as tf
+from tensorflow.io import gfile
 
 from deblur import example_format as ef
 from trainer import data as data_lib
@@ -173,7 +174,7 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
     """Trains to exp.train.steps (resuming from OUT/checkpoints), exports the SavedModel to
     export_dir (default OUT/saved_model), returns the history."""
     t = exp.train
-    os.makedirs(out_dir, exist_ok=True)
+    gfile.makedirs(out_dir)  # tf.io.gfile: local paths and gs:// alike
     trainer = Trainer(exp, out_dir, strategy)
     ds = trainer.dataset(examples_dir)
     iterator = iter(ds)
@@ -189,11 +190,14 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.warning("resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy()))
-    with open(os.path.join(out_dir, "experiment.json"), "w") as f:
+    with gfile.GFile(os.path.join(out_dir, "experiment.json"), "w") as f:
         json.dump(exp.to_dict(), f, indent=2, sort_keys=True)
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
     history_path = os.path.join(out_dir, "history.json")
-    history = json.load(open(history_path)) if os.path.exists(history_path) else []
+    history = []
+    if gfile.exists(history_path):
+        with gfile.GFile(history_path) as f:
+            history = json.load(f)
     history = [h for h in history if h["step"] <= int(trainer.step.numpy())]
     bar = None
     if progress:
@@ -221,9 +225,9 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
             _image_summaries(trainer, batch, writer, step)
         if step % t.checkpoint_every == 0 or step == t.steps:
             manager.save(checkpoint_number=step)
-            with open(history_path + ".tmp", "w") as f:
+            with gfile.GFile(history_path + ".tmp", "w") as f:
                 json.dump(history, f)
-            os.replace(history_path + ".tmp", history_path)
+            gfile.rename(history_path + ".tmp", history_path, overwrite=True)
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{float(metrics['loss'].numpy()):.4f}")
