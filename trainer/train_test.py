@@ -49,9 +49,6 @@ TRAIN = {"model": MODEL, "data": {"crop_size": CROP},
          "train": {"steps": STEPS, "global_batch_size": 4, "checkpoint_every": CHECKPOINT_EVERY,
                    "log_every": 1, "image_summary_every": 4}}
 MIRRORED = {"model": MODEL, "data": {"crop_size": CROP}, "train": {"global_batch_size": 4}}
-# The killed run, its rerun and the export's loader follow one another: the longest chain.
-# The other jobs run at a lower priority so that, on a busy machine, they fill the gaps.
-NICE = 10
 PROJECT = ("trainer", "deblur", "components", "pipelines", "tests", "benchmarks")
 # which background jobs each test waits for (only the selected tests' jobs are started)
 NEEDS = {"test_mirrored_step_matches_the_default_strategy": {"mirrored"},
@@ -61,10 +58,9 @@ NEEDS = {"test_mirrored_step_matches_the_default_strategy": {"mirrored"},
 # ---- the subprocess programs (JSON arguments in argv[1]) ---------------------------------
 
 TRAIN_RUN = r"""
-import json, os, sys, time
-a = json.loads(sys.argv[1])
-os.nice(a["nice"])
+import json, sys, time
 from trainer import experiments, train
+a = json.loads(sys.argv[1])
 exp = experiments.get("tiny", **a["overrides"])
 if not a["export"]:  # the reference run: the export reads the EMA, it changes no training state
     from trainer import export
@@ -79,9 +75,7 @@ print(json.dumps({"done": result["step"]}), flush=True)
 """
 
 MIRRORED_STEP = r"""
-import json, os, pickle, sys
-a = json.loads(sys.argv[1])
-os.nice(a["nice"])
+import json, pickle, sys
 import numpy as np
 import tensorflow as tf
 
@@ -90,6 +84,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 from trainer import data as data_lib, diffusion, experiments, train
 
+a = json.loads(sys.argv[1])
 exp = experiments.get("tiny", **a["overrides"])
 gb = exp.train.global_batch_size
 noise = train.add_diffusion_noise(diffusion.TrainingSchedule(exp.diffusion), exp.train.seed)
@@ -245,10 +240,14 @@ class Procs:
                 self.kill(p)
 
 
-def _run_args(examples: str, out: str, pause_at: int = 0, export: bool = True,
-              nice: int = 0) -> dict:
+def _run_args(examples: str, out: str, pause_at: int = 0, export: bool = True) -> dict:
     return {"overrides": TRAIN, "examples": examples, "out": out, "pause_at": pause_at,
-            "export": export, "nice": nice}
+            "export": export}
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
 
 
 def _json_lines(text: str):
@@ -259,14 +258,14 @@ def _mirrored_job(procs: Procs, examples: str, work: str) -> dict:
     result = os.path.join(work, "mirrored.pkl")
     procs.finish(procs.start("mirrored", MIRRORED_STEP, {
         "overrides": MIRRORED, "examples": examples, "out": os.path.join(work, "mirrored"),
-        "result": result, "nice": NICE}))
+        "result": result}))
     with open(result, "rb") as f:
         return pickle.load(f)
 
 
 def _reference_job(procs: Procs, examples: str, work: str) -> dict:
     out = os.path.join(work, "reference")
-    args = _run_args(examples, out, export=False, nice=NICE)
+    args = _run_args(examples, out, export=False)
     stdout = procs.finish(procs.start("reference", TRAIN_RUN, args))
     return {"out": out, "lines": _json_lines(stdout)}
 
@@ -283,7 +282,7 @@ def _resume_job(procs: Procs, examples: str, work: str) -> dict:
             raise AssertionError(f"no checkpoint after {TIMEOUT} s")
         time.sleep(0.5)
     at_kill = {"checkpoints": sorted(os.listdir(os.path.dirname(ckpt_state))),
-               "history": json.load(open(os.path.join(out, "history.json")))}
+               "history": _read_json(os.path.join(out, "history.json"))}
     procs.kill(p)  # SIGKILL, mid-training
     killed = {"returncode": p.returncode, "lines": _json_lines(procs.output(p)), **at_kill}
     again = procs.start("resumed", TRAIN_RUN, _run_args(examples, out))
@@ -388,14 +387,16 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(jobs):
     assert os.path.exists(os.path.join(res["out"], "saved_model", "saved_model.pb"))
     assert os.path.exists(os.path.join(res["out"], "saved_model", "deblur.json"))
     # the same losses, step by step (history.json: steps 1-2 from the killed run, 3-6 rerun)
-    history = json.load(open(os.path.join(res["out"], "history.json")))
-    ref_history = json.load(open(os.path.join(ref["out"], "history.json")))
-    assert [h["step"] for h in history] == [h["step"] for h in ref_history] == list(range(1, STEPS + 1))
+    history = _read_json(os.path.join(res["out"], "history.json"))
+    ref_history = _read_json(os.path.join(ref["out"], "history.json"))
+    steps = list(range(1, STEPS + 1))
+    assert [h["step"] for h in history] == [h["step"] for h in ref_history] == steps
     strip = lambda h: {k: v for k, v in h.items() if k != "seconds"}  # noqa: E731
     assert [strip(h) for h in history] == [strip(h) for h in ref_history]
     # and the same final state, bit for bit: seeded initial weights, stateless per-element
     # randomness, the input iterator restored from the checkpoint, deterministic CPU kernels
-    paths = [tf.train.latest_checkpoint(os.path.join(run["out"], "checkpoints")) for run in (res, ref)]
+    paths = [tf.train.latest_checkpoint(os.path.join(run["out"], "checkpoints"))
+             for run in (res, ref)]
     assert [os.path.basename(p) for p in paths] == [f"ckpt-{STEPS}"] * 2
     readers = [tf.train.load_checkpoint(p) for p in paths]
     dtypes = readers[0].get_variable_to_dtype_map()
@@ -430,7 +431,8 @@ def test_train_cli_one_line_errors(tmp_path, capsys):
 
     missing = tmp_path / "nowhere"
     assert cli.main(["train", "--examples", str(missing), "--out", str(tmp_path / "o1")]) == 2
-    assert capsys.readouterr().err.strip() == f"deblur: error: --examples {missing} is not a directory"
+    err = capsys.readouterr().err.strip()
+    assert err == f"deblur: error: --examples {missing} is not a directory"
     (tmp_path / "empty").mkdir()
     assert cli.main(["train", "--examples", str(tmp_path / "empty"), "--out", str(tmp_path / "o2"),
                      "--steps", "1"]) == 2
