@@ -14,7 +14,9 @@ from components import validation
 class DomainDrift(artifact.Artifact):
     """JSON report of TFDV drift of each split against the in-domain baseline split."""
 
-    TYPE_NAME = "DomainDrift"
+    # "<namespace>.<Type>": KubeflowV2DagRunner accepts only custom artifact type names of this
+    # form (its schema-title rule ^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$).
+    TYPE_NAME = "deblur.DomainDrift"
 
 
 class DataValidationError(RuntimeError):

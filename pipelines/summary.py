@@ -63,8 +63,9 @@ def build_summary(metadata_path: str, pipeline_name: str) -> dict:
             summary["training"] = {"first": history[0], "last": history[-1]} if history else {}
     if "Model" in arts:
         summary["model_uri"] = arts["Model"][0].uri
-    if "DomainDrift" in arts:
-        summary["drift"] = _read_json(os.path.join(arts["DomainDrift"][0].uri, validation.DRIFT_FILE))
+    if "deblur.DomainDrift" in arts:
+        summary["drift"] = _read_json(os.path.join(arts["deblur.DomainDrift"][0].uri,
+                                                   validation.DRIFT_FILE))
     return summary
 
 
