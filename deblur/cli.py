@@ -278,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
     s.add_argument("--config", default=None, help="JSON or YAML config (pipelines/config.py)")
     s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
+
+    from components.registry import cli as registry_cli
+
+    registry_cli.add_parser(sub)
     return p
 
 
@@ -300,6 +304,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_model_stats(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "registry":
+            from components.registry import cli as registry_cli
+
+            return registry_cli.run(args)
     except (UserError, ValueError, FileNotFoundError) as e:
         # LayoutError and ConfigError are ValueErrors too. --verbose keeps the traceback.
         if args.verbose:

@@ -1,0 +1,68 @@
+"""`deblur registry {list,show,latest}` on a local registry: output, JSON and one-line errors."""
+from __future__ import annotations
+
+import json
+
+from components.registry.registry import Registry
+from components.registry.registry_test import make_source
+from deblur import cli
+
+SETTING = {"sampler": "ddpm", "steps": 20, "max_noise": 0.1, "samples": 4}
+
+
+def _registry(tmp_path) -> str:
+    uri = str(tmp_path / "registry")
+    reg = Registry(uri)  # the default model name, deblur-icdpm
+    for i, lpips in enumerate((0.21, 0.18)):
+        reg.push(str(make_source(tmp_path / f"src{i}", seed=i, kib=1)),
+                 {"metrics": {"in": {"psnr": 27.0 + i, "lpips": 0.1},
+                              "out": {"psnr": 25.0, "LPIPS": lpips}},
+                  "sampling": SETTING if i else None})
+    return uri
+
+
+def test_list_show_latest(tmp_path, capsys):
+    uri = _registry(tmp_path)
+    assert cli.main(["registry", "list", "--registry", uri, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["out_lpips"], r["in_psnr"], r["sampling"]) for r in rows] == [
+        (1, 0.21, 27.0, None), (2, 0.18, 28.0, SETTING)]
+    assert rows[1]["uri"] == f"{uri}/deblur-icdpm/2" and rows[1]["created"].endswith("+00:00")
+
+    assert cli.main(["registry", "list", "--registry", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{uri}/deblur-icdpm"
+    assert lines[1].split() == ["version", "created", "(UTC)", "LPIPS", "out", "PSNR", "in",
+                                "setting"]
+    assert lines[2].split()[2:] == ["0.2100", "27.00", "-"]
+    assert lines[3].split()[2:] == ["0.1800", "28.00", "ddpm", "T=20", "max_noise=0.1", "K=4"]
+
+    assert cli.main(["registry", "show", "--registry", uri]) == 0  # default: the newest
+    assert json.loads(capsys.readouterr().out)["version"] == 2
+    assert cli.main(["registry", "show", "--registry", uri, "--version", "1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == Registry(uri).show(1) and shown["metrics"]["out"]["LPIPS"] == 0.21
+
+    assert cli.main(["registry", "latest", "--registry", uri]) == 0
+    assert capsys.readouterr().out == f"2\t{uri}/deblur-icdpm/2\n"
+    assert cli.main(["registry", "latest", "--registry", uri, "--json", "--fetch"]) == 0
+    latest = json.loads(capsys.readouterr().out)
+    assert latest["version"] == 2 and latest["local_path"] == f"{uri}/deblur-icdpm/2"
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    empty = str(tmp_path / "empty")
+    for action in ("list", "show", "latest"):
+        assert cli.main(["registry", action, "--registry", empty]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err == (f"deblur: error: registry {empty} holds no complete version of model "
+                       "'deblur-icdpm'\n")
+    uri = _registry(tmp_path)
+    assert cli.main(["registry", "show", "--registry", uri, "--version", "9"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("deblur: error: model 'deblur-icdpm'") and "(versions: 1-2)" in err
+    assert err.count("\n") == 1
+    assert cli.main(["registry", "list", "--registry", uri, "--model", "other"]) == cli.EXIT_USAGE
+    assert "holds no complete version of model 'other'" in capsys.readouterr().err
+    assert cli.main(["registry", "list", "--registry", uri, "--model", "42"]) == cli.EXIT_USAGE
+    assert "model name '42'" in capsys.readouterr().err

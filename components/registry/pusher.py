@@ -1,0 +1,227 @@
+"""Registers a blessed model: the library function the RegistryPusher component wraps.
+
+`register_model` reads the blessing, the evaluation and the data summary, builds the manifest
+(what was measured, how to sample, on which data, from which code and pipeline run) and pushes
+the SavedModel into the registry. A model that is not blessed is not pushed: the result says
+so with the failed rules, and nothing is written to the registry.
+
+Inputs it reads (local paths or gs://, the latter through google-cloud-storage, like the
+registry itself):
+  <blessing_uri>/blessing.json   {"blessed": bool, "rules": [{"rule", "value", "threshold",
+                                  "verdict", "detail"?}, ...], "reason"?, "config"?,
+                                  "best_setting"?, "best"?} (components/evaluator writes it);
+                                  a rule failed when its verdict is "fail"/"failed"/false
+                                  ("skipped" is not a failure)
+  <evaluation_uri>/evaluation.json  at least "best_setting" {"sampler", "steps", "max_noise",
+                                  "samples"} and "best" {"in": {metric: value}, "out": {...}}
+  <examples_uri>/summary.json    the ingest summary (optional)
+  <model_dir>/deblur.json        the export's default sampling, used when neither the
+                                  evaluation nor the blessing names a best setting
+No TensorFlow or TFX import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+from typing import Any, Dict, List, Optional, Tuple
+
+from components.registry.registry import Registry
+
+BLESSING_FILE = "blessing.json"
+EVALUATION_FILE = "evaluation.json"
+SUMMARY_FILE = "summary.json"
+MODEL_INFO_FILE = "deblur.json"
+PACKAGE = "deblur-pipeline"
+GIT_SHA_ENV = "DEBLUR_GIT_SHA"  # set at image build time, where there is no .git
+FAILING_VERDICTS = ("false", "fail", "failed")
+
+
+@dataclasses.dataclass
+class PushResult:
+    pushed: bool
+    version: Optional[int] = None
+    destination: Optional[str] = None  # the version's URI
+    reason: Optional[str] = None  # why not pushed
+    manifest: Optional[Dict[str, Any]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------- storage
+def _gcs(uri: str):
+    from google.cloud import storage
+
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    return storage.Client().bucket(bucket), name.strip("/")
+
+
+def read_text(uri: str) -> Optional[str]:
+    """The text of a local or gs:// file, or None if it does not exist."""
+    if uri.startswith("gs://"):
+        bucket, name = _gcs(uri)
+        blob = bucket.get_blob(name)
+        return None if blob is None else blob.download_as_bytes().decode()
+    if not os.path.isfile(uri):
+        return None
+    with open(uri) as f:
+        return f.read()
+
+
+def list_sizes(uri: str) -> List[Tuple[str, int]]:
+    """(relative path, bytes) of every file under a local or gs:// folder, sorted."""
+    if uri.startswith("gs://"):
+        bucket, prefix = _gcs(uri)
+        out = [(b.name[len(prefix) + 1:], b.size) for b in
+               bucket.client.list_blobs(bucket.name, prefix=prefix + "/") if not b.name.endswith("/")]
+        return sorted(out)
+    out = []
+    for root, _, files in os.walk(uri):
+        for f in files:
+            p = os.path.join(root, f)
+            out.append((os.path.relpath(p, uri).replace(os.sep, "/"), os.path.getsize(p)))
+    return sorted(out)
+
+
+def _read_json(uri: str, what: str, required: bool) -> Optional[Dict[str, Any]]:
+    text = read_text(uri)
+    if text is None:
+        if required:
+            raise ValueError(f"{what} {uri} does not exist")
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {uri} is not valid JSON: {e}") from None
+
+
+# ------------------------------------------------------------------------------- pieces
+def _failed(verdict) -> bool:
+    return verdict is False or str(verdict).strip().lower() in FAILING_VERDICTS
+
+
+def _rule_text(r: Dict[str, Any]) -> str:
+    if r.get("detail"):
+        return f"{r.get('rule', '?')}: {r['detail']}"
+    return f"{r.get('rule', '?')} = {r.get('value')} (threshold {r.get('threshold')})"
+
+
+def read_blessing(blessing_uri: str, blessed_property: Optional[int]) -> Tuple[bool, Dict, List[str]]:
+    """(blessed, blessing.json, failed rules as text).
+
+    The artifact's `blessed` custom property (ML Metadata's record) and blessing.json must
+    agree when both exist; a disagreement is an error, not a guess."""
+    record = _read_json(f"{blessing_uri.rstrip('/')}/{BLESSING_FILE}", "blessing file",
+                        required=blessed_property is None) or {}
+    if "blessed" in record and blessed_property is not None and bool(record["blessed"]) != bool(
+            blessed_property):
+        raise ValueError(f"blessing {blessing_uri}: custom property blessed={blessed_property} "
+                         f"but {BLESSING_FILE} says blessed={record['blessed']}")
+    if blessed_property is None and "blessed" not in record:
+        raise ValueError(f"blessing {blessing_uri} has neither a 'blessed' custom property nor "
+                         f"a 'blessed' key in {BLESSING_FILE}")
+    blessed = bool(blessed_property if blessed_property is not None else record["blessed"])
+    failed = [_rule_text(r) for r in record.get("rules", []) if _failed(r.get("verdict"))]
+    return blessed, record, failed
+
+
+def read_evaluation(evaluation_uri: str) -> Dict[str, Any]:
+    ev = _read_json(f"{evaluation_uri.rstrip('/')}/{EVALUATION_FILE}", "evaluation file", True)
+    missing = [k for k in ("best_setting", "best") if k not in ev]
+    if missing:
+        raise ValueError(f"evaluation {evaluation_uri}/{EVALUATION_FILE} lacks {missing}")
+    return ev
+
+
+def data_fingerprint(examples_uri: str) -> Dict[str, Any]:
+    """A cheap fingerprint of an Examples folder: SHA-256 over the sorted (path, bytes) of
+    every file and the full text of summary.json (split counts, quarantine).
+
+    It reads no example data (a training set is many GB); together with the Examples artifact's
+    URI and ML Metadata id, which the manifest records too, it identifies the data."""
+    files = list_sizes(examples_uri)
+    summary_text = read_text(f"{examples_uri.rstrip('/')}/{SUMMARY_FILE}")
+    h = hashlib.sha256()
+    for rel, size in files:
+        h.update(f"{rel}\t{size}\n".encode())
+    h.update((summary_text or "").encode())
+    out: Dict[str, Any] = {"fingerprint": f"sha256:{h.hexdigest()}", "uri": examples_uri,
+                           "files": len(files), "bytes": sum(s for _, s in files)}
+    if summary_text:
+        summary = json.loads(summary_text)
+        out["summary"] = {k: summary[k] for k in ("inputs", "written", "quarantined", "splits")
+                          if k in summary}
+    return out
+
+
+def code_version() -> Dict[str, Any]:
+    """The package version and git commit of this code ($DEBLUR_GIT_SHA in images)."""
+    try:
+        package_version = importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        package_version = None
+    sha, dirty = os.environ.get(GIT_SHA_ENV) or None, None
+    if sha is None:
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            run = dict(cwd=repo, capture_output=True, text=True, timeout=10)
+            r = subprocess.run(["git", "rev-parse", "HEAD"], **run)
+            if r.returncode == 0:
+                sha = r.stdout.strip()
+                st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
+                dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"package": PACKAGE, "package_version": package_version, "git_sha": sha,
+            "git_dirty": dirty}
+
+
+# ------------------------------------------------------------------------------- the push
+def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessing_uri: str,
+                   blessed_property: Optional[int] = None, evaluation_uri: Optional[str] = None,
+                   examples_uri: Optional[str] = None, pipeline: Optional[Dict[str, Any]] = None,
+                   mlmd_ids: Optional[Dict[str, Optional[int]]] = None,
+                   model_uri: Optional[str] = None) -> PushResult:
+    """Pushes the SavedModel at model_dir into the registry if the blessing says so.
+
+    Not blessed: returns pushed=False with "model not blessed: <failed rules>" and writes
+    nothing. Blessed: returns the version, its URI and the manifest that was stored."""
+    registry = Registry(registry_uri, model_name)  # validates the name before any reading
+    blessed, blessing, failed = read_blessing(blessing_uri, blessed_property)
+    if not blessed:
+        detail = "; ".join(failed) if failed else f"{BLESSING_FILE} records no failed rule"
+        return PushResult(pushed=False, reason=f"model not blessed: {detail}")
+
+    evaluation = read_evaluation(evaluation_uri) if evaluation_uri else None
+    model_info = _read_json(f"{model_dir.rstrip('/')}/{MODEL_INFO_FILE}", "model info", False)
+    metrics = (evaluation or {}).get("best") or blessing.get("best")
+    if evaluation is not None and evaluation.get("best_setting"):
+        sampling, sampling_source = evaluation["best_setting"], "evaluation best_setting"
+    elif blessing.get("best_setting"):
+        sampling, sampling_source = blessing["best_setting"], "blessing best_setting"
+    elif model_info and model_info.get("default_sampling"):
+        sampling, sampling_source = model_info["default_sampling"], f"{MODEL_INFO_FILE} default"
+    else:
+        sampling, sampling_source = None, None
+    manifest = {
+        "metrics": metrics or None,
+        "sampling": sampling,
+        "sampling_source": sampling_source,
+        "blessing": {"blessed": True, "rules": blessing.get("rules", []),
+                     **{k: blessing[k] for k in ("reason", "config") if k in blessing}},
+        "data": data_fingerprint(examples_uri) if examples_uri else None,
+        "code": code_version(),
+        "pipeline": dict(pipeline or {}),
+        "mlmd": dict(mlmd_ids or {}),
+        "source": {"model_uri": model_uri, "model_dir": model_dir,
+                   "blessing_uri": blessing_uri, "evaluation_uri": evaluation_uri,
+                   "experiment": (model_info or {}).get("experiment", {}).get("name")
+                   if isinstance((model_info or {}).get("experiment"), dict) else None},
+    }
+    version = registry.push(model_dir, manifest)
+    return PushResult(pushed=True, version=version, destination=registry.version_uri(version),
+                      manifest=registry.show(version))
