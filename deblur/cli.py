@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="JSON or YAML config (pipelines/config.py)")
     s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
 
+    from pipelines import kubeflow_cli
+
+    kubeflow_cli.add_parsers(sub)  # compile, submit
+
     from components.registry import cli as registry_cli
 
     registry_cli.add_parser(sub)
@@ -304,6 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_model_stats(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command in ("compile", "submit"):
+            from pipelines import kubeflow_cli
+
+            return kubeflow_cli.run(args)
         if args.command == "registry":
             from components.registry import cli as registry_cli
 

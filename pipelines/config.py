@@ -19,6 +19,7 @@ import typing
 from typing import Any, Dict, List, Optional, Tuple
 
 from components.ingest.beam_ingest import IngestOptions, IngestSource
+from pipelines.kubeflow_config import KubeflowConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SCHEMA = os.path.join(REPO_ROOT, "schemas", "schema.pbtxt")
@@ -73,6 +74,10 @@ class RunnerConfig:
     beam_args: List[str] = dataclasses.field(
         default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
     enable_cache: bool = False
+    # "local" or "kubeflow": pipelines/kubeflow_runner.py sets "kubeflow" on its copy of the
+    # config, and only then does create_pipeline place components per the `kubeflow` section
+    # (LocalDagRunner rejects Kubeflow resource specs).
+    orchestrator: str = "local"
 
     def resolved_pipeline_root(self) -> str:
         return self.pipeline_root or os.path.join(self.work_dir, "pipeline_root")
@@ -88,6 +93,7 @@ class PipelineConfig:
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
+    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
     def synthetic_root(self) -> str:
         return os.path.join(os.path.abspath(self.runner.work_dir), "data")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tfx.v1.components import ExampleValidator, ImportSchemaGen, StatisticsGen, Trainer
+from tfx.v1.components import ExampleValidator, ImportSchemaGen, StatisticsGen
 from tfx.v1.proto import EvalArgs, TrainArgs
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from components.ingest.component import DeblurIngest
 from components.validation_component import DomainDriftReport, ValidationGate
+from pipelines import placement
 from pipelines.config import PipelineConfig
 
 
@@ -30,7 +31,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     drift = DomainDriftReport(statistics=statistics.outputs["statistics"],
                               schema=schema.outputs["schema"],
                               baseline_split=config.validation.drift_baseline_split)
-    trainer = Trainer(
+    trainer = placement.trainer(  # TFX's Trainer, or its Vertex AI one (config.kubeflow)
+        config,
         run_fn="trainer.tfx_trainer.run_fn",  # the installed package, not a module_file
         examples=ingest.outputs["examples"],
         train_args=TrainArgs(splits=[config.data.train_split], num_steps=config.training.steps),
@@ -43,7 +45,9 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     return tfx_pipeline.Pipeline(
         pipeline_name=config.runner.pipeline_name,
         pipeline_root=pipeline_root or config.runner.resolved_pipeline_root(),
-        components=[ingest, statistics, schema, validator, gate, drift, trainer],
+        # place(): on Kubeflow, each component's resources from config.kubeflow.resources
+        components=placement.place(
+            config, [ingest, statistics, schema, validator, gate, drift, trainer]),
         enable_cache=config.runner.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.runner.beam_args),

@@ -2,7 +2,10 @@
 
 The pipeline points Trainer(run_fn="trainer.tfx_trainer.run_fn") at this installed module
 instead of a module_file, so nothing is packaged and pip-installed at run time.
-custom_config carries {"experiment": name, "overrides": {section: {field: value}}}.
+custom_config carries {"experiment": name, "overrides": {section: {field: value}}} and, when
+the Kubeflow placement (pipelines/placement.py) puts the Trainer on a TPU, "tpu": "local" (a TPU
+VM: GKE TPU node pools, Vertex ct* machine types), "env" (Vertex AI cloud-tpu workers, whose
+TPU TPUClusterResolver() finds through the TPU_CONFIG variable Vertex sets) or a TPU name.
 """
 from __future__ import annotations
 
@@ -25,6 +28,22 @@ def run_fn(fn_args: FnArgs) -> None:
     overrides = {k: dict(v) for k, v in (cfg.get("overrides") or {}).items()}
     if fn_args.train_steps:
         overrides.setdefault("train", {})["steps"] = int(fn_args.train_steps)
+    tpu = cfg.get("tpu")
+    if tpu:  # as `deblur train --tpu`: TPUStrategy, bfloat16 unless the overrides say otherwise
+        overrides.setdefault("train", {})["tpu"] = tpu
+        overrides["train"].setdefault("mixed_precision", "bfloat16")
     exp = experiments.get(cfg.get("experiment", "tiny"), **overrides)
+    strategy = tpu_strategy_from_environment() if tpu == "env" else None
     train.train(exp, examples_uri(fn_args.train_files), fn_args.model_run_dir,
-                export_dir=fn_args.serving_model_dir)
+                strategy=strategy, export_dir=fn_args.serving_model_dir)
+
+
+def tpu_strategy_from_environment():
+    """TPUClusterResolver() without a name resolves TPU_CONFIG / KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS /
+    TPU_NAME (train.make_strategy passes train.tpu as the name, and "env" is none)."""
+    import tensorflow as tf
+
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)

@@ -1,0 +1,407 @@
+"""Kubeflow Pipelines: compile create_pipeline(config) to a KFP v2 spec, submit runs.
+
+    compile_pipeline(config, "deblur-icdpm.json")
+        -> deblur-icdpm.json  TFX KubeflowV2DagRunner's PipelineJob (pipelineSpec + runtimeConfig)
+        -> deblur-icdpm.yaml  the KFP package: the same pipelineSpec with defaultPipelineRoot, plus
+                              a Kubernetes PlatformSpec document with the node selectors
+    submit(config, spec_file, host, schedule="0 0 3 * * 1")   # kfp.Client: a run or a cron run
+
+The pipeline is the same pure create_pipeline() the local runner uses, built from a copy of the
+config with runner.orchestrator = "kubeflow" (component placement, pipelines/placement.py), the
+Dataflow Beam arguments of config.kubeflow, and the schema path as seen inside the image.
+
+KFP facts this relies on (kfp SDK 2.5.0 sources here; KFP backend sources at tag 2.0.5):
+- the backend accepts only pipeline specs of schemaVersion 2.1.0, so the runner compiles with
+  use_pipeline_spec_2_1=True (TFX's default, 2.0.0, is what Vertex AI takes);
+- kfp.Client reads a package (.yaml/.zip/.tar.gz) holding a PipelineSpec, optionally followed by
+  a PlatformSpec document; TFX's PipelineJob JSON wraps the spec, hence the .yaml package;
+- a ResourceSpec accelerator becomes `resources.limits[<type>] = <count>` on the pod; node
+  selectors exist only in the Kubernetes PlatformSpec (tolerations only from backend 2.1);
+- recurring runs: the backend parses the cron with robfig/cron v1.2.0 `cron.Parse`, which reads
+  6 fields, seconds first, and also accepts 5 fields as seconds..month: a standard 5-field
+  crontab line is accepted and means something else, so validate_cron() demands 6 fields.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Any, Dict, List, Optional, Tuple
+
+from pipelines import placement
+from pipelines.config import REPO_ROOT, ConfigError, PipelineConfig
+
+DEFAULT_OUT = "deblur-icdpm.json"
+
+
+class SubmitError(ValueError):
+    """The KFP API could not be reached or refused the request (one line for the CLI)."""
+
+
+# ---- config ---------------------------------------------------------------------------------
+def check_config(config: PipelineConfig) -> None:
+    """Everything a Kubeflow run needs that has no usable default, named in one ConfigError."""
+    problems = list(config.kubeflow.missing())
+    if not config.data.sources:
+        problems.append("data.sources (gs:// dataset roots; the synthetic default is generated "
+                        "on this machine, which the cluster cannot read)")
+    else:
+        local = [s.root for s in config.data.sources if not s.root.startswith("gs://")]
+        if local:
+            problems.append(f"data.sources roots on gs:// (the pods cannot read "
+                            f"{', '.join(local)})")
+    if problems:
+        raise ConfigError("the Kubeflow pipeline needs: " + "; ".join(problems))
+
+
+def _image_path(path: str, image_repo_root: str) -> str:
+    """A path of this checkout as seen in the image (infra/Dockerfile copies the repo there)."""
+    if path.startswith("gs://"):
+        return path
+    rel = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+    if rel.startswith(".."):
+        raise ConfigError(f"validation.schema_path {path} is outside the repository, so not in "
+                          f"the image; put it in the repository or on gs://")
+    return f"{image_repo_root.rstrip('/')}/{rel}"
+
+
+def kubeflow_config(config: PipelineConfig) -> PipelineConfig:
+    """The copy create_pipeline sees on Kubeflow."""
+    check_config(config)
+    cfg = copy.deepcopy(config)
+    kf = cfg.kubeflow
+    cfg.runner.orchestrator = "kubeflow"
+    cfg.runner.pipeline_root = kf.pipeline_root
+    cfg.runner.beam_args = kf.beam_args()
+    cfg.validation.schema_path = _image_path(cfg.validation.schema_path, kf.image_repo_root)
+    return cfg
+
+
+# ---- compile --------------------------------------------------------------------------------
+def package_path(spec_file: str) -> str:
+    return os.path.splitext(spec_file)[0] + ".yaml"
+
+
+def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str:
+    """Writes the PipelineJob JSON to out_file and the KFP package beside it; returns out_file."""
+    if not out_file.endswith(".json"):
+        raise ConfigError(f"--out {out_file}: the compiled spec is a .json file (the KFP package "
+                          f"is written beside it as .yaml)")
+    cfg = kubeflow_config(config)  # config errors before the ~20 s of importing TFX
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2
+    from tfx.orchestration.kubeflow.v2 import pipeline_builder
+
+    from pipelines.pipeline import create_pipeline
+
+    kf = cfg.kubeflow
+    pipeline = create_pipeline(cfg, metadata_connection_config=None,
+                               pipeline_root=kf.pipeline_root)
+    images = {c.id: kf.image_for(c.id) for c in pipeline.components}
+    runner = v2.KubeflowV2DagRunner(
+        v2.KubeflowV2DagRunnerConfig(
+            display_name=cfg.runner.pipeline_name,
+            # a map: per component id, and "default" for the rest
+            default_image={**{k: v for k, v in images.items() if v != kf.image},
+                           pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kf.image},
+            use_pipeline_spec_2_1=True),  # KFP backend 2.0.x takes schemaVersion 2.1.0 only
+        output_dir=os.path.dirname(os.path.abspath(out_file)),
+        output_filename=os.path.basename(out_file))
+    job = runner.run(pipeline, write_out=True)
+    write_package(job, cfg, package_path(out_file))
+    return out_file
+
+
+def platform_spec(job: Dict[str, Any], config: PipelineConfig) -> Optional[Dict[str, Any]]:
+    """The Kubernetes PlatformSpec (kfp-kubernetes format) with each placed task's node selector,
+    keyed by its executor label; None when no placed component has one."""
+    spec = job["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    executors = {}
+    for cid, r in placement.placed_resources(config, list(tasks)).items():
+        if not r.node_selector:
+            continue
+        label = spec["components"][tasks[cid]["componentRef"]["name"]]["executorLabel"]
+        executors[label] = {"nodeSelector": {"labels": dict(r.node_selector)}}
+    if not executors:
+        return None
+    return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
+
+
+def write_package(job: Dict[str, Any], config: PipelineConfig, path: str) -> str:
+    import yaml
+
+    spec = copy.deepcopy(job["pipelineSpec"])
+    # Runs started from the KFP UI (no runtime pipeline root) write here too, not to MinIO.
+    spec["defaultPipelineRoot"] = config.kubeflow.pipeline_root
+    docs = [spec]
+    plat = platform_spec(job, config)
+    if plat:
+        docs.append(plat)
+    with open(path, "w") as f:
+        f.write(f"# KFP package of {spec['pipelineInfo']['name']}: the pipeline spec compiled by "
+                f"TFX {spec.get('sdkVersion', '')}\n# and a Kubernetes platform spec with the "
+                f"node selectors (pipelines/kubeflow_runner.py)\n")
+        yaml.safe_dump_all(docs, f, sort_keys=True)
+    return path
+
+
+def load_job(spec_file: str) -> Dict[str, Any]:
+    with open(spec_file) as f:
+        job = json.load(f)
+    if "pipelineSpec" not in job:
+        raise ConfigError(f"{spec_file} is not a PipelineJob compiled by `deblur compile`")
+    return job
+
+
+def _topological(tasks: Dict[str, Any]) -> List[str]:
+    done: List[str] = []
+    left = dict(tasks)
+    while left:
+        ready = sorted(n for n, t in left.items()
+                       if all(d in done for d in t.get("dependentTasks", [])))
+        if not ready:  # a cycle cannot come out of TFX; keep the rest rather than loop
+            ready = sorted(left)
+        done += ready
+        for n in ready:
+            left.pop(n)
+    return done
+
+
+def describe(job: Dict[str, Any], config: Optional[PipelineConfig] = None) -> List[Dict[str, Any]]:
+    """One entry per task, dependencies first: name, dependencies, image, resources, node
+    selector, Beam runner, Vertex machine (from the Trainer's custom_config)."""
+    spec = job["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    plat = (platform_spec(job, config) if config is not None else None) or {}
+    selectors = plat.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get(
+        "executors", {})
+    out = []
+    for name in _topological(tasks):
+        task = tasks[name]
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        executor = spec["deploymentSpec"]["executors"][label]
+        container = executor.get("container", {})
+        args = container.get("args", [])
+        runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), None)
+        entry = {"name": name, "kind": next(iter(executor), None),
+                 "depends_on": sorted(task.get("dependentTasks", [])),
+                 "image": container.get("image"), "resources": container.get("resources", {}),
+                 "node_selector":
+                     selectors.get(label, {}).get("nodeSelector", {}).get("labels", {}),
+                 "beam_runner": runner}
+        custom = task.get("inputs", {}).get("parameters", {}).get("custom_config", {})
+        constant = custom.get("runtimeValue", {}).get("constant")
+        if constant:
+            cc = json.loads(constant)
+            job_args = cc.get("ai_platform_training_args")
+            if job_args:
+                entry["vertex_job"] = job_args["job_spec"]["worker_pool_specs"][0]["machine_spec"]
+            if cc.get("tpu"):
+                entry["tpu"] = cc["tpu"]
+        out.append(entry)
+    return out
+
+
+def unsupported_on_kfp(entries: List[Dict[str, Any]]) -> List[str]:
+    """Tasks whose executor is neither a container nor an importer: TFX compiles a Resolver node
+    (e.g. LatestBlessedModelStrategy) to a `resolver` executor, which Vertex AI Pipelines runs
+    and the open-source KFP backend does not ("non-container and non-importer executor not
+    implemented" in backend/src/v2/compiler/visitor.go, tags 2.0.5 to master)."""
+    return [e["name"] for e in entries if e["kind"] not in ("container", "importer")]
+
+
+def format_tasks(entries: List[Dict[str, Any]]) -> str:
+    lines = []
+    for e in entries:
+        if e["kind"] != "container":
+            deps = ", ".join(e["depends_on"]) or "-"
+            lines.append(f"  {e['name']:18s} after {deps}")
+            lines.append(f"  {'':18s} {e['kind']} executor (no pod)")
+            continue
+        extra = []
+        res = e["resources"]
+        if res:
+            acc = res.get("accelerator")
+            parts = [f"cpu {res['cpuLimit']:g}" if "cpuLimit" in res else "",
+                     f"memory {res['memoryLimit']:g}G" if "memoryLimit" in res else "",
+                     f"{acc['type']} x{acc['count']}" if acc else ""]
+            extra.append("resources: " + ", ".join(p for p in parts if p))
+        if e["node_selector"]:
+            extra.append("nodes: " + ", ".join(f"{k}={v}" for k, v in e["node_selector"].items()))
+        if e.get("vertex_job"):
+            extra.append("Vertex AI CustomJob: " + ", ".join(
+                f"{k}={v}" for k, v in e["vertex_job"].items()))
+        if e.get("tpu"):
+            extra.append(f"TPU strategy ({e['tpu']})")
+        if e["beam_runner"] == "DataflowRunner" and e["name"] in ("DeblurIngest", "StatisticsGen"):
+            extra.append("Beam on Dataflow")
+        deps = ", ".join(e["depends_on"]) or "-"
+        lines.append(f"  {e['name']:18s} after {deps}")
+        lines.append(f"  {'':18s} image {e['image']}" + "".join(f"; {x}" for x in extra))
+    return "\n".join(lines)
+
+
+# ---- cron -----------------------------------------------------------------------------------
+_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_MONTHS = {m: i + 1 for i, m in enumerate(
+    "jan feb mar apr may jun jul aug sep oct nov dec".split())}
+_DAYS = {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}
+_FIELDS = (("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None),
+           ("day of month", 1, 31, None), ("month", 1, 12, _MONTHS), ("day of week", 0, 6, _DAYS))
+
+
+def validate_cron(expr: str) -> str:
+    """KFP's cron (robfig/cron v1.2.0 cron.Parse): 6 fields `sec min hour dom month dow`, each
+    `*`, `?`, N, N-M, with /step and comma lists, month and day names; or @daily, @every 6h...
+    A 5-field crontab line is refused: KFP would read it seconds-first (see the module doc)."""
+    expr = (expr or "").strip()
+    if not expr:
+        raise ValueError("empty --schedule")
+    if expr.startswith("@"):
+        if expr in _DESCRIPTORS:
+            return expr
+        if re.fullmatch(r"@every ((\d+(\.\d+)?)(ns|us|µs|ms|s|m|h))+", expr):
+            return expr
+        raise ValueError(f"--schedule {expr!r}: unknown descriptor; use one of "
+                         f"{', '.join(_DESCRIPTORS)} or '@every <duration>' such as '@every 24h'")
+    fields = expr.split()
+    if len(fields) == 5:
+        raise ValueError(
+            f"--schedule {expr!r} has 5 fields: KFP's cron has 6, seconds first, and would read "
+            f"this one as 'second minute hour day-of-month month'; write '0 {expr}'")
+    if len(fields) != 6:
+        raise ValueError(f"--schedule {expr!r}: KFP's cron has 6 fields "
+                         f"(second minute hour day-of-month month day-of-week), got {len(fields)}")
+    for text, (name, lo, hi, names) in zip(fields, _FIELDS):
+        for part in text.split(","):
+            _check_cron_range(part, name, lo, hi, names, expr)
+    return expr
+
+
+def _check_cron_range(part, name, lo, hi, names, expr) -> None:
+    def bad(why):
+        return ValueError(f"--schedule {expr!r}: {name} {part!r}: {why}")
+
+    def value(tok):
+        if names and tok.lower() in names:
+            return names[tok.lower()]
+        if not tok.isdigit():
+            raise bad(f"{tok!r} is not a number" + (" or a name" if names else ""))
+        return int(tok)
+
+    range_step = part.split("/")
+    if len(range_step) > 2:
+        raise bad("too many slashes")
+    low_high = range_step[0].split("-")
+    if low_high[0] in ("*", "?"):
+        if len(low_high) > 1:
+            raise bad("a range cannot start with * or ?")
+        start, end = lo, hi
+    else:
+        if len(low_high) > 2:
+            raise bad("too many hyphens")
+        start = value(low_high[0])
+        end = value(low_high[1]) if len(low_high) == 2 else start
+        if len(range_step) == 2 and len(low_high) == 1:
+            end = hi  # N/step means N-max/step
+    if len(range_step) == 2:
+        if not range_step[1].isdigit() or int(range_step[1]) < 1:
+            raise bad("the step must be a positive number")
+    if start < lo or end > hi or start > end:
+        raise bad(f"outside {lo}-{hi}" if start <= end else "start after end")
+
+
+# ---- submit ---------------------------------------------------------------------------------
+def _check_host(host: str) -> str:
+    host = host.rstrip("/")
+    if not re.match(r"https?://", host):
+        raise SubmitError(f"--host {host}: give the KFP API URL with http:// or https://, "
+                          f"e.g. http://localhost:8080 after `kubectl port-forward`")
+    url = f"{host}/apis/v2beta1/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            r.read()
+    except urllib.error.HTTPError as e:
+        raise SubmitError(f"KFP at {host} answered {e.code} {e.reason} on {url}") from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise SubmitError(f"cannot reach the KFP API at {host}: {reason}") from e
+    return host
+
+
+def _package_for(spec_file: str, config: PipelineConfig) -> Tuple[str, Dict[str, Any], bool]:
+    """(package path, PipelineJob dict or {}, temporary?) for a .json spec or a .yaml package."""
+    if spec_file.endswith((".yaml", ".yml")):
+        return spec_file, {}, False
+    job = load_job(spec_file)
+    fd, tmp = tempfile.mkstemp(suffix=".yaml", prefix="deblur-kfp-")
+    os.close(fd)
+    write_package(job, config, tmp)
+    return tmp, job, True
+
+
+def submit(config: PipelineConfig, spec_file: str, host: Optional[str],
+           schedule: Optional[str] = None, experiment: Optional[str] = None,
+           run_name: Optional[str] = None) -> Dict[str, Any]:
+    """Creates a run, or with a cron `schedule` a recurring run, in `experiment` (created when
+    missing). Returns ids and UI links."""
+    kf = config.kubeflow
+    if schedule is not None:
+        schedule = validate_cron(schedule)
+    host = host or kf.host
+    if not host:
+        raise ConfigError("no KFP host: pass --host URL or set kubeflow.host")
+    if not kf.pipeline_root:
+        raise ConfigError("kubeflow.pipeline_root is not set (gs://BUCKET/pipeline_root)")
+    if not os.path.exists(spec_file):
+        raise ConfigError(f"spec file {spec_file} does not exist")
+    host = _check_host(host)
+    experiment = experiment or kf.experiment
+    name = config.runner.pipeline_name
+    package, job, temporary = _package_for(spec_file, config)
+    params = (job.get("runtimeConfig") or {}).get("parameterValues") or {}
+
+    import kfp
+    import kfp_server_api
+    import urllib3
+
+    result: Dict[str, Any] = {"host": host, "experiment": experiment, "package": package,
+                              "pipeline_root": kf.pipeline_root}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # kfp prints its own links
+            client = kfp.Client(host=host)
+            exp = client.create_experiment(name=experiment)
+            result["experiment_id"] = exp.experiment_id
+            if schedule:
+                rr = client.create_recurring_run(
+                    experiment_id=exp.experiment_id, job_name=run_name or f"{name} ({schedule})",
+                    description=f"scheduled retraining of {name}", cron_expression=schedule,
+                    max_concurrency=1, no_catchup=True, params=params,
+                    pipeline_package_path=package, pipeline_root=kf.pipeline_root,
+                    service_account=kf.service_account)
+                result.update(kind="recurring_run", id=rr.recurring_run_id, schedule=schedule,
+                              url=f"{host}/#/recurringrun/details/{rr.recurring_run_id}")
+            else:
+                run = client.create_run_from_pipeline_package(
+                    package, arguments=params, run_name=run_name, experiment_id=exp.experiment_id,
+                    pipeline_root=kf.pipeline_root, service_account=kf.service_account)
+                result.update(kind="run", id=run.run_id,
+                              url=f"{host}/#/runs/details/{run.run_id}")
+    except kfp_server_api.ApiException as e:
+        body = (e.body or b"").decode() if isinstance(e.body, bytes) else (e.body or "")
+        raise SubmitError(f"KFP at {host} refused the request: {e.status} {e.reason}"
+                          f"{': ' + body.strip().splitlines()[0][:300] if body.strip() else ''}"
+                          ) from e
+    except (urllib3.exceptions.HTTPError, TimeoutError, OSError) as e:
+        raise SubmitError(f"KFP at {host}: {e}") from e
+    finally:
+        if temporary:
+            os.unlink(package)
+            result["package"] = None
+    return result

@@ -1,0 +1,392 @@
+"""Kubeflow runner: the compiled KFP v2 spec, the KFP package, config checks, cron, and
+submission to a loopback fake of the KFP v2beta1 REST API (the endpoints kfp 2.5's Client
+calls, from kfp_server_api: healthz, experiments list/create, runs, recurringruns)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import http.server
+import json
+import os
+import socket
+import threading
+import urllib.parse
+
+import pytest
+import yaml
+
+from pipelines import config as config_lib
+from pipelines import kubeflow_runner as kr
+from pipelines.config import REPO_ROOT, ConfigError
+
+EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
+RUN_EXECUTOR = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+# the components of create_pipeline today; later ones are covered through create_pipeline()
+TODAY = ["DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
+         "DomainDriftReport", "Trainer"]
+
+
+def _example(**kubeflow_changes) -> config_lib.PipelineConfig:
+    cfg = config_lib.load(EXAMPLE)
+    if kubeflow_changes:
+        cfg.kubeflow = dataclasses.replace(cfg.kubeflow, **kubeflow_changes)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """{platform: (config, PipelineJob dict, package docs, spec path)} for gke and vertex."""
+    out = {}
+    for platform in ("gke", "vertex"):
+        cfg = _example(trainer_platform=platform)
+        path = str(tmp_path_factory.mktemp(platform) / "deblur-icdpm.json")
+        assert kr.compile_pipeline(cfg, path) == path
+        with open(kr.package_path(path)) as f:
+            docs = list(yaml.safe_load_all(f))
+        out[platform] = (cfg, kr.load_job(path), docs, path)
+    return out
+
+
+def _spec(compiled, platform="gke"):
+    return compiled[platform][1]["pipelineSpec"]
+
+
+def _executor(spec, task):
+    label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]][
+        "executorLabel"]
+    return label, spec["deploymentSpec"]["executors"][label]
+
+
+def _param(spec, task, name):
+    p = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]
+    return p["runtimeValue"]["constant"]
+
+
+# ---- config ---------------------------------------------------------------------------------
+def test_example_config_loads_with_typed_kubeflow_section():
+    cfg = config_lib.load(EXAMPLE)
+    kf = cfg.kubeflow
+    assert kf.pipeline_root.startswith("gs://") and kf.image and kf.project == "my-project"
+    assert kf.trainer_platform == "gke" and kf.missing() == []
+    tr = kf.resources["Trainer"]
+    assert (tr.accelerator, tr.accelerator_count) == ("google.com/tpu", 4)
+    assert tr.node_selector["cloud.google.com/gke-tpu-topology"] == "2x2"
+    assert kf.resolved_trainer_tpu() == "local"
+    assert _example(trainer_platform="vertex").kubeflow.resolved_trainer_tpu() == "env"
+    kr.check_config(cfg)  # nothing missing
+
+
+@pytest.mark.parametrize("kubeflow, message", [
+    ({"pipeline_root": "/tmp/root"}, "gs:// URI"),
+    ({"trainer_platform": "tpu-pod"}, "trainer_platform must be one of gke, vertex"),
+    ({"resources": {"Trainer": {"accelerator": "google.com/tpu", "accelerator_count": 4}}},
+     "cloud.google.com/gke-tpu-accelerator"),
+    ({"resources": {"Trainer": {"accelerator": "NVIDIA_TESLA_T4", "accelerator_count": 1}}},
+     "not a GKE accelerator resource"),
+    ({"resources": {"Trainer": {"gpus": 1}}}, "unknown key(s) gpus"),
+    ({"vertex": {"machine_type": "cloud-tpu", "accelerator_count": 4}}, "accelerator_count 8"),
+    ({"dataflow": {"runner": "FlinkRunner"}}, "dataflow.runner"),
+])
+def test_config_format_errors(kubeflow, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_lib.from_dict({"kubeflow": kubeflow})
+
+
+def test_compile_names_every_missing_field_at_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        kr.compile_pipeline(config_lib.PipelineConfig(), str(tmp_path / "p.json"))
+    for field in ("kubeflow.image", "kubeflow.pipeline_root", "kubeflow.project", "data.sources"):
+        assert field in str(e.value)
+    cfg = _example()
+    cfg.data.sources[0] = dataclasses.replace(cfg.data.sources[0], root="/data/gopro")
+    with pytest.raises(ConfigError, match="cannot read /data/gopro"):
+        kr.check_config(cfg)
+
+
+# ---- compiled spec --------------------------------------------------------------------------
+def test_tasks_are_exactly_the_pipeline_components(compiled):
+    from pipelines.pipeline import create_pipeline
+
+    from tfx.dsl.components.common.resolver import Resolver
+
+    for platform in ("gke", "vertex"):
+        cfg, job, _, _ = compiled[platform]
+        components = create_pipeline(kr.kubeflow_config(cfg)).components
+        # TFX compiles a Resolver node to one task per resolved channel: <id>-<channel>-resolver
+        resolvers = {c.id for c in components if isinstance(c, Resolver)}
+        tasks = set(job["pipelineSpec"]["root"]["dag"]["tasks"])
+        resolved = {t for t in tasks if any(t.startswith(r + "-") for r in resolvers)}
+        assert tasks - resolved == {c.id for c in components} - resolvers
+        assert all(any(t.startswith(r + "-") for t in resolved) for r in resolvers)
+        assert set(TODAY) <= tasks
+
+
+def test_task_order(compiled):
+    tasks = _spec(compiled)["root"]["dag"]["tasks"]
+    deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
+    assert deps["DeblurIngest"] == set() and deps["ImportSchemaGen"] == set()
+    assert deps["StatisticsGen"] == {"DeblurIngest"}
+    assert deps["ExampleValidator"] == {"StatisticsGen", "ImportSchemaGen"}
+    assert deps["ValidationGate"] == {"ExampleValidator"}
+    assert deps["DomainDriftReport"] == {"StatisticsGen", "ImportSchemaGen"}
+    assert deps["Trainer"] == {"DeblurIngest", "ValidationGate"}
+    if "DeblurEvaluator" in deps:
+        assert "Trainer" in deps["DeblurEvaluator"]
+    order = [e["name"] for e in kr.describe(compiled["gke"][1])]
+    assert all(order.index(d) < order.index(n) for n in deps for d in deps[n])
+
+
+def test_schema_version_images_and_entrypoint(compiled):
+    cfg, job, docs, _ = compiled["gke"]
+    spec = job["pipelineSpec"]
+    assert spec["schemaVersion"] == "2.1.0"  # the only one the KFP 2.0.x backend takes
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == cfg.kubeflow.pipeline_root
+    for task in spec["root"]["dag"]["tasks"]:
+        _, ex = _executor(spec, task)
+        if "container" not in ex:
+            continue  # TFX Resolver nodes (see unsupported_on_kfp)
+        assert ex["container"]["image"] == cfg.kubeflow.image_for(task)
+        assert ex["container"]["command"] == RUN_EXECUTOR  # the image's ENTRYPOINT is not used
+    assert _executor(spec, "Trainer")[1]["container"]["image"].endswith("-tpu")
+    assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == cfg.kubeflow.image
+    # the checked-in schema, as seen inside the image
+    assert _param(spec, "ImportSchemaGen", "schema_file") == "/opt/deblur/schemas/schema.pbtxt"
+
+
+def test_dataflow_beam_args_in_the_beam_executors(compiled):
+    cfg, job, _, _ = compiled["gke"]
+    for task in ("DeblurIngest", "StatisticsGen"):
+        args = _executor(job["pipelineSpec"], task)[1]["container"]["args"]
+        for a in ("--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
+                  "--temp_location=gs://my-deblur-bucket/pipeline_root/beam-tmp",
+                  "--machine_type=n2-standard-4", "--max_num_workers=16",
+                  f"--sdk_container_image={cfg.kubeflow.image}", "--sdk_location=container",
+                  "--experiments=use_runner_v2",
+                  "--service_account_email=deblur-pipeline@my-project.iam.gserviceaccount.com"):
+            assert a in args, (task, a)
+        assert not any(a.startswith("--direct_") for a in args)  # not the local defaults
+
+
+def test_gke_trainer_resources_and_node_selectors(compiled):
+    cfg, job, docs, _ = compiled["gke"]
+    spec = job["pipelineSpec"]
+    label, ex = _executor(spec, "Trainer")
+    assert ex["container"]["args"][1] == "tfx.components.trainer.executor.GenericExecutor"
+    res = ex["container"]["resources"]
+    assert res["accelerator"] == {"type": "google.com/tpu", "count": "4"}
+    assert (res["cpuLimit"], res["memoryLimit"]) == (16.0, 64.0)
+    custom = json.loads(_param(spec, "Trainer", "custom_config"))
+    assert custom["tpu"] == "local" and custom["experiment"] == "S+Guide-S"
+    assert "resources" not in _executor(spec, "StatisticsGen")[1]["container"]
+    # the KFP package: the same spec with a default root, then the Kubernetes platform spec
+    pkg_spec, platform = docs
+    assert pkg_spec["root"] == spec["root"]
+    assert pkg_spec["defaultPipelineRoot"] == cfg.kubeflow.pipeline_root
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors[label]["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
+        "cloud.google.com/gke-tpu-topology": "2x2"}
+    if "DeblurEvaluator" in spec["root"]["dag"]["tasks"]:
+        elabel, eex = _executor(spec, "DeblurEvaluator")
+        assert eex["container"]["resources"]["accelerator"] == {"type": "nvidia.com/gpu",
+                                                                "count": "1"}
+        assert executors[elabel]["nodeSelector"]["labels"] == {
+            "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    # the package parses as kfp 2.5's Client parses it
+    from kfp.client import client as kfp_client
+
+    doc = kfp_client._extract_pipeline_yaml(kr.package_path(compiled["gke"][3]))
+    assert doc.pipeline_spec.pipeline_info.name == "deblur-icdpm"
+    assert "kubernetes" in doc.platform_spec.platforms
+
+
+def test_vertex_trainer_runs_a_custom_job_on_a_tpu_pool(compiled):
+    cfg, job, docs, _ = compiled["vertex"]
+    spec = job["pipelineSpec"]
+    label, ex = _executor(spec, "Trainer")
+    assert ex["container"]["args"][1] == (
+        "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor")
+    assert "resources" not in ex["container"]  # its pod only submits and waits
+    custom = json.loads(_param(spec, "Trainer", "custom_config"))
+    assert custom["ai_platform_enable_vertex"] is True
+    assert custom["ai_platform_vertex_region"] == "us-central1"
+    args = custom["ai_platform_training_args"]
+    assert args["project"] == "my-project"
+    pool, = args["job_spec"]["worker_pool_specs"]
+    assert pool["machine_spec"] == {"machine_type": "cloud-tpu", "accelerator_type": "TPU_V3",
+                                    "accelerator_count": 8}
+    assert pool["container_spec"]["image_uri"] == cfg.kubeflow.image_for("Trainer")
+    assert args["job_spec"]["service_account"].startswith("deblur-pipeline@")
+    assert custom["tpu"] == "env"  # TPUClusterResolver() from Vertex's TPU_CONFIG
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(
+        docs) > 1 else {}
+    assert label not in executors
+    entry = next(e for e in kr.describe(job, cfg) if e["name"] == "Trainer")
+    assert entry["vertex_job"]["accelerator_type"] == "TPU_V3"
+
+
+def test_local_pipeline_is_unplaced():
+    from pipelines.pipeline import create_pipeline
+
+    cfg = _example()
+    cfg.runner.orchestrator = "local"
+    comps = {c.id: c for c in create_pipeline(cfg).components}
+    assert comps["Trainer"].platform_config is None
+    assert type(comps["Trainer"]).__module__ == "tfx.components.trainer.component"
+    assert "tpu" not in str(comps["Trainer"].exec_properties["custom_config"])
+
+
+# ---- cron -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cron", ["0 0 3 * * 1", "0 30 2 1 * ?", "0 0 */6 * * *", "0 0 4 * * mon-fri",
+                                  "0 0 0 1 jan,jul *", "@daily", "@every 12h"])
+def test_valid_cron(cron):
+    assert kr.validate_cron(cron) == cron
+
+
+@pytest.mark.parametrize("cron, message", [
+    ("0 3 * * 1", "has 5 fields"), ("0 0 3 * *  * *", "6 fields"), ("0 60 3 * * *", "outside 0-59"),
+    ("0 0 25 * * *", "outside 0-23"), ("0 0 3 * * 1/0", "positive"), ("0 0 3 * * fun", "not a number"),
+    ("@fortnightly", "unknown descriptor"), ("", "empty"),
+])
+def test_invalid_cron(cron, message):
+    with pytest.raises(ValueError, match=message):
+        kr.validate_cron(cron)
+
+
+# ---- submit against a fake KFP API ------------------------------------------------------------
+class FakeKFP(http.server.ThreadingHTTPServer):
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests = []
+        self.experiments = {}
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def bodies(self, method, path):
+        return [r["body"] for r in self.requests if (r["method"], r["path"]) == (method, path)]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _reply(self, code, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method):
+        url = urllib.parse.urlsplit(self.path)
+        n = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(n)) if n else None
+        srv = self.server
+        srv.requests.append({"method": method, "path": url.path,
+                             "query": urllib.parse.parse_qs(url.query), "body": body})
+        if (method, url.path) == ("GET", "/apis/v2beta1/healthz"):
+            return self._reply(200, {"multi_user": False})
+        if (method, url.path) == ("GET", "/apis/v2beta1/experiments"):
+            wanted = json.loads(urllib.parse.parse_qs(url.query)["filter"][0])["predicates"][0]
+            found = [e for e in srv.experiments.values()
+                     if e["display_name"] == wanted["stringValue"]]
+            return self._reply(200, {"experiments": found, "total_size": len(found)} if found else {})
+        if (method, url.path) == ("POST", "/apis/v2beta1/experiments"):
+            exp = {"experiment_id": f"exp-{len(srv.experiments) + 1}",
+                   "display_name": body["display_name"]}
+            srv.experiments[exp["experiment_id"]] = exp
+            return self._reply(200, exp)
+        if (method, url.path) == ("POST", "/apis/v2beta1/runs"):
+            return self._reply(200, {**body, "run_id": "run-1", "state": "PENDING"})
+        if (method, url.path) == ("POST", "/apis/v2beta1/recurringruns"):
+            return self._reply(200, {**body, "recurring_run_id": "rr-1", "status": "ENABLED"})
+        return self._reply(404, {"error": f"no {method} {url.path}", "code": 5})
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+
+@pytest.fixture()
+def kfp_server():
+    srv = FakeKFP()
+    srv.thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_submit_run_sends_the_spec_the_root_and_the_experiment(compiled, kfp_server):
+    cfg, job, _, path = compiled["gke"]
+    r = kr.submit(cfg, path, kfp_server.url, experiment="deblur-test", run_name="smoke")
+    assert r["kind"] == "run" and r["id"] == "run-1" and r["experiment_id"] == "exp-1"
+    assert r["url"] == f"{kfp_server.url}/#/runs/details/run-1"
+    assert [b["display_name"] for b in kfp_server.bodies("POST", "/apis/v2beta1/experiments")] == [
+        "deblur-test"]
+    run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
+    assert run["experiment_id"] == "exp-1" and run["display_name"] == "smoke"
+    assert run["runtime_config"]["pipeline_root"] == "gs://my-deblur-bucket/pipeline_root"
+    assert run["service_account"] == "deblur-pipeline"
+    # with a platform spec, kfp sends {"pipeline_spec": ..., "platform_spec": ...}
+    sent = run["pipeline_spec"]
+    assert sent["pipeline_spec"]["root"] == job["pipelineSpec"]["root"]
+    assert sent["pipeline_spec"]["deploymentSpec"] == job["pipelineSpec"]["deploymentSpec"]
+    assert sent["pipeline_spec"]["schemaVersion"] == "2.1.0"
+    executors = sent["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "cloud.google.com/gke-tpu-accelerator" in executors["Trainer_executor"]["nodeSelector"][
+        "labels"]
+    # a second submission reuses the experiment
+    kr.submit(cfg, path, kfp_server.url, experiment="deblur-test")
+    assert len(kfp_server.bodies("POST", "/apis/v2beta1/experiments")) == 1
+
+
+def test_submit_schedule_creates_a_recurring_run(compiled, kfp_server):
+    cfg, job, _, path = compiled["vertex"]
+    r = kr.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1")
+    assert r["kind"] == "recurring_run" and r["id"] == "rr-1"
+    assert r["url"] == f"{kfp_server.url}/#/recurringrun/details/rr-1"
+    rr, = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")
+    assert rr["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
+    assert rr["mode"] == "ENABLE" and int(rr["max_concurrency"]) == 1 and rr["no_catchup"] is True
+    assert rr["experiment_id"] == "exp-1"
+    assert [b["display_name"] for b in kfp_server.bodies("POST", "/apis/v2beta1/experiments")] == [
+        "deblur"]
+    assert rr["runtime_config"]["pipeline_root"] == cfg.kubeflow.pipeline_root
+    spec = rr["pipeline_spec"].get("pipeline_spec", rr["pipeline_spec"])
+    assert spec["root"] == job["pipelineSpec"]["root"]
+
+
+def test_submit_errors_are_one_liners(compiled, kfp_server):
+    cfg, _, _, path = compiled["gke"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(kr.SubmitError, match="cannot reach the KFP API"):
+        kr.submit(cfg, path, closed)
+    with pytest.raises(ValueError, match="has 5 fields"):
+        kr.submit(cfg, path, kfp_server.url, schedule="0 3 * * 1")
+    assert kfp_server.requests == []  # the cron is checked before anything is sent
+    with pytest.raises(kr.SubmitError, match="404"):
+        kr.submit(cfg, path, kfp_server.url + "/nothing-here")
+
+
+def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, capsys):
+    from deblur import cli
+
+    cfg, _, _, path = compiled["gke"]
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", path,
+                     "--host", kfp_server.url]) == 0
+    out = capsys.readouterr().out
+    assert "run run-1 in experiment deblur" in out and "/#/runs/details/run-1" in out
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host", kfp_server.url,
+                     "--schedule", "0 3 * * 1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deblur: error: --schedule")

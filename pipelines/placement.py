@@ -1,0 +1,109 @@
+"""Where components run, from config.kubeflow; create_pipeline calls these two functions.
+
+- trainer(config, **kwargs): the Trainer component. Locally, and on Kubeflow with
+  trainer_platform=gke, TFX's standard Trainer (on GKE its pod gets the accelerator through
+  place()); with trainer_platform=vertex, TFX's google_cloud_ai_platform Trainer, which runs the
+  same run_fn as a Vertex AI CustomJob on the configured TPU/GPU worker pool.
+- place(config, components): on Kubeflow, sets each component's KFP v2 ResourceSpec (cpu,
+  memory, accelerator) from config.kubeflow.resources[component.id]; components that do not
+  exist (e.g. DeblurEvaluator before it is added) are skipped. Node selectors cannot ride on
+  the component: pipelines/kubeflow_runner.py writes them into the package's PlatformSpec.
+
+Nothing changes for config.runner.orchestrator == "local" (LocalDagRunner rejects ResourceSpec
+platform configs), so the local pipeline stays exactly what it was.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from pipelines.kubeflow_config import PodResources
+
+TRAINER_ID = "Trainer"
+
+
+def on_kubeflow(config) -> bool:
+    return config.runner.orchestrator == "kubeflow"
+
+
+def vertex_custom_config(config) -> Dict[str, Any]:
+    """The custom_config keys TFX's Vertex Trainer executor reads (a CustomJob spec)."""
+    from tfx.extensions.google_cloud_ai_platform import constants
+    from tfx.extensions.google_cloud_ai_platform.trainer import executor
+
+    kf = config.kubeflow
+    v = kf.vertex
+    job_spec: Dict[str, Any] = {"worker_pool_specs": [{
+        "machine_spec": v.machine_spec(),
+        "replica_count": 1,
+        # TFX replaces the command with its own run_executor entry point
+        "container_spec": {"image_uri": v.image or kf.image_for(TRAINER_ID)},
+    }]}
+    if v.service_account:
+        job_spec["service_account"] = v.service_account
+    return {
+        constants.ENABLE_VERTEX_KEY: True,
+        constants.VERTEX_REGION_KEY: v.region or kf.region,
+        executor.TRAINING_ARGS_KEY: {"project": kf.project, "job_spec": job_spec},
+    }
+
+
+def trainer(config, custom_config: Optional[Dict[str, Any]] = None, **kwargs):
+    custom = dict(custom_config or {})
+    if not on_kubeflow(config):
+        from tfx.v1.components import Trainer
+
+        return Trainer(custom_config=custom, **kwargs)
+    kf = config.kubeflow
+    tpu = kf.resolved_trainer_tpu()
+    if tpu:
+        custom["tpu"] = tpu  # trainer/tfx_trainer.py: TPUStrategy with bfloat16
+    if kf.trainer_platform == "vertex":
+        from tfx.extensions.google_cloud_ai_platform.trainer import component as vertex
+
+        custom.update(vertex_custom_config(config))
+        return vertex.Trainer(custom_config=custom, **kwargs)
+    from tfx.v1.components import Trainer
+
+    return Trainer(custom_config=custom, **kwargs)
+
+
+def resource_spec(r: PodResources):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+    if r.cpu_limit:
+        spec.cpu_limit = r.cpu_limit
+    if r.memory_limit_gb:
+        spec.memory_limit = r.memory_limit_gb
+    if r.cpu_request:
+        spec.cpu_request = r.cpu_request
+    if r.memory_request_gb:
+        spec.memory_request = r.memory_request_gb
+    if r.accelerator:
+        spec.accelerator.type = r.accelerator
+        spec.accelerator.count = r.accelerator_count
+    return spec
+
+
+def placed_resources(config, component_ids) -> Dict[str, PodResources]:
+    """The resources entries that apply to these component ids."""
+    kf = config.kubeflow
+    out = {}
+    for cid in component_ids:
+        r = kf.resources.get(cid)
+        if r is None:
+            continue
+        if cid == TRAINER_ID and kf.trainer_platform == "vertex":
+            continue  # the pod only submits the CustomJob and waits for it
+        out[cid] = r
+    return out
+
+
+def place(config, components: List) -> List:
+    if not on_kubeflow(config):
+        return components
+    placed = placed_resources(config, [c.id for c in components])
+    for c in components:
+        if c.id in placed:
+            c.with_platform_config(resource_spec(placed[c.id]))
+    return components
