@@ -17,8 +17,9 @@ $(UV):
 # --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, so without .pyc files
 # written at install time every process recompiles TensorFlow and Beam on import (measured:
 # TensorFlow's import 23 -> 9 CPU-s, a Beam DirectRunner worker's start-up 26 -> 12 s).
-$(VENV)/.main.stamp: $(UV) requirements/main.lock pyproject.toml
+$(VENV)/.main.stamp: $(UV) requirements/main.lock requirements/nodeps.txt pyproject.toml
 	$(UV) pip install --python $(PY) --quiet --compile-bytecode -r requirements/main.lock
+	$(UV) pip install --python $(PY) --quiet --no-deps -r requirements/nodeps.txt
 	$(UV) pip install --python $(PY) --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 

@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", choices=("auto", "default", "mirrored"), default=None)
     s.add_argument("--tpu", default=None, help="TPU name or grpc:// address (TPUStrategy, bfloat16)")
 
+    from metrics.cli import add_arguments as add_metrics_arguments
+
+    s = sub.add_parser("metrics", help="PSNR, SSIM, LPIPS of image A against reference B, "
+                                       "and NIQE of A")
+    add_metrics_arguments(s)
+
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
     s.add_argument("--config", default=None, help="JSON or YAML config (pipelines/config.py)")
     s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
@@ -308,6 +314,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_model_stats(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "metrics":
+            from metrics.cli import run as cmd_metrics
+
+            return cmd_metrics(args)
         if args.command in ("compile", "submit"):
             from pipelines import kubeflow_cli
 
