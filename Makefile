@@ -46,6 +46,7 @@ bench: setup-test
 lock: $(UV)
 	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/main.in -o requirements/main.lock
 	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/test.in -o requirements/test.lock
+	$(UV) pip compile --quiet --python-version 3.10 --python-platform x86_64-manylinux_2_28 -c requirements/main.lock requirements/gpu.in -o requirements/gpu.lock
 
 clean:
 	rm -rf $(VENV) build *.egg-info
