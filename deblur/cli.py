@@ -189,6 +189,61 @@ def _ensure_synthetic_data(cfg) -> None:
         json.dump({"params": want, "summary": summary}, f, indent=2)
 
 
+def _setting(text: str):
+    """sampler:steps:max_noise[:samples], e.g. ddpm:20:0.5 or ddim:50:1.0:4"""
+    from trainer.setting import SamplingSetting
+
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"expected sampler:steps:max_noise[:samples], got {text!r}")
+    try:
+        return SamplingSetting(parts[0], int(parts[1]), float(parts[2]),
+                               int(parts[3]) if len(parts) == 4 else 1).to_dict()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}")
+
+
+def _saved_model_dir(path: str) -> str:
+    """A SavedModel folder, or a TFX Model artifact folder holding Format-Serving/."""
+    import tensorflow as tf
+
+    for d in (path, os.path.join(path, "Format-Serving")):
+        if tf.io.gfile.exists(os.path.join(d, "saved_model.pb")):
+            return d
+    raise UserError(f"{path} holds no SavedModel (saved_model.pb, or Format-Serving/saved_model.pb)")
+
+
+def cmd_evaluate(args) -> int:
+    import dataclasses
+
+    from components.evaluator import evaluate as ev
+    from pipelines import config as config_lib
+
+    cfg = config_lib.load(args.config)
+    changes = {}
+    if args.setting:
+        changes["grid"] = args.setting
+    if args.max_images is not None:
+        changes["max_images_per_split"] = args.max_images
+    if args.splits:
+        changes["splits"] = args.splits.split(",")
+    eval_cfg = dataclasses.replace(cfg.evaluation, **changes)
+    gate = cfg.gate if args.ood_lpips_max is None else dataclasses.replace(
+        cfg.gate, ood_lpips_max=args.ood_lpips_max)
+    if not os.path.isdir(args.examples) and "://" not in args.examples:
+        raise UserError(f"--examples {args.examples} is not a directory")
+    result = ev.evaluate(_saved_model_dir(args.model), args.examples, args.out, eval_cfg,
+                         baseline_dir=_saved_model_dir(args.baseline) if args.baseline else None,
+                         gate=gate, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(ev.format_result(result))
+        print(f"written to {args.out} (evaluation.json, blessing.json, perception_distortion.png, "
+              "samples/)")
+    return 0
+
+
 def cmd_run_local(args) -> int:
     from pipelines import config as config_lib
 
@@ -281,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and NIQE of A")
     add_metrics_arguments(s)
 
+    s = sub.add_parser("evaluate", help="sample a trained model on the evaluation splits, score "
+                                        "and gate it (the DeblurEvaluator's library function)")
+    s.add_argument("--model", required=True, help="a SavedModel (or a Model artifact folder)")
+    s.add_argument("--examples", required=True, help="an ingest output folder (Split-<split>/*.gz)")
+    s.add_argument("--out", required=True, help="evaluation.json, blessing.json, plot, samples")
+    s.add_argument("--baseline", default=None, help="the blessed model to compare against")
+    s.add_argument("--config", default=None, help="pipeline config: its evaluation and gate sections")
+    s.add_argument("--setting", action="append", type=_setting, default=None,
+                   help="sampler:steps:max_noise[:samples] (repeat for a grid), e.g. ddpm:20:0.5")
+    s.add_argument("--max-images", type=int, default=None, help="images per split")
+    s.add_argument("--splits", default=None, help="comma-separated (default: all but train)")
+    s.add_argument("--ood-lpips-max", type=float, default=None, help="the gate's threshold")
+    s.add_argument("--json", action="store_true")
+
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
     s.add_argument("--config", default=None, help="JSON or YAML config (pipelines/config.py)")
     s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
@@ -314,10 +383,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_model_stats(args)
         if args.command == "train":
             return cmd_train(args)
-        if args.command == "metrics":
-            from metrics.cli import run as cmd_metrics
-
-            return cmd_metrics(args)
         if args.command in ("compile", "submit"):
             from pipelines import kubeflow_cli
 
@@ -326,6 +391,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from components.registry import cli as registry_cli
 
             return registry_cli.run(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "metrics":
+            from metrics.cli import run as cmd_metrics
+
+            return cmd_metrics(args)
     except (UserError, ValueError, FileNotFoundError) as e:
         # LayoutError and ConfigError are ValueErrors too. --verbose keeps the traceback.
         if args.verbose:

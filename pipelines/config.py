@@ -1,4 +1,5 @@
-"""One typed config per pipeline run, with clear sections (data, ingest, validation, runner).
+"""One typed config per pipeline run, with clear sections (data, ingest, validation, training,
+evaluation, gate, registry, runner).
 
 Load from a JSON or YAML file (`deblur run-local --config FILE`); every field has the local
 embedded default, so a file only names what differs:
@@ -18,6 +19,8 @@ import os
 import typing
 from typing import Any, Dict, List, Optional, Tuple
 
+from components.evaluator.evaluate import EvalConfig
+from components.evaluator.gate import GateConfig
 from components.ingest.beam_ingest import IngestOptions, IngestSource
 from pipelines.kubeflow_config import KubeflowConfig
 
@@ -66,6 +69,17 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass
+class RegistryConfig:
+    """Where blessed models are registered (components/registry): a folder or gs://bucket/prefix."""
+
+    uri: Optional[str] = None  # default <work_dir>/registry
+    model_name: str = "deblur-icdpm"
+
+    def resolved_uri(self, work_dir: str) -> str:
+        return self.uri or os.path.join(os.path.abspath(work_dir), "registry")
+
+
+@dataclasses.dataclass
 class RunnerConfig:
     pipeline_name: str = "deblur-icdpm"
     work_dir: str = "runs/local"  # data, pipeline root and ML Metadata live under it
@@ -92,6 +106,10 @@ class PipelineConfig:
     ingest: IngestOptions = dataclasses.field(default_factory=IngestOptions)
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    # the DeblurEvaluator: sampling grid, evaluation splits, image cap (components/evaluator)
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    gate: GateConfig = dataclasses.field(default_factory=GateConfig)  # the blessing rules
+    registry: RegistryConfig = dataclasses.field(default_factory=RegistryConfig)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 

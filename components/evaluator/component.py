@@ -1,0 +1,72 @@
+"""DeblurEvaluator: the TFX wrapper of components.evaluator.evaluate (what `deblur evaluate` runs).
+
+Inputs: the ingested Examples, the Trainer's Model, and optionally the latest blessed model
+with its blessing (from a Resolver with LatestBlessedModelStrategy in the pipeline; absent on
+the first run). Outputs: a ModelEvaluation (evaluation.json, per-split metrics, the
+perception-distortion plot, sample grids) and a ModelBlessing (blessing.json with every rule;
+custom properties `blessed`, `current_model_id`, ... as TFX's own Evaluator writes them, so
+LatestBlessedModelStrategy finds blessed models).
+"""
+import json
+import os
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.dsl.io import fileio
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from components.evaluator import evaluate as ev
+from components.evaluator.gate import GateConfig
+
+
+def _read_json(path):
+    if not fileio.exists(path):
+        return None
+    with fileio.open(path) as f:
+        return json.load(f)
+
+
+@component
+def DeblurEvaluator(
+    examples: InputArtifact[standard_artifacts.Examples],
+    model: InputArtifact[standard_artifacts.Model],
+    evaluation: OutputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    baseline_model: InputArtifact[standard_artifacts.Model] = None,
+    baseline_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
+    eval_config: Parameter[str] = "{}",
+    gate_config: Parameter[str] = "{}",
+) -> None:
+    """Samples the model over the grid on every evaluation split, scores it, blesses it or not."""
+    config = ev.EvalConfig(**json.loads(eval_config))
+    gate = GateConfig(**json.loads(gate_config))
+    baseline_dir = baseline_setting = None
+    if baseline_model is not None:
+        baseline_dir = path_utils.serving_model_path(baseline_model.uri)
+        prior = _read_json(os.path.join(baseline_blessing.uri, ev.BLESSING_FILE)) \
+            if baseline_blessing is not None else None
+        baseline_setting = (prior or {}).get("best_setting")
+        if baseline_setting:
+            baseline_setting = {k: baseline_setting[k]
+                                for k in ("sampler", "steps", "max_noise", "samples")}
+    result = ev.evaluate(path_utils.serving_model_path(model.uri), examples.uri, evaluation.uri,
+                         config, baseline_dir=baseline_dir, baseline_setting=baseline_setting,
+                         gate=gate, progress=False)
+    verdict = result["blessing"]
+    blessed = bool(verdict["blessed"])
+    with fileio.open(os.path.join(blessing.uri, ev.BLESSING_FILE), "w") as f:
+        json.dump({**verdict, "best_setting": result["best_setting"], "best": result["best"]},
+                  f, indent=2, sort_keys=True)
+    with fileio.open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
+        f.write(verdict["reason"] + "\n")
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("reason", verdict["reason"])
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_int_custom_property("current_model_id", model.id)
+    if baseline_model is not None:
+        blessing.set_string_custom_property("baseline_model", baseline_model.uri)
+        blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+    if result["best_setting"]:
+        evaluation.set_json_value_custom_property("best_setting", result["best_setting"])
+    evaluation.set_json_value_custom_property("best", result["best"])

@@ -1,0 +1,388 @@
+"""Evaluate a deblurring SavedModel in-domain and out-of-domain over a sampling grid, and bless it.
+
+    result = evaluate(model_dir, examples_dir, out_dir, EvalConfig(...))
+    blessing = bless(result, GateConfig(...), baseline=evaluate_baseline(...))
+
+The model is the exported SavedModel itself (trainer/export.py, its `deblur_batch`
+function): what is evaluated is what ships. Images: the first `max_images_per_split`
+examples of every evaluation split (every split but the train split unless named), in file
+order (the ingest's shards are sorted by name), at full resolution (the model pads to its
+multiple and crops back). Same-size images are sampled together in batches; batch b of a
+split uses the seed (seed, b), so two models evaluated with one config see the same noise.
+
+Metrics per image (metrics/ package): PSNR, SSIM (RGB uint8, no border crop), LPIPS
+(AlexNet v0.1) of the output against the sharp image, NIQE of the output; averaged per split
+and per domain (over all images of the domain's splits) for every sampling setting. The
+blurry input itself is scored too ("input": the do-nothing baseline every model must beat).
+The best setting is the one with the lowest out-of-domain LPIPS among those whose metrics are
+all finite (ties: fewer network evaluations).
+
+Writes to out_dir:
+  evaluation.json                      everything below, plus the grid and the best setting
+  metrics/<domain>/<split>/<setting>.json   mean metrics of one split at one setting
+  per_image.jsonl                      one line per image and setting
+  perception_distortion.png            PSNR against LPIPS over the grid, one curve per domain
+  samples/<split>.png                  blurry | output (best setting) | sharp, a row per image
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from components.evaluator.gate import GateConfig, decide
+from trainer.setting import SamplingSetting
+
+METRICS = ("psnr", "ssim", "lpips", "niqe")
+EVALUATION_FILE = "evaluation.json"
+BLESSING_FILE = "blessing.json"
+
+
+def _default_grid():
+    # Small enough for minutes on 2 CPU cores with the tiny model at 256x256 (docs/evaluation.md);
+    # points of the paper's grid (T = 20; 1 - alpha_T in {0.2, 0.5}) plus the DDIM sampler.
+    return [{"sampler": "ddpm", "steps": 20, "max_noise": 0.2, "samples": 1},
+            {"sampler": "ddpm", "steps": 20, "max_noise": 0.5, "samples": 1},
+            {"sampler": "ddim", "steps": 20, "max_noise": 0.5, "samples": 1}]
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    grid: List[Dict] = dataclasses.field(default_factory=_default_grid)
+    splits: Optional[List[str]] = None  # None: every split but train_split
+    train_split: str = "train"
+    max_images_per_split: int = 4
+    batch_size: int = 4
+    seed: int = 0
+    sample_grid_images: int = 3
+    lpips_net: str = "alex"
+
+    def settings(self) -> List[SamplingSetting]:
+        if not self.grid:
+            raise ValueError("the sampling grid is empty")
+        out = [SamplingSetting(**g) if isinstance(g, dict) else g for g in self.grid]
+        keys = [s.key for s in out]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"the sampling grid repeats a setting: {keys}")
+        return out
+
+    def __post_init__(self):
+        if self.max_images_per_split < 1:
+            raise ValueError(f"max_images_per_split must be >= 1, got {self.max_images_per_split}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.settings()
+
+
+# ---- data ----------------------------------------------------------------------------------
+def split_names(examples_dir: str) -> List[str]:
+    import tensorflow as tf
+
+    return sorted(d[len("Split-"):].rstrip("/") for d in tf.io.gfile.listdir(examples_dir)
+                  if d.startswith("Split-"))
+
+
+def load_split(examples_dir: str, split: str, max_images: int) -> List[dict]:
+    """The first max_images examples of a split: pair_id, dataset, domain, blurry, sharp (uint8)."""
+    import tensorflow as tf
+
+    from deblur import example_format as ef
+    from trainer.data import split_files
+
+    files = sorted(split_files(examples_dir, split))
+    spec = {k: tf.io.FixedLenFeature([], tf.string)
+            for k in ("blurry", "sharp", "pair_id", "dataset", "domain")}
+    out = []
+    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP").take(max_images):
+        ex = tf.io.parse_single_example(rec, spec)
+        item = {k: ex[k].numpy().decode() for k in ("pair_id", "dataset", "domain")}
+        for k in ef.IMAGE_KEYS:
+            item[k] = tf.io.decode_png(ex[k], channels=3).numpy()
+        out.append(item)
+    if not out:
+        raise ValueError(f"split {split!r} of {examples_dir} has no examples")
+    return out
+
+
+# ---- scoring -------------------------------------------------------------------------------
+class Scorer:
+    """PSNR, SSIM, LPIPS and NIQE of outputs against references (uint8 RGB)."""
+
+    def __init__(self, lpips_net: str = "alex"):
+        import metrics
+
+        self._metrics = metrics
+        self._lpips = metrics.LPIPS(lpips_net)
+
+    def __call__(self, output: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
+        return {k: float(v) for k, v in
+                self._metrics.image_metrics(output, reference, lpips_model=self._lpips).items()}
+
+
+def _mean(rows: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+
+
+def _batches(items: List[dict], batch_size: int):
+    """Consecutive runs of same-size images, at most batch_size each: (start, end)."""
+    i = 0
+    while i < len(items):
+        j = i + 1
+        while (j < len(items) and j - i < batch_size
+               and items[j]["blurry"].shape == items[i]["blurry"].shape):
+            j += 1
+        yield i, j
+        i = j
+
+
+def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[SamplingSetting],
+              config: EvalConfig, scorer: Scorer, progress=None) -> Dict[str, Dict[str, list]]:
+    """{setting key: {split: [per-image metrics]}}, plus the first outputs for sample grids
+    under the key "_outputs": {setting key: {split: [uint8 images]}}."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(model_dir)
+    if not hasattr(loaded, "deblur_batch"):
+        raise ValueError(f"{model_dir} is not a deblurring SavedModel of trainer/export.py "
+                         "(no deblur_batch function)")
+    scores: Dict[str, Dict[str, list]] = {}
+    outputs: Dict[str, Dict[str, list]] = {}
+    for s in settings:
+        scores[s.key], outputs[s.key] = {}, {}
+        for split, items in data.items():
+            rows, kept = [], []
+            for b, (i, j) in enumerate(_batches(items, config.batch_size)):
+                images = np.stack([it["blurry"] for it in items[i:j]])
+                out = loaded.deblur_batch(
+                    tf.constant(images), tf.constant(int(s.steps)), tf.constant(float(s.max_noise)),
+                    tf.constant(int(s.samples)), tf.constant([config.seed, b], tf.int64),
+                    tf.constant(s.sampler == "ddim")).numpy()
+                for it, o in zip(items[i:j], out):
+                    rows.append({"pair_id": it["pair_id"], **scorer(o, it["sharp"])})
+                    if len(kept) < config.sample_grid_images:
+                        kept.append(o)
+                if progress is not None:
+                    progress.update(j - i)
+            scores[s.key][split] = rows
+            outputs[s.key][split] = kept
+    return {"scores": scores, "outputs": outputs}
+
+
+def _finite(d: Dict[str, float]) -> bool:
+    return all(isinstance(v, float) and math.isfinite(v) for v in d.values())
+
+
+def choose_best(by_domain: Dict[str, Dict[str, Dict[str, float]]], settings: Sequence[SamplingSetting],
+                domain: str = "out") -> Optional[SamplingSetting]:
+    """The setting with the lowest LPIPS in `domain` (or, without that domain, over all
+    domains) among those with all metrics finite; ties go to fewer network evaluations."""
+    def lpips(s):
+        if domain in by_domain:
+            return by_domain[domain][s.key]["lpips"]
+        return float(np.mean([d[s.key]["lpips"] for d in by_domain.values()]))
+
+    ok = [s for s in settings if all(_finite(d[s.key]) for d in by_domain.values())]
+    if not ok:
+        return None
+    return min(ok, key=lambda s: (lpips(s), s.steps * s.samples))
+
+
+# ---- the whole evaluation ------------------------------------------------------------------
+def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig = EvalConfig(),
+             baseline_dir: Optional[str] = None, baseline_setting: Optional[dict] = None,
+             gate: GateConfig = GateConfig(), progress: bool = False) -> dict:
+    """Evaluates model_dir (and the baseline at its own setting, if given), chooses the best
+    setting, applies the gate; writes everything to out_dir and returns evaluation.json's
+    content with "blessing" added (also written to out_dir/blessing.json)."""
+    import tensorflow as tf
+
+    settings = config.settings()
+    available = split_names(examples_dir)
+    splits = config.splits or [s for s in available if s != config.train_split]
+    missing = [s for s in splits if s not in available]
+    if missing:
+        raise ValueError(f"evaluation split(s) {missing} not in {examples_dir} (has {available})")
+    if not splits:
+        raise ValueError(f"{examples_dir} has no evaluation split (only {available})")
+    data = {s: load_split(examples_dir, s, config.max_images_per_split) for s in splits}
+    domain_of = {}
+    for s, items in data.items():
+        domains = sorted({it["domain"] for it in items})
+        if len(domains) != 1:
+            raise ValueError(f"split {s!r} mixes domains {domains}; evaluate them as separate splits")
+        domain_of[s] = domains[0]
+
+    scorer = Scorer(config.lpips_net)
+    n_images = sum(len(v) for v in data.values())
+    base_settings = [SamplingSetting(**baseline_setting)] if baseline_setting else settings
+    total = n_images * (len(settings) + (len(base_settings) if baseline_dir else 0))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="evaluate (images x settings)", unit="img")
+    try:
+        cand = run_model(model_dir, data, settings, config, scorer, bar)
+        base = run_model(baseline_dir, data, base_settings, config, scorer, bar) if baseline_dir else None
+    finally:
+        if bar is not None:
+            bar.close()
+
+    inputs = {s: [scorer(it["blurry"], it["sharp"]) for it in items] for s, items in data.items()}
+
+    def summarise(run, setting_list):
+        per_split = {s: {k: _mean(run["scores"][k][s]) for k in (x.key for x in setting_list)}
+                     for s in splits}
+        per_domain = {}
+        for d in sorted(set(domain_of.values())):
+            per_domain[d] = {x.key: _mean([r for s in splits if domain_of[s] == d
+                                           for r in run["scores"][x.key][s]])
+                             for x in setting_list}
+        return per_split, per_domain
+
+    per_split, per_domain = summarise(cand, settings)
+    best = choose_best(per_domain, settings, gate.domain)
+    best_metrics = {d: per_domain[d][best.key] for d in per_domain} if best else {}
+    baseline_best = None
+    baseline_info = None
+    if base is not None:
+        b_split, b_domain = summarise(base, base_settings)
+        # the baseline's own setting as is (the gate looks only at its LPIPS); without one,
+        # its best over the grid, as for the candidate
+        b_best = base_settings[0] if len(base_settings) == 1 else choose_best(
+            b_domain, base_settings, gate.domain)
+        baseline_best = {d: b_domain[d][b_best.key] for d in b_domain} if b_best else {}
+        baseline_info = {"model": baseline_dir, "setting": b_best.to_dict() if b_best else None,
+                         "domains": b_domain, "splits": b_split, "best": baseline_best}
+
+    result = {
+        "model": model_dir, "examples": examples_dir, "config": dataclasses.asdict(config),
+        "grid": [s.to_dict() | {"key": s.key} for s in settings],
+        "splits": {s: {"domain": domain_of[s], "datasets": sorted({it["dataset"] for it in data[s]}),
+                       "images": len(data[s]), "input": _mean(inputs[s]), "settings": per_split[s]}
+                   for s in splits},
+        "domains": {d: {"splits": [s for s in splits if domain_of[s] == d],
+                        "input": _mean([r for s in splits if domain_of[s] == d for r in inputs[s]]),
+                        "settings": per_domain[d]} for d in per_domain},
+        "best_setting": best.to_dict() | {"key": best.key} if best else None,
+        "best": best_metrics,
+        "baseline": baseline_info,
+    }
+    blessing = decide(best_metrics, gate, baseline_best if base is not None else None)
+    result["blessing"] = blessing
+    _write(out_dir, result, cand, data, domain_of, settings, best)
+    return result
+
+
+def _write(out_dir, result, cand, data, domain_of, settings, best):
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(out_dir)
+    with tf.io.gfile.GFile(os.path.join(out_dir, EVALUATION_FILE), "w") as f:
+        json.dump({k: v for k, v in result.items() if k != "blessing"}, f, indent=2, sort_keys=True)
+    with tf.io.gfile.GFile(os.path.join(out_dir, BLESSING_FILE), "w") as f:
+        json.dump(result["blessing"], f, indent=2, sort_keys=True)
+    for split, info in result["splits"].items():
+        for key, m in info["settings"].items():
+            path = os.path.join(out_dir, "metrics", info["domain"], split, f"{key}.json")
+            tf.io.gfile.makedirs(os.path.dirname(path))
+            with tf.io.gfile.GFile(path, "w") as f:
+                json.dump({"split": split, "domain": info["domain"], "setting": key,
+                           "images": info["images"], **m}, f, indent=2, sort_keys=True)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "per_image.jsonl"), "w") as f:
+        for key, by_split in cand["scores"].items():
+            for split, rows in by_split.items():
+                for r in rows:
+                    f.write(json.dumps({"setting": key, "split": split,
+                                        "domain": domain_of[split], **r}, sort_keys=True) + "\n")
+    plot_perception_distortion(result, os.path.join(out_dir, "perception_distortion.png"))
+    if best is not None:
+        for split, items in data.items():
+            outs = cand["outputs"][best.key][split]
+            write_sample_grid(items[:len(outs)], outs,
+                              os.path.join(out_dir, "samples", f"{split}.png"))
+
+
+def plot_perception_distortion(result: dict, path: str) -> None:
+    """PSNR (distortion, up is better) against LPIPS (perception, left is better) over the
+    grid, one curve per domain, the blurry input as a cross (the paper's Fig. 5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
+    best = (result.get("best_setting") or {}).get("key")
+    for i, (domain, info) in enumerate(sorted(result["domains"].items())):
+        color = f"C{i}"
+        pts = sorted(((m["lpips"], m["psnr"], k) for k, m in info["settings"].items()))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color,
+                label=f"{domain}-domain ({', '.join(info['splits'])})")
+        for lp, ps, k in pts:
+            ax.annotate(k + (" *" if k == best else ""), (lp, ps), fontsize=7,
+                        textcoords="offset points", xytext=(4, 3))
+        ax.plot(info["input"]["lpips"], info["input"]["psnr"], "x", color=color, markersize=9,
+                label=f"{domain}: blurry input")
+    ax.set_xlabel("LPIPS (AlexNet), lower is better")
+    ax.set_ylabel("PSNR (dB), higher is better")
+    ax.set_title("Perception-distortion over the sampling grid (* = chosen)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+def write_sample_grid(items: List[dict], outputs: List[np.ndarray], path: str, gap: int = 4) -> None:
+    """A PNG with one row per image: blurry | output | sharp."""
+    import tensorflow as tf
+    from PIL import Image
+
+    rows = []
+    for it, out in zip(items, outputs):
+        h = it["blurry"].shape[0]
+        sep = np.full((h, gap, 3), 255, np.uint8)
+        rows.append(np.concatenate([it["blurry"], sep, out, sep, it["sharp"]], axis=1))
+    if not rows:
+        return
+    width = max(r.shape[1] for r in rows)
+    padded = []
+    for r in rows:
+        padded.append(np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255))
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(padded, axis=0)).save(buf, format="PNG")
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def format_result(result: dict) -> str:
+    """A short human-readable table of the evaluation."""
+    lines = []
+    for domain, info in sorted(result["domains"].items()):
+        lines.append(f"{domain}-domain ({', '.join(info['splits'])}):")
+        i = info["input"]
+        lines.append(f"  {'blurry input':<22} PSNR {i['psnr']:6.2f}  SSIM {i['ssim']:.4f}  "
+                     f"LPIPS {i['lpips']:.4f}  NIQE {i['niqe']:.3f}")
+        for key, m in info["settings"].items():
+            mark = " *" if key == (result.get("best_setting") or {}).get("key") else ""
+            lines.append(f"  {key:<22} PSNR {m['psnr']:6.2f}  SSIM {m['ssim']:.4f}  "
+                         f"LPIPS {m['lpips']:.4f}  NIQE {m['niqe']:.3f}{mark}")
+    b = result.get("blessing")
+    if b:
+        lines.append(f"blessed: {'YES' if b['blessed'] else 'NO'} ({b['reason']})")
+        for r in b["rules"]:
+            v = "" if r["value"] is None else f" value {r['value']:.4f}"
+            t = "" if r["threshold"] is None else f" threshold {r['threshold']:.4f}"
+            lines.append(f"  {r['rule']:<11} {r['verdict'].upper():<7}{v}{t}  {r['detail']}")
+    return "\n".join(lines)

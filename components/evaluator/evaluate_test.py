@@ -1,0 +1,166 @@
+"""The evaluator library on hand-made examples and SavedModels whose outputs are known, so every
+number can be recomputed independently (skimage for PSNR/SSIM; the LPIPS network itself is
+checked against the published reference values in metrics/)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from components.evaluator import evaluate as ev
+from components.evaluator.gate import GateConfig
+from components.ingest.decode import encode_png, process_pair_bytes
+
+# NIQE needs at least two 96-pixel blocks per side: 192 is the smallest scorable side.
+SIZES = {"test": [(192, 208)] * 3 + [(200, 200)] * 2, "test_ood": [(200, 200)] * 2 + [(192, 208)] * 2,
+         "train": [(192, 192)] * 2}
+DOMAIN = {"test": "in", "test_ood": "out", "train": "in"}
+
+
+def _pair(h, w, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    sharp = np.stack([(xx * 7 + yy * 3 + 40 * c + seed * 11) % 256 for c in range(3)], -1)
+    sharp = np.clip(sharp + rng.normal(0, 10, sharp.shape), 0, 255).astype(np.uint8)
+    blurry = sharp.astype(float)
+    for _ in range(2):  # a box blur, done by hand
+        blurry = (blurry + np.roll(blurry, 1, 0) + np.roll(blurry, 1, 1) + np.roll(blurry, -1, 1)) / 4
+    return np.clip(blurry, 0, 255).astype(np.uint8), sharp
+
+
+@pytest.fixture(scope="module")
+def examples_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("examples")
+    for split, sizes in SIZES.items():
+        os.makedirs(root / f"Split-{split}")
+        opts = tf.io.TFRecordOptions(compression_type="GZIP")
+        with tf.io.TFRecordWriter(str(root / f"Split-{split}" / "data-00000-of-00001.gz"), opts) as w:
+            for i, (h, w_) in enumerate(sizes):
+                blurry, sharp = _pair(h, w_, seed=100 * len(split) + i)
+                rec, _ = process_pair_bytes(encode_png(blurry), encode_png(sharp),
+                                            pair_id=f"{split}/{i}", dataset=f"ds_{DOMAIN[split]}",
+                                            domain=DOMAIN[split], split=split, min_side=8)
+                w.write(rec)
+    return str(root)
+
+
+class Checker(tf.Module):
+    """Not a network: out = blurry +- strength * max_noise * 255 in a checkerboard (clipped),
+    so each setting's output, and so every metric, is known in advance (a high-frequency
+    pattern, which LPIPS sees; it barely sees a uniform brightening)."""
+
+    def __init__(self, strength):
+        super().__init__()
+        self.strength = strength
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32),
+        tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int64),
+        tf.TensorSpec([], tf.bool)])
+    def deblur_batch(self, images, steps, max_noise, samples, seed, deterministic):
+        shape = tf.shape(images)
+        i, j = tf.meshgrid(tf.range(shape[1]), tf.range(shape[2]), indexing="ij")
+        sign = tf.cast((i + j) % 2 * 2 - 1, tf.float32)[None, :, :, None]
+        x = tf.cast(images, tf.float32) + sign * self.strength * max_noise * 255.0
+        return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+def checker(x, strength, max_noise):
+    i, j = np.mgrid[0:x.shape[0], 0:x.shape[1]]
+    sign = ((i + j) % 2 * 2 - 1).astype(np.float32)[..., None]
+    return np.clip(np.round(x.astype(np.float32) + sign * np.float32(strength * max_noise * 255.0)),
+                   0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, strength in (("mild", 0.02), ("strong", 3.0)):
+        tf.saved_model.save(Checker(strength), str(root / name))
+        out[name] = (str(root / name), strength)
+    return out
+
+
+GRID = [{"sampler": "ddpm", "steps": 2, "max_noise": 0.1, "samples": 1},
+        {"sampler": "ddim", "steps": 3, "max_noise": 0.5, "samples": 1}]
+
+
+def test_metrics_per_split_domain_and_setting(examples_dir, models, tmp_path):
+    model_dir, strength = models["mild"]
+    cfg = ev.EvalConfig(grid=GRID, max_images_per_split=10, batch_size=2)
+    res = ev.evaluate(model_dir, examples_dir, str(tmp_path / "e"), cfg,
+                      gate=GateConfig(ood_lpips_max=0.99))
+    assert sorted(res["splits"]) == ["test", "test_ood"]  # train is not evaluated
+    data = {s: ev.load_split(examples_dir, s, 10) for s in ("test", "test_ood")}
+    for split, items in data.items():
+        info = res["splits"][split]
+        assert info["domain"] == DOMAIN[split] and info["images"] == len(SIZES[split])
+        want_in = np.mean([peak_signal_noise_ratio(it["sharp"], it["blurry"]) for it in items])
+        assert info["input"]["psnr"] == pytest.approx(want_in, abs=1e-3)
+        for g in GRID:
+            key = ev.SamplingSetting(**g).key
+            outs = [checker(it["blurry"], strength, g["max_noise"]) for it in items]
+            psnr = np.mean([peak_signal_noise_ratio(it["sharp"], o) for it, o in zip(items, outs)])
+            ssim = np.mean([structural_similarity(it["sharp"], o, channel_axis=-1, gaussian_weights=True,
+                                                  sigma=1.5, use_sample_covariance=False, data_range=255)
+                            for it, o in zip(items, outs)])
+            assert info["settings"][key]["psnr"] == pytest.approx(psnr, abs=1e-3), (split, key)
+            assert info["settings"][key]["ssim"] == pytest.approx(ssim, abs=1e-4), (split, key)
+            f = tmp_path / "e" / "metrics" / DOMAIN[split] / split / f"{key}.json"
+            assert json.loads(f.read_text())["psnr"] == pytest.approx(psnr, abs=1e-3)
+    # one split per domain here, so the domain means are the split means
+    assert res["domains"]["out"]["settings"] == res["splits"]["test_ood"]["settings"]
+    # the best setting has the lowest out-of-domain LPIPS
+    lp = {k: m["lpips"] for k, m in res["domains"]["out"]["settings"].items()}
+    assert res["best_setting"]["key"] == min(lp, key=lp.get)
+    assert res["best"]["out"] == res["domains"]["out"]["settings"][res["best_setting"]["key"]]
+    lines = (tmp_path / "e" / "per_image.jsonl").read_text().splitlines()
+    assert len(lines) == len(GRID) * (len(SIZES["test"]) + len(SIZES["test_ood"]))
+    png = Image.open(tmp_path / "e" / "perception_distortion.png")
+    assert png.size[0] > 300
+    grid = np.asarray(Image.open(tmp_path / "e" / "samples" / "test_ood.png"))
+    assert grid.shape[0] == 2 * (200 + 4) + (192 + 4)  # three rows: the first three images
+    assert grid.shape[1] == 3 * 208 + 2 * 4
+    assert res["blessing"]["blessed"], res["blessing"]
+    assert json.loads((tmp_path / "e" / "blessing.json").read_text())["blessed"] is True
+
+
+def test_baseline_is_measured_now_at_its_own_setting(examples_dir, models, tmp_path):
+    cfg = ev.EvalConfig(grid=GRID, max_images_per_split=2)
+    strong, mild = models["strong"][0], models["mild"][0]
+    # the strongly patterned candidate is worse than the mild baseline: regression fails
+    res = ev.evaluate(strong, examples_dir, str(tmp_path / "a"), cfg, baseline_dir=mild,
+                      baseline_setting=GRID[0], gate=GateConfig(ood_lpips_max=0.99))
+    assert res["baseline"]["setting"]["max_noise"] == 0.1  # only its own setting was run
+    assert list(res["baseline"]["domains"]["out"]) == [ev.SamplingSetting(**GRID[0]).key]
+    rules = {r["rule"]: r for r in res["blessing"]["rules"]}
+    assert rules["regression"]["verdict"] == "fail", rules
+    assert rules["regression"]["threshold"] == pytest.approx(res["baseline"]["best"]["out"]["lpips"] + 0.01)
+    assert not res["blessing"]["blessed"]
+    # the other way round it passes
+    res = ev.evaluate(mild, examples_dir, str(tmp_path / "b"), cfg, baseline_dir=strong,
+                      baseline_setting=GRID[0], gate=GateConfig(ood_lpips_max=0.99))
+    assert {r["rule"]: r["verdict"] for r in res["blessing"]["rules"]}["regression"] == "pass"
+
+
+def test_caps_and_errors(examples_dir, models, tmp_path):
+    model_dir = models["mild"][0]
+    res = ev.evaluate(model_dir, examples_dir, str(tmp_path / "c"),
+                      ev.EvalConfig(grid=GRID[:1], max_images_per_split=1, splits=["test_ood"]))
+    assert list(res["splits"]) == ["test_ood"] and res["splits"]["test_ood"]["images"] == 1
+    assert list(res["domains"]) == ["out"]
+    with pytest.raises(ValueError, match="not in"):
+        ev.evaluate(model_dir, examples_dir, str(tmp_path / "d"), ev.EvalConfig(splits=["val"]))
+    with pytest.raises(ValueError, match="repeats a setting"):
+        ev.EvalConfig(grid=GRID[:1] * 2)
+    with pytest.raises(ValueError, match="max_noise"):
+        ev.EvalConfig(grid=[{"max_noise": 2.0}])
+    with pytest.raises(ValueError, match="no deblur_batch"):
+        tf.saved_model.save(tf.Module(), str(tmp_path / "empty"))
+        ev.evaluate(str(tmp_path / "empty"), examples_dir, str(tmp_path / "f"), ev.EvalConfig(grid=GRID[:1]))
