@@ -390,3 +390,26 @@ def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, c
                      "--schedule", "0 3 * * 1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("deblur: error: --schedule")
+
+
+# ---- the placement's custom_config reaches the trainer ----------------------------------------
+@pytest.mark.parametrize("tpu, env_strategy", [("local", False), ("env", True), (None, False)])
+def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, env_strategy):
+    from types import SimpleNamespace
+
+    from trainer import tfx_trainer
+
+    seen = {}
+    monkeypatch.setattr(tfx_trainer.train, "train",
+                        lambda exp, examples, out, strategy=None, export_dir=None: seen.update(
+                            exp=exp, examples=examples, strategy=strategy))
+    monkeypatch.setattr(tfx_trainer, "tpu_strategy_from_environment", lambda: "ENV-STRATEGY")
+    custom = {"experiment": "tiny", "overrides": {}, **({"tpu": tpu} if tpu else {})}
+    tfx_trainer.run_fn(SimpleNamespace(
+        custom_config=custom, train_steps=5, train_files=["gs://b/examples/Split-train/*"],
+        model_run_dir="gs://b/run", serving_model_dir="gs://b/model"))
+    t = seen["exp"].train
+    assert seen["examples"] == "gs://b/examples" and t.steps == 5
+    assert t.tpu == tpu
+    assert t.mixed_precision == ("bfloat16" if tpu else "float32")
+    assert seen["strategy"] == ("ENV-STRATEGY" if env_strategy else None)
