@@ -2,19 +2,31 @@
 
     DeblurIngest ─> StatisticsGen ─> ExampleValidator ─> ValidationGate (stops on anomalies)
          │          ImportSchemaGen ─┘    └──────────> DomainDriftReport (in- vs out-of-domain)
-         └──────────────────────────────────────────> Trainer (after the ValidationGate)
-
-Later stages (DeblurEvaluator -> pusher) attach after the Trainer.
+         ├──────────────────────────────────────────> Trainer (after the ValidationGate)
+         │                                               │ model
+         └─────────────────────────────────────────> DeblurEvaluator <── latest blessed model
+                                                         │ blessing      (Resolver over MLMD)
+                                                         ▼
+                                                    RegistryPusher (blessed models only)
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Optional
+
+from tfx.dsl.components.common import resolver as tfx_resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+    LatestBlessedModelStrategy)
+from tfx.types import Channel, standard_artifacts
 
 from tfx.v1.components import ExampleValidator, ImportSchemaGen, StatisticsGen
 from tfx.v1.proto import EvalArgs, TrainArgs
 from tfx.orchestration import pipeline as tfx_pipeline
 
+from components.evaluator.component import DeblurEvaluator
 from components.ingest.component import DeblurIngest
+from components.registry.component import RegistryPusher
 from components.validation_component import DomainDriftReport, ValidationGate
 from pipelines import placement
 from pipelines.config import PipelineConfig
@@ -42,12 +54,44 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                        "overrides": config.training.overrides},
     )
     trainer.add_upstream_node(gate)  # never train on data that failed validation
+    # The baseline of the gate: the latest blessed model, from ML Metadata through a Resolver
+    # (none on a first run), or from the registry where Resolver nodes cannot run.
+    registry_uri = config.registry.resolved_uri(config.runner.work_dir)
+    baseline = {}
+    latest_blessed = None
+    if config.gate.baseline == "ml-metadata":
+        latest_blessed = tfx_resolver.Resolver(
+            strategy_class=LatestBlessedModelStrategy,
+            model=Channel(type=standard_artifacts.Model),
+            model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
+        baseline = {"baseline_model": latest_blessed.outputs["model"],
+                    "baseline_blessing": latest_blessed.outputs["model_blessing"]}
+    else:
+        baseline = {"baseline_registry_uri": registry_uri,
+                    "baseline_model_name": config.registry.model_name}
+    evaluator = DeblurEvaluator(
+        examples=ingest.outputs["examples"],
+        model=trainer.outputs["model"],
+        eval_config=json.dumps(dataclasses.asdict(config.evaluation)),
+        gate_config=json.dumps(dataclasses.asdict(config.gate)),
+        **baseline,
+    )
+    pusher = RegistryPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"],
+        examples=ingest.outputs["examples"],
+        registry_uri=registry_uri,
+        model_name=config.registry.model_name,
+    )
     return tfx_pipeline.Pipeline(
         pipeline_name=config.runner.pipeline_name,
         pipeline_root=pipeline_root or config.runner.resolved_pipeline_root(),
         # place(): on Kubeflow, each component's resources from config.kubeflow.resources
         components=placement.place(
-            config, [ingest, statistics, schema, validator, gate, drift, trainer]),
+            config, [c for c in (ingest, statistics, schema, validator, gate, drift, trainer,
+                                 latest_blessed, evaluator, pusher) if c is not None]),
         enable_cache=config.runner.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.runner.beam_args),

@@ -33,6 +33,8 @@ def latest_run_artifacts(metadata_path: str, pipeline_name: str) -> Dict[str, Li
     for a in store.get_artifacts_by_context(run.id):
         if a.id in in_pipeline:
             out.setdefault(types[a.type_id], []).append(a)
+    for arts in out.values():  # newest last: a run's context also holds the older artifacts
+        arts.sort(key=lambda a: a.id)  # it resolved (the baseline model and its blessing)
     out["_run"] = [run]
     return out
 
@@ -50,21 +52,40 @@ def build_summary(metadata_path: str, pipeline_name: str) -> dict:
     arts = latest_run_artifacts(metadata_path, pipeline_name)
     summary = {"pipeline_run": arts["_run"][0].name}
     if "Examples" in arts:
-        ex = arts["Examples"][0]
+        ex = arts["Examples"][-1]
         summary["examples_uri"] = ex.uri
         summary["ingest"] = _read_json(os.path.join(ex.uri, SUMMARY_FILE))
     if "ExampleAnomalies" in arts:
-        an = arts["ExampleAnomalies"][0]
+        an = arts["ExampleAnomalies"][-1]
         summary["anomalies"] = validation.anomalies_by_split(an.uri, _split_names(an))
     if "ModelRun" in arts:
-        history_path = os.path.join(arts["ModelRun"][0].uri, "history.json")
+        history_path = os.path.join(arts["ModelRun"][-1].uri, "history.json")
         if os.path.exists(history_path):
             history = _read_json(history_path)
             summary["training"] = {"first": history[0], "last": history[-1]} if history else {}
     if "Model" in arts:
-        summary["model_uri"] = arts["Model"][0].uri
+        summary["model_uri"] = arts["Model"][-1].uri
+    if "ModelEvaluation" in arts:
+        path = os.path.join(arts["ModelEvaluation"][-1].uri, "evaluation.json")
+        if os.path.exists(path):
+            ev = _read_json(path)
+            summary["evaluation"] = {"uri": arts["ModelEvaluation"][-1].uri,
+                                     "domains": ev["domains"], "best_setting": ev["best_setting"],
+                                     "best": ev["best"], "baseline": ev.get("baseline")}
+    if "ModelBlessing" in arts:
+        b = arts["ModelBlessing"][-1]
+        path = os.path.join(b.uri, "blessing.json")
+        summary["blessing"] = _read_json(path) if os.path.exists(path) else {}
+        summary["blessing"]["blessed"] = bool(b.custom_properties["blessed"].int_value) \
+            if "blessed" in b.custom_properties else summary["blessing"].get("blessed")
+    if "PushedModel" in arts:
+        p = arts["PushedModel"][-1]
+        props = {k: (v.int_value if v.HasField("int_value") else v.string_value)
+                 for k, v in p.custom_properties.items()}
+        summary["push"] = {k: props.get(k) for k in ("pushed", "pushed_version",
+                                                      "pushed_destination", "reason")}
     if "deblur.DomainDrift" in arts:
-        summary["drift"] = _read_json(os.path.join(arts["deblur.DomainDrift"][0].uri,
+        summary["drift"] = _read_json(os.path.join(arts["deblur.DomainDrift"][-1].uri,
                                                    validation.DRIFT_FILE))
     return summary
 
@@ -98,4 +119,37 @@ def format_summary(s: dict) -> str:
                              f"(identity baseline {last[f'identity_x{k}']:.4f})")
     if "model_uri" in s:
         lines.append(f"model: {s['model_uri']}")
+    ev = s.get("evaluation")
+    if ev:
+        best = (ev.get("best_setting") or {}).get("key")
+        lines.append(f"evaluation (chosen setting {best}, by out-of-domain LPIPS): {ev['uri']}")
+        for domain, info in sorted(ev["domains"].items()):
+            i, m = info["input"], ev["best"].get(domain, {})
+            lines.append(f"  {domain + '-domain':<11} PSNR {m.get('psnr', float('nan')):6.2f}  "
+                         f"SSIM {m.get('ssim', float('nan')):.4f}  "
+                         f"LPIPS {m.get('lpips', float('nan')):.4f}  "
+                         f"NIQE {m.get('niqe', float('nan')):.3f}   "
+                         f"(blurry input: PSNR {i['psnr']:.2f}, LPIPS {i['lpips']:.4f})")
+        base = ev.get("baseline")
+        if base:
+            lines.append(f"  baseline (latest blessed model, measured now at "
+                         f"{(base.get('setting') or {}).get('sampler')}-T{(base.get('setting') or {}).get('steps')}"
+                         f"-n{(base.get('setting') or {}).get('max_noise')}): out-of-domain LPIPS "
+                         f"{(base.get('best') or {}).get('out', {}).get('lpips', float('nan')):.4f}"
+                         f"  <- {base['model']}")
+        else:
+            lines.append("  baseline: none (no blessed model yet)")
+    b = s.get("blessing")
+    if b:
+        lines.append(f"blessed: {'YES' if b.get('blessed') else 'NO'} ({b.get('reason', '')})")
+        for r in b.get("rules", []):
+            v = "" if r.get("value") is None else f" {r['value']:.4f}"
+            t = "" if r.get("threshold") is None else f" (threshold {r['threshold']:.4f})"
+            lines.append(f"  {r['rule']:<11} {r['verdict'].upper():<7}{v}{t}  {r.get('detail', '')}")
+    p = s.get("push")
+    if p:
+        if p.get("pushed"):
+            lines.append(f"registered: version {p['pushed_version']} at {p['pushed_destination']}")
+        else:
+            lines.append(f"not registered: {p.get('reason')}")
     return "\n".join(lines)

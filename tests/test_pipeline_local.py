@@ -13,10 +13,16 @@ from pipelines import config as config_lib
 
 def tiny_config(tmp_path, **runner):
     return {
-        "data": {"synthetic": {"pairs": 3, "test_pairs": 2, "size": [64, 80], "seed": 1}},
+        # 192: NIQE needs two 96-pixel blocks per side
+        "data": {"synthetic": {"pairs": 3, "test_pairs": 2, "size": [192, 192], "seed": 1}},
         "ingest": {"train_crop_size": 64},
         "training": {"experiment": "tiny", "steps": 3,
                      "overrides": {"train": {"global_batch_size": 2}}},
+        "evaluation": {"grid": [{"sampler": "ddpm", "steps": 2, "max_noise": 0.05},
+                                {"sampler": "ddim", "steps": 2, "max_noise": 0.05}],
+                       "max_images_per_split": 2},
+        # a 3-step model: the absolute threshold only excludes non-finite metrics here
+        "gate": {"ood_lpips_max": 0.99, "regression_tolerance": 1.0},
         "runner": {"work_dir": str(tmp_path / "run"), **runner},
     }
 
@@ -27,16 +33,36 @@ def write_config(tmp_path, d) -> str:
     return str(path)
 
 
-def executions(metadata_path):
+def _store(metadata_path):
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = metadata_path
-    store = metadata_store.MetadataStore(cfg)
+    return metadata_store.MetadataStore(cfg)
+
+
+def executions(metadata_path):
+    """{execution type: state of its latest execution}"""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(metadata_path)
     types = {t.id: t.name for t in store.get_execution_types()}
     return {types[e.type_id]: metadata_store_pb2.Execution.State.Name(e.last_known_state)
-            for e in store.get_executions()}
+            for e in sorted(store.get_executions(), key=lambda e: e.id)}
+
+
+def execution_states(metadata_path):
+    """{execution type: [states of its executions, oldest first]}"""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(metadata_path)
+    types = {t.id: t.name for t in store.get_execution_types()}
+    out = {}
+    for e in sorted(store.get_executions(), key=lambda e: e.id):
+        out.setdefault(types[e.type_id], []).append(
+            metadata_store_pb2.Execution.State.Name(e.last_known_state))
+    return out
 
 
 def test_run_local_end_to_end(tmp_path, capsys):
@@ -46,7 +72,8 @@ def test_run_local_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
     states = executions(str(run / "metadata.sqlite"))
     for component in ("DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-                      "ValidationGate", "DomainDriftReport", "Trainer"):
+                      "ValidationGate", "DomainDriftReport", "Trainer", "DeblurEvaluator",
+                      "RegistryPusher"):
         assert any(component in t for t in states), (component, states)
     assert set(states.values()) == {"COMPLETE"}, states
     summary = json.loads((run / "summary.json").read_text())
@@ -66,6 +93,64 @@ def test_run_local_end_to_end(tmp_path, capsys):
     serving = [os.path.join(r, d) for r, ds, _ in os.walk(summary["model_uri"]) for d in ds
                if d == "Format-Serving"]
     assert serving and os.path.exists(os.path.join(serving[0], "saved_model.pb"))
+    # evaluated in- and out-of-domain, blessed on the absolute rules (no baseline yet), pushed
+    ev = summary["evaluation"]
+    assert sorted(ev["domains"]) == ["in", "out"] and ev["baseline"] is None
+    assert ev["best_setting"]["key"] in ("ddpm-T2-n0.05-K1", "ddim-T2-n0.05-K1")
+    rules = {r["rule"]: r["verdict"] for r in summary["blessing"]["rules"]}
+    assert summary["blessing"]["blessed"] and rules == {
+        "finite": "pass", "ood_lpips": "pass", "regression": "skipped"}, summary["blessing"]
+    assert summary["push"]["pushed"] == 1 and summary["push"]["pushed_version"] == "1"
+    assert "blessed: YES" in out and "registered: version 1" in out
+    first_model = summary["model_uri"]
+
+    # The registered model loads through the registry API and deblurs an image of any size.
+    from components.registry.registry import load_latest
+
+    model, manifest = load_latest(str(run / "registry"), "deblur-icdpm")
+    assert manifest["version"] == 1 and manifest["sampling"]["key"] == ev["best_setting"]["key"]
+    assert manifest["metrics"]["out"]["lpips"] == pytest.approx(ev["best"]["out"]["lpips"])
+    import numpy as np
+    import tensorflow as tf
+
+    img = np.random.default_rng(0).integers(0, 256, (21, 30, 3), dtype=np.uint8)
+    out_img = model.signatures["serving_default"](image=tf.constant(img))["image"].numpy()
+    assert out_img.shape == img.shape and out_img.dtype == np.uint8
+    # deblur predict: the registry's newest version, at the setting its manifest records
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "blurry.png")
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "blurry.png"), str(tmp_path / "sharp.png"),
+                     "--model", str(run / "registry"), "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["model"].startswith("registry ") and pred["model"].endswith("(version 1)")
+    assert {k: pred["setting"][k] for k in ("sampler", "steps", "max_noise", "samples")} == \
+        {k: manifest["sampling"][k] for k in ("sampler", "steps", "max_noise", "samples")}
+    assert np.asarray(Image.open(tmp_path / "sharp.png")).shape == img.shape
+
+    # A second run: its baseline is the first run's blessed model, measured now; with a
+    # threshold no model meets it is not blessed, and the pusher records why, pushing nothing.
+    d = tiny_config(tmp_path)
+    d["gate"]["ood_lpips_max"] = 0.001
+    assert cli.main(["run-local", "--config", write_config(tmp_path, d)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model_uri"] != first_model
+    assert summary["evaluation"]["baseline"]["model"].startswith(first_model)
+    assert "baseline (latest blessed model" in out
+    rules = {r["rule"]: r["verdict"] for r in summary["blessing"]["rules"]}
+    assert not summary["blessing"]["blessed"] and rules["ood_lpips"] == "fail"
+    assert rules["regression"] in ("pass", "fail")  # measured against the baseline, not skipped
+    assert summary["push"]["pushed"] == 0 and "not blessed" in summary["push"]["reason"]
+    assert "blessed: NO" in out and "not registered: model not blessed" in out
+    from components.registry.registry import Registry
+
+    assert Registry(str(run / "registry"), "deblur-icdpm").versions() == [1]
+    states = execution_states(str(run / "metadata.sqlite"))
+    for component in ("DeblurIngest", "Trainer", "DeblurEvaluator", "RegistryPusher"):
+        runs = [v for t, v in states.items() if t.endswith(component)]
+        assert runs == [["COMPLETE", "COMPLETE"]], (component, states)
 
 
 def test_anomalies_stop_the_pipeline(tmp_path, capsys):

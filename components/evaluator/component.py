@@ -2,7 +2,8 @@
 
 Inputs: the ingested Examples, the Trainer's Model, and optionally the latest blessed model
 with its blessing (from a Resolver with LatestBlessedModelStrategy in the pipeline; absent on
-the first run). Outputs: a ModelEvaluation (evaluation.json, per-split metrics, the
+the first run), or, where Resolver nodes cannot run (open-source KFP), the newest version of
+the model registry (baseline_registry_uri), which holds only blessed models. Outputs: a ModelEvaluation (evaluation.json, per-split metrics, the
 perception-distortion plot, sample grids) and a ModelBlessing (blessing.json with every rule;
 custom properties `blessed`, `current_model_id`, ... as TFX's own Evaluator writes them, so
 LatestBlessedModelStrategy finds blessed models).
@@ -27,6 +28,21 @@ def _read_json(path):
         return json.load(f)
 
 
+def _registry_baseline(uri: str, model_name: str):
+    """(SavedModel dir, sampling setting) of the newest registered version, or (None, None)."""
+    from components.registry.registry import Registry
+
+    registry = Registry(uri, model_name)
+    latest = registry.latest()
+    if latest is None:
+        return None, None
+    version, manifest = latest
+    setting = manifest.get("sampling") or None
+    if setting:
+        setting = {k: setting[k] for k in ("sampler", "steps", "max_noise", "samples")}
+    return registry.local_path(version), setting
+
+
 @component
 def DeblurEvaluator(
     examples: InputArtifact[standard_artifacts.Examples],
@@ -37,11 +53,16 @@ def DeblurEvaluator(
     baseline_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
     eval_config: Parameter[str] = "{}",
     gate_config: Parameter[str] = "{}",
+    baseline_registry_uri: Parameter[str] = "",
+    baseline_model_name: Parameter[str] = "",
 ) -> None:
     """Samples the model over the grid on every evaluation split, scores it, blesses it or not."""
     config = ev.EvalConfig(**json.loads(eval_config))
     gate = GateConfig(**json.loads(gate_config))
     baseline_dir = baseline_setting = None
+    if baseline_model is None and baseline_registry_uri:
+        baseline_dir, baseline_setting = _registry_baseline(baseline_registry_uri,
+                                                            baseline_model_name)
     if baseline_model is not None:
         baseline_dir = path_utils.serving_model_path(baseline_model.uri)
         prior = _read_json(os.path.join(baseline_blessing.uri, ev.BLESSING_FILE)) \
