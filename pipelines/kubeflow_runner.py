@@ -56,6 +56,9 @@ def check_config(config: PipelineConfig) -> None:
         if local:
             problems.append(f"data.sources roots on gs:// (the pods cannot read "
                             f"{', '.join(local)})")
+    if not (config.registry.uri or "").startswith("gs://"):
+        problems.append("registry.uri on gs:// (where the pusher registers blessed models; the "
+                        "local default is on this machine)")
     if problems:
         raise ConfigError("the Kubeflow pipeline needs: " + "; ".join(problems))
 
