@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import typing
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from components.evaluator.evaluate import EvalConfig
 from components.evaluator.gate import GateConfig
@@ -151,13 +151,32 @@ def _build(cls, value: Any, path: str):
             raise ConfigError(f"{path or 'config'}: unknown key(s) {', '.join(unknown)}; "
                               f"known: {', '.join(fields)}")
         kwargs = {}
+        hints = typing.get_type_hints(cls)
         for name, v in value.items():
-            kwargs[name] = _build(_field_type(cls, name), v, f"{path}.{name}" if path else name)
+            where = f"{path}.{name}" if path else name
+            _check_scalar(hints[name], v, where)
+            kwargs[name] = _build(_field_type(cls, name), v, where)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{path or 'config'}: {e}") from e
     return value
+
+
+_SCALARS = {str: (str,), int: (int,), float: (int, float), bool: (bool,)}
+
+
+def _check_scalar(hint, value, where: str) -> None:
+    """A str/int/float/bool field (or Optional of one) must get that type: a typo'd YAML value
+    or a --set on the wrong key fails here rather than deep inside a component."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) is typing.Union and type(None) in args
+    base = next((a for a in args if a is not type(None)), None) if optional else hint
+    if base not in _SCALARS or (optional and value is None):
+        return
+    ok = isinstance(value, _SCALARS[base]) and not (base in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{where}: expected {base.__name__}, got {type(value).__name__} {value!r}")
 
 
 def _field_type(cls, name):
@@ -181,9 +200,42 @@ def from_dict(d: Optional[Dict[str, Any]]) -> PipelineConfig:
     return cfg
 
 
-def load(path: Optional[str]) -> PipelineConfig:
+def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """KEY=VALUE overrides (`deblur run-local --set training.steps=300`) on a config dict.
+
+    KEY is a dotted path of sections and fields; VALUE is read as YAML, so numbers, booleans,
+    lists ([1, 2]) and mappings ({a: 1}) keep their types. Unknown keys fail later, in
+    from_dict, like unknown keys of a file."""
+    import yaml
+
+    d = dict(d or {})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.steps=300")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: cannot parse the value: {e}") from e
+        node = d
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return d
+
+
+def load(path: Optional[str], overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The config of `path` (JSON or YAML; None: the embedded default) with `overrides`."""
     if not path:
-        return PipelineConfig()
+        return from_dict(apply_overrides({}, overrides))
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
     with open(path) as f:
@@ -197,4 +249,6 @@ def load(path: Optional[str]) -> PipelineConfig:
             d = json.loads(text)
     except Exception as e:  # noqa: BLE001 - parse errors are user mistakes
         raise ConfigError(f"cannot parse {path}: {e}") from e
-    return from_dict(d)
+    if d is not None and not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return from_dict(apply_overrides(d or {}, overrides))

@@ -12,6 +12,8 @@ def add_parsers(sub) -> None:
                        help="compile the pipeline to a KFP v2 spec (KubeflowV2DagRunner)")
     s.add_argument("--config", default=None,
                    help="JSON or YAML config with a kubeflow section (infra/kubeflow.example.yaml)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set training.steps=1000 (repeatable)")
     s.add_argument("--out", default=DEFAULT_OUT,
                    help=f"PipelineJob JSON (default {DEFAULT_OUT}); the KFP package is written "
                         f"beside it as .yaml")
@@ -19,6 +21,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("submit",
                        help="start a run, or a recurring (cron) run, on Kubeflow Pipelines")
     s.add_argument("--config", default=None, help="JSON or YAML config with a kubeflow section")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set training.steps=1000 (repeatable)")
     s.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host), e.g. "
                                                 "http://localhost:8080 after kubectl port-forward")
     s.add_argument("--schedule", default=None,
@@ -43,7 +47,8 @@ def _compile(cfg, out: str):
     unsupported = kr.unsupported_on_kfp(entries)
     if unsupported:
         print(f"warning: {', '.join(unsupported)}: resolver executors run on Vertex AI Pipelines, "
-              f"not on the open-source KFP backend (pipelines/kubeflow_runner.py)", file=sys.stderr)
+              f"not on the open-source KFP backend; there, set gate.baseline: registry "
+              f"(pipelines/kubeflow_runner.py)", file=sys.stderr)
     print(f"pipeline spec: {os.path.abspath(path)}")
     print(f"KFP package:   {os.path.abspath(kr.package_path(path))}")
     return path
@@ -53,7 +58,7 @@ def run(args) -> int:
     from pipelines import config as config_lib
     from pipelines import kubeflow_runner as kr
 
-    cfg = config_lib.load(args.config)
+    cfg = config_lib.load(args.config, args.set or ())
     if args.command == "compile":
         _compile(cfg, args.out)
         return 0

@@ -1,0 +1,34 @@
+"""The typed pipeline config: files, --set overrides, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines import config as C
+
+
+def test_overrides_keep_types_and_nest(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"training": {"steps": 10}, "registry": {"model_name": "m"}}))
+    cfg = C.load(str(path), ["training.steps=300", "gate.ood_lpips_max=0.4",
+                             "runner.enable_cache=true",
+                             "evaluation.grid=[{sampler: ddim, steps: 5, max_noise: 0.5}]"])
+    assert cfg.training.steps == 300 and cfg.registry.model_name == "m"
+    assert cfg.gate.ood_lpips_max == 0.4 and cfg.runner.enable_cache is True
+    assert cfg.evaluation.settings()[0].key == "ddim-T5-n0.5-K1"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.stepz=3", "training: unknown key(s) stepz"),
+    ("training", "expected KEY=VALUE"),
+    ("runner.work_dir.x=1", "runner.work_dir: expected str, got dict"),
+    ("training.steps=many", "training.steps: expected int, got str"),
+    ("gate.ood_lpips_max=yes", "gate.ood_lpips_max: expected float, got bool"),
+    ("gate.baseline=mlmd", "baseline must be 'ml-metadata' or 'registry'"),
+    ("evaluation.grid=[{max_noise: 2}]", "max_noise must be in (0, 1]"),
+])
+def test_override_errors(override, message):
+    with pytest.raises(C.ConfigError, match=None) as e:
+        C.load(None, [override])
+    assert message in str(e.value)
