@@ -163,8 +163,10 @@ class _ComponentProgress(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        if msg.startswith("Component ") and msg.endswith(("is running.", "is finished.")):
+        if (msg.startswith("Component ") and msg.endswith(("is running.", "is finished."))) \
+                or record.name == "deblur.progress":
             print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+            return False
         if "property_predicate is not supported" in msg:
             # TFX's channel resolver, on the Resolver's channels; LatestBlessedModelStrategy
             # checks `blessed` itself, so nothing is lost: not the user's concern

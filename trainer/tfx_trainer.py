@@ -9,11 +9,14 @@ TPU TPUClusterResolver() finds through the TPU_CONFIG variable Vertex sets) or a
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer import experiments, train
+
+PROGRESS_LOGGER = "deblur.progress"
 
 
 def examples_uri(train_files) -> str:
@@ -34,8 +37,15 @@ def run_fn(fn_args: FnArgs) -> None:
         overrides["train"].setdefault("mixed_precision", "bfloat16")
     exp = experiments.get(cfg.get("experiment", "tiny"), **overrides)
     strategy = tpu_strategy_from_environment() if tpu == "env" else None
+    total = exp.train.steps
+    progress = logging.getLogger(PROGRESS_LOGGER)
+
+    def on_step(step, row):  # every log_every steps; `deblur run-local` prints these lines
+        progress.info("Trainer: step %d/%d, loss %.4f, %.0f s", step, total, row["loss"],
+                      row["seconds"])
+
     train.train(exp, examples_uri(fn_args.train_files), fn_args.model_run_dir,
-                strategy=strategy, export_dir=fn_args.serving_model_dir)
+                strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step)
 
 
 def tpu_strategy_from_environment():

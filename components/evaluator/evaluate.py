@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import statistics
@@ -143,7 +144,8 @@ def _batches(items: List[dict], batch_size: int):
 
 
 def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[SamplingSetting],
-              config: EvalConfig, scorer: Scorer, progress=None) -> Dict[str, Dict[str, list]]:
+              config: EvalConfig, scorer: Scorer, progress=None,
+              label: str = "model") -> Dict[str, Dict[str, list]]:
     """{setting key: {split: [per-image metrics]}}, plus the first outputs for sample grids
     under the key "_outputs": {setting key: {split: [uint8 images]}}."""
     import tensorflow as tf
@@ -172,6 +174,8 @@ def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[Sa
                     progress.update(j - i)
             scores[s.key][split] = rows
             outputs[s.key][split] = kept
+        logging.getLogger("deblur.progress").info(
+            "DeblurEvaluator: %s %s sampled and scored on %s", label, s.key, ", ".join(data))
     return {"scores": scores, "outputs": outputs}
 
 
@@ -229,8 +233,9 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
 
         bar = tqdm(total=total, desc="evaluate (images x settings)", unit="img")
     try:
-        cand = run_model(model_dir, data, settings, config, scorer, bar)
-        base = run_model(baseline_dir, data, base_settings, config, scorer, bar) if baseline_dir else None
+        cand = run_model(model_dir, data, settings, config, scorer, bar, "candidate")
+        base = run_model(baseline_dir, data, base_settings, config, scorer, bar,
+                         "baseline") if baseline_dir else None
     finally:
         if bar is not None:
             bar.close()
