@@ -1,7 +1,7 @@
 """Sampler overhead: one sampling step and a whole sampling run against bare UNet passes.
 
     .venv/bin/python -m benchmarks.sampler_bench               # ~2-5 min on 2 shared cores
-    .venv/bin/python -m benchmarks.sampler_bench --size 128x128 --steps 20 --repeats 5
+    .venv/bin/python -m benchmarks.sampler_bench --size 128x128 --steps 20,100 --repeats 5
 
 For each model (default: S+Guide-S and tiny, random weights: the cost does not depend on them),
 one process, one run, on a batch of one HxW image:
@@ -138,7 +138,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="S+Guide-S,tiny")
     p.add_argument("--size", type=_size, default=(64, 64))
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", default="20,50", help="comma-separated T values, one row each")
     p.add_argument("--short-steps", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--results-dir", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -151,9 +151,10 @@ def main(argv=None):
     result = {"machine": machine_info(tensorflow=tf.__version__), "repeats": a.repeats,
               "models": []}
     for name in a.models.split(","):
-        print(f"{name} at {a.size[0]}x{a.size[1]}, T={a.steps} vs t={a.short_steps}", flush=True)
-        result["models"].append(bench_model(name, a.size, a.steps, a.short_steps, a.repeats,
-                                            lambda s: print(s, flush=True)))
+        for steps in (int(v) for v in a.steps.split(",")):
+            print(f"{name} at {a.size[0]}x{a.size[1]}, T={steps} vs t={a.short_steps}", flush=True)
+            result["models"].append(bench_model(name, a.size, steps, a.short_steps, a.repeats,
+                                                lambda s: print(s, flush=True)))
     result["loadavg"] = [round(v, 2) for r in result["models"] for v in r["loadavg_1m"]]
     os.makedirs(a.results_dir, exist_ok=True)
     with open(os.path.join(a.results_dir, "sampler.json"), "w") as f:

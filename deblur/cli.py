@@ -297,6 +297,7 @@ def cmd_run_local(args) -> int:
     for h in logging.getLogger().handlers:
         h.addFilter(_ComponentProgress())
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..."
     t0 = time.time()
     try:
         local_runner.run(cfg)
