@@ -4,9 +4,10 @@
     blessing = bless(result, GateConfig(...), baseline=evaluate_baseline(...))
 
 The model is the exported SavedModel itself (trainer/export.py, its `deblur_batch`
-function): what is evaluated is what ships. Images: the first `max_images_per_split`
-examples of every evaluation split (every split but the train split unless named), in file
-order (the ingest's shards are sorted by name), at full resolution (the model pads to its
+function): what is evaluated is what ships. Images: the `max_images_per_split` examples with
+the smallest pair ids of every evaluation split (every split but the train split unless
+named; one pass over the split reads the ids, so the choice does not depend on how an ingest
+run ordered its shards), at full resolution (the model pads to its
 multiple and crops back). Same-size images are sampled together in batches; batch b of a
 split uses the seed (seed, b), so two models evaluated with one config see the same noise.
 
@@ -91,25 +92,51 @@ def split_names(examples_dir: str) -> List[str]:
 
 
 def load_split(examples_dir: str, split: str, max_images: int) -> List[dict]:
-    """The first max_images examples of a split: pair_id, dataset, domain, blurry, sharp (uint8)."""
+    """The max_images examples of a split with the smallest pair ids (a choice that does not
+    depend on the shard order of an ingest run): pair_id, dataset, domain, blurry, sharp.
+
+    One pass over the split parses only pair_id; the kept records are decoded at the end."""
+    import heapq
+
     import tensorflow as tf
 
     from deblur import example_format as ef
     from trainer.data import split_files
 
     files = sorted(split_files(examples_dir, split))
+    id_spec = {"pair_id": tf.io.FixedLenFeature([], tf.string)}
+    heap: List = []  # max-heap by pair id (negated order via a wrapper) of (id, record)
+    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        pid = tf.io.parse_single_example(rec, id_spec)["pair_id"].numpy().decode()
+        item = (_Desc(pid), rec.numpy())
+        if len(heap) < max_images:
+            heapq.heappush(heap, item)
+        elif pid < heap[0][0].key:
+            heapq.heapreplace(heap, item)
+    if not heap:
+        raise ValueError(f"split {split!r} of {examples_dir} has no examples")
     spec = {k: tf.io.FixedLenFeature([], tf.string)
             for k in ("blurry", "sharp", "pair_id", "dataset", "domain")}
     out = []
-    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP").take(max_images):
+    for _, rec in sorted(heap, key=lambda x: x[0].key):
         ex = tf.io.parse_single_example(rec, spec)
         item = {k: ex[k].numpy().decode() for k in ("pair_id", "dataset", "domain")}
         for k in ef.IMAGE_KEYS:
             item[k] = tf.io.decode_png(ex[k], channels=3).numpy()
         out.append(item)
-    if not out:
-        raise ValueError(f"split {split!r} of {examples_dir} has no examples")
     return out
+
+
+class _Desc:
+    """Reverses string order, so heapq's min-heap keeps the largest kept id on top."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __lt__(self, other: "_Desc") -> bool:
+        return self.key > other.key
 
 
 # ---- scoring -------------------------------------------------------------------------------

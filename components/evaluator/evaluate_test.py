@@ -40,7 +40,10 @@ def examples_dir(tmp_path_factory):
         os.makedirs(root / f"Split-{split}")
         opts = tf.io.TFRecordOptions(compression_type="GZIP")
         with tf.io.TFRecordWriter(str(root / f"Split-{split}" / "data-00000-of-00001.gz"), opts) as w:
-            for i, (h, w_) in enumerate(sizes):
+            # the test split is written out of pair-id order: the evaluator sorts by pair id
+            order = [3, 0, 4, 1, 2] if split == "test" else range(len(sizes))
+            for i in order:
+                h, w_ = sizes[i]
                 blurry, sharp = _pair(h, w_, seed=100 * len(split) + i)
                 rec, _ = process_pair_bytes(encode_png(blurry), encode_png(sharp),
                                             pair_id=f"{split}/{i}", dataset=f"ds_{DOMAIN[split]}",
@@ -154,6 +157,9 @@ def test_caps_and_errors(examples_dir, models, tmp_path):
     res = ev.evaluate(model_dir, examples_dir, str(tmp_path / "c"),
                       ev.EvalConfig(grid=GRID[:1], max_images_per_split=1, splits=["test_ood"]))
     assert list(res["splits"]) == ["test_ood"] and res["splits"]["test_ood"]["images"] == 1
+    # the kept images are those with the smallest pair ids, whatever the record order
+    assert [it["pair_id"] for it in ev.load_split(examples_dir, "test", 3)] == \
+        ["test/0", "test/1", "test/2"]
     assert list(res["domains"]) == ["out"]
     with pytest.raises(ValueError, match="not in"):
         ev.evaluate(model_dir, examples_dir, str(tmp_path / "d"), ev.EvalConfig(splits=["val"]))
