@@ -39,10 +39,14 @@ def run_fn(fn_args: FnArgs) -> None:
     strategy = tpu_strategy_from_environment() if tpu == "env" else None
     total = exp.train.steps
     progress = logging.getLogger(PROGRESS_LOGGER)
+    every = max(1, total // 10)
+    last = [0]
 
-    def on_step(step, row):  # every log_every steps; `deblur run-local` prints these lines
-        progress.info("Trainer: step %d/%d, loss %.4f, %.0f s", step, total, row["loss"],
-                      row["seconds"])
+    def on_step(step, row):  # about 10 lines a run; `deblur run-local` prints them
+        if step - last[0] >= every or step == total:
+            last[0] = step
+            progress.info("Trainer: step %d/%d, loss %.4f, %.0f s", step, total, row["loss"],
+                          row["seconds"])
 
     train.train(exp, examples_uri(fn_args.train_files), fn_args.model_run_dir,
                 strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step)
