@@ -110,6 +110,12 @@ def test_run_local_end_to_end(tmp_path, capsys):
     model, manifest = load_latest(str(run / "registry"), "deblur-icdpm")
     assert manifest["version"] == 1 and manifest["sampling"]["key"] == ev["best_setting"]["key"]
     assert manifest["metrics"]["out"]["lpips"] == pytest.approx(ev["best"]["out"]["lpips"])
+    # serving_default of the registered copy samples with the chosen setting
+    chosen = ev["best_setting"]
+    assert manifest["serving_default"] == {k: chosen[k] for k in ("sampler", "steps",
+                                                                  "max_noise", "samples")}
+    assert int(model.default_steps.numpy()) == chosen["steps"]
+    assert bool(model.default_deterministic.numpy()) == (chosen["sampler"] == "ddim")
     import numpy as np
     import tensorflow as tf
 

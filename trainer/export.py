@@ -30,7 +30,20 @@ class DeblurModule(tf.Module):
         super().__init__()
         self.model = model
         self._multiple = int(model.multiple)
-        self.default_setting = sampling.SamplingSetting(**{**DEFAULT_SAMPLING, **(defaults or {})})
+        d = sampling.SamplingSetting(**{**DEFAULT_SAMPLING, **(defaults or {})})
+        # serving_default's setting, as variables: set_serving_setting() rewrites them in a
+        # copy (the pusher stores the evaluator's choice), no model code needed
+        self.default_steps = tf.Variable(d.steps, dtype=tf.int32, trainable=False)
+        self.default_max_noise = tf.Variable(d.max_noise, dtype=tf.float32, trainable=False)
+        self.default_samples = tf.Variable(d.samples, dtype=tf.int32, trainable=False)
+        self.default_deterministic = tf.Variable(d.sampler == "ddim", trainable=False)
+
+    @property
+    def default_setting(self) -> sampling.SamplingSetting:
+        return sampling.SamplingSetting(
+            "ddim" if bool(self.default_deterministic.numpy()) else "ddpm",
+            int(self.default_steps.numpy()), float(self.default_max_noise.numpy()),
+            int(self.default_samples.numpy()))
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
@@ -61,10 +74,9 @@ class DeblurModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
     def serve(self, image):
-        d = self.default_setting
-        return self._deblur(image, tf.constant(d.steps), tf.constant(d.max_noise),
-                            tf.constant(d.samples), tf.constant([0, 0], tf.int64),
-                            tf.constant(d.sampler == "ddim"))
+        return self._deblur(image, self.default_steps, self.default_max_noise,
+                            self.default_samples, tf.constant([0, 0], tf.int64),
+                            self.default_deterministic)
 
 
 def ema_model(trainer):
@@ -80,6 +92,33 @@ def ema_model(trainer):
             raise RuntimeError(f"EMA shape {e.shape} != variable {v.name} {v.shape}")
         v.assign(tf.cast(e.read_value() if hasattr(e, "read_value") else e, v.dtype))
     return model
+
+
+def set_serving_setting(src: str, dst: str, setting: dict) -> str:
+    """A copy of the SavedModel at src whose serving_default samples with `setting`
+    ({sampler, steps, max_noise, samples}); deblur.json's default_sampling says the same.
+    Loads and re-saves the SavedModel: works without the project's model code."""
+    s = sampling.SamplingSetting(**{k: setting[k] for k in ("sampler", "steps", "max_noise",
+                                                             "samples")})
+    loaded = tf.saved_model.load(src)
+    for name in ("default_steps", "default_max_noise", "default_samples", "default_deterministic"):
+        if not hasattr(loaded, name):
+            raise ValueError(f"{src} has no {name}: exported before serving settings were "
+                             "variables; export it again")
+    loaded.default_steps.assign(s.steps)
+    loaded.default_max_noise.assign(s.max_noise)
+    loaded.default_samples.assign(s.samples)
+    loaded.default_deterministic.assign(s.sampler == "ddim")
+    tf.saved_model.save(loaded, dst, signatures={"serving_default": loaded.serve,
+                                                  "deblur": loaded.deblur})
+    info = {}
+    if tf.io.gfile.exists(os.path.join(src, "deblur.json")):
+        with tf.io.gfile.GFile(os.path.join(src, "deblur.json")) as f:
+            info = json.load(f)
+    info["default_sampling"] = s.to_dict()
+    with tf.io.gfile.GFile(os.path.join(dst, "deblur.json"), "w") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    return dst
 
 
 def export_saved_model(trainer, path: str, defaults: Optional[dict] = None) -> str:

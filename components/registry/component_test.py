@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from tfx.dsl.components.base import base_executor
 from tfx.proto.orchestration import pipeline_pb2
 from tfx.types import channel_utils, standard_artifacts
@@ -39,12 +40,36 @@ def _artifact(cls, uri: Path, id_: int):
     return a
 
 
+class ServingStub(tf.Module):
+    """The export's interface (trainer/export.py: default_* variables read by serving_default)
+    around an identity 'model', so a push can set its serving setting in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.default_steps = tf.Variable(10, dtype=tf.int32, trainable=False)
+        self.default_max_noise = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+        self.default_samples = tf.Variable(1, dtype=tf.int32, trainable=False)
+        self.default_deterministic = tf.Variable(True, trainable=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32),
+                                  tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32),
+                                  tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.bool)])
+    def deblur(self, image, steps, max_noise, samples, seed, deterministic):
+        return {"image": image}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def serve(self, image):
+        return self.deblur(image, self.default_steps, self.default_max_noise,
+                           self.default_samples, tf.constant([0, 0], tf.int64),
+                           self.default_deterministic)
+
+
 def make_inputs(tmp: Path, blessed: bool, with_eval=True, with_examples=True):
     model = _artifact(standard_artifacts.Model, tmp / "Trainer" / "model" / "7", 11)
     serving = Path(model.uri) / "Format-Serving"
-    (serving / "variables").mkdir(parents=True)
-    (serving / "saved_model.pb").write_bytes(b"graph")
-    (serving / "variables" / "variables.index").write_bytes(b"index")
+    stub = ServingStub()
+    tf.saved_model.save(stub, str(serving), signatures={"serving_default": stub.serve,
+                                                        "deblur": stub.deblur})
     (serving / "deblur.json").write_text(json.dumps(
         {"default_sampling": {"sampler": "ddim", "steps": 10, "max_noise": 1.0, "samples": 1},
          "experiment": {"name": "tiny"}}))
@@ -112,8 +137,14 @@ def test_blessed_model_becomes_version_1_with_a_full_manifest(tmp_path):
     assert m["data"]["summary"]["written"] == 4
     assert m["code"]["package"] == "deblur-pipeline"
     assert m["code"]["git_sha"] and len(m["code"]["git_sha"]) == 40  # this is a git checkout
-    assert set(m["files"]) == {"saved_model.pb", "variables/variables.index", "deblur.json"}
-    assert (Path(dest) / "saved_model.pb").read_bytes() == b"graph"
+    assert {"saved_model.pb", "variables/variables.index", "deblur.json"} <= set(m["files"])
+    # the pushed copy's serving_default samples with the evaluator's setting
+    assert m["serving_default"] == SETTING
+    pushed = tf.saved_model.load(dest)
+    assert (int(pushed.default_steps.numpy()), float(pushed.default_max_noise.numpy()),
+            int(pushed.default_samples.numpy()), bool(pushed.default_deterministic.numpy())) == \
+        (20, pytest.approx(0.1), 1, False)
+    assert json.loads((Path(dest) / "deblur.json").read_text())["default_sampling"] == SETTING
 
     # the fingerprint follows the data: one more byte in a shard changes it
     ex = inputs[C.EXAMPLES_KEY][0].uri

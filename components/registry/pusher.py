@@ -21,12 +21,15 @@ No TensorFlow or TFX import here.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from components.registry.registry import Registry
@@ -181,6 +184,27 @@ def code_version() -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- the push
+@contextlib.contextmanager
+def _serving_copy(model_dir: str, sampling: Optional[Dict[str, Any]]):
+    """(folder to push, setting of its serving_default): a temporary copy whose serving_default
+    samples with the evaluator's chosen setting (trainer.export.set_serving_setting), so TF
+    Serving clients get the blessed setting; the model as it is when there is no setting."""
+    import tensorflow as tf
+
+    if not sampling or not tf.io.gfile.exists(f"{model_dir.rstrip('/')}/saved_model.pb"):
+        yield model_dir, None  # (no SavedModel: Registry.push says so)
+        return
+    from trainer.export import set_serving_setting
+
+    tmp = tempfile.mkdtemp(prefix="deblur-push-")
+    try:
+        set_serving_setting(model_dir, os.path.join(tmp, "model"), sampling)
+        yield os.path.join(tmp, "model"), {k: sampling[k] for k in
+                                           ("sampler", "steps", "max_noise", "samples")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessing_uri: str,
                    blessed_property: Optional[int] = None, evaluation_uri: Optional[str] = None,
                    examples_uri: Optional[str] = None, pipeline: Optional[Dict[str, Any]] = None,
@@ -222,6 +246,8 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
                    "experiment": (model_info or {}).get("experiment", {}).get("name")
                    if isinstance((model_info or {}).get("experiment"), dict) else None},
     }
-    version = registry.push(model_dir, manifest)
+    with _serving_copy(model_dir, sampling) as (push_dir, serving):
+        manifest["serving_default"] = serving or (model_info or {}).get("default_sampling")
+        version = registry.push(push_dir, manifest)
     return PushResult(pushed=True, version=version, destination=registry.version_uri(version),
                       manifest=registry.show(version))
