@@ -401,8 +401,8 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
 
     seen = {}
     monkeypatch.setattr(tfx_trainer.train, "train",
-                        lambda exp, examples, out, strategy=None, export_dir=None: seen.update(
-                            exp=exp, examples=examples, strategy=strategy))
+                        lambda exp, examples, out, strategy=None, export_dir=None, **kw: seen.update(
+                            exp=exp, examples=examples, strategy=strategy, **kw))
     monkeypatch.setattr(tfx_trainer, "tpu_strategy_from_environment", lambda: "ENV-STRATEGY")
     custom = {"experiment": "tiny", "overrides": {}, **({"tpu": tpu} if tpu else {})}
     tfx_trainer.run_fn(SimpleNamespace(
@@ -413,3 +413,4 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
     assert t.tpu == tpu
     assert t.mixed_precision == ("bfloat16" if tpu else "float32")
     assert seen["strategy"] == ("ENV-STRATEGY" if env_strategy else None)
+    assert callable(seen["on_step"])  # the progress lines of `deblur run-local`
