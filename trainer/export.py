@@ -2,7 +2,8 @@
 
 Signatures (load with tf.saved_model.load in a process that never imported this project):
   serving_default(image: uint8 [H, W, 3]) -> {"image": uint8 [H, W, 3]}
-      samples with the baked defaults (DEFAULT_SAMPLING, or the setting the evaluator chose)
+      samples with the setting held in the default_* variables: DEFAULT_SAMPLING at export;
+      in a registered copy, the evaluator's choice (set_serving_setting, run by the pusher)
   deblur(image, steps: int32, max_noise: float32, samples: int32, seed: int64 [2],
          deterministic: bool) -> {"image": uint8 [H, W, 3]}
       the sampling settings as inputs (trainer/sampling.py); samples > 1 averages K
