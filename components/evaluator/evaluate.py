@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import statistics
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -173,8 +172,8 @@ def _batches(items: List[dict], batch_size: int):
 def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[SamplingSetting],
               config: EvalConfig, scorer: Scorer, progress=None,
               label: str = "model") -> Dict[str, Dict[str, list]]:
-    """{setting key: {split: [per-image metrics]}}, plus the first outputs for sample grids
-    under the key "_outputs": {setting key: {split: [uint8 images]}}."""
+    """{"scores": {setting key: {split: [per-image metrics]}},
+        "outputs": {setting key: {split: [the first sample_grid_images outputs, uint8]}}}"""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(model_dir)
