@@ -273,7 +273,7 @@ def cmd_predict(args) -> int:
         print(f"model: {model.source}; sampling {setting.key}"
               f"{' (its default)' if not changes else ''}", file=sys.stderr)
     records = pr.predict(args.input, args.output, model, setting, seed=args.seed,
-                         progress=not args.json)
+                         progress=not args.json, tile=args.tile, overlap=args.overlap)
     if args.json:
         print(json.dumps({"model": model.source, "setting": setting.to_dict(),
                           "images": records}, indent=2))
@@ -409,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=None, help="K: average K samples (SA)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tile", type=int, default=None,
+                   help="sample in overlapping tiles of this many pixels (a multiple of the "
+                        "UNet's, e.g. 256) for images too large for one pass")
+    s.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")

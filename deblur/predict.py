@@ -90,37 +90,58 @@ def read_rgb(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not an image Pillow can read ({e})") from None
 
 
-def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, seed: int = 0,
-            progress: bool = True) -> List[dict]:
-    """Deblurs src (file or folder) into dst; returns one record per image."""
-    import tensorflow as tf
+def _save(image: np.ndarray, path: str) -> None:
     from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, seed: int = 0,
+            progress: bool = True, tile: Optional[int] = None, overlap: int = 32) -> List[dict]:
+    """Deblurs src (file or folder) into dst; returns one record per image.
+
+    tile: sample in overlapping tiles of this size (trainer.sampling.sample_tiled, for images
+    too large for one pass); the progress bar then ticks per step."""
+    import tensorflow as tf
     from tqdm import tqdm
 
     pairs = _inputs(src, dst)
     loaded = tf.saved_model.load(model.path)
     if not hasattr(loaded, "deblur_batch"):
         raise ValueError(f"{model.path} is not a deblurring SavedModel of trainer/export.py")
-    # Progress: one tick per sample of each image. The T steps of a sample run inside the
-    # SavedModel's compiled loop, which reports nothing until it ends.
-    bar = tqdm(total=len(pairs) * setting.samples, unit="sample", disable=not progress,
-               desc=f"deblur ({setting.key})")
+    if tile:
+        from trainer.sampling import SavedModelDenoiser, sample_tiled
+
+        denoiser = SavedModelDenoiser(loaded)
+        bar = tqdm(total=len(pairs) * setting.samples * setting.steps, unit="step",
+                   disable=not progress, desc=f"deblur tiled {tile}px ({setting.key})")
+    else:
+        # One tick per sample of each image: the T steps of a sample run inside the
+        # SavedModel's compiled loop, which reports nothing until it ends.
+        bar = tqdm(total=len(pairs) * setting.samples, unit="sample", disable=not progress,
+                   desc=f"deblur ({setting.key})")
     records = []
     try:
         for src_path, dst_path in pairs:
             image = read_rgb(src_path)
             t0 = time.time()
-            total = np.zeros(image.shape, np.float64)
-            for k in range(setting.samples):  # SA: the mean of K samples, one at a time
-                out = loaded.deblur_batch(
-                    tf.constant(image[None]), tf.constant(int(setting.steps)),
-                    tf.constant(float(setting.max_noise)), tf.constant(1),
-                    tf.constant([seed, k], tf.int64), tf.constant(setting.sampler == "ddim"))
-                total += out.numpy()[0]
-                bar.update(1)
-            result = np.clip(np.round(total / setting.samples), 0, 255).astype(np.uint8)
-            os.makedirs(os.path.dirname(os.path.abspath(dst_path)), exist_ok=True)
-            Image.fromarray(result).save(dst_path)
+            if tile:
+                start = bar.n
+                result = sample_tiled(denoiser, image, setting, tile=tile, overlap=overlap,
+                                      seed=seed,
+                                      progress=lambda done: bar.update(start + done - bar.n))
+            else:
+                total = np.zeros(image.shape, np.float64)
+                for k in range(setting.samples):  # SA: the mean of K samples, one at a time
+                    out = loaded.deblur_batch(
+                        tf.constant(image[None]), tf.constant(int(setting.steps)),
+                        tf.constant(float(setting.max_noise)), tf.constant(1),
+                        tf.constant([seed, k], tf.int64), tf.constant(setting.sampler == "ddim"))
+                    total += out.numpy()[0]
+                    bar.update(1)
+                result = np.clip(np.round(total / setting.samples), 0, 255).astype(np.uint8)
+            _save(result, dst_path)
             records.append({"input": src_path, "output": dst_path, "size": list(image.shape[:2]),
                             "seconds": round(time.time() - t0, 2)})
     finally:

@@ -134,6 +134,12 @@ def test_run_local_end_to_end(tmp_path, capsys):
     assert {k: pred["setting"][k] for k in ("sampler", "steps", "max_noise", "samples")} == \
         {k: manifest["sampling"][k] for k in ("sampler", "steps", "max_noise", "samples")}
     assert np.asarray(Image.open(tmp_path / "sharp.png")).shape == img.shape
+    # ... and tile by tile, from the registered SavedModel alone
+    assert cli.main(["predict", str(tmp_path / "blurry.png"), str(tmp_path / "tiled.png"),
+                     "--model", str(run / "registry"), "--tile", "16", "--overlap", "8",
+                     "--json"]) == 0
+    capsys.readouterr()
+    assert np.asarray(Image.open(tmp_path / "tiled.png")).shape == img.shape
 
     # A second run: its baseline is the first run's blessed model, measured now; with a
     # threshold no model meets it is not blessed, and the pusher records why, pushing nothing.

@@ -10,6 +10,8 @@ Signatures (load with tf.saved_model.load in a process that never imported this 
       independent samples ("SA" in the paper); deterministic selects DDIM over DDPM
   deblur_batch(images: uint8 [B, H, W, 3], steps, max_noise, samples, seed, deterministic)
       -> uint8 [B, H, W, 3]   a tf.function attribute (not a signature): same-size batches
+  guide_features([phi_k]), predict_noise(x_t, y, gamma, features): one step's pieces, which
+      sampling.SavedModelDenoiser wraps for tiled sampling (sampling.sample_tiled)
 The image is padded (symmetric) to the UNet's multiple and cropped back; the guidance input
 phi_k(y) is the box-averaged BT.601 luma of the padded image, as in training (no noise).
 """
@@ -38,6 +40,36 @@ class DeblurModule(tf.Module):
         self.default_max_noise = tf.Variable(d.max_noise, dtype=tf.float32, trainable=False)
         self.default_samples = tf.Variable(d.samples, dtype=tf.int32, trainable=False)
         self.default_deterministic = tf.Variable(d.sampler == "ddim", trainable=False)
+        # The pieces of one sampling step, for tiled sampling without the model code
+        # (sampling.SavedModelDenoiser): the guidance once per tile, the noise prediction.
+        cfg = model.cfg
+        self._scales = tuple(cfg.guidance_scales) if model.guidance_net is not None else ()
+        self.unet_multiple = tf.Variable(self._multiple, dtype=tf.int32, trainable=False)
+        self.guidance_scales = tf.Variable(list(self._scales) or [0], dtype=tf.int32,
+                                           trainable=False)  # [0]: no guidance network
+        guide_specs = ([tf.TensorSpec([None, None, None, cfg.guidance_width], tf.float32)]
+                       * len(self._scales)
+                       + [tf.TensorSpec([None, None, None, cfg.regression_channels], tf.float32)]
+                       * len(self._scales))
+        self.guide_features = tf.function(self._guide_features, input_signature=[
+            [tf.TensorSpec([None, None, None, 1], tf.float32, name=f"phi_x{k}")
+             for k in self._scales]])
+        self.predict_noise = tf.function(self._predict_noise, input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="x_t"),
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="y"),
+            tf.TensorSpec([None], tf.float32, name="gamma"), guide_specs])
+
+    def _guide_features(self, phis):
+        """[H_k(phi_k) for k] + [R_k(H_k(phi_k)) for k] in guidance_scales order."""
+        if not self._scales:
+            return []
+        feats, regs = self.model.guide(dict(zip(self._scales, phis)), training=False)
+        return [feats[k] for k in self._scales] + [regs[k] for k in self._scales]
+
+    def _predict_noise(self, x_t, y, gamma, guidance):
+        n = len(self._scales)
+        packed = (dict(zip(self._scales, guidance[:n])), dict(zip(self._scales, guidance[n:])))
+        return self.model.denoise(x_t, y, gamma, packed, training=False)
 
     @property
     def default_setting(self) -> sampling.SamplingSetting:

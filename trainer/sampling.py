@@ -204,6 +204,28 @@ class Sampler:
 
 
 # ---- tiling --------------------------------------------------------------------------------
+class SavedModelDenoiser:
+    """The model interface sample_tiled needs (multiple, cfg.guidance_scales, guide, denoise),
+    served by an exported SavedModel (trainer/export.py: guide_features, predict_noise), so a
+    registered model can be sampled tile by tile without the project's model code."""
+
+    def __init__(self, loaded):
+        for name in ("guide_features", "predict_noise", "unet_multiple", "guidance_scales"):
+            if not hasattr(loaded, name):
+                raise ValueError(f"the SavedModel has no {name}: exported before tiled sampling "
+                                 "was supported; export it again")
+        self._loaded = loaded
+        self.multiple = int(loaded.unet_multiple.numpy())
+        scales = tuple(int(k) for k in loaded.guidance_scales.numpy() if k > 0)
+        self.cfg = type("Cfg", (), {"guidance_scales": scales})()
+
+    def guide(self, phi, training=False):
+        return self._loaded.guide_features([phi[k] for k in self.cfg.guidance_scales])
+
+    def denoise(self, x_t, y, gamma, guidance, training=False):
+        return self._loaded.predict_noise(x_t, y, gamma, list(guidance))
+
+
 def _tile_starts(size: int, tile: int, overlap: int):
     if size <= tile:
         return [0]
@@ -220,7 +242,7 @@ def _blend_window(tile: int, overlap: int) -> np.ndarray:
 
 
 def sample_tiled(model, image: np.ndarray, setting: SamplingSetting, tile: int = 256,
-                 overlap: int = 32, seed: int = 0) -> np.ndarray:
+                 overlap: int = 32, seed: int = 0, progress=None) -> np.ndarray:
     """Deblur a uint8 (H, W, 3) image whose whole-image UNet pass does not fit in memory.
 
     One chain over the whole image; at every step the noise prediction is made tile by tile
@@ -228,6 +250,8 @@ def sample_tiled(model, image: np.ndarray, setting: SamplingSetting, tile: int =
     ramps over the overlap (as MultiDiffusion, Bar-Tal et al. 2023, blends per step), so there
     are no seams between independently sampled tiles. Each tile's guidance is computed once.
     Memory: one tile's UNet activations; time: about (tile / stride)^2 of the untiled run.
+    model: a GuidedDenoiser, or a SavedModelDenoiser around an exported SavedModel.
+    progress: called with the number of steps done after each step (K * T in all).
     """
     m = int(model.multiple)
     if tile % m or tile <= 0:
@@ -272,6 +296,8 @@ def sample_tiled(model, image: np.ndarray, setting: SamplingSetting, tile: int =
             eps = tf.constant((eps / weight)[None])
             x = sched.step(x, eps, t, tf.random.stateless_normal(tf.shape(x), sd[t]),
                            setting.sampler == "ddim")
+            if progress is not None:
+                progress(s * n + (n - t))
         total += x[0].numpy()
     out01 = (total[:h, :w] / k + 1.0) / 2.0
     return tf.image.convert_image_dtype(out01, tf.uint8, saturate=True).numpy()

@@ -135,3 +135,27 @@ def test_setting_validation():
     with pytest.raises(ValueError, match="steps"):
         S.SamplingSetting(steps=0)
     assert S.SamplingSetting("ddim", 20, 0.5, 4).key == "ddim-T20-n0.5-K4"
+
+
+def test_tiled_sampling_from_the_saved_model_alone(tmp_path):
+    """A registered SavedModel can be sampled tile by tile without the model code: the same
+    chain as the Keras model's, step for step."""
+    from trainer.export import DeblurModule
+
+    tf.random.set_seed(0)
+    model = M.GuidedDenoiser(M.preset("tiny"))
+    module = DeblurModule(model)
+    tf.saved_model.save(module, str(tmp_path / "sm"),
+                        signatures={"serving_default": module.serve, "deblur": module.deblur})
+    served = S.SavedModelDenoiser(tf.saved_model.load(str(tmp_path / "sm")))
+    assert served.multiple == model.multiple
+    assert served.cfg.guidance_scales == tuple(model.cfg.guidance_scales)
+    img = np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    setting = S.SamplingSetting("ddpm", 3, 0.5, 2)
+    done = []
+    a = S.sample_tiled(served, img, setting, tile=32, overlap=16, seed=1, progress=done.append)
+    b = S.sample_tiled(model, img, setting, tile=32, overlap=16, seed=1)
+    assert a.shape == img.shape and np.abs(a.astype(int) - b).max() <= 1
+    assert done == list(range(1, 7))  # K * T steps
+    with pytest.raises(ValueError, match="no guide_features"):
+        S.SavedModelDenoiser(tf.Module())
