@@ -19,11 +19,11 @@ PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 @dataclasses.dataclass
 class GateConfig:
     # Out-of-domain LPIPS (AlexNet, lower is better) must be at or under this. The local default
-    # 0.5 sits under the blurry inputs' own out-of-domain LPIPS on the default synthetic sets
-    # (0.518): a model must do better than doing nothing (docs/evaluation.md). The paper's
-    # GoPro-trained model reaches 0.123 on RealBlur-J; production configs set ~0.2
-    # (infra/kubeflow.example.yaml).
-    ood_lpips_max: float = 0.5
+    # 0.48 sits under the blurry inputs' own out-of-domain LPIPS on the evaluated images of the
+    # default synthetic sets (0.496): a model must do better than doing nothing
+    # (docs/evaluation.md). The paper's GoPro-trained model reaches 0.123 on RealBlur-J;
+    # production configs set ~0.2 (infra/kubeflow.example.yaml).
+    ood_lpips_max: float = 0.48
     # A new model may be at most this much worse (out-of-domain LPIPS) than the latest blessed.
     regression_tolerance: float = 0.01
     domain: str = "out"  # the domain whose LPIPS gates
