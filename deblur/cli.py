@@ -211,11 +211,11 @@ def _setting(text: str):
 
 def _saved_model_dir(path: str) -> str:
     """A SavedModel folder, or a TFX Model artifact folder holding Format-Serving/."""
-    import tensorflow as tf
+    from deblur.predict import saved_model_dir
 
-    for d in (path, os.path.join(path, "Format-Serving")):
-        if tf.io.gfile.exists(os.path.join(d, "saved_model.pb")):
-            return d
+    d = saved_model_dir(path)
+    if d is not None:
+        return d
     raise UserError(f"{path} holds no SavedModel (saved_model.pb, or Format-Serving/saved_model.pb)")
 
 

@@ -35,21 +35,31 @@ class ResolvedModel:
 def _setting_from(d: Optional[dict]) -> Optional[SamplingSetting]:
     if not d:
         return None
-    return SamplingSetting(**{k: d[k] for k in ("sampler", "steps", "max_noise", "samples") if k in d})
+    return SamplingSetting.from_dict(d)
+
+
+def saved_model_dir(path: str) -> Optional[str]:
+    """path itself or its Format-Serving/ (a TFX Model artifact) when it holds a SavedModel."""
+    import tensorflow as tf
+
+    for d in (path, os.path.join(path, "Format-Serving")):
+        if tf.io.gfile.exists(os.path.join(d, "saved_model.pb")):
+            return d
+    return None
 
 
 def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> ResolvedModel:
     """A SavedModel folder, a Model artifact folder, or a registry URI -> ResolvedModel."""
     import tensorflow as tf
 
-    for d in (spec, os.path.join(spec, "Format-Serving")):
-        if tf.io.gfile.exists(os.path.join(d, "saved_model.pb")):
-            info = os.path.join(d, "deblur.json")
-            setting = None
-            if tf.io.gfile.exists(info):
-                with tf.io.gfile.GFile(info) as f:
-                    setting = _setting_from(json.load(f).get("default_sampling"))
-            return ResolvedModel(d, setting or SamplingSetting(), f"SavedModel {d}")
+    d = saved_model_dir(spec)
+    if d is not None:
+        info = os.path.join(d, "deblur.json")
+        setting = None
+        if tf.io.gfile.exists(info):
+            with tf.io.gfile.GFile(info) as f:
+                setting = _setting_from(json.load(f).get("default_sampling"))
+        return ResolvedModel(d, setting or SamplingSetting(), f"SavedModel {d}")
     from components.registry.registry import Registry
 
     registry = Registry(spec, model_name)

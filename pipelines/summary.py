@@ -10,6 +10,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import validation
+from components.evaluator.gate import domain_name
 from components.ingest.beam_ingest import SUMMARY_FILE
 
 
@@ -90,10 +91,6 @@ def build_summary(metadata_path: str, pipeline_name: str) -> dict:
     return summary
 
 
-def _domain_name(domain: str) -> str:
-    return {"in": "in-domain", "out": "out-of-domain"}.get(domain, f"domain {domain}")
-
-
 def format_summary(s: dict) -> str:
     lines = [f"pipeline run {s['pipeline_run']}"]
     ing = s.get("ingest")
@@ -129,7 +126,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"evaluation (chosen setting {best}, by out-of-domain LPIPS): {ev['uri']}")
         for domain, info in sorted(ev["domains"].items()):
             i, m = info["input"], ev["best"].get(domain, {})
-            lines.append(f"  {_domain_name(domain):<14} PSNR {m.get('psnr', float('nan')):6.2f}  "
+            lines.append(f"  {domain_name(domain):<14} PSNR {m.get('psnr', float('nan')):6.2f}  "
                          f"SSIM {m.get('ssim', float('nan')):.4f}  "
                          f"LPIPS {m.get('lpips', float('nan')):.4f}  "
                          f"NIQE {m.get('niqe', float('nan')):.3f}   "

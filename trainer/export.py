@@ -26,6 +26,12 @@ import tensorflow as tf
 from trainer import sampling
 
 DEFAULT_SAMPLING = {"sampler": "ddpm", "steps": 50, "max_noise": 1.0, "samples": 1}
+# The sampling inputs of deblur_batch and the deblur signature, after the image(s).
+_SETTING_SPECS = (tf.TensorSpec([], tf.int32, name="steps"),
+                  tf.TensorSpec([], tf.float32, name="max_noise"),
+                  tf.TensorSpec([], tf.int32, name="samples"),
+                  tf.TensorSpec([2], tf.int64, name="seed"),
+                  tf.TensorSpec([], tf.bool, name="deterministic"))
 
 
 class DeblurModule(tf.Module):
@@ -78,13 +84,8 @@ class DeblurModule(tf.Module):
             int(self.default_steps.numpy()), float(self.default_max_noise.numpy()),
             int(self.default_samples.numpy()))
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
-        tf.TensorSpec([], tf.int32, name="steps"),
-        tf.TensorSpec([], tf.float32, name="max_noise"),
-        tf.TensorSpec([], tf.int32, name="samples"),
-        tf.TensorSpec([2], tf.int64, name="seed"),
-        tf.TensorSpec([], tf.bool, name="deterministic")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+                                  *_SETTING_SPECS])
     def deblur_batch(self, images, steps, max_noise, samples, seed, deterministic):
         """A batch of same-size images (what the evaluator calls); the signatures below call
         this one function, so the sampler is traced once."""
@@ -95,13 +96,8 @@ class DeblurModule(tf.Module):
         return {"image": self.deblur_batch(image[None], steps, max_noise, samples, seed,
                                            deterministic)[0]}
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, 3], tf.uint8, name="image"),
-        tf.TensorSpec([], tf.int32, name="steps"),
-        tf.TensorSpec([], tf.float32, name="max_noise"),
-        tf.TensorSpec([], tf.int32, name="samples"),
-        tf.TensorSpec([2], tf.int64, name="seed"),
-        tf.TensorSpec([], tf.bool, name="deterministic")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image"),
+                                  *_SETTING_SPECS])
     def deblur(self, image, steps, max_noise, samples, seed, deterministic):
         return self._deblur(image, steps, max_noise, samples, seed, deterministic)
 
@@ -131,8 +127,7 @@ def set_serving_setting(src: str, dst: str, setting: dict) -> str:
     """A copy of the SavedModel at src whose serving_default samples with `setting`
     ({sampler, steps, max_noise, samples}); deblur.json's default_sampling says the same.
     Loads and re-saves the SavedModel: works without the project's model code."""
-    s = sampling.SamplingSetting(**{k: setting[k] for k in ("sampler", "steps", "max_noise",
-                                                             "samples")})
+    s = sampling.SamplingSetting.from_dict(setting)
     loaded = tf.saved_model.load(src)
     for name in ("default_steps", "default_max_noise", "default_samples", "default_deterministic"):
         if not hasattr(loaded, name):

@@ -35,3 +35,9 @@ class SamplingSetting:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplingSetting":
+        """From a stored setting (evaluation.json, a manifest, deblur.json): its four fields,
+        extra keys such as "key" ignored."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})

@@ -19,6 +19,7 @@ from tfx.utils import path_utils
 
 from components.evaluator import evaluate as ev
 from components.evaluator.gate import GateConfig
+from trainer.setting import SamplingSetting
 
 
 def _read_json(path):
@@ -39,7 +40,7 @@ def _registry_baseline(uri: str, model_name: str):
     version, manifest = latest
     setting = manifest.get("sampling") or None
     if setting:
-        setting = {k: setting[k] for k in ("sampler", "steps", "max_noise", "samples")}
+        setting = SamplingSetting.from_dict(setting).to_dict()
     return registry.local_path(version), setting
 
 
@@ -69,16 +70,14 @@ def DeblurEvaluator(
             if baseline_blessing is not None else None
         baseline_setting = (prior or {}).get("best_setting")
         if baseline_setting:
-            baseline_setting = {k: baseline_setting[k]
-                                for k in ("sampler", "steps", "max_noise", "samples")}
+            baseline_setting = SamplingSetting.from_dict(baseline_setting).to_dict()
     result = ev.evaluate(path_utils.serving_model_path(model.uri), examples.uri, evaluation.uri,
                          config, baseline_dir=baseline_dir, baseline_setting=baseline_setting,
                          gate=gate, progress=False)
     verdict = result["blessing"]
     blessed = bool(verdict["blessed"])
     with fileio.open(os.path.join(blessing.uri, ev.BLESSING_FILE), "w") as f:
-        json.dump({**verdict, "best_setting": result["best_setting"], "best": result["best"]},
-                  f, indent=2, sort_keys=True)
+        json.dump(verdict, f, indent=2, sort_keys=True)
     with fileio.open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
         f.write(verdict["reason"] + "\n")
     blessing.set_int_custom_property("blessed", int(blessed))

@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from components.evaluator.gate import GateConfig, decide
+from components.evaluator.gate import GateConfig, decide, domain_name
 from trainer.setting import SamplingSetting
 
 METRICS = ("psnr", "ssim", "lpips", "niqe")
@@ -307,7 +307,8 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         "baseline": baseline_info,
     }
     blessing = decide(best_metrics, gate, baseline_best if base is not None else None)
-    result["blessing"] = blessing
+    # what travels with the blessing (the pusher's manifest, the next run's baseline setting)
+    result["blessing"] = {**blessing, "best_setting": result["best_setting"], "best": best_metrics}
     _write(out_dir, result, cand, data, domain_of, settings, best)
     return result
 
@@ -341,10 +342,6 @@ def _write(out_dir, result, cand, data, domain_of, settings, best):
                               os.path.join(out_dir, "samples", f"{split}.png"))
 
 
-def _domain_name(domain: str) -> str:
-    return {"in": "in-domain", "out": "out-of-domain"}.get(domain, f"domain {domain}")
-
-
 def plot_perception_distortion(result: dict, path: str) -> None:
     """PSNR (distortion, up is better) against LPIPS (perception, left is better) over the
     grid, one curve per domain, the blurry input as a cross (the paper's Fig. 5)."""
@@ -368,13 +365,13 @@ def plot_perception_distortion(result: dict, path: str) -> None:
             ms = [info["settings"][g["key"]] for g in points]
             ax.plot([m["lpips"] for m in ms], [m["psnr"] for m in ms], "-", color=color,
                     marker=markers[j % len(markers)], alpha=0.9,
-                    label=f"{_domain_name(domain)}: {sampler} T={steps}" + (f" K={k}" if k > 1 else ""))
+                    label=f"{domain_name(domain)}: {sampler} T={steps}" + (f" K={k}" if k > 1 else ""))
             for g, m in zip(points, ms):
                 ax.annotate(f"{g['max_noise']:g}" + (" *" if g["key"] == best else ""),
                             (m["lpips"], m["psnr"]), fontsize=7, textcoords="offset points",
                             xytext=(4, 3))
         ax.plot(info["input"]["lpips"], info["input"]["psnr"], "x", color=color, markersize=9,
-                label=f"{_domain_name(domain)}: blurry input")
+                label=f"{domain_name(domain)}: blurry input")
     ax.set_xlabel("LPIPS (AlexNet), lower is better")
     ax.set_ylabel("PSNR (dB), higher is better")
     ax.set_title("Perception-distortion over the sampling grid\n"
@@ -417,7 +414,7 @@ def format_result(result: dict) -> str:
     """A short human-readable table of the evaluation."""
     lines = []
     for domain, info in sorted(result["domains"].items()):
-        lines.append(f"{_domain_name(domain)} ({', '.join(info['splits'])}):")
+        lines.append(f"{domain_name(domain)} ({', '.join(info['splits'])}):")
         i = info["input"]
         lines.append(f"  {'blurry input':<22} PSNR {i['psnr']:6.2f}  SSIM {i['ssim']:.4f}  "
                      f"LPIPS {i['lpips']:.4f}  NIQE {i['niqe']:.3f}")

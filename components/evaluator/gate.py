@@ -50,7 +50,8 @@ class Rule:
     detail: str = ""
 
 
-def _name(domain: str) -> str:
+def domain_name(domain: str) -> str:
+    """'in' -> 'in-domain', 'out' -> 'out-of-domain' (reports, plots, the run summary)."""
     return {"in": "in-domain", "out": "out-of-domain"}.get(domain, f"domain {domain!r}")
 
 
@@ -78,7 +79,7 @@ def decide(best: Dict[str, Dict[str, float]], config: GateConfig,
     else:
         ok = _finite(lpips) and lpips <= config.ood_lpips_max
         rules.append(Rule("ood_lpips", PASS if ok else FAIL, lpips, config.ood_lpips_max,
-                          f"{_name(config.domain)} LPIPS {lpips:.4f} "
+                          f"{domain_name(config.domain)} LPIPS {lpips:.4f} "
                           f"{'<=' if ok else '>'} {config.ood_lpips_max}"))
     if baseline is None:
         rules.append(Rule("regression", SKIPPED, lpips,
@@ -87,7 +88,7 @@ def decide(best: Dict[str, Dict[str, float]], config: GateConfig,
         base = baseline.get(config.domain, {}).get("lpips")
         if base is None or not _finite(base):
             rules.append(Rule("regression", SKIPPED, lpips,
-                              detail=f"the baseline has no finite {config.domain}-domain LPIPS"))
+                              detail=f"the baseline has no finite {domain_name(config.domain)} LPIPS"))
         elif lpips is None or not _finite(lpips):
             rules.append(Rule("regression", FAIL, lpips, base + config.regression_tolerance,
                               "the candidate has no finite LPIPS"))
@@ -95,7 +96,7 @@ def decide(best: Dict[str, Dict[str, float]], config: GateConfig,
             limit = base + config.regression_tolerance
             ok = lpips <= limit
             rules.append(Rule("regression", PASS if ok else FAIL, lpips, limit,
-                              f"{_name(config.domain)} LPIPS {lpips:.4f} vs baseline {base:.4f} "
+                              f"{domain_name(config.domain)} LPIPS {lpips:.4f} vs baseline {base:.4f} "
                               f"+ tolerance {config.regression_tolerance}"))
     failed = [r for r in rules if r.verdict == FAIL]
     return {"blessed": not failed,

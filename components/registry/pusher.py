@@ -195,12 +195,12 @@ def _serving_copy(model_dir: str, sampling: Optional[Dict[str, Any]]):
         yield model_dir, None  # (no SavedModel: Registry.push says so)
         return
     from trainer.export import set_serving_setting
+    from trainer.setting import SamplingSetting
 
     tmp = tempfile.mkdtemp(prefix="deblur-push-")
     try:
         set_serving_setting(model_dir, os.path.join(tmp, "model"), sampling)
-        yield os.path.join(tmp, "model"), {k: sampling[k] for k in
-                                           ("sampler", "steps", "max_noise", "samples")}
+        yield os.path.join(tmp, "model"), SamplingSetting.from_dict(sampling).to_dict()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
