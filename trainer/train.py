@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 from tensorflow.io import gfile
 
-from deblur import example_format as ef
+from core import example_format as ef
 from trainer import data as data_lib
 from trainer import diffusion
 from trainer.experiments import Experiment
@@ -104,6 +104,13 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------
     def _replica_step(self, batch):
+        grads, out = self.replica_gradients(batch)
+        self.apply_gradients(grads)
+        return out
+
+    def replica_gradients(self, batch):
+        """One replica's gradients and metrics: its examples' losses over the GLOBAL batch, so
+        the sum over replicas (the all-reduce) is the gradient of the global batch's mean."""
         t = self.exp.train
         gb = t.global_batch_size
         w = diffusion.dpm_loss_weight(self.step, t.dpm_warmup_steps)
@@ -119,10 +126,6 @@ class Trainer:
             per_example = l_guid + w * l_dpm
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=gb)
         grads = tape.gradient(loss, self.variables)
-        self.optimizer.apply_gradients(zip(grads, self.variables))
-        decay = t.ema_decay
-        for e, v in zip(self.ema, self.variables):
-            e.assign(decay * e + (1.0 - decay) * tf.cast(v, e.dtype))
         out = {"loss": loss,
                "loss_dpm": tf.reduce_sum(l_dpm) / gb,
                "loss_guidance": tf.reduce_sum(l_guid) / gb}
@@ -137,7 +140,14 @@ class Trainer:
                 batch["y"] * tf.constant(ef.LUMA_WEIGHTS, batch["y"].dtype), -1, keepdims=True)
             out[f"identity_x{k}"] = tf.reduce_sum(
                 diffusion.mse_per_example(tf.nn.avg_pool2d(src, k, k, "VALID"), tgt)) / gb
-        return out
+        return grads, out
+
+    def apply_gradients(self, grads):
+        """Adam on the (all-reduced) gradients, then the EMA of the weights."""
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+        decay = self.exp.train.ema_decay
+        for e, v in zip(self.ema, self.variables):
+            e.assign(decay * e + (1.0 - decay) * tf.cast(v, e.dtype))
 
     def learning_rate(self) -> float:
         """The learning rate the last step used."""
