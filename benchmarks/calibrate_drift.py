@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.calibrate_drift [--seeds 0,1,2,3,4,5,6,7] [--train-pairs 48]
         [--test-sizes 8,16,24,32] [--train-sizes 16,32,48] [--size 256] [--cache DIR]
 
-For every seed, deblur.synth.generate(pairs=TRAIN, test_pairs=max(test sizes)) writes an
+For every seed, core.synth.generate(pairs=TRAIN, test_pairs=max(test sizes)) writes an
 in-domain GoPro-like set (train/test) and an out-of-domain RealBlur-like set (train/test) under
 the cache directory (default /tmp/deblur_drift_calibration, reused on the next run). The pairs
 are found with the ingest's own pairing (components.ingest.layouts.pair_files) and turned into
@@ -62,7 +62,7 @@ if REPO not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from deblur import example_format as ef  # noqa: E402
+from core import example_format as ef  # noqa: E402
 
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 SCHEMA_PATH = os.path.join(REPO, "schemas", "schema.pbtxt")
@@ -125,7 +125,7 @@ def seed_data(cache: str, seed: int, train_pairs: int, test_pairs: int,
     """{"splits": {"in/train": {"pair_ids": [...], "stats": {feature: [...]}}, ...},
     "generate_s": t, "examples": {split: [bytes]} (only if keep_examples)}, cached."""
     from components.ingest import decode
-    from deblur import synth
+    from core import synth
 
     d = os.path.join(cache, f"seed{seed}_p{train_pairs}_t{test_pairs}_{size[0]}x{size[1]}")
     meta_path = os.path.join(d, "stats.json")
@@ -485,7 +485,7 @@ def write_report(res: dict, md_path: str, json_path: str) -> None:
              f"(this run {res['elapsed_s']:.0f} s{gen_txt}; {res['host']}).")
     L.append("")
     L.append(f"- Seeds {cfg['seeds']}; images {cfg['size'][0]}x{cfg['size'][1]}; per seed "
-             f"`deblur.synth.generate(pairs={nmain}, test_pairs={cfg['test_pairs']})`.")
+             f"`core.synth.generate(pairs={nmain}, test_pairs={cfg['test_pairs']})`.")
     L.append("- Baseline = the first N pairs of the in-domain train split (N = train size). "
              "(a) = in-domain test windows, (b) = out-of-domain windows (RealBlur-like test *and* "
              "train subsets); disjoint consecutive windows of k pairs "

@@ -12,7 +12,7 @@ One process, one run, S+Guide-S everywhere (trainer/experiments.py, global batch
                (s)    the local pipeline's 256x256 examples (48 train examples; reused read-only
                       from runs/local/pipeline_root/DeblurIngest/examples/1 when present)
                (L)    720x1280 examples (GoPro-sized): --pairs pairs generated with
-                      deblur.synth.generate and ingested with run_ingest (default 16)
+                      core.synth.generate and ingested with run_ingest (default 16)
                (L-kK) PROTOTYPE, not library code: the same 720x1280 input, but K random crops
                       per decoded example (parse_full once, training_element K times with seeds
                       (base, K i + j), unbatch, a crop-level shuffle of --crop-shuffle crops so a
@@ -108,7 +108,7 @@ def prepare_examples(data_dir: str, pairs: int, size, seed: int = 0) -> dict:
         shutil.rmtree(out)
     os.makedirs(out)
     from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
-    from deblur import synth
+    from core import synth
 
     t0 = time.time()
     log(f"generating {pairs} pairs of {size[0]}x{size[1]} (synth.generate) ...")

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Dict, List, Sequence
 
-from deblur import example_format as ef
+from core import example_format as ef
 
 STATS_FILE = "FeatureStats.pb"
 ANOMALIES_FILE = "SchemaDiff.pb"

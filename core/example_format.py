@@ -14,7 +14,7 @@ pair_id                    bytes   stable, unique id: "<dataset>/<subset>/<relat
 dataset                    bytes   gopro, realblur_j, hide, reds, folder, synthetic_...
 domain                     bytes   "in" or "out"
 split                      bytes   the output split the example was written to
-blurry_mean_luma, ...      float   per-image statistics (see deblur.image_stats), for TFDV
+blurry_mean_luma, ...      float   per-image statistics (see core.image_stats), for TFDV
 =========================  ======  ==========================================================
 
 PYRAMID ENCODING

@@ -17,7 +17,7 @@ from typing import Dict
 
 import numpy as np
 
-from deblur.example_format import luma
+from core.example_format import luma
 
 
 def _interior_filter(y: np.ndarray, kernel: np.ndarray) -> np.ndarray:

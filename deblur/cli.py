@@ -48,7 +48,7 @@ def _size(text: str):
 
 # --------------------------------------------------------------------------------------------
 def cmd_synth_data(args) -> int:
-    from deblur import synth
+    from core import synth
 
     t0 = time.time()
     summary = synth.generate(args.out, pairs=args.pairs, size=args.size, seed=args.seed,
@@ -175,7 +175,7 @@ class _ComponentProgress(logging.Filter):
 
 
 def _ensure_synthetic_data(cfg) -> None:
-    from deblur import synth
+    from core import synth
 
     root = cfg.synthetic_root()
     s = cfg.data.synthetic
@@ -314,7 +314,26 @@ def cmd_run_local(args) -> int:
     return 0
 
 
+def cmd_registry(args) -> int:
+    from components.registry import cli as registry_cli
+
+    if args.registry is None or args.model is None:  # the registry of the pipeline config
+        from pipelines import config as config_lib
+
+        cfg = config_lib.load(args.config, args.set or ())
+        args.registry = args.registry or cfg.registry.resolved_uri(cfg.runner.work_dir)
+        args.model = args.model or cfg.registry.model_name
+    return registry_cli.run(args)
+
+
 # --------------------------------------------------------------------------------------------
+def _config_arguments(parser: argparse.ArgumentParser, text: str) -> argparse.ArgumentParser:
+    parser.add_argument("--config", default=None, help=text)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set training.steps=300 (repeatable)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deblur", description=__doc__.splitlines()[0])
     p.add_argument("--verbose", action="store_true", help="library logs at INFO")
@@ -382,9 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--examples", required=True, help="an ingest output folder (Split-<split>/*.gz)")
     s.add_argument("--out", required=True, help="evaluation.json, blessing.json, plot, samples")
     s.add_argument("--baseline", default=None, help="the blessed model to compare against")
-    s.add_argument("--config", default=None, help="pipeline config: its evaluation and gate sections")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set training.steps=300 (repeatable)")
+    _config_arguments(s, "pipeline config: its evaluation and gate sections")
     s.add_argument("--setting", action="append", type=_setting, default=None,
                    help="sampler:steps:max_noise[:samples] (repeat for a grid), e.g. ddpm:20:0.5")
     s.add_argument("--max-images", type=int, default=None, help="images per split")
@@ -401,9 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the registry of the pipeline config (runs/local/registry)")
     s.add_argument("--model-name", default=None, help="the registry's model (deblur-icdpm)")
     s.add_argument("--version", type=int, default=None, help="registry version (default newest)")
-    s.add_argument("--config", default=None, help="pipeline config naming the registry")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set training.steps=300 (repeatable)")
+    _config_arguments(s, "pipeline config naming the registry")
     s.add_argument("--steps", type=int, default=None, help="T (default: the model's setting)")
     s.add_argument("--max-noise", type=float, default=None, help="1 - alpha_T in (0, 1]")
     s.add_argument("--samples", type=int, default=None, help="K: average K samples (SA)")
@@ -416,9 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
-    s.add_argument("--config", default=None, help="JSON or YAML config (pipelines/config.py)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set training.steps=300 (repeatable)")
+    _config_arguments(s, "JSON or YAML config (pipelines/config.py)")
     s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
 
     from pipelines import kubeflow_cli
@@ -427,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from components.registry import cli as registry_cli
 
-    registry_cli.add_parser(sub)
+    registry_cli.add_parser(sub, parents=[_config_arguments(
+        argparse.ArgumentParser(add_help=False), "pipeline config naming the registry")])
     return p
 
 
@@ -455,9 +469,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return kubeflow_cli.run(args)
         if args.command == "registry":
-            from components.registry import cli as registry_cli
-
-            return registry_cli.run(args)
+            return cmd_registry(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
         if args.command == "predict":

@@ -1,4 +1,4 @@
-"""The example format (deblur/example_format.py) against independent references.
+"""The example format (core/example_format.py) against independent references.
 
 - the grayscale pyramid that process_pair_bytes stores equals a brute-force, loop-by-loop
   computation of the documented encoding (BT.601 luma / 255, box mean over full blocks,
@@ -17,7 +17,7 @@ import tensorflow as tf  # imported once for the module (slow: ~25 s)
 from PIL import Image
 
 from components.ingest.decode import process_pair_bytes
-from deblur import example_format as ef
+from core import example_format as ef
 
 SIZES = [(37, 53), (8, 8), (15, 17), (64, 48), (9, 23), (17, 8)]
 FACTORS = (2, 4, 8)
@@ -41,7 +41,7 @@ def _process(blurry: np.ndarray, sharp: np.ndarray, **kw) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------
-# Independent references (explicit loops, no use of deblur.example_format's helpers)
+# Independent references (explicit loops, no use of core.example_format's helpers)
 # ------------------------------------------------------------------------------------------
 def brute_luma(rgb: np.ndarray) -> np.ndarray:
     h, w, _ = rgb.shape

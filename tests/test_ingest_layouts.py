@@ -11,7 +11,7 @@ from PIL import Image
 
 from components.ingest import layouts as L
 from components.ingest.beam_ingest import IngestError, IngestOptions, IngestSource, run_ingest
-from deblur import example_format as ef
+from core import example_format as ef
 from tests import fixtures as fx
 from tests.tfrecords import read_split
 

@@ -14,7 +14,7 @@ from collections import Counter
 
 from components.ingest import layouts as L
 from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
-from deblur import example_format as ef
+from core import example_format as ef
 from tests import fixtures as fx
 from tests.tfrecords import read_records
 

@@ -1,4 +1,4 @@
-"""Tests for deblur.synth: layout, determinism, physical sanity, argument checks."""
+"""Tests for core.synth: layout, determinism, physical sanity, argument checks."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from deblur import synth
+from core import synth
 
 SIZE = (64, 96)
 ODD_SIZE = (61, 90)  # not square, sides not multiples of 8

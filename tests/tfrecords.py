@@ -6,7 +6,7 @@ import gzip
 import struct
 from typing import Iterator, List
 
-from deblur import example_format as ef
+from core import example_format as ef
 
 
 def read_records(path: str) -> Iterator[bytes]:

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from deblur import example_format as ef
+from core import example_format as ef
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from deblur import example_format as ef
+from core import example_format as ef
 from trainer.setting import PAPER_MAX_NOISE, PAPER_STEPS, SAMPLERS, SamplingSetting  # noqa: F401
 
 BETA_START = 1e-6

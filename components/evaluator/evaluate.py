@@ -99,7 +99,7 @@ def load_split(examples_dir: str, split: str, max_images: int) -> List[dict]:
 
     import tensorflow as tf
 
-    from deblur import example_format as ef
+    from core import example_format as ef
     from trainer.data import split_files
 
     files = sorted(split_files(examples_dir, split))

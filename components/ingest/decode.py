@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from components.ingest import layouts as L
-from deblur import example_format as ef
-from deblur.image_stats import image_stats
+from core import example_format as ef
+from core.image_stats import image_stats
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Modes with a well-defined 8-bit RGB rendition. Alpha is accepted only when fully opaque.

@@ -18,17 +18,22 @@ from typing import Any, Dict, List, Optional
 from components.registry.registry import DEFAULT_MODEL_NAME, Registry, RegistryError
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Adds `registry` to the deblur command's subparsers."""
+def add_parser(sub, parents=()) -> argparse.ArgumentParser:
+    """Adds `registry` to the deblur command's subparsers; `parents` are argparse parents of
+    every action (the deblur command adds its --config/--set there, which name the default
+    registry: resolving them is the caller's business, so that this module stays below the
+    pipeline config)."""
     p = sub.add_parser("registry", help="list, show and fetch versions of the model registry")
     rsub = p.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
     for name, text in (("list", "complete versions, oldest first"),
                        ("show", "the manifest of a version"),
                        ("latest", "the newest version and its path")):
-        s = rsub.add_parser(name, help=text)
-        s.add_argument("--registry", required=True, help="local folder or gs://bucket/prefix")
-        s.add_argument("--model", default=DEFAULT_MODEL_NAME,
-                       help=f"model name (default {DEFAULT_MODEL_NAME})")
+        s = rsub.add_parser(name, help=text, parents=list(parents))
+        s.add_argument("--registry", default=None,
+                       help="local folder or gs://bucket/prefix (default: the registry of the "
+                            "pipeline config, runs/local/registry)")
+        s.add_argument("--model", default=None,
+                       help=f"model name (default: the config's, {DEFAULT_MODEL_NAME})")
         s.add_argument("--json", action="store_true")
         if name == "show":
             s.add_argument("--version", type=int, default=None, help="default: the newest")
@@ -79,7 +84,10 @@ def _require_versions(reg: Registry) -> List[int]:
 
 
 def run(args) -> int:
-    reg = Registry(args.registry, args.model, cache_dir=getattr(args, "cache_dir", None))
+    if not args.registry:
+        raise RegistryError("no registry given: pass --registry URI")
+    reg = Registry(args.registry, args.model or DEFAULT_MODEL_NAME,
+                   cache_dir=getattr(args, "cache_dir", None))
     versions = _require_versions(reg)
     if args.registry_command == "list":
         table = rows(reg)

@@ -66,3 +66,28 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "holds no complete version of model 'other'" in capsys.readouterr().err
     assert cli.main(["registry", "list", "--registry", uri, "--model", "42"]) == cli.EXIT_USAGE
     assert "model name '42'" in capsys.readouterr().err
+
+
+def test_the_default_registry_is_the_configs(tmp_path, capsys, monkeypatch):
+    """Without --registry: the config's registry, as for deblur predict (runs/local/registry
+    under the working folder by default; --config and --set name another)."""
+    monkeypatch.chdir(tmp_path)
+    default = _registry(tmp_path / "runs" / "local")  # where make run-local registers
+    assert default == str(tmp_path / "runs" / "local" / "registry")
+    assert cli.main(["registry", "latest", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["uri"] == f"{default}/deblur-icdpm/2"
+    assert cli.main(["registry", "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{default}/deblur-icdpm"
+
+    other = _registry(tmp_path / "elsewhere")
+    assert cli.main(["registry", "show", "--set", f"registry.uri={other}"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 2
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"runner": {"work_dir": str(tmp_path / "nowhere")}}))
+    assert cli.main(["registry", "latest", "--config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"deblur: error: registry {tmp_path / 'nowhere' / 'registry'} holds no complete "
+        "version of model 'deblur-icdpm'\n")
+    assert cli.main(["registry", "list", "--set", "registry.nope=1"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("deblur: error: ") and err.count("\n") == 1 and "nope" in err

@@ -1,0 +1,84 @@
+"""Imports flow one way: no module of the product imports from a layer above its own.
+
+    core        the example format, per-image statistics, synthetic data (foundations)
+    metrics     PSNR, SSIM, LPIPS, NIQE                       (library)
+    trainer     model, diffusion, data, training, sampling    (library)
+    components  the TFX components and their library functions
+    pipelines   create_pipeline(config), runners, config, summary
+    deblur      the command line (and predict, which it alone uses)
+
+A module may import from its own package and from lower layers; metrics and trainer are one
+layer and do not import each other. Every import statement counts, including those inside
+functions (the CLI imports lazily). Test modules (*_test.py, test_*.py, tests/) and
+benchmarks/ exercise the whole stack and are not part of the layering.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYERS = {"core": 0, "metrics": 1, "trainer": 1, "components": 2, "pipelines": 3, "deblur": 4}
+
+
+def _product_modules():
+    for package in LAYERS:
+        for root, _, files in os.walk(os.path.join(REPO, package)):
+            for name in files:
+                if name.endswith(".py") and not (name.endswith("_test.py")
+                                                 or name.startswith("test_")):
+                    path = os.path.join(root, name)
+                    yield os.path.relpath(path, REPO)[:-3].replace(os.sep, "."), path
+
+
+def _imported_packages(path: str):
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top in LAYERS or top in ("tests", "benchmarks"):
+                yield node.lineno, name
+
+
+def import_edges():
+    """(module, line, imported module) for every import of a project package."""
+    return [(module, line, name) for module, path in _product_modules()
+            for line, name in _imported_packages(path)]
+
+
+def upward_imports(edges):
+    found = []
+    for module, line, name in edges:
+        mine, theirs = module.split(".")[0], name.split(".")[0]
+        if theirs in ("tests", "benchmarks"):
+            found.append(f"{module}:{line} imports {name} (test code)")
+        elif theirs != mine and LAYERS[theirs] >= LAYERS[mine]:
+            found.append(f"{module}:{line} imports {name} "
+                         f"(layer {LAYERS[theirs]} from layer {LAYERS[mine]})")
+    return found
+
+
+def test_no_module_imports_from_above():
+    edges = import_edges()
+    assert len(edges) > 50  # the walk found the project's imports
+    assert upward_imports(edges) == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
+    """Not vacuous: planted upward imports (a lazy one, a same-layer one) are reported."""
+    for package, text in (("core", "import numpy\ndef f():\n    from pipelines import config\n"),
+                          ("trainer", "from core import synth\nimport metrics.api\n")):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "bad.py").write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", str(tmp_path))
+    assert upward_imports(import_edges()) == [
+        "core.bad:3 imports pipelines (layer 3 from layer 0)",
+        "trainer.bad:2 imports metrics.api (layer 1 from layer 1)"]
