@@ -414,3 +414,12 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
     assert t.mixed_precision == ("bfloat16" if tpu else "float32")
     assert seen["strategy"] == ("ENV-STRATEGY" if env_strategy else None)
     assert callable(seen["on_step"])  # the progress lines of `deblur run-local`
+
+
+def test_the_compiled_gate_has_every_rule(compiled):
+    """beats_input applies on Kubeflow too: the evaluator task receives the whole gate config."""
+    cfg, job, _, _ = compiled["gke"]
+    spec = job["pipelineSpec"]
+    gate = json.loads(_param(spec, "DeblurEvaluator", "gate_config"))
+    assert gate == dataclasses.asdict(cfg.gate)
+    assert gate["input_lpips_margin"] == 0.01 and gate["input_psnr_tolerance"] == 0.0

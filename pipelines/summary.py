@@ -91,6 +91,10 @@ def build_summary(metadata_path: str, pipeline_name: str) -> dict:
     return summary
 
 
+def _num(v, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
 def format_summary(s: dict) -> str:
     lines = [f"pipeline run {s['pipeline_run']}"]
     ing = s.get("ingest")
@@ -147,10 +151,21 @@ def format_summary(s: dict) -> str:
             v = "" if r.get("value") is None else f" {r['value']:.4f}"
             t = "" if r.get("threshold") is None else f" (threshold {r['threshold']:.4f})"
             lines.append(f"  {r['rule']:<11} {r['verdict'].upper():<7}{v}{t}  {r.get('detail', '')}")
+            for domain, e in sorted((r.get("domains") or {}).items()):
+                if "lpips" in e:
+                    lp, ps = e["lpips"], e["psnr"]
+                    lines.append(f"    {domain_name(domain):<14} {e['verdict'].upper():<5} LPIPS "
+                                 f"{_num(lp['value'], '.4f')} (input {_num(lp['input'], '.4f')}, "
+                                 f"max {_num(lp['threshold'], '.4f')})  PSNR "
+                                 f"{_num(ps['value'], '.2f')} (input {_num(ps['input'], '.2f')}, "
+                                 f"min {_num(ps['threshold'], '.2f')})")
     p = s.get("push")
     if p:
         if p.get("pushed"):
             lines.append(f"registered: version {p['pushed_version']} at {p['pushed_destination']}")
         else:
             lines.append(f"not registered: {p.get('reason')}")
+    if s.get("seconds") is not None:
+        minutes, seconds = divmod(round(s["seconds"]), 60)
+        lines.append(f"wall time: {minutes} min {seconds:02d} s (the pipeline, set-up excluded)")
     return "\n".join(lines)

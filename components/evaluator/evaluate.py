@@ -306,7 +306,8 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         "best": best_metrics,
         "baseline": baseline_info,
     }
-    blessing = decide(best_metrics, gate, baseline_best if base is not None else None)
+    blessing = decide(best_metrics, gate, baseline_best if base is not None else None,
+                      inputs={d: info["input"] for d, info in result["domains"].items()})
     # what travels with the blessing (the pusher's manifest, the next run's baseline setting)
     result["blessing"] = {**blessing, "best_setting": result["best_setting"], "best": best_metrics}
     _write(out_dir, result, cand, data, domain_of, settings, best)

@@ -130,8 +130,53 @@ def test_metrics_per_split_domain_and_setting(examples_dir, models, tmp_path):
     grid = np.asarray(Image.open(tmp_path / "e" / "samples" / "test_ood.png"))
     assert grid.shape[0] == 2 * (200 + 4) + (192 + 4)  # three rows: the first three images
     assert grid.shape[1] == 3 * 208 + 2 * 4
-    assert res["blessing"]["blessed"], res["blessing"]
-    assert json.loads((tmp_path / "e" / "blessing.json").read_text())["blessed"] is True
+    # the model is its input plus a faint pattern: worse than doing nothing, whatever the
+    # absolute threshold, and beats_input is the one rule that says so
+    rules = {r["rule"]: r["verdict"] for r in res["blessing"]["rules"]}
+    assert rules == {"finite": "pass", "ood_lpips": "pass", "beats_input": "fail",
+                     "regression": "skipped"}, res["blessing"]
+    assert json.loads((tmp_path / "e" / "blessing.json").read_text())["blessed"] is False
+
+
+class Baseline(tf.Module):
+    """Reference models with deblur_batch: "identity" returns its input (the do-nothing model),
+    "noise" adds Gaussian grain (sigma 8 grey levels), "sharpen" is an unsharp mask
+    x + 2 (x - box3(x)), which undoes part of these examples' box blur."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    @tf.function(input_signature=Checker.deblur_batch.input_signature)
+    def deblur_batch(self, images, steps, max_noise, samples, seed, deterministic):
+        x = tf.cast(images, tf.float32)
+        if self.kind == "noise":
+            x += tf.random.stateless_normal(tf.shape(x), seed, stddev=8.0)
+        elif self.kind == "sharpen":
+            x += 2.0 * (x - tf.nn.avg_pool2d(x, 3, 1, "SAME"))
+        return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+@pytest.mark.parametrize("kind,blessed", [("identity", False), ("noise", False), ("sharpen", True)])
+def test_beats_input_refuses_do_nothing_and_noise(examples_dir, tmp_path, kind, blessed):
+    tf.saved_model.save(Baseline(kind), str(tmp_path / kind))
+    res = ev.evaluate(str(tmp_path / kind), examples_dir, str(tmp_path / "e"),
+                      ev.EvalConfig(grid=GRID[:1], max_images_per_split=10),
+                      gate=GateConfig(ood_lpips_max=0.99))  # the absolute rule passes them all
+    rules = {r["rule"]: r for r in res["blessing"]["rules"]}
+    assert rules["ood_lpips"]["verdict"] == "pass" and rules["finite"]["verdict"] == "pass"
+    assert res["blessing"]["blessed"] is blessed, res["blessing"]["reason"]
+    assert rules["beats_input"]["verdict"] == ("pass" if blessed else "fail")
+    for d in ("in", "out"):
+        entry = rules["beats_input"]["domains"][d]
+        want = res["domains"][d]["input"]
+        assert entry["lpips"]["input"] == want["lpips"] and entry["psnr"]["input"] == want["psnr"]
+        assert entry["lpips"]["value"] == res["best"][d]["lpips"]
+        assert entry["lpips"]["threshold"] == pytest.approx(want["lpips"] - 0.01)
+    if kind == "identity":  # the very same images: equal scores, so LPIPS misses the margin
+        assert res["best"] == {d: res["domains"][d]["input"] for d in ("in", "out")}
+    if not blessed:
+        assert res["blessing"]["reason"].startswith("beats_input: worse than the blurry input")
 
 
 def test_baseline_is_measured_now_at_its_own_setting(examples_dir, models, tmp_path):

@@ -2,6 +2,10 @@
 
   finite      every metric of the chosen setting, in every domain, is a finite number
   ood_lpips   out-of-domain LPIPS at the chosen setting <= an absolute threshold
+  beats_input in every domain, the chosen setting beats the do-nothing reference (the blurry
+              input, scored against the same sharp images): LPIPS <= the input's - a margin,
+              and PSNR >= the input's - a tolerance; a model that returns its input, or adds
+              grain to it, fails here whatever the absolute threshold
   regression  out-of-domain LPIPS <= the latest blessed model's + a tolerance, both measured
               now on the same images with the same seeds (each at the setting it would serve);
               on the first run there is no blessed model and the rule is skipped
@@ -26,6 +30,10 @@ class GateConfig:
     ood_lpips_max: float = 0.48
     # A new model may be at most this much worse (out-of-domain LPIPS) than the latest blessed.
     regression_tolerance: float = 0.01
+    # beats_input: in every domain LPIPS must be at least this much under the blurry input's...
+    input_lpips_margin: float = 0.01
+    # ...and PSNR at most this much (dB) under the blurry input's (0: not lower at all)
+    input_psnr_tolerance: float = 0.0
     domain: str = "out"  # the domain whose LPIPS gates
     # Where the latest blessed model comes from: "ml-metadata" (a Resolver with
     # LatestBlessedModelStrategy; LocalDagRunner, Vertex AI Pipelines) or "registry" (the newest
@@ -37,8 +45,10 @@ class GateConfig:
             raise ValueError(f"baseline must be 'ml-metadata' or 'registry', got {self.baseline!r}")
         if not self.ood_lpips_max > 0:
             raise ValueError(f"ood_lpips_max must be > 0, got {self.ood_lpips_max}")
-        if not self.regression_tolerance >= 0:
-            raise ValueError(f"regression_tolerance must be >= 0, got {self.regression_tolerance}")
+        for name in ("regression_tolerance", "input_lpips_margin", "input_psnr_tolerance"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -48,6 +58,9 @@ class Rule:
     value: Optional[float] = None
     threshold: Optional[float] = None
     detail: str = ""
+    # per-domain checks of a rule that looks at every domain (beats_input):
+    # {domain: {metric: {"value", "threshold", "verdict"}, "verdict": ...}}
+    domains: Optional[Dict[str, dict]] = None
 
 
 def domain_name(domain: str) -> str:
@@ -59,10 +72,55 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def beats_input(best: Dict[str, Dict[str, float]], inputs: Optional[Dict[str, Dict[str, float]]],
+                config: GateConfig) -> Rule:
+    """The candidate against the blurry input, domain by domain (LPIPS lower by the margin,
+    PSNR not lower than the tolerance allows)."""
+    if not best:
+        return Rule("beats_input", FAIL, detail="no metrics: nothing to compare with the input")
+    domains, failed = {}, []
+    for d in sorted(best):
+        ref = (inputs or {}).get(d)
+        if not ref or not all(_finite(ref.get(m)) for m in ("lpips", "psnr")):
+            domains[d] = {"verdict": FAIL}
+            failed.append(f"{domain_name(d)}: the blurry input has no finite LPIPS/PSNR")
+            continue
+        checks = {"lpips": (best[d].get("lpips"), ref["lpips"] - config.input_lpips_margin,
+                            lambda v, t: v <= t),
+                  "psnr": (best[d].get("psnr"), ref["psnr"] - config.input_psnr_tolerance,
+                           lambda v, t: v >= t)}
+        entry = {}
+        for metric, (value, threshold, ok) in checks.items():
+            good = _finite(value) and ok(value, threshold)
+            entry[metric] = {"value": value, "threshold": threshold, "input": ref[metric],
+                             "verdict": PASS if good else FAIL}
+        entry["verdict"] = PASS if all(entry[m]["verdict"] == PASS for m in checks) else FAIL
+        domains[d] = entry
+        if entry["verdict"] == FAIL:
+            lp, ps = entry["lpips"], entry["psnr"]
+            failed.append(f"{domain_name(d)} LPIPS {_fmt(lp['value'], '.4f')} vs input "
+                          f"{ref['lpips']:.4f} (must be <= {lp['threshold']:.4f}), PSNR "
+                          f"{_fmt(ps['value'], '.2f')} vs input {ref['psnr']:.2f} "
+                          f"(must be >= {ps['threshold']:.2f})")
+    if failed:
+        return Rule("beats_input", FAIL, detail="worse than the blurry input: " + "; ".join(failed),
+                    domains=domains)
+    return Rule("beats_input", PASS, domains=domains, detail="; ".join(
+        f"{domain_name(d)} LPIPS {e['lpips']['value']:.4f} < input {e['lpips']['input']:.4f}, "
+        f"PSNR {e['psnr']['value']:.2f} vs input {e['psnr']['input']:.2f}"
+        for d, e in domains.items()))
+
+
+def _fmt(v, spec: str) -> str:
+    return format(v, spec) if _finite(v) else str(v)
+
+
 def decide(best: Dict[str, Dict[str, float]], config: GateConfig,
-           baseline: Optional[Dict[str, Dict[str, float]]] = None) -> dict:
+           baseline: Optional[Dict[str, Dict[str, float]]] = None,
+           inputs: Optional[Dict[str, Dict[str, float]]] = None) -> dict:
     """best: {domain: {metric: value}} of the candidate at its chosen setting; baseline: the
-    same for the latest blessed model measured now, or None (first run).
+    same for the latest blessed model measured now, or None (first run); inputs: the same for
+    the blurry inputs themselves (the do-nothing reference; None fails beats_input).
     Returns {"blessed": bool, "rules": [Rule as dict], "reason": str}."""
     rules: List[Rule] = []
     bad = sorted(f"{d}.{m}={v}" for d, ms in best.items() for m, v in ms.items() if not _finite(v))
@@ -81,6 +139,7 @@ def decide(best: Dict[str, Dict[str, float]], config: GateConfig,
         rules.append(Rule("ood_lpips", PASS if ok else FAIL, lpips, config.ood_lpips_max,
                           f"{domain_name(config.domain)} LPIPS {lpips:.4f} "
                           f"{'<=' if ok else '>'} {config.ood_lpips_max}"))
+    rules.append(beats_input(best, inputs, config))
     if baseline is None:
         rules.append(Rule("regression", SKIPPED, lpips,
                           detail="no blessed model yet: the absolute rules decide"))

@@ -11,9 +11,14 @@ GOOD = {"in": {"psnr": 30.0, "ssim": 0.9, "lpips": 0.10, "niqe": 4.0},
         "out": {"psnr": 27.0, "ssim": 0.8, "lpips": 0.30, "niqe": 5.0}}
 
 
-def metrics(**changes):
-    """GOOD with 'domain_metric=value' changes, e.g. out_lpips=0.6."""
-    m = {d: dict(v) for d, v in GOOD.items()}
+# the blurry inputs' own scores (the do-nothing reference of beats_input)
+INPUT = {"in": {"psnr": 26.0, "ssim": 0.7, "lpips": 0.30, "niqe": 6.0},
+         "out": {"psnr": 25.0, "ssim": 0.6, "lpips": 0.45, "niqe": 7.0}}
+
+
+def metrics(base=GOOD, **changes):
+    """base (GOOD) with 'domain_metric=value' changes, e.g. out_lpips=0.6."""
+    m = {d: dict(v) for d, v in base.items()}
     for k, v in changes.items():
         d, name = k.split("_", 1)
         if v is None:
@@ -26,7 +31,7 @@ def metrics(**changes):
 CASES = [
     # id, candidate, baseline, config, blessed, {rule: verdict}
     ("first_run_passes", metrics(), None, {}, True,
-     {"finite": "pass", "ood_lpips": "pass", "regression": "skipped"}),
+     {"finite": "pass", "ood_lpips": "pass", "beats_input": "pass", "regression": "skipped"}),
     ("nan_in_domain_ssim", metrics(in_ssim=math.nan), None, {}, False,
      {"finite": "fail", "ood_lpips": "pass"}),
     ("inf_psnr_is_not_finite", metrics(out_psnr=math.inf), None, {}, False, {"finite": "fail"}),
@@ -34,7 +39,8 @@ CASES = [
      {"finite": "fail", "ood_lpips": "fail"}),
     ("ood_lpips_over_threshold", metrics(out_lpips=0.51), None, {}, False,
      {"finite": "pass", "ood_lpips": "fail"}),
-    ("ood_lpips_at_threshold", metrics(out_lpips=0.5), None, {}, True, {"ood_lpips": "pass"}),
+    ("ood_lpips_at_threshold", metrics(out_lpips=0.4), None, {"ood_lpips_max": 0.4}, True,
+     {"ood_lpips": "pass"}),
     ("stricter_threshold", metrics(), None, {"ood_lpips_max": 0.2}, False, {"ood_lpips": "fail"}),
     ("regression_beyond_tolerance", metrics(out_lpips=0.32), metrics(out_lpips=0.30), {}, False,
      {"ood_lpips": "pass", "regression": "fail"}),
@@ -45,16 +51,32 @@ CASES = [
     ("baseline_without_lpips", metrics(), metrics(out_lpips=None), {}, True,
      {"regression": "skipped"}),
     ("no_out_of_domain_split", {"in": GOOD["in"]}, None, {}, False, {"ood_lpips": "fail"}),
-    ("nothing_scored", {}, None, {}, False, {"finite": "fail", "ood_lpips": "fail"}),
+    ("nothing_scored", {}, None, {}, False,
+     {"finite": "fail", "ood_lpips": "fail", "beats_input": "fail"}),
+    # beats_input: LPIPS <= input - margin (0.01) and PSNR >= input - tolerance (0.0), per domain
+    ("returns_its_input", metrics(INPUT), None, {"ood_lpips_max": 0.5}, False,
+     {"ood_lpips": "pass", "beats_input": "fail"}),
+    ("in_domain_lpips_within_margin", metrics(in_lpips=0.295), None, {}, False,
+     {"beats_input": "fail"}),
+    ("in_domain_lpips_at_margin", metrics(in_lpips=0.29), None, {}, True, {"beats_input": "pass"}),
+    ("ood_psnr_under_input", metrics(out_psnr=24.99), None, {}, False, {"beats_input": "fail"}),
+    ("ood_psnr_equal_to_input", metrics(out_psnr=25.0), None, {}, True, {"beats_input": "pass"}),
+    ("psnr_tolerance", metrics(out_psnr=24.5), None, {"input_psnr_tolerance": 0.5}, True,
+     {"beats_input": "pass"}),
+    ("larger_lpips_margin", metrics(in_lpips=0.25), None, {"input_lpips_margin": 0.1}, False,
+     {"beats_input": "fail"}),
+    ("nan_psnr_fails_it_too", metrics(in_psnr=math.nan), None, {}, False,
+     {"finite": "fail", "beats_input": "fail"}),
 ]
 
 
 @pytest.mark.parametrize("name,cand,base,cfg,blessed,verdicts", CASES, ids=[c[0] for c in CASES])
 def test_gate(name, cand, base, cfg, blessed, verdicts):
-    out = decide(cand, GateConfig(**{"ood_lpips_max": 0.5, **cfg}), base)  # not the default
+    out = decide(cand, GateConfig(**{"ood_lpips_max": 0.5, **cfg}), base,  # not the default
+                 inputs=INPUT)
     assert out["blessed"] is blessed, out
     got = {r["rule"]: r["verdict"] for r in out["rules"]}
-    assert [r["rule"] for r in out["rules"]] == ["finite", "ood_lpips", "regression"]
+    assert [r["rule"] for r in out["rules"]] == ["finite", "ood_lpips", "beats_input", "regression"]
     for rule, verdict in verdicts.items():
         assert got[rule] == verdict, (rule, out)
     if blessed:
@@ -66,8 +88,14 @@ def test_gate(name, cand, base, cfg, blessed, verdicts):
 
 def test_rules_record_values_and_thresholds():
     out = decide(metrics(out_lpips=0.32), GateConfig(ood_lpips_max=0.4, regression_tolerance=0.01),
-                 metrics(out_lpips=0.30))
+                 metrics(out_lpips=0.30), inputs=INPUT)
     rules = {r["rule"]: r for r in out["rules"]}
+    per_domain = rules["beats_input"]["domains"]
+    assert per_domain["in"]["lpips"] == {"value": 0.10, "threshold": pytest.approx(0.29),
+                                         "input": 0.30, "verdict": "pass"}
+    assert per_domain["out"]["psnr"] == {"value": 27.0, "threshold": 25.0, "input": 25.0,
+                                         "verdict": "pass"}
+    assert per_domain["in"]["verdict"] == per_domain["out"]["verdict"] == "pass"
     assert rules["ood_lpips"]["value"] == 0.32 and rules["ood_lpips"]["threshold"] == 0.4
     assert rules["regression"]["value"] == 0.32
     assert rules["regression"]["threshold"] == pytest.approx(0.31)
@@ -78,3 +106,14 @@ def test_config_validation():
         GateConfig(ood_lpips_max=0)
     with pytest.raises(ValueError, match="regression_tolerance"):
         GateConfig(regression_tolerance=-1)
+    with pytest.raises(ValueError, match="input_lpips_margin"):
+        GateConfig(input_lpips_margin=-0.01)
+    with pytest.raises(ValueError, match="input_psnr_tolerance"):
+        GateConfig(input_psnr_tolerance=math.nan)
+
+
+def test_without_the_inputs_scores_beats_input_fails():
+    out = decide(metrics(), GateConfig(ood_lpips_max=0.5))
+    rule = {r["rule"]: r for r in out["rules"]}["beats_input"]
+    assert not out["blessed"] and rule["verdict"] == "fail"
+    assert "the blurry input has no finite LPIPS/PSNR" in out["reason"]
