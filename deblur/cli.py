@@ -63,8 +63,10 @@ def cmd_synth_data(args) -> int:
 
 
 def _clear_output(out: str, overwrite: bool) -> None:
-    """An existing ingest output is replaced only with --overwrite; a folder holding anything
-    else is never deleted."""
+    """An existing ingest output is replaced only with --overwrite, and only when everything
+    in the folder is part of one (summary.json with ingest counts, Split-*/, quarantine/,
+    counts/): a folder holding anything else (a run-local work dir, a user's files) is never
+    touched, even with --overwrite."""
     from apache_beam.io.filesystems import FileSystems
 
     from components.ingest import beam_ingest as bi
@@ -73,11 +75,32 @@ def _clear_output(out: str, overwrite: bool) -> None:
     existing = [m.path for m in FileSystems.match([root + "/**"])[0].metadata_list]
     if not existing:
         return
-    if not FileSystems.exists(f"{root}/{bi.SUMMARY_FILE}"):
-        raise UserError(f"{out} is not empty and holds no ingest output; choose an empty --out")
+    own_dirs = (bi.QUARANTINE_DIR + "/", bi.COUNTS_DIR + "/")
+    foreign = [p for p in existing
+               if not (p[len(root) + 1:] == bi.SUMMARY_FILE
+                       or p[len(root) + 1:].startswith(("Split-",) + own_dirs))]
+    is_ingest = _is_ingest_summary(f"{root}/{bi.SUMMARY_FILE}")
+    if not is_ingest or foreign:
+        what = (f"holds files that are not part of an ingest output ({', '.join(sorted(foreign)[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''})" if foreign else "holds no ingest output")
+        raise UserError(f"{out} is not empty and {what}; choose an empty --out (nothing was "
+                        "deleted)")
     if not overwrite:
         raise UserError(f"{out} already holds an ingest output; pass --overwrite to replace it")
     FileSystems.delete(existing)
+
+
+def _is_ingest_summary(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        return False
+    try:
+        with FileSystems.open(path) as f:
+            summary = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"inputs", "written", "quarantined", "splits"} <= set(summary)
 
 
 def cmd_ingest(args, beam_args: List[str]) -> int:
@@ -255,6 +278,7 @@ def cmd_predict(args) -> int:
 
     from deblur import predict as pr
 
+    pr.plan(args.input, args.output)  # a missing input or an unsafe output, before any loading
     spec = args.model
     if spec is None:
         from pipelines import config as config_lib
@@ -310,7 +334,7 @@ def cmd_run_local(args) -> int:
     with open(out, "w") as f:
         json.dump(s, f, indent=2, sort_keys=True)
     print(summary.format_summary(s))
-    print(f"done in {s['seconds']} s; summary written to {out}")
+    print(f"summary written to {out}")
     return 0
 
 

@@ -76,25 +76,66 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
                          f"registry {registry.version_uri(version)} (version {version})")
 
 
-def _inputs(src: str, dst: str) -> List[Tuple[str, str]]:
+def plan(src: str, dst: str) -> List[Tuple[str, str]]:
+    """(input, output) paths for `deblur predict IN OUT`, checked before any model is loaded:
+    IN exists; an output is never an input (IN itself, or the folder IN when OUT is IN); two
+    inputs never share an output (x.jpg and x.png -> OUT/x.png); a single image into an
+    existing folder goes to OUT/<name>.png; an output file name has an extension Pillow writes."""
     if os.path.isdir(src):
-        names = sorted(n for n in os.listdir(src) if n.lower().endswith(IMAGE_EXTS))
+        names = sorted(n for n in os.listdir(src) if n.lower().endswith(IMAGE_EXTS)
+                       and os.path.isfile(os.path.join(src, n)))
         if not names:
             raise ValueError(f"{src} holds no image files ({', '.join(IMAGE_EXTS)})")
         if os.path.exists(dst) and not os.path.isdir(dst):
             raise ValueError(f"IN is a folder, so OUT must be a folder; {dst} is a file")
-        return [(os.path.join(src, n), os.path.join(dst, os.path.splitext(n)[0] + ".png"))
-                for n in names]
-    if not os.path.isfile(src):
-        raise ValueError(f"{src} does not exist")
-    return [(src, dst)]
+        if os.path.isdir(dst) and os.path.samefile(src, dst):
+            raise ValueError(f"OUT {dst} is the input folder: the outputs would replace the "
+                             "inputs; choose another folder")
+        pairs = [(os.path.join(src, n), os.path.join(dst, os.path.splitext(n)[0] + ".png"))
+                 for n in names]
+        by_output = {}
+        for i, o in pairs:
+            by_output.setdefault(o, []).append(os.path.basename(i))
+        clash = next((v for v in by_output.values() if len(v) > 1), None)
+        if clash:
+            raise ValueError(f"{' and '.join(clash)} in {src} would both be written to "
+                             f"{os.path.splitext(clash[0])[0]}.png; rename one of them")
+    else:
+        if not os.path.exists(src):
+            raise ValueError(f"{src} does not exist")
+        if not os.path.isfile(src):
+            raise ValueError(f"{src} is not a file or a folder")
+        if os.path.isdir(dst):
+            dst = os.path.join(dst, os.path.splitext(os.path.basename(src))[0] + ".png")
+        pairs = [(src, dst)]
+    for i, o in pairs:
+        if os.path.exists(o) and os.path.samefile(i, o):
+            raise ValueError(f"OUT {o} is the input image: it would be overwritten; choose "
+                             "another output path")
+        if not o.lower().endswith(IMAGE_EXTS):
+            raise ValueError(f"OUT {o} has no image file extension ({', '.join(IMAGE_EXTS)})")
+    return pairs
+
+
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def read_rgb(path: str) -> np.ndarray:
+    """uint8 RGB. 16-bit greyscale PNGs (Pillow modes I;16 and I) are scaled to 8 bits
+    (v / 257, rounded: 65535 -> 255), not clipped, which would turn them white."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            if im.mode in HIGH_BIT_MODES:
+                a = np.asarray(im).astype(np.float64)
+                if a.min() < 0 or a.max() > 65535:
+                    raise ValueError(f"{path}: {im.mode} values outside 0..65535 are not an "
+                                     "image this command reads")
+                return np.repeat(np.round(a / 257.0).astype(np.uint8)[..., None], 3, axis=-1)
+            if im.mode == "F":
+                raise ValueError(f"{path}: floating-point images (mode F) are not supported; "
+                                 "convert it to 8-bit RGB")
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not an image Pillow can read ({e})") from None
@@ -109,14 +150,14 @@ def _save(image: np.ndarray, path: str) -> None:
 
 def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, seed: int = 0,
             progress: bool = True, tile: Optional[int] = None, overlap: int = 32) -> List[dict]:
-    """Deblurs src (file or folder) into dst; returns one record per image.
+    """Deblurs src (file or folder) into dst (see plan()); returns one record per image.
 
     tile: sample in overlapping tiles of this size (trainer.sampling.sample_tiled, for images
     too large for one pass); the progress bar then ticks per step."""
     import tensorflow as tf
     from tqdm import tqdm
 
-    pairs = _inputs(src, dst)
+    pairs = plan(src, dst)
     loaded = tf.saved_model.load(model.path)
     if not hasattr(loaded, "deblur_batch"):
         raise ValueError(f"{model.path} is not a deblurring SavedModel of trainer/export.py")

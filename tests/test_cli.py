@@ -78,5 +78,33 @@ def test_overwrite_never_deletes_a_folder_that_is_not_an_ingest_output(tmp_path,
     fx.write(str(keep), b"do not delete")
     assert cli.main(["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"),
                      "--out", str(tmp_path / "mine"), "--overwrite"]) == cli.EXIT_USAGE
-    assert "holds no ingest output" in capsys.readouterr().err
+    assert "not part of an ingest output" in capsys.readouterr().err
     assert keep.read_bytes() == b"do not delete"
+
+
+def test_overwrite_never_deletes_a_work_dir_that_holds_a_summary(tmp_path, capsys):
+    """A run-local work dir has a summary.json of its own (the run's), ML Metadata, models and
+    the user's files: --overwrite must not take it for an ingest output (it deleted 155 of
+    162 files)."""
+    _gopro(tmp_path / "src")
+    work = tmp_path / "work"
+    files = {"summary.json": json.dumps({"pipeline_run": "r1", "seconds": 3}).encode(),
+             "metadata.sqlite": b"SQLite format 3\0", "registry/deblur-icdpm/1/saved_model.pb": b"x",
+             "NOTES.txt": b"mine", "mystuff/a.txt": b"mine too"}
+    for rel, data in files.items():
+        fx.write(str(work / rel), data)
+    argv = ["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"), "--out", str(work)]
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(argv + extra) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "nothing was deleted" in err, err
+    assert {str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()} == set(files)
+    # an ingest output with a stranger inside is refused too, and kept whole
+    out = tmp_path / "out"
+    assert cli.main(argv[:-1] + [str(out)]) == 0
+    fx.write(str(out / "Split-test" / "notes.txt"), b"x")  # under Split-: still ingest's folder
+    fx.write(str(out / "extra.txt"), b"mine")
+    before = sorted(p for p in out.rglob("*"))
+    assert cli.main(argv[:-1] + [str(out), "--overwrite"]) == cli.EXIT_USAGE
+    assert "extra.txt" in capsys.readouterr().err
+    assert sorted(p for p in out.rglob("*")) == before
