@@ -22,7 +22,10 @@ def tiny_config(tmp_path, **runner):
                                 {"sampler": "ddim", "steps": 2, "max_noise": 0.05}],
                        "max_images_per_split": 2},
         # a 3-step model: the absolute threshold only excludes non-finite metrics here
-        "gate": {"ood_lpips_max": 0.99, "regression_tolerance": 1.0},
+        # a 3-step model cannot beat its blurry input: beats_input is opened up (the test is
+        # about the wiring; components/evaluator tests the rule)
+        "gate": {"ood_lpips_max": 0.99, "regression_tolerance": 1.0, "input_lpips_margin": -1.0,
+                 "input_psnr_tolerance": 100.0},
         "runner": {"work_dir": str(tmp_path / "run"), **runner},
     }
 
@@ -99,7 +102,8 @@ def test_run_local_end_to_end(tmp_path, capsys):
     assert ev["best_setting"]["key"] in ("ddpm-T2-n0.05-K1", "ddim-T2-n0.05-K1")
     rules = {r["rule"]: r["verdict"] for r in summary["blessing"]["rules"]}
     assert summary["blessing"]["blessed"] and rules == {
-        "finite": "pass", "ood_lpips": "pass", "regression": "skipped"}, summary["blessing"]
+        "finite": "pass", "ood_lpips": "pass", "beats_input": "pass",
+        "regression": "skipped"}, summary["blessing"]
     assert summary["push"]["pushed"] == 1 and summary["push"]["pushed_version"] == "1"
     assert "blessed: YES" in out and "registered: version 1" in out
     first_model = summary["model_uri"]

@@ -30,7 +30,8 @@ class GateConfig:
     ood_lpips_max: float = 0.48
     # A new model may be at most this much worse (out-of-domain LPIPS) than the latest blessed.
     regression_tolerance: float = 0.01
-    # beats_input: in every domain LPIPS must be at least this much under the blurry input's...
+    # beats_input: in every domain LPIPS must be at least this much under the blurry input's
+    # (a negative margin lets a model worse than its input through: smoke tests of the wiring)...
     input_lpips_margin: float = 0.01
     # ...and PSNR at most this much (dB) under the blurry input's (0: not lower at all)
     input_psnr_tolerance: float = 0.0
@@ -45,10 +46,12 @@ class GateConfig:
             raise ValueError(f"baseline must be 'ml-metadata' or 'registry', got {self.baseline!r}")
         if not self.ood_lpips_max > 0:
             raise ValueError(f"ood_lpips_max must be > 0, got {self.ood_lpips_max}")
-        for name in ("regression_tolerance", "input_lpips_margin", "input_psnr_tolerance"):
+        for name in ("regression_tolerance", "input_psnr_tolerance", "input_lpips_margin"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value)
+                    and (value >= 0 or name == "input_lpips_margin")):
+                raise ValueError(f"{name} must be a finite number"
+                                 f"{'' if name == 'input_lpips_margin' else ' >= 0'}, got {value!r}")
 
 
 @dataclasses.dataclass

@@ -65,6 +65,8 @@ CASES = [
      {"beats_input": "pass"}),
     ("larger_lpips_margin", metrics(in_lpips=0.25), None, {"input_lpips_margin": 0.1}, False,
      {"beats_input": "fail"}),
+    ("negative_margin_lets_a_worse_model_through", metrics(in_lpips=0.35), None,
+     {"input_lpips_margin": -0.1}, True, {"beats_input": "pass"}),
     ("nan_psnr_fails_it_too", metrics(in_psnr=math.nan), None, {}, False,
      {"finite": "fail", "beats_input": "fail"}),
 ]
@@ -107,7 +109,9 @@ def test_config_validation():
     with pytest.raises(ValueError, match="regression_tolerance"):
         GateConfig(regression_tolerance=-1)
     with pytest.raises(ValueError, match="input_lpips_margin"):
-        GateConfig(input_lpips_margin=-0.01)
+        GateConfig(input_lpips_margin=math.inf)
+    with pytest.raises(ValueError, match="input_psnr_tolerance"):
+        GateConfig(input_psnr_tolerance=-0.1)
     with pytest.raises(ValueError, match="input_psnr_tolerance"):
         GateConfig(input_psnr_tolerance=math.nan)
 
