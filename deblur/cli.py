@@ -8,9 +8,11 @@ that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -103,6 +105,23 @@ def _is_ingest_summary(path: str) -> bool:
     return isinstance(summary, dict) and {"inputs", "written", "quarantined", "splits"} <= set(summary)
 
 
+def _check_writable(path: str, flag: str) -> None:
+    """A local output folder must be a folder (or creatable) in a place we may write: said in
+    one line, before Beam or TensorFlow print a page of traceback about it."""
+    if "://" in path:
+        return
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    probe = full
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{flag} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: no permission to write in {probe}")
+
+
 def cmd_ingest(args, beam_args: List[str]) -> int:
     from components.ingest import beam_ingest as bi
 
@@ -114,6 +133,7 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
     if args.workers > 1:
         beam_args = [f"--direct_num_workers={args.workers}",
                      "--direct_running_mode=multi_processing"] + beam_args
+    _check_writable(args.out, "--out")
     _clear_output(args.out, args.overwrite)
     t0 = time.time()
     print(f"listing {args.root} ({args.layout} layout)...", file=sys.stderr)
@@ -161,8 +181,10 @@ def cmd_model_stats(args) -> int:
 def cmd_train(args) -> int:
     from trainer import experiments, train
 
-    overrides = {"steps": args.steps} if args.steps else {}
-    if args.batch_size:
+    overrides = {}  # 0 is not "unset": TrainConfig refuses it in one line
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.batch_size is not None:
         overrides["global_batch_size"] = args.batch_size
     if args.tpu:
         overrides.update(tpu=args.tpu, mixed_precision="bfloat16")
@@ -171,6 +193,7 @@ def cmd_train(args) -> int:
     exp = experiments.get(args.config, train=overrides) if overrides else experiments.get(args.config)
     if not os.path.isdir(args.examples) and not args.examples.startswith("gs://"):
         raise UserError(f"--examples {args.examples} is not a directory")
+    _check_writable(args.out, "--out")
     t0 = time.time()
     result = train.train(exp, args.examples, args.out, progress=True)
     last = result["history"][-1] if result["history"] else {}
@@ -307,32 +330,92 @@ def cmd_predict(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _work_dir_lock(work_dir: str):
+    """One run-local per work dir at a time: two would share one SQLite ML Metadata store, one
+    registry and one summary.json. An flock, so a killed run's lock goes with its process."""
+    import fcntl
+
+    os.makedirs(work_dir, exist_ok=True)
+    f = open(os.path.join(work_dir, ".run-local.lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"another deblur run-local is running on work dir {work_dir} "
+                        f"({holder}); wait for it to end, or pass another --work-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+@contextlib.contextmanager
+def _private_tmpdir():
+    """A temporary folder of the run's own for what libraries leave in $TMPDIR (TFX builds an
+    ephemeral package of ~98 MB for every Beam-based component run: tmp*/build/tfx), removed
+    when the run ends, however it ends."""
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="deblur-run-local-")
+    saved_env, saved_module = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = private, private
+    try:
+        yield private
+    finally:
+        tempfile.tempdir = saved_module
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(private, ignore_errors=True)
+
+
 def cmd_run_local(args) -> int:
     from pipelines import config as config_lib
 
+    t0 = time.time()  # the wall time the summary reports: data, pipeline, summary
     cfg = config_lib.load(args.config, args.set or ())
     if args.work_dir:
         cfg.runner.work_dir = args.work_dir
-    if not cfg.data.sources:
-        _ensure_synthetic_data(cfg)
-    from pipelines import local_runner, summary
+    cfg.training.build_experiment()  # the whole config is valid before anything runs
+    _check_writable(cfg.runner.work_dir, "runner.work_dir")
+    with _work_dir_lock(cfg.runner.work_dir):
+        if not cfg.data.sources:
+            _ensure_synthetic_data(cfg)
+        from pipelines import local_runner, summary
 
-    logging.getLogger().addFilter(_ComponentProgress())
-    for h in logging.getLogger().handlers:
-        h.addFilter(_ComponentProgress())
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..."
-    t0 = time.time()
-    try:
-        local_runner.run(cfg)
-    finally:
-        logging.getLogger().setLevel(logging.WARNING)
-    s = summary.build_summary(os.path.abspath(cfg.runner.resolved_metadata_path()),
-                              cfg.runner.pipeline_name)
-    s["seconds"] = round(time.time() - t0, 1)
-    out = os.path.join(cfg.runner.work_dir, "summary.json")
-    with open(out, "w") as f:
-        json.dump(s, f, indent=2, sort_keys=True)
+        logging.getLogger().addFilter(_ComponentProgress())
+        for h in logging.getLogger().handlers:
+            h.addFilter(_ComponentProgress())
+        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..."
+        metadata_path = os.path.abspath(cfg.runner.resolved_metadata_path())
+        # a killed earlier run left its executions RUNNING: under the lock, they are dead
+        for kind, eid in local_runner.cancel_abandoned_executions(metadata_path):
+            print(f"ML Metadata: {kind} execution {eid} of an interrupted run marked CANCELED",
+                  file=sys.stderr)
+        before = set(summary.pipeline_run_names(metadata_path))
+        try:
+            with _private_tmpdir():
+                local_runner.run(cfg)
+        finally:
+            logging.getLogger().setLevel(logging.WARNING)
+        # this process's own run (the lock makes it the only new one), not the store's newest
+        ours = [r for r in summary.pipeline_run_names(metadata_path) if r not in before]
+        s = summary.build_summary(metadata_path, cfg.runner.pipeline_name,
+                                  ours[-1] if ours else None)
+        s["seconds"] = round(time.time() - t0, 1)
+        out = os.path.join(cfg.runner.work_dir, "summary.json")
+        with open(out, "w") as f:
+            json.dump(s, f, indent=2, sort_keys=True)
     print(summary.format_summary(s))
     print(f"summary written to {out}")
     return 0
@@ -507,6 +590,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.verbose:
             raise
         print(f"deblur: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        if args.verbose:
+            raise
+        print(f"deblur: error: {e.filename or ''}: {e.strerror or e}".lstrip(": "),
+              file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as e:
         # The pipeline ran and stopped on its own rule (quarantine bound, data anomalies).

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from trainer.setting import SamplingSetting
+from trainer.setting import NON_FINITE_OUTPUT, SamplingSetting
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -64,7 +64,7 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
 
     registry = Registry(spec, model_name)
     if version is None:
-        latest = registry.latest()
+        latest = registry.latest(hashes=True)  # damaged versions skipped, with a warning
         if latest is None:
             raise ValueError(f"{spec} is neither a SavedModel nor a registry with versions of "
                              f"{model_name!r}")
@@ -185,10 +185,17 @@ def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, 
             else:
                 total = np.zeros(image.shape, np.float64)
                 for k in range(setting.samples):  # SA: the mean of K samples, one at a time
-                    out = loaded.deblur_batch(
-                        tf.constant(image[None]), tf.constant(int(setting.steps)),
-                        tf.constant(float(setting.max_noise)), tf.constant(1),
-                        tf.constant([seed, k], tf.int64), tf.constant(setting.sampler == "ddim"))
+                    try:
+                        out = loaded.deblur_batch(
+                            tf.constant(image[None]), tf.constant(int(setting.steps)),
+                            tf.constant(float(setting.max_noise)), tf.constant(1),
+                            tf.constant([seed, k], tf.int64),
+                            tf.constant(setting.sampler == "ddim"))
+                    except tf.errors.InvalidArgumentError as e:
+                        if NON_FINITE_OUTPUT not in e.message:
+                            raise
+                        raise ValueError(f"{model.source}: {NON_FINITE_OUTPUT} on {src_path}; "
+                                         "nothing written (was its training diverged?)") from None
                     total += out.numpy()[0]
                     bar.update(1)
                 result = np.clip(np.round(total / setting.samples), 0, 255).astype(np.uint8)

@@ -70,6 +70,27 @@ class TrainingConfig:
     # {section: {field: value}}, e.g. {"train": {"global_batch_size": 16}, "model": {...}}
     overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"training.steps must be an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(v, dict) for v in self.overrides.values()):
+            raise ValueError("training.overrides must map sections to {field: value} mappings, "
+                             f"got {self.overrides!r}")
+
+    def build_experiment(self):
+        """The trainer's Experiment (preset + overrides + steps): the check that the preset
+        name and every override are valid, run before a pipeline starts (a typo otherwise
+        surfaced only in the Trainer, after ingest and validation). Imports TensorFlow."""
+        from trainer import experiments
+
+        overrides = {k: dict(v) for k, v in self.overrides.items()}
+        overrides.setdefault("train", {})["steps"] = self.steps
+        try:
+            return experiments.get(self.experiment, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"training: {e}") from e
+
 
 @dataclasses.dataclass
 class RegistryConfig:

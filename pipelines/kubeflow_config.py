@@ -175,8 +175,16 @@ class KubeflowConfig:
     trainer_tpu: Optional[str] = None
     vertex: VertexTrainerConfig = dataclasses.field(default_factory=VertexTrainerConfig)
     resources: Dict[str, PodResources] = dataclasses.field(default_factory=_default_resources)
+    # The Trainer task's retry policy: a preempted (spot / TPU maintenance) or killed Trainer
+    # pod is started again, writes to the same ModelRun folder, and train() resumes from its
+    # last checkpoint there (trainer/train.py). Backoff: 60 s, doubling, at most 1 h.
+    trainer_max_retries: int = 3
 
     def __post_init__(self):
+        if isinstance(self.trainer_max_retries, bool) or not isinstance(
+                self.trainer_max_retries, int) or self.trainer_max_retries < 0:
+            raise ValueError(f"trainer_max_retries must be an integer >= 0, "
+                             f"got {self.trainer_max_retries!r}")
         if self.trainer_platform not in PLATFORMS:
             raise ValueError(f"trainer_platform must be one of {', '.join(PLATFORMS)}, "
                              f"got {self.trainer_platform!r}")

@@ -116,8 +116,21 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
         output_dir=os.path.dirname(os.path.abspath(out_file)),
         output_filename=os.path.basename(out_file))
     job = runner.run(pipeline, write_out=True)
+    add_trainer_retry_policy(job, kf.trainer_max_retries)
+    with open(out_file, "w") as f:  # the runner's file, with the retry policy added
+        json.dump(job, f, indent=2, sort_keys=True)
     write_package(job, cfg, package_path(out_file))
     return out_file
+
+
+def add_trainer_retry_policy(job: Dict[str, Any], max_retries: int) -> None:
+    """PipelineTaskSpec.retryPolicy on the Trainer task (TFX's compiler sets none): a retried
+    pod resumes from the checkpoints in its ModelRun folder. Vertex AI Pipelines honours it;
+    on open-source KFP it needs a backend whose Argo compiler reads retryPolicy."""
+    if max_retries:
+        job["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"]["retryPolicy"] = {
+            "maxRetryCount": max_retries, "backoffDuration": "60s", "backoffFactor": 2.0,
+            "backoffMaxDuration": "3600s"}
 
 
 def platform_spec(job: Dict[str, Any], config: PipelineConfig) -> Optional[Dict[str, Any]]:

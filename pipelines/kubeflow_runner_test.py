@@ -404,6 +404,9 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
                         lambda exp, examples, out, strategy=None, export_dir=None, **kw: seen.update(
                             exp=exp, examples=examples, strategy=strategy, **kw))
     monkeypatch.setattr(tfx_trainer, "tpu_strategy_from_environment", lambda: "ENV-STRATEGY")
+    # the resume record lives on the (here imaginary) gs:// pipeline root
+    monkeypatch.setattr(tfx_trainer, "resume_interrupted", lambda exp, examples, out: "record")
+    monkeypatch.setattr(tfx_trainer, "training_finished", lambda marker: seen.update(done=marker))
     custom = {"experiment": "tiny", "overrides": {}, **({"tpu": tpu} if tpu else {})}
     tfx_trainer.run_fn(SimpleNamespace(
         custom_config=custom, train_steps=5, train_files=["gs://b/examples/Split-train/*"],
@@ -414,6 +417,7 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
     assert t.mixed_precision == ("bfloat16" if tpu else "float32")
     assert seen["strategy"] == ("ENV-STRATEGY" if env_strategy else None)
     assert callable(seen["on_step"])  # the progress lines of `deblur run-local`
+    assert seen["done"] == "record"
 
 
 def test_the_compiled_gate_has_every_rule(compiled):
@@ -423,3 +427,21 @@ def test_the_compiled_gate_has_every_rule(compiled):
     gate = json.loads(_param(spec, "DeblurEvaluator", "gate_config"))
     assert gate == dataclasses.asdict(cfg.gate)
     assert gate["input_lpips_margin"] == 0.01 and gate["input_psnr_tolerance"] == 0.0
+
+
+def test_the_trainer_task_is_retried(compiled):
+    """A preempted Trainer pod (spot, TPU maintenance) is started again and resumes from the
+    checkpoints in its ModelRun folder; the policy parses as KFP's PipelineTaskSpec."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    for platform in ("gke", "vertex"):
+        cfg, job, docs, path = compiled[platform]
+        tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+        policy = tasks["Trainer"]["retryPolicy"]
+        assert policy["maxRetryCount"] == cfg.kubeflow.trainer_max_retries == 3
+        task = json_format.ParseDict(tasks["Trainer"], pipeline_spec_pb2.PipelineTaskSpec())
+        assert task.retry_policy.max_retry_count == 3
+        assert task.retry_policy.backoff_duration.seconds == 60
+        assert docs[0]["root"]["dag"]["tasks"]["Trainer"]["retryPolicy"] == policy  # the package
+        assert [t for t in tasks if "retryPolicy" in tasks[t]] == ["Trainer"]

@@ -20,3 +20,30 @@ def run(config: PipelineConfig) -> None:
         pipeline_root=os.path.abspath(work.resolved_pipeline_root()),
     )
     LocalDagRunner().run(pipeline)
+
+
+ABANDONED = "abandoned: its run-local process ended without finishing it (killed?)"
+
+
+def cancel_abandoned_executions(metadata_path: str):
+    """Marks executions left NEW or RUNNING by a run-local that died (SIGKILL, power loss) as
+    CANCELED, with the reason in the custom property `deblur_abandoned`, so ML Metadata does not
+    keep a zombie. Only safe while no other run uses the store: run-local holds the work dir's
+    lock when it calls this. Returns [(execution type, id)] of those it marked."""
+    if not os.path.exists(metadata_path):
+        return []
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = metadata_path
+    store = metadata_store.MetadataStore(cfg)
+    live = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
+    types = {t.id: t.name for t in store.get_execution_types()}
+    dead = [e for e in store.get_executions() if e.last_known_state in live]
+    for e in dead:
+        e.last_known_state = metadata_store_pb2.Execution.CANCELED
+        e.custom_properties["deblur_abandoned"].string_value = ABANDONED
+    if dead:
+        store.put_executions(dead)
+    return [(types.get(e.type_id, "?").split(".")[-1], e.id) for e in dead]

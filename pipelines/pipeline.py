@@ -34,6 +34,9 @@ from pipelines.config import PipelineConfig
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     pipeline_root: Optional[str] = None) -> tfx_pipeline.Pipeline:
+    # the Trainer's experiment (preset, overrides, steps) is checked now, not hours later in
+    # the Trainer: a ConfigError before any component runs
+    config.training.build_experiment()
     ingest = DeblurIngest(sources=config.ingest_sources(), options=config.ingest)
     statistics = StatisticsGen(examples=ingest.outputs["examples"])
     schema = ImportSchemaGen(schema_file=config.validation.schema_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -14,20 +14,36 @@ from components.evaluator.gate import domain_name
 from components.ingest.beam_ingest import SUMMARY_FILE
 
 
-def latest_run_artifacts(metadata_path: str, pipeline_name: str) -> Dict[str, List]:
-    """{artifact type name: [artifacts]} of the newest pipeline_run context of the pipeline."""
+def _store(metadata_path: str):
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = metadata_path
     cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(cfg)
+    return metadata_store.MetadataStore(cfg)
+
+
+def pipeline_run_names(metadata_path: str) -> List[str]:
+    """The names of every pipeline_run context in the store ([] before the first run): taken
+    before a run, they tell which run is this process's own afterwards."""
+    if not os.path.exists(metadata_path):
+        return []
+    return [c.name for c in _store(metadata_path).get_contexts_by_type("pipeline_run")]
+
+
+def latest_run_artifacts(metadata_path: str, pipeline_name: str,
+                         run_name: Optional[str] = None) -> Dict[str, List]:
+    """{artifact type name: [artifacts]} of the pipeline_run context run_name, or of the
+    newest pipeline_run context of the pipeline."""
+    store = _store(metadata_path)
     pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
     if pipeline_ctx is None:
         raise RuntimeError(f"no run of pipeline {pipeline_name} in {metadata_path}")
     in_pipeline = {a.id for a in store.get_artifacts_by_context(pipeline_ctx.id)}
     runs = [c for c in store.get_contexts_by_type("pipeline_run")
-            if any(a.id in in_pipeline for a in store.get_artifacts_by_context(c.id))]
+            if any(a.id in in_pipeline for a in store.get_artifacts_by_context(c.id))
+            and (run_name is None or c.name == run_name)]
     if not runs:
-        raise RuntimeError(f"no run of pipeline {pipeline_name} in {metadata_path}")
+        raise RuntimeError(f"no run {run_name or ''} of pipeline {pipeline_name} in "
+                           f"{metadata_path}".replace("run  of", "run of"))
     run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
     types = {t.id: t.name for t in store.get_artifact_types()}
     out: Dict[str, List] = {}
@@ -49,8 +65,8 @@ def _split_names(artifact) -> List[str]:
     return json.loads(artifact.properties["split_names"].string_value)
 
 
-def build_summary(metadata_path: str, pipeline_name: str) -> dict:
-    arts = latest_run_artifacts(metadata_path, pipeline_name)
+def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str] = None) -> dict:
+    arts = latest_run_artifacts(metadata_path, pipeline_name, run_name)
     summary = {"pipeline_run": arts["_run"][0].name}
     if "Examples" in arts:
         ex = arts["Examples"][-1]

@@ -108,3 +108,68 @@ def test_overwrite_never_deletes_a_work_dir_that_holds_a_summary(tmp_path, capsy
     assert cli.main(argv[:-1] + [str(out), "--overwrite"]) == cli.EXIT_USAGE
     assert "extra.txt" in capsys.readouterr().err
     assert sorted(p for p in out.rglob("*")) == before
+
+
+def test_zero_is_refused_not_ignored(tmp_path, capsys):
+    """--steps 0 trained the preset's 800 steps, --batch-size 0 used 8, training.steps=0 800."""
+    for flag in ("--steps", "--batch-size"):
+        assert cli.main(["train", "--examples", str(tmp_path), "--out", str(tmp_path / "o"),
+                         flag, "0"]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err == "deblur: error: steps and global_batch_size must be >= 1\n", err
+    assert cli.main(["run-local", "--work-dir", str(tmp_path / "w"),
+                     "--set", "training.steps=0"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training.steps must be an integer >= 1, got 0" in err, err
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_typo_in_the_training_overrides_stops_run_local_before_anything_runs(tmp_path, capsys):
+    work = tmp_path / "w"
+    for override, message in (("training.overrides={model: {diffusion_chanels: 16}}",
+                               "model: unknown field(s) diffusion_chanels"),
+                              ("training.overrides={trian: {steps: 5}}",
+                               "unknown experiment section 'trian'"),
+                              ("training.experiment=S+Guide-M", "unknown experiment 'S+Guide-M'")):
+        assert cli.main(["run-local", "--work-dir", str(work), "--set", override]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not work.exists()  # no synthetic data, no ingest, no ML Metadata
+
+
+def test_outputs_that_cannot_be_written_are_one_line_errors(tmp_path, capsys):
+    _gopro(tmp_path / "src")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    ingest = ["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"), "--out"]
+    train = ["train", "--examples", str(tmp_path / "src"), "--steps", "1", "--out"]
+    for argv, message in ((ingest + [str(a_file)], f"--out {a_file} is a file, not a folder"),
+                          (ingest + [str(a_file / "sub")], f"{a_file} is a file, not a folder"),
+                          (train + [str(a_file)], f"--out {a_file} is a file, not a folder")):
+        assert cli.main(argv) == cli.EXIT_USAGE, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert cli.main(ingest + [str(ro / "out")]) == cli.EXIT_USAGE
+        assert "no permission to write in" in capsys.readouterr().err
+
+
+def test_a_second_run_local_on_one_work_dir_is_refused(tmp_path, capsys):
+    """Two concurrent runs printed the same result (the store's newest run); the second now
+    stops at once, naming the first."""
+    import fcntl
+
+    work = tmp_path / "w"
+    work.mkdir()
+    with open(work / ".run-local.lock", "a+") as held:  # as a running run-local holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242, started 2026-01-01 00:00:00\n")
+        held.flush()
+        assert cli.main(["run-local", "--work-dir", str(work)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == (f"deblur: error: another deblur run-local is running on work dir {work} "
+                   "(pid 4242, started 2026-01-01 00:00:00); wait for it to end, or pass "
+                   "another --work-dir\n")
+    assert sorted(p.name for p in work.iterdir()) == [".run-local.lock"]  # nothing generated

@@ -68,9 +68,14 @@ def execution_states(metadata_path):
     return out
 
 
-def test_run_local_end_to_end(tmp_path, capsys):
+def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     path = write_config(tmp_path, tiny_config(tmp_path))
+    scratch = tmp_path / "tmp"  # the run's $TMPDIR: TFX left ~98 MB per run in it
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    monkeypatch.setenv("TMPDIR", str(scratch))
     assert cli.main(["run-local", "--config", path]) == 0
+    assert list(scratch.iterdir()) == []
     out = capsys.readouterr().out
     run = tmp_path / "run"
     states = executions(str(run / "metadata.sqlite"))
@@ -195,3 +200,88 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("deblur: error: runner: unknown key(s) wrok_dir") and "\n" not in err
     assert cli.main(["run-local", "--config", str(tmp_path / "nope.yaml")]) == cli.EXIT_USAGE
     assert "does not exist" in capsys.readouterr().err
+
+
+KILLED_RUN_LOCAL = r"""
+import sys, time
+from trainer import train as T
+
+original = T.train
+
+
+def paused_train(exp, examples, out, **kw):
+    on_step = kw.get("on_step")
+
+    def hold(step, row):  # checkpoint 10 is written, step 12 is not: hold until SIGKILL
+        if on_step:
+            on_step(step, row)
+        if step == 12:
+            print("PAUSED", flush=True)
+            time.sleep(3600)
+
+    return original(exp, examples, out, **{**kw, "on_step": hold})
+
+
+T.train = paused_train
+from deblur import cli
+
+sys.exit(cli.main(["run-local", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_killed_run_local_resumes_its_training_and_leaves_no_zombie(tmp_path, capsys, caplog):
+    """SIGKILL during training left the Trainer RUNNING in ML Metadata for good, and the rerun
+    trained from step 0. Now the rerun marks the dead execution CANCELED and its Trainer goes
+    on from the killed training's last checkpoint (same data, same experiment)."""
+    import logging
+    import signal
+    import subprocess
+    import sys
+
+    d = tiny_config(tmp_path)
+    d["training"]["steps"] = 20
+    d["training"]["overrides"]["train"].update(checkpoint_every=10, log_every=1)
+    path = write_config(tmp_path, d)
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log = open(tmp_path / "killed.log", "w")
+    p = subprocess.Popen([sys.executable, "-c", KILLED_RUN_LOCAL, path], stdout=subprocess.PIPE,
+                         stderr=log, text=True, env=env, start_new_session=True)
+    try:
+        import select
+
+        line = ""
+        while "PAUSED" not in line:  # waits on the pipe (the bound only guards against a hang)
+            if not select.select([p.stdout], [], [], 1800)[0]:
+                raise AssertionError("no PAUSED line in 30 min")
+            line = p.stdout.readline()
+            if not line and p.poll() is not None:
+                raise AssertionError((tmp_path / "killed.log").read_text()[-3000:])
+        killed_runs = list((run / "pipeline_root" / "Trainer" / "model_run").iterdir())
+        assert len(killed_runs) == 1
+        assert (killed_runs[0] / "checkpoints" / "ckpt-10.index").exists()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        log.close()
+    zombie = [v for t, v in executions(str(run / "metadata.sqlite")).items() if t.endswith("Trainer")]
+    assert zombie == ["RUNNING"]
+
+    with caplog.at_level(logging.WARNING, logger="trainer.train"):
+        assert cli.main(["run-local", "--config", path]) == 0
+    err = capsys.readouterr().err
+    states = execution_states(str(run / "metadata.sqlite"))
+    trainer = [v for t, v in states.items() if t.endswith("Trainer")]
+    assert trainer == [["CANCELED", "COMPLETE"]], states
+    assert "Trainer execution" in err and "of an interrupted run marked CANCELED" in err
+    assert f"resumed from {run}/pipeline_root/Trainer/model_run/" in caplog.text
+    assert "ckpt-10 at step 10" in caplog.text
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["training"]["last"]["step"] == 20
+    # the resumed ModelRun holds the whole history: steps 1-10 from the killed run, 11-20 new
+    new_run = summary["model_uri"].replace("/model/", "/model_run/")
+    history = json.loads(open(os.path.join(new_run, "history.json")).read())
+    assert [h["step"] for h in history] == list(range(1, 21))
+    assert not list((run / "pipeline_root" / "Trainer" / "interrupted").iterdir())

@@ -76,7 +76,7 @@ class Experiment:
             if name == "name":
                 kw[name] = changes
                 continue
-            current = getattr(self, name)
+            current = getattr(self, name, None)
             if not dataclasses.is_dataclass(current):
                 raise ValueError(f"unknown experiment section {name!r}")
             fields = {f.name for f in dataclasses.fields(current)}

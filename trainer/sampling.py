@@ -37,7 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from core import example_format as ef
-from trainer.setting import PAPER_MAX_NOISE, PAPER_STEPS, SAMPLERS, SamplingSetting  # noqa: F401
+from trainer.setting import (NON_FINITE_OUTPUT, PAPER_MAX_NOISE, PAPER_STEPS, SAMPLERS,  # noqa: F401
+                            SamplingSetting)
 
 BETA_START = 1e-6
 
@@ -164,6 +165,8 @@ def deblur_images(model, images: tf.Tensor, steps, max_noise, samples, seed,
     x01 = symmetric_pad_end(symmetric_pad_end(x01, h + (m - h % m) % m, 1), w + (m - w % m) % m, 2)
     phi = phi_from_image(x01, tuple(model.cfg.guidance_scales))
     out = sample(model, x01 * 2.0 - 1.0, phi, steps, max_noise, seed, samples, deterministic)
+    # uint8 would turn NaN into black: a model whose output is not finite fails loudly instead
+    out = tf.debugging.assert_all_finite(out, NON_FINITE_OUTPUT)
     return tf.image.convert_image_dtype((out[:, :h, :w] + 1.0) / 2.0, tf.uint8, saturate=True)
 
 
@@ -299,5 +302,7 @@ def sample_tiled(model, image: np.ndarray, setting: SamplingSetting, tile: int =
             if progress is not None:
                 progress(s * n + (n - t))
         total += x[0].numpy()
+    if not np.all(np.isfinite(total)):
+        raise ValueError(NON_FINITE_OUTPUT)
     out01 = (total[:h, :w] / k + 1.0) / 2.0
     return tf.image.convert_image_dtype(out01, tf.uint8, saturate=True).numpy()

@@ -41,3 +41,8 @@ class SamplingSetting:
         """From a stored setting (evaluation.json, a manifest, deblur.json): its four fields,
         extra keys such as "key" ignored."""
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+# The message of the InvalidArgumentError the sampler raises when the model's output has a NaN
+# or an Inf (e.g. weights ruined by a diverged training run); the evaluator and predict match it.
+NON_FINITE_OUTPUT = "the model's output is not finite (NaN or Inf)"

@@ -48,8 +48,79 @@ def run_fn(fn_args: FnArgs) -> None:
             progress.info("Trainer: step %d/%d, loss %.4f, %.0f s", step, total, row["loss"],
                           row["seconds"])
 
-    train.train(exp, examples_uri(fn_args.train_files), fn_args.model_run_dir,
+    examples = examples_uri(fn_args.train_files)
+    marker = resume_interrupted(exp, examples, fn_args.model_run_dir)
+    train.train(exp, examples, fn_args.model_run_dir,
                 strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step)
+    training_finished(marker)
+
+
+def training_finished(marker: str) -> None:
+    """The record of a training in progress goes once it finished: nothing left to resume."""
+    tf_gfile().remove(marker)
+
+
+def tf_gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+RESUME_FILES = ("checkpoints", "history.json", "tensorboard")
+
+
+def resume_interrupted(exp, examples_dir: str, model_run_dir: str) -> str:
+    """Lets a rerun go on from the checkpoints of an interrupted training of the same data and
+    experiment, instead of step 0 (at the paper's scale a restart costs days).
+
+    A training in progress is recorded in <Trainer>/interrupted/<key>.json (key: the ingest
+    fingerprint of the examples and the experiment), removed when it finishes. A Trainer
+    execution that finds such a record of another ModelRun folder, and has no checkpoints of
+    its own, copies that folder's checkpoints, history and TensorBoard logs into its own
+    ModelRun before train() starts, and train() resumes from them. (A retried pod on Kubeflow
+    writes to the same ModelRun folder, where train() finds its checkpoints by itself.)
+    Returns the record's path."""
+    import hashlib
+    import json
+
+    gfile = tf_gfile()
+    with gfile.GFile(posixpath.join(examples_dir, "summary.json")) as f:
+        fingerprint = json.load(f).get("fingerprint") or examples_dir
+    key = hashlib.sha256(json.dumps({"data": fingerprint, "experiment": exp.to_dict()},
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    records = posixpath.join(posixpath.dirname(posixpath.dirname(model_run_dir.rstrip("/"))),
+                             "interrupted")
+    marker = posixpath.join(records, f"{key}.json")
+    own = posixpath.join(model_run_dir, "checkpoints")
+    if gfile.exists(marker) and not gfile.exists(own):
+        with gfile.GFile(marker) as f:
+            previous = json.load(f)["model_run_dir"]
+        if previous != model_run_dir and gfile.exists(posixpath.join(previous, "checkpoints")):
+            logging.getLogger(PROGRESS_LOGGER).info(
+                "Trainer: resuming the interrupted training in %s (same data and experiment)",
+                previous)
+            for name in RESUME_FILES:
+                _copy_tree(posixpath.join(previous, name), posixpath.join(model_run_dir, name))
+    gfile.makedirs(records)
+    with gfile.GFile(marker + ".tmp", "w") as f:
+        json.dump({"model_run_dir": model_run_dir, "examples": examples_dir}, f)
+    gfile.rename(marker + ".tmp", marker, overwrite=True)
+    return marker
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    gfile = tf_gfile()
+    if not gfile.exists(src):
+        return
+    if not gfile.isdir(src):
+        gfile.makedirs(posixpath.dirname(dst))
+        gfile.copy(src, dst, overwrite=True)
+        return
+    for root, _, files in gfile.walk(src):
+        rel = root[len(src):].lstrip("/")
+        gfile.makedirs(posixpath.join(dst, rel))
+        for name in files:
+            gfile.copy(posixpath.join(root, name), posixpath.join(dst, rel, name), overwrite=True)
 
 
 def tpu_strategy_from_environment():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -184,10 +185,10 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
     """Trains to exp.train.steps (resuming from OUT/checkpoints), exports the SavedModel to
     export_dir (default OUT/saved_model), returns the history."""
     t = exp.train
-    gfile.makedirs(out_dir)  # tf.io.gfile: local paths and gs:// alike
     trainer = Trainer(exp, out_dir, strategy)
-    ds = trainer.dataset(examples_dir)
+    ds = trainer.dataset(examples_dir)  # fails on bad examples before out_dir exists
     iterator = iter(ds)
+    gfile.makedirs(out_dir)  # tf.io.gfile: local paths and gs:// alike
     ckpt_items = dict(unet=trainer.model.unet, optimizer=trainer.optimizer, step=trainer.step,
                       ema=trainer.ema)
     if trainer.model.guidance_net is not None:
@@ -197,23 +198,32 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
     ckpt = tf.train.Checkpoint(**ckpt_items)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=t.keep_checkpoints)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.warning("resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy()))
+    tb_dir = os.path.join(out_dir, "tensorboard")
+    restored = restore_newest_readable(ckpt, manager)
+    if restored:
+        resumed = int(trainer.step.numpy())
+        log.warning("resumed from %s at step %d", restored, resumed)
+        if resumed > t.steps:
+            raise ValueError(f"{out_dir} is already trained to step {resumed}, past the "
+                             f"requested {t.steps} steps; ask for at least {resumed} steps or "
+                             "choose another output folder")
+        _purge_tensorboard_after(tb_dir, resumed)
     with gfile.GFile(os.path.join(out_dir, "experiment.json"), "w") as f:
         json.dump(exp.to_dict(), f, indent=2, sort_keys=True)
-    writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
+    writer = tf.summary.create_file_writer(tb_dir)
     history_path = os.path.join(out_dir, "history.json")
     history = []
     if gfile.exists(history_path):
         with gfile.GFile(history_path) as f:
             history = json.load(f)
     history = [h for h in history if h["step"] <= int(trainer.step.numpy())]
-    bar = None
-    if progress:
+    bar, line_every = None, 0
+    if progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=t.steps, initial=int(trainer.step.numpy()), unit="step", desc="train")
+    elif progress:  # a log file, not a terminal: a plain line every 5% (tqdm: ~124 B a step)
+        line_every = max(1, t.steps // 20)
     t0 = time.time()
     while int(trainer.step.numpy()) < t.steps:
         batch = next(iterator)
@@ -241,6 +251,9 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{float(metrics['loss'].numpy()):.4f}")
+        elif line_every and (step % line_every == 0 or step == t.steps):
+            print(f"train: step {step}/{t.steps}, loss {float(metrics['loss'].numpy()):.4f}, "
+                  f"{time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     if bar:
         bar.close()
     writer.flush()
@@ -248,6 +261,50 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
 
     export.export_saved_model(trainer, export_dir or os.path.join(out_dir, "saved_model"))
     return {"history": history, "step": int(trainer.step.numpy())}
+
+
+def restore_newest_readable(ckpt: tf.train.Checkpoint, manager: tf.train.CheckpointManager):
+    """Restores the newest checkpoint that reads back whole; returns its path (None: none yet).
+
+    A checkpoint damaged on disk (a truncated or overwritten file) is skipped with a warning
+    naming it, and the previous one is tried: a killed run loses the steps since that one,
+    not the run. When none reads, a ValueError names them all."""
+    bad = []
+    for path in reversed(manager.checkpoints):  # newest first
+        try:
+            ckpt.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, IndexError, ValueError, AssertionError) as e:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, reason)
+            bad.append(f"{os.path.basename(path)} ({reason})")
+            continue
+        return path
+    if bad:
+        raise ValueError(f"no readable checkpoint in {manager.directory}: " + "; ".join(bad)
+                         + ". Move the folder away to train from step 0")
+    return None
+
+
+def _purge_tensorboard_after(tb_dir: str, step: int) -> None:
+    """A resumed run replays the steps after its checkpoint, which the killed run may already
+    have logged: the existing event files lose their events past the resume step (each file
+    rewritten next to itself, then renamed over it), so TensorBoard shows each step once."""
+    from tensorflow.core.util import event_pb2
+
+    if not gfile.isdir(tb_dir):
+        return
+    for name in gfile.listdir(tb_dir):
+        path = os.path.join(tb_dir, name)
+        if "tfevents" not in name or gfile.isdir(path):
+            continue
+        records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+        keep = [r for r in records if event_pb2.Event.FromString(r).step <= step]
+        if len(keep) == len(records):
+            continue
+        with tf.io.TFRecordWriter(path + ".tmp") as w:
+            for r in keep:
+                w.write(r)
+        gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def _image_summaries(trainer: Trainer, batch, writer, step: int, n: int = 4) -> None:

@@ -52,6 +52,7 @@ MIRRORED = {"model": MODEL, "data": {"crop_size": CROP}, "train": {"global_batch
 PROJECT = ("core", "metrics", "trainer", "components", "pipelines", "deblur", "tests", "benchmarks")
 # which background jobs each test waits for (only the selected tests' jobs are started)
 NEEDS = {"test_mirrored_step_matches_the_default_strategy": {"mirrored"},
+         "test_a_damaged_checkpoint_falls_back_to_the_previous_one": {"reference"},
          "test_resume_after_sigkill_ends_with_the_uninterrupted_weights": {"reference", "resume"},
          "test_saved_model_deblurs_without_the_project": {"resume", "export"}}
 
@@ -393,7 +394,7 @@ def test_mirrored_step_matches_the_default_strategy(jobs):
         np.testing.assert_array_equal(got, want)
 
 
-def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(jobs):
+def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(jobs, ingested):
     import tensorflow as tf
 
     ref, res = jobs["reference"].result(timeout=TIMEOUT), jobs["resume"].result(timeout=2 * TIMEOUT)
@@ -418,8 +419,26 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(jobs):
     assert [strip(h) for h in history] == [strip(h) for h in ref_history]
     # and the same final state, bit for bit: seeded initial weights, stateless per-element
     # randomness, the input iterator restored from the checkpoint, deterministic CPU kernels
-    paths = [tf.train.latest_checkpoint(os.path.join(run["out"], "checkpoints"))
-             for run in (res, ref)]
+    _assert_same_final_checkpoint(res["out"], ref["out"])
+    # asking a run that is at step 6 for 4 steps is a mistake, not a silent no-op that rewrote
+    # experiment.json with steps 4
+    from trainer import experiments
+    from trainer import train as train_lib
+
+    before = _read_json(os.path.join(res["out"], "experiment.json"))
+    with pytest.raises(ValueError, match=f"already trained to step {STEPS}, past the requested 4"):
+        train_lib.train(experiments.get("tiny", **TRAIN).replace(train={"steps": 4}),
+                        ingested[1], res["out"])
+    assert _read_json(os.path.join(res["out"], "experiment.json")) == before
+
+
+def _assert_same_final_checkpoint(out_a: str, out_b: str) -> None:
+    """Both runs end at ckpt-STEPS with the same state, bit for bit: seeded initial weights,
+    stateless per-element randomness, the input iterator restored from the checkpoint,
+    deterministic CPU kernels."""
+    import tensorflow as tf
+
+    paths = [tf.train.latest_checkpoint(os.path.join(out, "checkpoints")) for out in (out_a, out_b)]
     assert [os.path.basename(p) for p in paths] == [f"ckpt-{STEPS}"] * 2
     readers = [tf.train.load_checkpoint(p) for p in paths]
     dtypes = readers[0].get_variable_to_dtype_map()
@@ -434,6 +453,43 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(jobs):
     n_ema = sum(name.startswith("ema/") for name in dtypes)
     assert n_ema > 0 and compared > 4 * n_ema  # the model (via the optimizer), EMA, Adam m, v
     assert int(readers[0].get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == STEPS
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(jobs, ingested, tmp_path, caplog,
+                                                            monkeypatch):
+    """The newest checkpoint's data file truncated (a disk full, a killed copy): training warns,
+    naming it, resumes from the one before and ends where the uninterrupted run ended; with
+    every checkpoint damaged it fails in one line naming them."""
+    import glob
+    import logging
+    import shutil
+
+    from trainer import experiments
+    from trainer import train as train_lib
+
+    ref = jobs["reference"].result(timeout=TIMEOUT)
+    run = str(tmp_path / "run")
+    shutil.copytree(ref["out"], run)
+
+    def damage(step):
+        data = glob.glob(os.path.join(run, "checkpoints", f"ckpt-{step}.data-*"))[0]
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+
+    damage(STEPS)
+    monkeypatch.setattr("trainer.export.export_saved_model", lambda trainer, path, defaults=None: path)
+    exp = experiments.get("tiny", **TRAIN)
+    with caplog.at_level(logging.WARNING, logger="trainer.train"):
+        result = train_lib.train(exp, ingested[1], run)
+    assert f"checkpoint {run}/checkpoints/ckpt-{STEPS} is unreadable" in caplog.text
+    assert f"resumed from {run}/checkpoints/ckpt-{STEPS - CHECKPOINT_EVERY} at step " \
+           f"{STEPS - CHECKPOINT_EVERY}" in caplog.text
+    assert result["step"] == STEPS
+    _assert_same_final_checkpoint(run, ref["out"])
+    for step in range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY):
+        damage(step)
+    with pytest.raises(ValueError, match=r"no readable checkpoint in .*ckpt-6 \(.*ckpt-2 \("):
+        train_lib.train(exp, ingested[1], run)
 
 
 def test_saved_model_deblurs_without_the_project(jobs):
@@ -461,3 +517,30 @@ def test_train_cli_one_line_errors(tmp_path, capsys):
                      "--steps", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("deblur: error: no TFRecord files"), err
+    assert not (tmp_path / "o2").exists()  # a failed train leaves no empty --out behind
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    """The killed run logged steps past its last checkpoint; the resumed run logs them again.
+    Only the resumed run's values of those steps remain."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    from trainer.train import _purge_tensorboard_after
+
+    tb = str(tmp_path / "tensorboard")
+    killed = tf.summary.create_file_writer(tb)
+    with killed.as_default():
+        for step in (1, 2, 3, 4):  # checkpoint at 2, killed after 4
+            tf.summary.scalar("loss", float(step), step=step)
+    killed.close()
+    _purge_tensorboard_after(tb, 2)
+    resumed = tf.summary.create_file_writer(tb)
+    with resumed.as_default():
+        for step in (3, 4, 5):
+            tf.summary.scalar("loss", 10.0 * step, step=step)
+    resumed.close()
+    acc = ea.EventAccumulator(tb, size_guidance={ea.TENSORS: 0}, purge_orphaned_data=False)
+    acc.Reload()
+    got = sorted((e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors("loss"))
+    assert got == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0)]

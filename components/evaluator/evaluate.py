@@ -36,8 +36,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from components.evaluator.gate import GateConfig, decide, domain_name
-from trainer.setting import SamplingSetting
+from components.evaluator.gate import PASS, GateConfig, beats_input, decide, domain_name
+from trainer.setting import NON_FINITE_OUTPUT, SamplingSetting
 
 METRICS = ("psnr", "ssim", "lpips", "niqe")
 EVALUATION_FILE = "evaluation.json"
@@ -182,27 +182,38 @@ def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[Sa
                          "(no deblur_batch function)")
     scores: Dict[str, Dict[str, list]] = {}
     outputs: Dict[str, Dict[str, list]] = {}
+    non_finite: Dict[str, List[str]] = {}  # setting key -> pair ids whose output was not finite
     for s in settings:
         scores[s.key], outputs[s.key] = {}, {}
         for split, items in data.items():
             rows, kept = [], []
             for b, (i, j) in enumerate(_batches(items, config.batch_size)):
                 images = np.stack([it["blurry"] for it in items[i:j]])
-                out = loaded.deblur_batch(
-                    tf.constant(images), tf.constant(int(s.steps)), tf.constant(float(s.max_noise)),
-                    tf.constant(int(s.samples)), tf.constant([config.seed, b], tf.int64),
-                    tf.constant(s.sampler == "ddim")).numpy()
-                for it, o in zip(items[i:j], out):
-                    rows.append({"pair_id": it["pair_id"], **scorer(o, it["sharp"])})
+                try:
+                    out = loaded.deblur_batch(
+                        tf.constant(images), tf.constant(int(s.steps)),
+                        tf.constant(float(s.max_noise)), tf.constant(int(s.samples)),
+                        tf.constant([config.seed, b], tf.int64),
+                        tf.constant(s.sampler == "ddim")).numpy()
+                except tf.errors.InvalidArgumentError as e:
+                    if NON_FINITE_OUTPUT not in e.message:
+                        raise
+                    out = None  # scored as NaN: the gate's finite rule names the reason
+                for k, it in enumerate(items[i:j]):
+                    if out is None:
+                        non_finite.setdefault(s.key, []).append(it["pair_id"])
+                        rows.append({"pair_id": it["pair_id"], **{m: math.nan for m in METRICS}})
+                        continue
+                    rows.append({"pair_id": it["pair_id"], **scorer(out[k], it["sharp"])})
                     if len(kept) < config.sample_grid_images:
-                        kept.append(o)
+                        kept.append(out[k])
                 if progress is not None:
                     progress.update(j - i)
             scores[s.key][split] = rows
             outputs[s.key][split] = kept
         logging.getLogger("deblur.progress").info(
             "DeblurEvaluator: %s %s sampled and scored on %s", label, s.key, ", ".join(data))
-    return {"scores": scores, "outputs": outputs}
+    return {"scores": scores, "outputs": outputs, "non_finite": non_finite}
 
 
 def _finite(d: Dict[str, float]) -> bool:
@@ -210,9 +221,14 @@ def _finite(d: Dict[str, float]) -> bool:
 
 
 def choose_best(by_domain: Dict[str, Dict[str, Dict[str, float]]], settings: Sequence[SamplingSetting],
-                domain: str = "out") -> Optional[SamplingSetting]:
+                domain: str = "out", inputs: Optional[Dict[str, Dict[str, float]]] = None,
+                gate: Optional[GateConfig] = None) -> Optional[SamplingSetting]:
     """The setting with the lowest LPIPS in `domain` (or, without that domain, over all
-    domains) among those with all metrics finite; ties go to fewer network evaluations."""
+    domains) among those with all metrics finite; ties go to fewer network evaluations.
+    With the inputs' scores and the gate: among the settings that beat the blurry input in
+    every domain (the gate's beats_input) when there are any, so a setting that wins on
+    out-of-domain LPIPS but loses to doing nothing in-domain is not chosen over one that
+    serves both."""
     def lpips(s):
         if domain in by_domain:
             return by_domain[domain][s.key]["lpips"]
@@ -221,6 +237,10 @@ def choose_best(by_domain: Dict[str, Dict[str, Dict[str, float]]], settings: Seq
     ok = [s for s in settings if all(_finite(d[s.key]) for d in by_domain.values())]
     if not ok:
         return None
+    if inputs is not None and gate is not None:
+        better = [s for s in ok if beats_input({d: m[s.key] for d, m in by_domain.items()},
+                                               inputs, gate).verdict == PASS]
+        ok = better or ok
     return min(ok, key=lambda s: (lpips(s), s.steps * s.samples))
 
 
@@ -279,8 +299,12 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         return per_split, per_domain
 
     per_split, per_domain = summarise(cand, settings)
-    best = choose_best(per_domain, settings, gate.domain)
-    best_metrics = {d: per_domain[d][best.key] for d in per_domain} if best else {}
+    input_by_domain = {d: _mean([r for s in splits if domain_of[s] == d for r in inputs[s]])
+                       for d in per_domain}
+    best = choose_best(per_domain, settings, gate.domain, input_by_domain, gate)
+    # no setting with every metric finite: the gate sees the first setting's (non-finite) ones
+    shown = best or settings[0]
+    best_metrics = {d: per_domain[d][shown.key] for d in per_domain}
     baseline_best = None
     baseline_info = None
     if base is not None:
@@ -300,14 +324,16 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
                        "images": len(data[s]), "input": _mean(inputs[s]), "settings": per_split[s]}
                    for s in splits},
         "domains": {d: {"splits": [s for s in splits if domain_of[s] == d],
-                        "input": _mean([r for s in splits if domain_of[s] == d for r in inputs[s]]),
-                        "settings": per_domain[d]} for d in per_domain},
+                        "input": input_by_domain[d], "settings": per_domain[d]}
+                    for d in per_domain},
         "best_setting": best.to_dict() | {"key": best.key} if best else None,
         "best": best_metrics,
         "baseline": baseline_info,
+        "non_finite_outputs": cand["non_finite"],
     }
     blessing = decide(best_metrics, gate, baseline_best if base is not None else None,
-                      inputs={d: info["input"] for d, info in result["domains"].items()})
+                      inputs={d: info["input"] for d, info in result["domains"].items()},
+                      non_finite_outputs=sorted(cand["non_finite"]))
     # what travels with the blessing (the pusher's manifest, the next run's baseline setting)
     result["blessing"] = {**blessing, "best_setting": result["best_setting"], "best": best_metrics}
     _write(out_dir, result, cand, data, domain_of, settings, best)

@@ -215,3 +215,61 @@ def test_caps_and_errors(examples_dir, models, tmp_path):
     with pytest.raises(ValueError, match="no deblur_batch"):
         tf.saved_model.save(tf.Module(), str(tmp_path / "empty"))
         ev.evaluate(str(tmp_path / "empty"), examples_dir, str(tmp_path / "f"), ev.EvalConfig(grid=GRID[:1]))
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory):
+    """A real export (trainer/export.py) of a small GuidedDenoiser with one NaN weight: what a
+    diverged training run leaves behind."""
+    from trainer.export import DeblurModule
+    from trainer.model import GuidedDenoiser, preset
+
+    model = GuidedDenoiser(preset("tiny", guidance="input", channel_multipliers=(1,),
+                                  num_middle_blocks=0))
+    w = model.unet.trainable_variables[0]
+    value = w.numpy()
+    value.flat[0] = np.nan
+    w.assign(value)
+    path = str(tmp_path_factory.mktemp("nan") / "saved_model")
+    module = DeblurModule(model, {"sampler": "ddim", "steps": 2, "max_noise": 0.5})
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve,
+                                                  "deblur": module.deblur})
+    return path
+
+
+def test_a_nan_model_is_refused_for_being_nan(examples_dir, nan_model, tmp_path, capsys):
+    res = ev.evaluate(nan_model, examples_dir, str(tmp_path / "e"),
+                      ev.EvalConfig(grid=GRID, max_images_per_split=2),
+                      gate=GateConfig(ood_lpips_max=0.99))
+    keys = sorted(ev.SamplingSetting(**g).key for g in GRID)
+    assert sorted(res["non_finite_outputs"]) == keys
+    assert res["best_setting"] is None and not res["blessing"]["blessed"]
+    rule = {r["rule"]: r for r in res["blessing"]["rules"]}["finite"]
+    assert rule["verdict"] == "fail"
+    assert rule["detail"] == ("the model's output is not finite (NaN or Inf) at 2 setting(s): "
+                              + ", ".join(keys))
+    assert res["blessing"]["reason"].startswith("finite: the model's output is not finite")
+    # deblur predict refuses it in one line and writes nothing (it wrote a black image)
+    from deblur import cli
+
+    blurry = tmp_path / "blurry.png"
+    Image.fromarray(_pair(24, 40, 0)[0]).save(blurry)
+    assert cli.main(["predict", str(blurry), str(tmp_path / "out.png"),
+                     "--model", nan_model]) == cli.EXIT_USAGE
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("deblur: error: ") and "output is not finite (NaN or Inf)" in last
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_the_chosen_setting_beats_the_input_when_one_does():
+    """Lowest out-of-domain LPIPS among the settings that beat the blurry input everywhere;
+    only when none does, the lowest overall (which the gate then refuses)."""
+    a, b = ev.SamplingSetting("ddpm", 20, 0.5), ev.SamplingSetting("ddim", 20, 0.5)
+    by_domain = {"in": {a.key: {"psnr": 20.0, "lpips": 0.20}, b.key: {"psnr": 25.0, "lpips": 0.25}},
+                 "out": {a.key: {"psnr": 25.0, "lpips": 0.10}, b.key: {"psnr": 25.0, "lpips": 0.15}}}
+    inputs = {"in": {"psnr": 24.0, "lpips": 0.30}, "out": {"psnr": 24.0, "lpips": 0.30}}
+    gate = GateConfig()
+    assert ev.choose_best(by_domain, [a, b], "out") == a  # a: lowest LPIPS, in-domain PSNR 20
+    assert ev.choose_best(by_domain, [a, b], "out", inputs, gate) == b
+    worse = {"in": {"psnr": 30.0, "lpips": 0.1}, "out": {"psnr": 30.0, "lpips": 0.1}}
+    assert ev.choose_best(by_domain, [a, b], "out", worse, gate) == a

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 
@@ -120,14 +120,20 @@ def _fmt(v, spec: str) -> str:
 
 def decide(best: Dict[str, Dict[str, float]], config: GateConfig,
            baseline: Optional[Dict[str, Dict[str, float]]] = None,
-           inputs: Optional[Dict[str, Dict[str, float]]] = None) -> dict:
+           inputs: Optional[Dict[str, Dict[str, float]]] = None,
+           non_finite_outputs: Sequence[str] = ()) -> dict:
     """best: {domain: {metric: value}} of the candidate at its chosen setting; baseline: the
     same for the latest blessed model measured now, or None (first run); inputs: the same for
-    the blurry inputs themselves (the do-nothing reference; None fails beats_input).
+    the blurry inputs themselves (the do-nothing reference; None fails beats_input);
+    non_finite_outputs: the settings at which the model's output had a NaN or an Inf.
     Returns {"blessed": bool, "rules": [Rule as dict], "reason": str}."""
     rules: List[Rule] = []
     bad = sorted(f"{d}.{m}={v}" for d, ms in best.items() for m, v in ms.items() if not _finite(v))
-    if not best:
+    if non_finite_outputs:
+        rules.append(Rule("finite", FAIL, detail="the model's output is not finite (NaN or Inf) "
+                          f"at {len(non_finite_outputs)} setting(s): "
+                          + ", ".join(non_finite_outputs)))
+    elif not best:
         rules.append(Rule("finite", FAIL, detail="no metrics: no evaluation split was scored"))
     else:
         rules.append(Rule("finite", FAIL if bad else PASS,

@@ -21,6 +21,7 @@ written by Beam's sinks (on Dataflow, or anywhere with GCS credentials).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from collections import Counter
@@ -104,6 +105,18 @@ class IngestPlan:
     @property
     def splits(self) -> List[str]:
         return sorted(self.num_shards)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what this ingest reads and how: every candidate's split, pair id,
+        dataset, domain, input bytes and known defect, and the options. Equal fingerprints mean
+        the same listing of the same inputs (a file replaced by another of exactly the same
+        size is not seen: the listing is all the driver reads). The Trainer keys the resume of
+        an interrupted training on it."""
+        rows = sorted((split, c.pair_id, c.dataset, c.domain, c.size_bytes, c.reason or "")
+                      for split, c in self.candidates)
+        blob = json.dumps({"candidates": rows, "options": dataclasses.asdict(self.options)},
+                          sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def list_files(root: str) -> List[tuple]:
@@ -298,6 +311,7 @@ def finalize_ingest(plan: IngestPlan, out_dir: str) -> dict:
         },
         "ignored_files": plan.ignored_files,
         "quarantine_file": f"{out_dir}/{QUARANTINE_DIR}/quarantine.jsonl",
+        "fingerprint": plan.fingerprint(),
         "status": "ok",
     }
     if n_written + n_bad != n_in:

@@ -15,7 +15,7 @@ import argparse
 import json
 from typing import Any, Dict, List, Optional
 
-from components.registry.registry import DEFAULT_MODEL_NAME, Registry, RegistryError
+from components.registry.registry import DEFAULT_MODEL_NAME, Registry, RegistryError, _ranges
 
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
@@ -62,12 +62,19 @@ def _setting(s: Optional[Dict[str, Any]]) -> str:
 
 
 def rows(reg: Registry) -> List[Dict[str, Any]]:
+    """One row per complete version; a damaged one (manifest unreadable, a file missing or of
+    another size) is listed with its problem instead of failing the whole list."""
     out = []
     for v in reg.versions():
-        m = reg.show(v)
+        problem = reg.verify(v)
+        try:
+            m = reg.show(v)
+        except RegistryError:  # the manifest itself is damaged: the row has only the problem
+            m = {}
         out.append({"version": v, "created": m.get("created"),
                     "out_lpips": _metric(m, "out", "lpips"), "in_psnr": _metric(m, "in", "psnr"),
-                    "sampling": m.get("sampling"), "uri": reg.version_uri(v)})
+                    "sampling": m.get("sampling"), "uri": reg.version_uri(v),
+                    "status": "ok" if problem is None else f"damaged: {problem}"})
     return out
 
 
@@ -98,15 +105,19 @@ def run(args) -> int:
         print(f"{'version':>7}  {'created (UTC)':<25}  {'LPIPS out':>9}  {'PSNR in':>7}  setting")
         for r in table:
             print(f"{r['version']:>7}  {str(r['created']):<25}  {_fmt(r['out_lpips'], '.4f'):>9}  "
-                  f"{_fmt(r['in_psnr'], '.2f'):>7}  {_setting(r['sampling'])}")
+                  f"{_fmt(r['in_psnr'], '.2f'):>7}  {_setting(r['sampling'])}"
+                  + ("" if r["status"] == "ok" else f"  DAMAGED ({r['status'][len('damaged: '):]})"))
         return 0
     if args.registry_command == "show":
         version = versions[-1] if args.version is None else args.version
         print(json.dumps(reg.show(version), indent=2, sort_keys=True))
         return 0
     if args.registry_command == "latest":
-        version = versions[-1]
-        manifest = reg.show(version)
+        found = reg.latest()  # the newest whole version; damaged ones are skipped with a warning
+        if found is None:
+            raise RegistryError(f"registry {reg.uri}: every version of model "
+                                f"{reg.model_name!r} is damaged ({_ranges(versions)})")
+        version, manifest = found
         path = reg.local_path(version) if args.fetch else None
         if args.json:
             print(json.dumps({"version": version, "uri": reg.version_uri(version),

@@ -91,3 +91,48 @@ def test_the_default_registry_is_the_configs(tmp_path, capsys, monkeypatch):
     assert cli.main(["registry", "list", "--set", "registry.nope=1"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("deblur: error: ") and err.count("\n") == 1 and "nope" in err
+
+
+def test_a_damaged_version_is_named_and_skipped(tmp_path, capsys, caplog):
+    """The local registry trusted its files: a corrupt manifest failed every listing with a
+    bare JSON error, a deleted or altered file left a version 'healthy'. Now each is reported
+    by version and file, and latest (CLI, load_latest, predict) falls back to the newest whole
+    version, with a warning."""
+    uri = _registry(tmp_path)  # versions 1 and 2
+    v2 = tmp_path / "registry" / "deblur-icdpm" / "2"
+    manifest = (v2 / "manifest.json").read_text()
+    # 1. a truncated manifest
+    (v2 / "manifest.json").write_text(manifest[: len(manifest) // 2])
+    assert cli.main(["registry", "list", "--registry", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split()[0] == "1" and "DAMAGED" not in lines[2]
+    assert lines[3].split()[0] == "2" and "DAMAGED (version 2 is damaged: " in lines[3]
+    assert f"{uri}/deblur-icdpm/2/manifest.json is not JSON" in lines[3]
+    assert cli.main(["registry", "show", "--registry", uri, "--version", "2"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "version 2 is damaged" in err and "manifest.json" in err
+    with caplog.at_level("WARNING"):
+        assert cli.main(["registry", "latest", "--registry", uri, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert "skipping version 2 is damaged" in caplog.text
+    # 2. the manifest whole again, the variables deleted
+    (v2 / "manifest.json").write_text(manifest)
+    data = v2 / "variables" / "variables.data-00000-of-00001"
+    content = data.read_bytes()
+    data.unlink()
+    reg = Registry(uri)
+    assert reg.verify(2) == "version 2 is damaged: variables/variables.data-00000-of-00001 is missing"
+    assert reg.latest()[0] == 1
+    assert cli.main(["registry", "list", "--registry", uri, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == ["ok", f"damaged: {reg.verify(2)}"]
+    # 3. same size, other bytes: only the hashes tell; loading refuses it, latest(hashes) skips
+    data.write_bytes(bytes([content[0] ^ 1]) + content[1:])
+    assert reg.verify(2) is None and "has sha256" in reg.verify(2, hashes=True)
+    assert reg.latest(hashes=True)[0] == 1
+    import pytest
+
+    from components.registry.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="version 2 is damaged: variables/variables.data"):
+        reg.local_path(2)

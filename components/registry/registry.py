@@ -80,6 +80,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -98,6 +99,7 @@ SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 RESERVED_KEYS = ("model_name", "version", "created", "registry", "files", "dirs")
 CACHE_ENV = "DEBLUR_REGISTRY_CACHE"
 
+log = logging.getLogger(__name__)
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
 
@@ -290,20 +292,59 @@ class Registry:
         return sorted((numeric | claims) - complete)
 
     def show(self, version: int) -> Dict[str, Any]:
-        """The manifest of a complete version; RegistryError if there is none."""
+        """The manifest of a complete version; RegistryError if there is none, or if it is
+        damaged (not JSON, or without its file list)."""
         version = self._require(version)
-        if self.is_gcs:
-            return json.loads(self._bucket().blob(f"{self._root}/{version}/{MANIFEST}")
-                              .download_as_bytes())
-        with open(os.path.join(self._root, str(version), MANIFEST)) as f:
-            return json.load(f)
+        where = f"{self.version_uri(version)}/{MANIFEST}"
+        try:
+            if self.is_gcs:
+                manifest = json.loads(self._bucket().blob(f"{self._root}/{version}/{MANIFEST}")
+                                      .download_as_bytes())
+            else:
+                with open(os.path.join(self._root, str(version), MANIFEST)) as f:
+                    manifest = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RegistryError(f"version {version} is damaged: {where} is not JSON ({e})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise RegistryError(f"version {version} is damaged: {where} has no file list")
+        return manifest
 
-    def latest(self) -> Optional[Tuple[int, Dict[str, Any]]]:
-        """(version, manifest) of the highest complete version, or None when there is none."""
-        versions = self.versions()
-        if not versions:
+    def verify(self, version: int, hashes: bool = False) -> Optional[str]:
+        """None if the version is whole, else what is wrong with it: its manifest unreadable,
+        or (local registries) a file of the manifest missing or of another size, or, with
+        hashes=True, of another SHA-256. A gs:// version's files are checked on download
+        (local_path), so here only its manifest is read."""
+        try:
+            manifest = self.show(version)
+        except RegistryError as e:
+            return str(e)
+        if self.is_gcs:
             return None
-        return versions[-1], self.show(versions[-1])
+        root = os.path.join(self._root, str(int(version)))
+        for rel, meta in sorted(manifest["files"].items()):
+            path = os.path.join(root, *rel.split("/"))
+            if not os.path.isfile(path):
+                return f"version {version} is damaged: {rel} is missing"
+            size = os.path.getsize(path)
+            if size != meta.get("bytes"):
+                return (f"version {version} is damaged: {rel} has {size} bytes, the manifest "
+                        f"says {meta.get('bytes')}")
+            if hashes:
+                _, sha, _ = _hash_file(path)
+                if sha != meta.get("sha256"):
+                    return (f"version {version} is damaged: {rel} has sha256 {sha[:12]}..., the "
+                            f"manifest says {str(meta.get('sha256'))[:12]}...")
+        return None
+
+    def latest(self, hashes: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """(version, manifest) of the highest complete version that is whole (verify()), or
+        None when there is none. Damaged versions are skipped with a warning naming them."""
+        for version in reversed(self.versions()):
+            problem = self.verify(version, hashes=hashes)
+            if problem is None:
+                return version, self.show(version)
+            log.warning("registry %s: skipping %s", self.model_uri, problem)
+        return None
 
     def local_path(self, version: int) -> str:
         """A local folder holding the complete version (a SavedModel + manifest.json).
@@ -315,6 +356,9 @@ class Registry:
         registry's (versions never change); a different one is an error, never served."""
         version = self._require(version)
         if not self.is_gcs:
+            problem = self.verify(version, hashes=True)  # what is loaded is what was pushed
+            if problem:
+                raise RegistryError(f"{self.model_uri}: {problem}")
             return os.path.join(self._root, str(version))
         cache = os.path.abspath(self.cache_dir or default_cache_dir())
         dest = os.path.join(cache, self._bucket_name, *self._root.split("/"), str(version))
@@ -594,11 +638,19 @@ def load_latest(uri: str, model_name: str = DEFAULT_MODEL_NAME, *, cache_dir: Op
     A gs:// registry is downloaded into the cache first (see Registry.local_path).
     RegistryError when the registry holds no complete version."""
     reg = Registry(uri, model_name, client=client, cache_dir=cache_dir)
-    found = reg.latest()
-    if found is None:
-        raise RegistryError(f"registry {uri} holds no complete version of model {model_name!r}")
-    version, manifest = found
-    path = reg.local_path(version)
-    import tensorflow as tf
+    for version in reversed(reg.versions()):  # the newest whole version; damaged ones warned
+        problem = reg.verify(version)
+        if problem is None:
+            try:
+                path = reg.local_path(version)  # hashes checked (local) or on download (gs://)
+            except RegistryError as e:
+                problem = str(e)
+        if problem:
+            log.warning("registry %s: skipping %s", reg.model_uri, problem)
+            continue
+        import tensorflow as tf
 
-    return tf.saved_model.load(path), manifest
+        return tf.saved_model.load(path), reg.show(version)
+    raise RegistryError(f"registry {uri} holds no complete version of model {model_name!r}"
+                        if not reg.versions() else
+                        f"registry {uri}: every version of model {model_name!r} is damaged")
