@@ -544,3 +544,18 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
     acc.Reload()
     got = sorted((e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors("loss"))
     assert got == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0)]
+
+
+def test_progress_in_a_log_file_is_a_plain_line_every_5_percent(ingested, tmp_path, capsys,
+                                                                monkeypatch):
+    """tqdm wrote ~124 bytes a step into non-interactive logs (~124 MB at 1M steps)."""
+    from trainer import experiments
+    from trainer import train as train_lib
+
+    monkeypatch.setattr("trainer.export.export_saved_model", lambda trainer, path, defaults=None: path)
+    exp = experiments.get("tiny", **TRAIN).replace(train={"steps": 40, "checkpoint_every": 40})
+    train_lib.train(exp, ingested[1], str(tmp_path / "run"), progress=True)
+    err = capsys.readouterr().err  # pytest's capture: not a terminal
+    lines = [ln for ln in err.splitlines() if ln.startswith("train: step ")]
+    assert [ln.split()[2] for ln in lines] == [f"{s}/40," for s in range(2, 41, 2)]
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err
