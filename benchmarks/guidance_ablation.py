@@ -105,7 +105,7 @@ def plot(runs, path: str) -> None:
             keys = list(rs[0]["domains"][d]["grid"])
             lp = [statistics.fmean(r["domains"][d]["grid"][k]["lpips"] for r in rs) for k in keys]
             ps = [statistics.fmean(r["domains"][d]["grid"][k]["psnr"] for r in rs) for k in keys]
-            ax.plot(lp, ps, "o-", label=f"{variant} (mean of {len(rs)} seeds)")
+            ax.plot(lp, ps, "o", label=f"{variant} (mean of {len(rs)} seeds; a point per setting)")
         i = runs[0]["domains"][d]["input"]
         ax.plot(i["lpips"], i["psnr"], "kx", markersize=9, label="blurry input")
         ax.set_xlabel("LPIPS (lower is better)"), ax.set_ylabel("PSNR (dB)")
