@@ -15,7 +15,8 @@ import argparse
 import json
 from typing import Any, Dict, List, Optional
 
-from components.registry.registry import DEFAULT_MODEL_NAME, Registry, RegistryError, _ranges
+from components.registry.registry import (DEFAULT_MODEL_NAME, Registry, RegistryError,
+                                          version_ranges)
 
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
@@ -116,7 +117,7 @@ def run(args) -> int:
         found = reg.latest()  # the newest whole version; damaged ones are skipped with a warning
         if found is None:
             raise RegistryError(f"registry {reg.uri}: every version of model "
-                                f"{reg.model_name!r} is damaged ({_ranges(versions)})")
+                                f"{reg.model_name!r} is damaged ({version_ranges(versions)})")
         version, manifest = found
         path = reg.local_path(version) if args.fetch else None
         if args.json:

@@ -438,7 +438,7 @@ class Registry:
                                 f"{self.model_name!r}")
         if version not in versions:
             raise RegistryError(f"model {self.model_name!r} in {self.uri} has no complete version "
-                                f"{version} (versions: {_ranges(versions)})")
+                                f"{version} (versions: {version_ranges(versions)})")
         return version
 
     def _full_manifest(self, user: Dict[str, Any], version: int, files: Dict[str, Any],
@@ -619,7 +619,7 @@ class Registry:
         return version
 
 
-def _ranges(versions: List[int]) -> str:
+def version_ranges(versions: List[int]) -> str:
     """'1-3, 5' for [1, 2, 3, 5]."""
     out, start = [], None
     for i, v in enumerate(versions):

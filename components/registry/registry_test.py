@@ -245,7 +245,7 @@ def test_errors_are_one_line_registry_errors(tmp_path):
         with pytest.raises(R.RegistryError, match="model name"):
             R.Registry(str(tmp_path), bad)
     assert issubclass(R.RegistryError, ValueError)  # the CLI prints ValueErrors as one line
-    assert R._ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    assert R.version_ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
 
 
 def stale_once(reg, method: str, stale):
