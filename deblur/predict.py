@@ -157,6 +157,8 @@ def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, 
     import tensorflow as tf
     from tqdm import tqdm
 
+    from trainer.sampling import NonFiniteOutput, call_deblur_batch
+
     pairs = plan(src, dst)
     loaded = tf.saved_model.load(model.path)
     if not hasattr(loaded, "deblur_batch"):
@@ -186,17 +188,11 @@ def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, 
                 total = np.zeros(image.shape, np.float64)
                 for k in range(setting.samples):  # SA: the mean of K samples, one at a time
                     try:
-                        out = loaded.deblur_batch(
-                            tf.constant(image[None]), tf.constant(int(setting.steps)),
-                            tf.constant(float(setting.max_noise)), tf.constant(1),
-                            tf.constant([seed, k], tf.int64),
-                            tf.constant(setting.sampler == "ddim"))
-                    except tf.errors.InvalidArgumentError as e:
-                        if NON_FINITE_OUTPUT not in e.message:
-                            raise
+                        out = call_deblur_batch(loaded, image[None], setting, (seed, k), samples=1)
+                    except NonFiniteOutput:
                         raise ValueError(f"{model.source}: {NON_FINITE_OUTPUT} on {src_path}; "
                                          "nothing written (was its training diverged?)") from None
-                    total += out.numpy()[0]
+                    total += out[0]
                     bar.update(1)
                 result = np.clip(np.round(total / setting.samples), 0, 255).astype(np.uint8)
             _save(result, dst_path)

@@ -10,7 +10,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import validation
-from components.evaluator.gate import domain_name
+from components.evaluator.gate import domain_name, format_value
 from components.ingest.beam_ingest import SUMMARY_FILE
 
 
@@ -107,10 +107,6 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
     return summary
 
 
-def _num(v, spec: str) -> str:
-    return format(v, spec) if isinstance(v, (int, float)) else str(v)
-
-
 def format_summary(s: dict) -> str:
     lines = [f"pipeline run {s['pipeline_run']}"]
     ing = s.get("ingest")
@@ -170,11 +166,12 @@ def format_summary(s: dict) -> str:
             for domain, e in sorted((r.get("domains") or {}).items()):
                 if "lpips" in e:
                     lp, ps = e["lpips"], e["psnr"]
+                    fv = format_value
                     lines.append(f"    {domain_name(domain):<14} {e['verdict'].upper():<5} LPIPS "
-                                 f"{_num(lp['value'], '.4f')} (input {_num(lp['input'], '.4f')}, "
-                                 f"max {_num(lp['threshold'], '.4f')})  PSNR "
-                                 f"{_num(ps['value'], '.2f')} (input {_num(ps['input'], '.2f')}, "
-                                 f"min {_num(ps['threshold'], '.2f')})")
+                                 f"{fv(lp['value'], '.4f')} (input {fv(lp['input'], '.4f')}, "
+                                 f"max {fv(lp['threshold'], '.4f')})  PSNR "
+                                 f"{fv(ps['value'], '.2f')} (input {fv(ps['input'], '.2f')}, "
+                                 f"min {fv(ps['threshold'], '.2f')})")
     p = s.get("push")
     if p:
         if p.get("pushed"):

@@ -32,6 +32,7 @@ steps, max_noise, samples and image size are tensors: nothing retraces per setti
 """
 from __future__ import annotations
 
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -168,6 +169,27 @@ def deblur_images(model, images: tf.Tensor, steps, max_noise, samples, seed,
     # uint8 would turn NaN into black: a model whose output is not finite fails loudly instead
     out = tf.debugging.assert_all_finite(out, NON_FINITE_OUTPUT)
     return tf.image.convert_image_dtype((out[:, :h, :w] + 1.0) / 2.0, tf.uint8, saturate=True)
+
+
+class NonFiniteOutput(ValueError):
+    """The model's output had a NaN or an Inf (the sampler's assertion, NON_FINITE_OUTPUT)."""
+
+
+def call_deblur_batch(loaded, images: np.ndarray, setting: SamplingSetting, seed,
+                      samples: Optional[int] = None) -> np.ndarray:
+    """uint8 (B, H, W, 3) through an exported SavedModel's deblur_batch at `setting` (samples
+    overrides setting.samples; seed is the [2] int64 seed); NonFiniteOutput when the model's
+    output is not finite. The evaluator and `deblur predict` call it."""
+    try:
+        return loaded.deblur_batch(
+            tf.constant(images), tf.constant(int(setting.steps)),
+            tf.constant(float(setting.max_noise)),
+            tf.constant(int(setting.samples if samples is None else samples)),
+            tf.constant(list(seed), tf.int64), tf.constant(setting.sampler == "ddim")).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        if NON_FINITE_OUTPUT not in e.message:
+            raise
+        raise NonFiniteOutput(NON_FINITE_OUTPUT) from None
 
 
 class Sampler:

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from components.evaluator.gate import PASS, GateConfig, beats_input, decide, domain_name
-from trainer.setting import NON_FINITE_OUTPUT, SamplingSetting
+from trainer.setting import SamplingSetting
 
 METRICS = ("psnr", "ssim", "lpips", "niqe")
 EVALUATION_FILE = "evaluation.json"
@@ -176,6 +176,8 @@ def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[Sa
         "outputs": {setting key: {split: [the first sample_grid_images outputs, uint8]}}}"""
     import tensorflow as tf
 
+    from trainer.sampling import NonFiniteOutput, call_deblur_batch
+
     loaded = tf.saved_model.load(model_dir)
     if not hasattr(loaded, "deblur_batch"):
         raise ValueError(f"{model_dir} is not a deblurring SavedModel of trainer/export.py "
@@ -190,14 +192,8 @@ def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[Sa
             for b, (i, j) in enumerate(_batches(items, config.batch_size)):
                 images = np.stack([it["blurry"] for it in items[i:j]])
                 try:
-                    out = loaded.deblur_batch(
-                        tf.constant(images), tf.constant(int(s.steps)),
-                        tf.constant(float(s.max_noise)), tf.constant(int(s.samples)),
-                        tf.constant([config.seed, b], tf.int64),
-                        tf.constant(s.sampler == "ddim")).numpy()
-                except tf.errors.InvalidArgumentError as e:
-                    if NON_FINITE_OUTPUT not in e.message:
-                        raise
+                    out = call_deblur_batch(loaded, images, s, (config.seed, b))
+                except NonFiniteOutput:
                     out = None  # scored as NaN: the gate's finite rule names the reason
                 for k, it in enumerate(items[i:j]):
                     if out is None:
@@ -332,7 +328,7 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         "non_finite_outputs": cand["non_finite"],
     }
     blessing = decide(best_metrics, gate, baseline_best if base is not None else None,
-                      inputs={d: info["input"] for d, info in result["domains"].items()},
+                      inputs=input_by_domain,
                       non_finite_outputs=sorted(cand["non_finite"]))
     # what travels with the blessing (the pusher's manifest, the next run's baseline setting)
     result["blessing"] = {**blessing, "best_setting": result["best_setting"], "best": best_metrics}

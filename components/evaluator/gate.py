@@ -101,9 +101,9 @@ def beats_input(best: Dict[str, Dict[str, float]], inputs: Optional[Dict[str, Di
         domains[d] = entry
         if entry["verdict"] == FAIL:
             lp, ps = entry["lpips"], entry["psnr"]
-            failed.append(f"{domain_name(d)} LPIPS {_fmt(lp['value'], '.4f')} vs input "
+            failed.append(f"{domain_name(d)} LPIPS {format_value(lp['value'], '.4f')} vs input "
                           f"{ref['lpips']:.4f} (must be <= {lp['threshold']:.4f}), PSNR "
-                          f"{_fmt(ps['value'], '.2f')} vs input {ref['psnr']:.2f} "
+                          f"{format_value(ps['value'], '.2f')} vs input {ref['psnr']:.2f} "
                           f"(must be >= {ps['threshold']:.2f})")
     if failed:
         return Rule("beats_input", FAIL, detail="worse than the blurry input: " + "; ".join(failed),
@@ -114,7 +114,8 @@ def beats_input(best: Dict[str, Dict[str, float]], inputs: Optional[Dict[str, Di
         for d, e in domains.items()))
 
 
-def _fmt(v, spec: str) -> str:
+def format_value(v, spec: str) -> str:
+    """v formatted with spec when it is a finite number, else as it is (nan, None)."""
     return format(v, spec) if _finite(v) else str(v)
 
 
