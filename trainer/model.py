@@ -50,6 +50,9 @@ class ModelConfig:
     guidance_target: str = "gray"  # what R_k regresses: "gray" (1 ch) | "rgb" (3 ch)
     phi_channels: int = 1  # channels of phi_k(y) (gray luma)
     input_concat: bool = True  # concatenate y to x_t at the input (6 channels)
+    # feed the UNet r_t = x_t - sqrt(gamma) y instead of x_t (DvSR's predictor-corrector with
+    # the identity as predictor): the noised residual x - y, same eps target (docs/model.md)
+    input_residual: bool = False
     guidance_noise_sigma: float = 0.05  # sigma of n in phi_k(y), [-1, 1] scale (tf.data adds it)
     noise_embedding_scale: float = 5000.0  # sinusoidal embedding of scale * sqrt(gamma) (WaveGrad)
     dropout: float = 0.0
@@ -90,6 +93,8 @@ class ModelConfig:
         if self.guidance == "latent" and max(s) > deepest:
             raise ValueError(f"guidance at scale 1/{max(s)} needs a UNet level at that resolution: "
                              f"{len(self.channel_multipliers)} levels reach 1/{deepest}")
+        if self.input_residual and not self.input_concat:
+            raise ValueError("input_residual needs input_concat (the UNet must see y)")
         if not self.input_concat and self.guidance == "none":
             raise ValueError("input_concat=False with guidance='none' would never show y "
                              "to the model")
@@ -271,7 +276,11 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
     emb = layers.Dense(4 * C, name="emb_dense2", dtype="float32")(emb)
     emb = layers.Activation("silu", name="emb_act")(emb)
 
-    x = [inputs["x_t"]] + ([inputs["y"]] if cfg.input_concat else [])
+    x_t = inputs["x_t"]
+    if cfg.input_residual:  # r_t = x_t - sqrt(gamma) y = sqrt(gamma) (x - y) + sqrt(1 - gamma) eps
+        signal = ops.reshape(ops.sqrt(ops.cast(inputs["gamma"], x_t.dtype)), (-1, 1, 1, 1))
+        x_t = layers.Subtract(name="input_residual")([x_t, signal * inputs["y"]])
+    x = [x_t] + ([inputs["y"]] if cfg.input_concat else [])
     if cfg.guidance == "input":
         x += [layers.UpSampling2D(k, interpolation="nearest",
                                   name=f"guide_up_{scale_key(k)}")(guide_in[k])
