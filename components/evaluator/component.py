@@ -6,7 +6,11 @@ the first run), or, where Resolver nodes cannot run (open-source KFP), the newes
 the model registry (baseline_registry_uri), which holds only blessed models. Outputs: a ModelEvaluation (evaluation.json, per-split metrics, the
 perception-distortion plot, sample grids) and a ModelBlessing (blessing.json with every rule;
 custom properties `blessed`, `current_model_id`, ... as TFX's own Evaluator writes them, so
-LatestBlessedModelStrategy finds blessed models).
+LatestBlessedModelStrategy finds blessed models). For the Kubeflow run page
+(components/run_page.py): `verdict` (system.Markdown: the decision and every rule), `report`
+(system.HTML: verdict, per-domain metrics of the chosen setting and of the blurry input, the
+perception-distortion plot and the sample grids, embedded), `metrics` and `input_metrics`
+(system.Metrics: per-domain scalars of the chosen setting and of the blurry input).
 """
 import json
 import os
@@ -17,7 +21,9 @@ from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from components import run_page
 from components.evaluator import evaluate as ev
+from components.evaluator import report as report_lib
 from components.evaluator.gate import GateConfig
 from trainer.setting import SamplingSetting
 
@@ -50,6 +56,10 @@ def DeblurEvaluator(
     model: InputArtifact[standard_artifacts.Model],
     evaluation: OutputArtifact[standard_artifacts.ModelEvaluation],
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+    verdict: OutputArtifact[run_page.Markdown],
+    report: OutputArtifact[run_page.HTML],
+    metrics: OutputArtifact[run_page.Metrics],
+    input_metrics: OutputArtifact[run_page.Metrics],
     baseline_model: InputArtifact[standard_artifacts.Model] = None,
     baseline_blessing: InputArtifact[standard_artifacts.ModelBlessing] = None,
     eval_config: Parameter[str] = "{}",
@@ -74,14 +84,14 @@ def DeblurEvaluator(
     result = ev.evaluate(path_utils.serving_model_path(model.uri), examples.uri, evaluation.uri,
                          config, baseline_dir=baseline_dir, baseline_setting=baseline_setting,
                          gate=gate, progress=False)
-    verdict = result["blessing"]
-    blessed = bool(verdict["blessed"])
+    decision = result["blessing"]
+    blessed = bool(decision["blessed"])
     with fileio.open(os.path.join(blessing.uri, ev.BLESSING_FILE), "w") as f:
-        json.dump(verdict, f, indent=2, sort_keys=True)
+        json.dump(decision, f, indent=2, sort_keys=True)
     with fileio.open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
-        f.write(verdict["reason"] + "\n")
+        f.write(decision["reason"] + "\n")
     blessing.set_int_custom_property("blessed", int(blessed))
-    blessing.set_string_custom_property("reason", verdict["reason"])
+    blessing.set_string_custom_property("reason", decision["reason"])
     blessing.set_string_custom_property("current_model", model.uri)
     blessing.set_int_custom_property("current_model_id", model.id)
     if baseline_model is not None:
@@ -90,3 +100,13 @@ def DeblurEvaluator(
     if result["best_setting"]:
         evaluation.set_json_value_custom_property("best_setting", result["best_setting"])
     evaluation.set_json_value_custom_property("best", result["best"])
+    # the run page
+    run_page.write_text(verdict, "gate verdict", report_lib.verdict_markdown(decision))
+    run_page.write_text(report, "evaluation report",
+                        report_lib.report_html(result, evaluation.uri))
+    setting = (result["best_setting"] or {}).get("key", "no finite setting")
+    run_page.set_scalars(metrics, f"chosen setting {setting}",
+                         report_lib.domain_scalars(result["best"]))
+    run_page.set_scalars(input_metrics, "blurry input (the do-nothing reference)",
+                         report_lib.domain_scalars(
+                             {d: i["input"] for d, i in result["domains"].items()}))

@@ -4,7 +4,8 @@ Output: an Examples artifact whose Split-<name>/ folders hold GZIP TFRecords of 
 format, so StatisticsGen, ExampleValidator and the trainer read it as any ExampleGen output.
 The ingest summary (inputs = written + quarantined, by reason) and the quarantine list sit
 beside the splits in the artifact's folder and the counts are custom properties of the
-artifact, visible in ML Metadata and the Kubeflow UI.
+artifact, visible in ML Metadata and the Kubeflow UI. The counts are also a system.Metrics
+artifact, `counts` (components/run_page.py), the table the Kubeflow run page draws.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from components import run_page
 from components.ingest.beam_ingest import (
     SUMMARY_FILE, IngestOptions, IngestSource, expand_ingest, finalize_ingest, plan_ingest)
 
 EXAMPLES_KEY = "examples"
+COUNTS_KEY = "counts"
 
 
 class DeblurIngestSpec(types.ComponentSpec):
@@ -31,7 +34,8 @@ class DeblurIngestSpec(types.ComponentSpec):
         "options": ExecutionParameter(type=str),  # JSON of IngestOptions
     }
     INPUTS: Dict[str, Any] = {}
-    OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
+    OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+               COUNTS_KEY: ChannelParameter(type=run_page.Metrics)}
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -51,6 +55,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             examples.set_int_custom_property(key, summary[key])
         examples.set_json_value_custom_property("quarantine_by_reason", summary["quarantine_by_reason"])
         examples.set_string_custom_property("summary_uri", f"{examples.uri}/{SUMMARY_FILE}")
+        counts = artifact_utils.get_single_instance(output_dict[COUNTS_KEY])
+        run_page.set_scalars(counts, "ingest: records in = written + quarantined", {
+            **{k: summary[k] for k in ("inputs", "written", "quarantined")},
+            **{f"written {split}": c["written"] for split, c in sorted(summary["splits"].items())},
+            **{f"quarantined: {reason}": n
+               for reason, n in sorted(summary["quarantine_by_reason"].items())}})
 
 
 class DeblurIngest(base_beam_component.BaseBeamComponent):
@@ -70,6 +80,7 @@ class DeblurIngest(base_beam_component.BaseBeamComponent):
             sources=json.dumps([s.to_json() for s in sources], sort_keys=True),
             options=json.dumps(dataclasses.asdict(options), sort_keys=True),
             examples=types.Channel(type=standard_artifacts.Examples),
+            counts=types.Channel(type=run_page.Metrics),
         )
         super().__init__(spec=spec)
 
