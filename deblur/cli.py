@@ -381,8 +381,12 @@ def _private_tmpdir():
 def cmd_run_local(args) -> int:
     from pipelines import config as config_lib
 
+    from pipelines import run_params
+
     t0 = time.time()  # the wall time the summary reports: data, pipeline, summary
-    cfg = config_lib.load(args.config, args.set or ())
+    # --param NAME=VALUE: the Kubeflow run parameters' names, each the --set of its field
+    params = run_params.parse(args.param or (), list(run_params.BY_NAME))
+    cfg = config_lib.load(args.config, [*(args.set or ()), *run_params.as_overrides(params)])
     if args.work_dir:
         cfg.runner.work_dir = args.work_dir
     cfg.training.build_experiment()  # the whole config is valid before anything runs
@@ -540,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
     _config_arguments(s, "JSON or YAML config (pipelines/config.py)")
     s.add_argument("--work-dir", default=None, help="overrides runner.work_dir")
+    s.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="a run parameter, named as on Kubeflow (pipelines/run_params.py), e.g. "
+                        "--param train_steps=300 (repeatable)")
 
     from pipelines import kubeflow_cli
 

@@ -31,6 +31,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--experiment", default=None,
                    help="KFP experiment (default kubeflow.experiment)")
     s.add_argument("--run-name", default=None)
+    s.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="a run parameter for this run (repeatable), e.g. --param train_steps=5000 "
+                        "--param gate_ood_lpips_max=0.25; names: pipelines/run_params.py")
     s.add_argument("--spec", default=None,
                    help="a compiled .json (or KFP .yaml package) to submit instead of compiling")
 
@@ -62,14 +65,19 @@ def run(args) -> int:
     if args.command == "compile":
         _compile(cfg, args.out)
         return 0
+    from pipelines import run_params
+
     if args.schedule is not None:  # a bad cron fails before the minute of compiling
         kr.validate_cron(args.schedule)
+    params = run_params.parse(args.param or (), list(run_params.BY_NAME))  # likewise
     spec = args.spec or _compile(cfg, DEFAULT_OUT)
     r = kr.submit(cfg, spec, args.host, schedule=args.schedule, experiment=args.experiment,
-                  run_name=args.run_name)
+                  run_name=args.run_name, params=params)
     if r["kind"] == "recurring_run":
         print(f"recurring run {r['id']} ({r['schedule']}) in experiment {r['experiment']}")
     else:
         print(f"run {r['id']} in experiment {r['experiment']}")
     print(f"  {r['url']}")
+    if params:
+        print("  parameters: " + ", ".join(f"{k}={r['parameters'][k]}" for k in params))
     return 0

@@ -9,6 +9,10 @@
 The pipeline is the same pure create_pipeline() the local runner uses, built from a copy of the
 config with runner.orchestrator = "kubeflow" (component placement, pipelines/placement.py), the
 Dataflow Beam arguments of config.kubeflow, and the schema path as seen inside the image.
+Compiling adds the run parameters of pipelines/run_params.py (root input parameters with the
+config's values as defaults: runtimeConfig.parameterValues of the PipelineJob, defaultValue in
+the root inputDefinitions of both documents) and makes every task's command
+pipelines/kfp_entrypoint.py, TFX's entrypoint with what the open-source KFP v2 launcher needs.
 
 KFP facts this relies on (kfp SDK 2.5.0 sources here; KFP backend sources at tag 2.0.5):
 - the backend accepts only pipeline specs of schemaVersion 2.1.0, so the runner compiles with
@@ -34,10 +38,12 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
-from pipelines import placement
+from pipelines import placement, run_params
 from pipelines.config import REPO_ROOT, ConfigError, PipelineConfig
 
 DEFAULT_OUT = "deblur-icdpm.json"
+# every task's container command (the image's python; infra/Dockerfile installs the package)
+ENTRYPOINT = ["python", "-m", "pipelines.kfp_entrypoint"]
 
 
 class SubmitError(ValueError):
@@ -105,6 +111,7 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
     kf = cfg.kubeflow
     pipeline = create_pipeline(cfg, metadata_connection_config=None,
                                pipeline_root=kf.pipeline_root)
+    defaults = run_params.attach(pipeline.components)
     images = {c.id: kf.image_for(c.id) for c in pipeline.components}
     runner = v2.KubeflowV2DagRunner(
         v2.KubeflowV2DagRunnerConfig(
@@ -112,15 +119,65 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
             # a map: per component id, and "default" for the rest
             default_image={**{k: v for k, v in images.items() if v != kf.image},
                            pipeline_builder.DEFAULT_IMAGE_PATH_KEY: kf.image},
+            default_commands=list(ENTRYPOINT),
             use_pipeline_spec_2_1=True),  # KFP backend 2.0.x takes schemaVersion 2.1.0 only
         output_dir=os.path.dirname(os.path.abspath(out_file)),
         output_filename=os.path.basename(out_file))
-    job = runner.run(pipeline, write_out=True)
+    job = runner.run(pipeline, parameter_values=defaults, write_out=True)
+    add_parameter_defaults(job)
     add_trainer_retry_policy(job, kf.trainer_max_retries)
     with open(out_file, "w") as f:  # the runner's file, with the retry policy added
         json.dump(job, f, indent=2, sort_keys=True)
     write_package(job, cfg, package_path(out_file))
     return out_file
+
+
+def add_parameter_defaults(job: Dict[str, Any]) -> None:
+    """The defaults of runtimeConfig.parameterValues also as the root input parameters'
+    defaultValue (TFX writes only their type): what the KFP UI's run form shows for a pipeline
+    uploaded as a package, and what the driver falls back to when a run sets none."""
+    values = (job.get("runtimeConfig") or {}).get("parameterValues") or {}
+    params = job["pipelineSpec"]["root"].get("inputDefinitions", {}).get("parameters", {})
+    for name, spec in params.items():
+        if name in values:
+            if spec.get("parameterType") == "NUMBER_INTEGER":  # TFX writes 1000000.0
+                values[name] = int(values[name])
+            spec["defaultValue"] = values[name]
+            spec["isOptional"] = True
+        if name in run_params.BY_NAME:
+            spec["description"] = run_params.BY_NAME[name].help
+
+
+def parameter_types(spec: Dict[str, Any]) -> Dict[str, str]:
+    """{name: parameterType} of a compiled pipeline spec's run parameters."""
+    params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    return {k: v.get("parameterType", "STRING") for k, v in params.items()}
+
+
+_PTYPES = {"NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "STRING": str}
+
+
+def run_arguments(config: PipelineConfig, spec: Dict[str, Any],
+                  values: Dict[str, str]) -> Dict[str, Any]:
+    """`--param NAME=VALUE` texts as typed run arguments of this spec. A name the spec does not
+    have, a value of the wrong type, or one the config refuses (training.steps 0, a negative
+    LPIPS threshold...) is a one-line ConfigError, before anything is sent."""
+    types = parameter_types(spec)
+    known = sorted(types)
+    args = {}
+    for name, text in values.items():
+        if name not in types:
+            raise run_params.unknown(name, known)
+        args[name] = run_params.convert(name, text, _PTYPES.get(types[name], str))
+    from pipelines import config as config_lib
+
+    checkable = {k: v for k, v in values.items() if k in run_params.BY_NAME}
+    try:
+        config_lib.from_dict(config_lib.apply_overrides(
+            config.to_dict(), run_params.as_overrides(checkable)))
+    except ConfigError as e:
+        raise ConfigError(f"--param: {e}") from None
+    return args
 
 
 def add_trainer_retry_policy(job: Dict[str, Any], max_retries: int) -> None:
@@ -362,11 +419,23 @@ def _package_for(spec_file: str, config: PipelineConfig) -> Tuple[str, Dict[str,
     return tmp, job, True
 
 
+def _package_spec(package: str) -> Dict[str, Any]:
+    import yaml
+
+    with open(package) as f:
+        docs = list(yaml.safe_load_all(f))
+    if not docs or not isinstance(docs[0], dict) or "root" not in docs[0]:
+        raise ConfigError(f"{package} is not a KFP package written by `deblur compile`")
+    return docs[0]
+
+
 def submit(config: PipelineConfig, spec_file: str, host: Optional[str],
            schedule: Optional[str] = None, experiment: Optional[str] = None,
-           run_name: Optional[str] = None) -> Dict[str, Any]:
+           run_name: Optional[str] = None,
+           params: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Creates a run, or with a cron `schedule` a recurring run, in `experiment` (created when
-    missing). Returns ids and UI links."""
+    missing), with `params` ({run parameter: value text}, `--param`) over the compiled
+    defaults. Returns ids and UI links."""
     kf = config.kubeflow
     if schedule is not None:
         schedule = validate_cron(schedule)
@@ -377,18 +446,23 @@ def submit(config: PipelineConfig, spec_file: str, host: Optional[str],
         raise ConfigError("kubeflow.pipeline_root is not set (gs://BUCKET/pipeline_root)")
     if not os.path.exists(spec_file):
         raise ConfigError(f"spec file {spec_file} does not exist")
+    if spec_file.endswith((".yaml", ".yml")):
+        spec = _package_spec(spec_file)
+    else:
+        spec = load_job(spec_file)["pipelineSpec"]
+    overrides = run_arguments(config, spec, params or {})  # before any request
     host = _check_host(host)
     experiment = experiment or kf.experiment
     name = config.runner.pipeline_name
     package, job, temporary = _package_for(spec_file, config)
-    params = (job.get("runtimeConfig") or {}).get("parameterValues") or {}
+    params = {**((job.get("runtimeConfig") or {}).get("parameterValues") or {}), **overrides}
 
     import kfp
     import kfp_server_api
     import urllib3
 
     result: Dict[str, Any] = {"host": host, "experiment": experiment, "package": package,
-                              "pipeline_root": kf.pipeline_root}
+                              "pipeline_root": kf.pipeline_root, "parameters": params}
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # kfp prints its own links
             client = kfp.Client(host=host)

@@ -20,7 +20,8 @@ from pipelines import kubeflow_runner as kr
 from pipelines.config import REPO_ROOT, ConfigError
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
-RUN_EXECUTOR = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+# TFX's KFP v2 entrypoint with the project's fixes for the open-source launcher
+ENTRYPOINT = ["python", "-m", "pipelines.kfp_entrypoint"]
 # the components of create_pipeline today; later ones are covered through create_pipeline()
 TODAY = ["DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
          "DomainDriftReport", "Trainer"]
@@ -55,6 +56,10 @@ def _executor(spec, task):
     label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]][
         "executorLabel"]
     return label, spec["deploymentSpec"]["executors"][label]
+
+
+def _task_param(spec, task, name):
+    return spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]
 
 
 def _param(spec, task, name):
@@ -146,7 +151,7 @@ def test_schema_version_images_and_entrypoint(compiled):
         if "container" not in ex:
             continue  # TFX Resolver nodes (see unsupported_on_kfp)
         assert ex["container"]["image"] == cfg.kubeflow.image_for(task)
-        assert ex["container"]["command"] == RUN_EXECUTOR  # the image's ENTRYPOINT is not used
+        assert ex["container"]["command"] == ENTRYPOINT  # the image's ENTRYPOINT is not used
     assert _executor(spec, "Trainer")[1]["container"]["image"].endswith("-tpu")
     assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == cfg.kubeflow.image
     # the checked-in schema, as seen inside the image
@@ -172,6 +177,7 @@ def test_gke_trainer_resources_and_node_selectors(compiled):
     spec = job["pipelineSpec"]
     label, ex = _executor(spec, "Trainer")
     assert ex["container"]["args"][1] == "tfx.components.trainer.executor.GenericExecutor"
+    assert _task_param(spec, "Trainer", "train_steps") == {"componentInputParameter": "train_steps"}
     res = ex["container"]["resources"]
     assert res["accelerator"] == {"type": "google.com/tpu", "count": "4"}
     assert (res["cpuLimit"], res["memoryLimit"]) == (16.0, 64.0)
@@ -445,3 +451,100 @@ def test_the_trainer_task_is_retried(compiled):
         assert task.retry_policy.backoff_duration.seconds == 60
         assert docs[0]["root"]["dag"]["tasks"]["Trainer"]["retryPolicy"] == policy  # the package
         assert [t for t in tasks if "retryPolicy" in tasks[t]] == ["Trainer"]
+
+
+# ---- run parameters ---------------------------------------------------------------------------
+EXPECTED_DEFAULTS = {  # infra/kubeflow.example.yaml
+    "train_steps": 1000000, "gate_ood_lpips_max": 0.2, "gate_input_lpips_margin": 0.01,
+    "gate_input_psnr_tolerance": 0.0, "gate_regression_tolerance": 0.005}
+
+
+def test_run_parameters_with_defaults_in_the_job_and_the_package(compiled):
+    cfg, job, docs, _ = compiled["gke"]
+    values = job["runtimeConfig"]["parameterValues"]
+    assert {k: values[k] for k in EXPECTED_DEFAULTS} == EXPECTED_DEFAULTS
+    assert isinstance(values["train_steps"], int)
+    sources = json.loads(values["data_sources"])
+    assert [s["root"] for s in sources] == [s.root for s in cfg.data.sources]
+    # the names the issue asks for: data/source, steps, lpips
+    assert any("data" in n or "source" in n for n in values)
+    assert any("steps" in n for n in values) and any("lpips" in n for n in values)
+    for spec in (job["pipelineSpec"], docs[0]):  # the PipelineJob and the KFP package (UI form)
+        defs = spec["root"]["inputDefinitions"]["parameters"]
+        assert set(defs) == set(values)
+        for name, d in defs.items():
+            assert d["defaultValue"] == values[name] and d["isOptional"] is True, name
+            assert d["description"]
+        assert defs["train_steps"]["parameterType"] == "NUMBER_INTEGER"
+        assert defs["gate_ood_lpips_max"]["parameterType"] == "NUMBER_DOUBLE"
+        assert defs["data_sources"]["parameterType"] == "STRING"
+    # each task takes its parameter from the root, beside the exec property it changes
+    spec = job["pipelineSpec"]
+    assert _task_param(spec, "DeblurIngest", "data_sources") == {
+        "componentInputParameter": "data_sources"}
+    assert _param(spec, "DeblurIngest", "sources") == values["data_sources"]
+    assert _task_param(spec, "DeblurEvaluator", "gate_ood_lpips_max") == {
+        "componentInputParameter": "gate_ood_lpips_max"}
+    # kfp 2.5's Client reads the defaults of the package as the UI does
+    from kfp.client import client as kfp_client
+
+    doc = kfp_client._extract_pipeline_yaml(kr.package_path(compiled["gke"][3]))
+    ui = doc.pipeline_spec.root.input_definitions.parameters
+    assert ui["gate_ood_lpips_max"].default_value.number_value == 0.2
+    assert ui["train_steps"].default_value.number_value == 1000000
+
+
+def test_run_page_artifacts_in_the_spec(compiled):
+    """The outputs the KFP frontend draws (MetricsVisualizations.tsx): their schema titles are
+    the MLMD type names the launcher records."""
+    spec = _spec(compiled)
+
+    def titles(task):
+        comp = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]]
+        return {k: yaml.safe_load(v["artifactType"]["instanceSchema"])["title"]
+                for k, v in comp["outputDefinitions"]["artifacts"].items()}
+
+    assert titles("DeblurEvaluator") == {
+        "evaluation": "tfx.ModelEvaluation", "blessing": "tfx.ModelBlessing",
+        "verdict": "system.Markdown", "report": "system.HTML",
+        "metrics": "system.Metrics", "input_metrics": "system.Metrics"}
+    assert titles("DeblurIngest") == {"examples": "tfx.Examples", "counts": "system.Metrics"}
+
+
+def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):
+    from deblur import cli
+
+    cfg, job, _, path = compiled["gke"]
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host", kfp_server.url,
+                     "--param", "train_steps=5000", "--param", "gate_ood_lpips_max=0.25"]) == 0
+    assert "train_steps=5000" in capsys.readouterr().out
+    run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
+    sent = run["runtime_config"]["parameters"]
+    assert sent["train_steps"] == 5000 and sent["gate_ood_lpips_max"] == 0.25
+    assert sent["gate_input_lpips_margin"] == 0.01  # the others keep their defaults
+    assert sent["data_sources"] == job["runtimeConfig"]["parameterValues"]["data_sources"]
+    # a recurring run, from the .yaml package the UI uploads: only the overrides
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", kr.package_path(path),
+                     "--host", kfp_server.url, "--schedule", "0 0 3 * * 1",
+                     "--param", "gate_input_lpips_margin=0.02"]) == 0
+    rr, = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")
+    assert rr["runtime_config"]["parameters"] == {"gate_input_lpips_margin": 0.02}
+
+
+@pytest.mark.parametrize("param, message", [
+    ("train_stepz=5", "no such run parameter; known: data_sources, gate_input_lpips_margin"),
+    ("train_steps=many", "expected an integer"),
+    ("train_steps=0", "training.steps must be an integer >= 1"),
+    ("gate_ood_lpips_max=-1", "ood_lpips_max must be > 0"),
+    ("train_steps", "expected NAME=VALUE"),
+])
+def test_submit_bad_params_are_one_line_errors_before_any_request(compiled, kfp_server, capsys,
+                                                                   param, message):
+    from deblur import cli
+
+    _, _, _, path = compiled["gke"]
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host", kfp_server.url,
+                     "--param", param]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert kfp_server.requests == []

@@ -69,12 +69,14 @@ def execution_states(metadata_path):
 
 
 def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
-    path = write_config(tmp_path, tiny_config(tmp_path))
+    d = tiny_config(tmp_path)
+    d["training"]["steps"] = 5  # --param train_steps (the Kubeflow run parameter) sets 3
+    path = write_config(tmp_path, d)
     scratch = tmp_path / "tmp"  # the run's $TMPDIR: TFX left ~98 MB per run in it
     scratch.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(scratch))
     monkeypatch.setenv("TMPDIR", str(scratch))
-    assert cli.main(["run-local", "--config", path]) == 0
+    assert cli.main(["run-local", "--config", path, "--param", "train_steps=3"]) == 0
     assert list(scratch.iterdir()) == []
     out = capsys.readouterr().out
     run = tmp_path / "run"
@@ -112,6 +114,13 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     assert summary["push"]["pushed"] == 1 and summary["push"]["pushed_version"] == "1"
     assert "blessed: YES" in out and "registered: version 1" in out
     first_model = summary["model_uri"]
+    # the run-page artifacts (system.Markdown / HTML / Metrics types) under LocalDagRunner too
+    store = _store(str(run / "metadata.sqlite"))
+    by_type = {t.name: store.get_artifacts_by_type(t.name) for t in store.get_artifact_types()}
+    verdict, = by_type["system.Markdown"]
+    with open(verdict.uri) as f:
+        assert f.read().startswith("## Blessed: YES")
+    assert len(by_type["system.HTML"]) == 1 and len(by_type["system.Metrics"]) == 3
 
     # The registered model loads through the registry API and deblurs an image of any size.
     from components.registry.registry import load_latest
