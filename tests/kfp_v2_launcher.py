@@ -1,0 +1,319 @@
+"""Runs a compiled PipelineJob's tasks on this machine the way KFP v2's driver and launcher do.
+
+This is a model of the open-source KFP v2 backend's per-task contract, written from its
+sources (kubeflow/pipelines backend/src/v2, tag 2.0.5, checked against master):
+
+  root DAG driver   driver/root_dag.go: the run's parameters are runtimeConfig.parameterValues
+                    of the submitted run (`deblur submit` sends the compiled defaults with the
+                    --param overrides); the run's root is <pipeline root>/<pipeline>/<run id>
+                    (metadata/client.go GetPipeline).
+  container driver  driver/driver.go resolveInputs: a task parameter is its runtimeValue
+                    constant, the root parameter it names (componentInputParameter) or an
+                    upstream output parameter; then the types are checked against the
+                    component's inputDefinitions (a STRING gets any value as JSON text, a number
+                    type takes only numbers). An input artifact is the producer's output as
+                    recorded in ML Metadata: name = its MLMD id, uri, metadata = its
+                    properties and custom properties, and type {instanceSchema: ""}
+                    (metadata/client.go GetOutputArtifactsByExecutionId leaves the schema
+                    empty). provisionOutputs: each output artifact gets
+                    uri <run root>/<task>/<output key>, the type and metadata of the
+                    component's outputDefinitions; outputs.outputFile is where the executor
+                    writes its ExecutorOutput.
+  launcher          component/launcher_v2.go: default parameter values of the component are
+                    added; {{$}} becomes the ExecutorInput as JSON and
+                    {{$.inputs.parameters['x']}}, {{$.inputs.artifacts['x'].uri|path}},
+                    {{$.outputs.artifacts['x'].uri|path}}, {{$.outputs.parameters['x']
+                    .output_file}} their values, in command and args; parent folders of the
+                    outputs are made; the command runs; a non-zero exit fails the task; the
+                    ExecutorOutput file is read (absent = empty), its first artifact per output
+                    key is merged into the provisioned one (uri if set, metadata keys), output
+                    parameters are collected, and each output artifact is recorded in ML
+                    Metadata: type = the schema title, custom properties = metadata
+                    (string -> string, number -> double, bool -> int, list -> struct
+                    {"list": ...}, struct -> struct {"struct": ...}; metadata/converter.go),
+                    plus display_name = the output key unless the executor set one.
+
+What it does not model (tests/test_kfp_contract.py says what that leaves untested): images
+(the command runs with this .venv's python in place of the image's `python`), pods and
+Kubernetes (resources, node selectors, the PlatformSpec, retries), Argo, the cache server
+(fingerprints, cached tasks), the ML Metadata gRPC server (records are kept in memory, with
+the same conversions), object storage (the launcher copies gs:// inputs to /gcs/... and
+uploads outputs from there; here the pipeline root is a local folder, a scheme KFP's launcher
+refuses, and executors read and write it directly), importer and resolver executors (refused),
+conditions, loops and exit handlers (the pipeline has none).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+
+class TaskFailed(RuntimeError):
+    pass
+
+
+def topological(tasks: Dict[str, Any]) -> List[str]:
+    """Task names, each after its dependentTasks (ties by name, as a stable order)."""
+    done: List[str] = []
+    left = dict(tasks)
+    while left:
+        ready = sorted(n for n, t in left.items() if all(d in done for d in t.get("dependentTasks", [])))
+        if not ready:
+            raise ValueError(f"dependency cycle among {sorted(left)}")
+        done += ready
+        for n in ready:
+            left.pop(n)
+    return done
+
+
+def _text(value: Any) -> str:
+    """metadata.PbValueToText: a string as is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _check_type(name: str, value: Any, ptype: str) -> Any:
+    """driver.go handleParamTypeValidationAndConversion."""
+    if ptype == "STRING":
+        return _text(value)
+    if value is None:
+        raise TaskFailed(f"got null for input parameter {name!r}")
+    kind = ("bool" if isinstance(value, bool) else "number" if isinstance(value, (int, float))
+            else "string" if isinstance(value, str) else "list" if isinstance(value, list)
+            else "struct")
+    ok = {"number": ("NUMBER_DOUBLE", "NUMBER_INTEGER"), "bool": ("BOOLEAN",),
+          "string": ("STRING",), "list": ("LIST",), "struct": ("STRUCT",)}[kind]
+    if ptype not in ok:
+        raise TaskFailed(f"input parameter {name!r} type mismatch: expect {ptype}, got {kind}")
+    return value
+
+
+def _to_mlmd(value: Any) -> Dict[str, Any]:
+    """converter.go StructValueToMLMDValue, as {kind: value}."""
+    if isinstance(value, str):
+        return {"string": value}
+    if isinstance(value, bool):
+        return {"int": int(value)}
+    if isinstance(value, (int, float)):
+        return {"double": float(value)}
+    if isinstance(value, list):
+        return {"struct": {"list": value}}
+    if isinstance(value, dict):
+        return {"struct": {"struct": value}}
+    raise TaskFailed(f"unknown/unsupported value type {type(value).__name__}")
+
+
+def _from_mlmd(value: Dict[str, Any]) -> Any:
+    """converter.go toRuntimeArtifact: int and double become numbers, a struct stays as is."""
+    (kind, v), = value.items()
+    return float(v) if kind in ("int", "double") else v
+
+
+class Run:
+    """One run of a compiled PipelineJob: Run(job, root, ...).execute() -> {task: record}."""
+
+    def __init__(self, job: Dict[str, Any], pipeline_root: str, run_id: str = "run-1",
+                 arguments: Optional[Dict[str, Any]] = None, python: str = sys.executable,
+                 env: Optional[Dict[str, str]] = None, timeout: float = 3600,
+                 cwd: Optional[str] = None):
+        self.spec = job["pipelineSpec"]
+        self.pipeline_name = self.spec["pipelineInfo"]["name"]
+        self.run_root = f"{pipeline_root.rstrip('/')}/{self.pipeline_name}/{run_id}"
+        self.python = python
+        self.env = env
+        self.timeout = timeout  # a guard against a hung task, not a performance bound
+        # the image's WORKDIR (/opt/deblur, the repository): not the task's folder, whose
+        # output folders (e.g. `metrics`) would shadow packages of the same name
+        self.cwd = cwd
+        params = dict((job.get("runtimeConfig") or {}).get("parameterValues") or {})
+        params.update(arguments or {})
+        self.root_params = params
+        self.mlmd: Dict[int, Dict[str, Any]] = {}  # artifact id -> record
+        self.outputs: Dict[str, Dict[str, Any]] = {}  # task -> {"artifacts": {key: id}, ...}
+        self.executor_inputs: Dict[str, Dict[str, Any]] = {}
+
+    # ---- driver ------------------------------------------------------------------------
+    def _component(self, task: Dict[str, Any]) -> Dict[str, Any]:
+        return self.spec["components"][task["componentRef"]["name"]]
+
+    def resolve_inputs(self, name: str) -> Dict[str, Any]:
+        task = self.spec["root"]["dag"]["tasks"][name]
+        defs = self._component(task).get("inputDefinitions", {})
+        values: Dict[str, Any] = {}
+        for key, p in task.get("inputs", {}).get("parameters", {}).items():
+            if "runtimeValue" in p:
+                values[key] = p["runtimeValue"]["constant"]
+            elif "componentInputParameter" in p:
+                root = p["componentInputParameter"]
+                if root not in self.root_params:
+                    raise TaskFailed(f"{name}: parent DAG does not have input parameter {root}")
+                values[key] = self.root_params[root]
+            elif "taskOutputParameter" in p:
+                src = p["taskOutputParameter"]
+                values[key] = self.outputs[src["producerTask"]]["parameters"][
+                    src["outputParameterKey"]]
+            else:
+                raise TaskFailed(f"{name}: parameter spec {p} not implemented")
+        for key, d in defs.get("parameters", {}).items():
+            if key in values:
+                values[key] = _check_type(key, values[key], d.get("parameterType", "STRING"))
+            elif not d.get("isOptional") and "defaultValue" not in d:
+                raise TaskFailed(f"neither value nor default value provided for non-optional "
+                                 f"parameter {key!r}")
+        artifacts = {}
+        for key, a in task.get("inputs", {}).get("artifacts", {}).items():
+            if "taskOutputArtifact" not in a:
+                raise TaskFailed(f"{name}: artifact spec {a} not implemented")
+            src = a["taskOutputArtifact"]
+            art_id = self.outputs[src["producerTask"]]["artifacts"][src["outputArtifactKey"]]
+            rec = self.mlmd[art_id]
+            artifacts[key] = {"artifacts": [{
+                "name": str(art_id), "uri": rec["uri"], "type": {"instanceSchema": ""},
+                "metadata": {k: _from_mlmd(v) for k, v in rec["custom_properties"].items()}}]}
+        return {"parameterValues": values, "artifacts": artifacts}
+
+    def provision_outputs(self, name: str) -> Dict[str, Any]:
+        task = self.spec["root"]["dag"]["tasks"][name]
+        out_defs = self._component(task).get("outputDefinitions", {})
+        task_root = f"{self.run_root}/{name}"
+        return {
+            "artifacts": {key: {"artifacts": [{
+                "uri": f"{task_root}/{key}", "type": d["artifactType"],
+                **({"metadata": d["metadata"]} if d.get("metadata") else {})}]}
+                for key, d in out_defs.get("artifacts", {}).items()},
+            "parameters": {key: {"outputFile": f"{task_root}/outputs/{key}"}
+                           for key in out_defs.get("parameters", {})},
+            # KFP 2.0.x: /tmp/kfp_outputs/output_metadata.json in the pod; master: under the
+            # task root. Here one file per task, beside its outputs.
+            "outputFile": f"{task_root}/executor_output.json",
+        }
+
+    # ---- launcher ----------------------------------------------------------------------
+    @staticmethod
+    def placeholders(executor_input: Dict[str, Any]) -> Dict[str, str]:
+        out = {"{{$}}": json.dumps(executor_input)}
+        for key, lst in executor_input["inputs"].get("artifacts", {}).items():
+            if lst["artifacts"]:
+                uri = lst["artifacts"][0]["uri"]
+                out[f"{{{{$.inputs.artifacts['{key}'].uri}}}}"] = uri
+                out[f"{{{{$.inputs.artifacts['{key}'].path}}}}"] = uri  # local root: the path
+        for key, lst in executor_input["outputs"].get("artifacts", {}).items():
+            uri = lst["artifacts"][0]["uri"]
+            out[f"{{{{$.outputs.artifacts['{key}'].uri}}}}"] = uri
+            out[f"{{{{$.outputs.artifacts['{key}'].path}}}}"] = uri
+        for key, v in executor_input["inputs"].get("parameterValues", {}).items():
+            out[f"{{{{$.inputs.parameters['{key}']}}}}"] = (
+                v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict))
+                else str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float)
+                else str(v))
+        for key, p in executor_input["outputs"].get("parameters", {}).items():
+            out[f"{{{{$.outputs.parameters['{key}'].output_file}}}}"] = p["outputFile"]
+        return out
+
+    def execute_task(self, name: str) -> Dict[str, Any]:
+        task = self.spec["root"]["dag"]["tasks"][name]
+        component = self._component(task)
+        executor = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
+        if "container" not in executor:
+            raise TaskFailed(f"{name}: {next(iter(executor))} executor: not a container (the "
+                             f"open-source backend refuses it at compile time)")
+        container = executor["container"]
+        executor_input = {"inputs": self.resolve_inputs(name),
+                          "outputs": self.provision_outputs(name)}
+        # launcher: the component's parameter defaults, for placeholders and {{$}}
+        with_defaults = copy.deepcopy(executor_input)
+        for key, d in component.get("inputDefinitions", {}).get("parameters", {}).items():
+            if "defaultValue" in d:
+                with_defaults["inputs"]["parameterValues"].setdefault(key, d["defaultValue"])
+        self._validate(with_defaults)
+        self.executor_inputs[name] = with_defaults
+        table = self.placeholders(with_defaults)
+
+        def fill(text: str) -> str:
+            for k, v in table.items():
+                text = text.replace(k, v)
+            return text
+
+        cmd = [fill(c) for c in container.get("command", [])] + [
+            fill(a) for a in container.get("args", [])]
+        if cmd and cmd[0] == "python":
+            cmd[0] = self.python  # the image's python
+        for lst in with_defaults["outputs"]["artifacts"].values():
+            os.makedirs(os.path.dirname(lst["artifacts"][0]["uri"]), exist_ok=True)
+        for p in with_defaults["outputs"]["parameters"].values():
+            os.makedirs(os.path.dirname(p["outputFile"]), exist_ok=True)
+        task_root = f"{self.run_root}/{name}"
+        os.makedirs(task_root, exist_ok=True)
+        log_path = f"{task_root}/launcher.log"
+        with open(log_path, "w") as log:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                  cwd=self.cwd, timeout=self.timeout).returncode
+        if code != 0:
+            with open(log_path) as f:
+                tail = "".join(f.readlines()[-40:])
+            raise TaskFailed(f"{name}: the command exited {code}; last lines of {log_path}:\n"
+                             f"{tail}")
+        return self._publish(name, with_defaults)
+
+    @staticmethod
+    def _validate(executor_input: Dict[str, Any]) -> None:
+        """The JSON is a valid ExecutorInput (the launcher marshals the proto)."""
+        from google.protobuf import json_format
+        from kfp.pipeline_spec import pipeline_spec_pb2 as pb
+
+        json_format.ParseDict(executor_input, pb.ExecutorInput())
+
+    def _publish(self, name: str, executor_input: Dict[str, Any]) -> Dict[str, Any]:
+        path = executor_input["outputs"]["outputFile"]
+        executor_output: Dict[str, Any] = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                executor_output = json.load(f)
+            from google.protobuf import json_format
+            from kfp.pipeline_spec import pipeline_spec_pb2 as pb
+
+            json_format.ParseDict(executor_output, pb.ExecutorOutput())  # protojson.Unmarshal
+        params = dict(executor_output.get("parameterValues", {}))
+        for key, p in executor_input["outputs"]["parameters"].items():
+            if key not in params:
+                with open(p["outputFile"]) as f:
+                    params[key] = f.read()
+        recorded = {}
+        for key, lst in executor_input["outputs"]["artifacts"].items():
+            art = copy.deepcopy(lst["artifacts"][0])
+            produced = executor_output.get("artifacts", {}).get(key, {}).get("artifacts", [])
+            if produced:  # mergeRuntimeArtifacts
+                if produced[0].get("uri"):
+                    art["uri"] = produced[0]["uri"]
+                art.setdefault("metadata", {}).update(produced[0].get("metadata", {}))
+            schema = art["type"].get("schemaTitle") or (
+                __import__("yaml").safe_load(art["type"].get("instanceSchema") or "") or {}
+            ).get("title")
+            props = {k: _to_mlmd(v) for k, v in (art.get("metadata") or {}).items()}
+            props.setdefault("display_name", {"string": key})
+            art_id = len(self.mlmd) + 1
+            self.mlmd[art_id] = {"id": art_id, "type": schema, "uri": art["uri"],
+                                 "custom_properties": props, "task": name, "key": key}
+            recorded[key] = art_id
+        self.outputs[name] = {"artifacts": recorded, "parameters": params,
+                              "executor_output": executor_output}
+        return self.outputs[name]
+
+    def execute(self, stop_after: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+        for name in topological(self.spec["root"]["dag"]["tasks"]):
+            self.execute_task(name)
+            if name == stop_after:
+                break
+        return self.outputs
+
+    # ---- what ML Metadata would hold -------------------------------------------------------
+    def artifact(self, task: str, key: str) -> Dict[str, Any]:
+        return self.mlmd[self.outputs[task]["artifacts"][key]]
+
+    def scalars(self, task: str, key: str) -> Dict[str, Any]:
+        """What the run page's Scalar Metrics table lists: custom properties but display_name."""
+        props = self.artifact(task, key)["custom_properties"]
+        return {k: _from_mlmd(v) for k, v in props.items() if k != "display_name"}

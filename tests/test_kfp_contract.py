@@ -1,0 +1,187 @@
+"""The compiled Kubeflow pipeline runs under the KFP v2 driver/launcher contract.
+
+`deblur compile` output (the PipelineJob JSON, not create_pipeline) is executed task by task by
+tests/kfp_v2_launcher.py, a model of what KFP v2's driver and launcher do for each task: the
+ExecutorInput built from the spec (parameters, input artifacts as ML Metadata hands them back,
+output URIs under the pipeline root), the placeholders of the spec's command and args filled,
+the command run as a subprocess, the ExecutorOutput read back and recorded. Dependencies first,
+on the synthetic data, with a local folder as the pipeline root and the model registry on gs://
+in fake-gcs-server.
+
+The run is started the way `deblur submit --param` starts one: the compiled defaults with run
+parameters over them. The run parameters also make the run tiny and the gate permissive: the
+spec is compiled with a stricter gate and more steps, so a blessed, registered 3-step model
+proves the parameters reached the executors. (A 3-step model cannot beat its blurry input:
+gate_input_lpips_margin -1 and gate_input_psnr_tolerance 100 open beats_input; the gate's rules
+are tested in components/evaluator.)
+
+Time: ~4-6 min on 2 loaded cores (every task is a fresh Python that imports TensorFlow; Beam
+DirectRunner in-process, one worker). Nothing here waits on a clock: a task's timeout is a
+guard against a hang only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from pipelines import config as config_lib
+from pipelines import kubeflow_runner as kr
+from pipelines.config import REPO_ROOT
+from tests.gcs_emulator import fake_gcs
+from tests.kfp_v2_launcher import Run, topological
+
+BUCKET = "deblur-kfp-contract"
+TASKS = ["DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
+         "DomainDriftReport", "Trainer", "DeblurEvaluator", "RegistryPusher"]
+
+
+def compile_config(tmp_path) -> config_lib.PipelineConfig:
+    """A Kubeflow config as a user writes it (gs:// everywhere), tiny where the run cannot
+    change it by a parameter; Beam on DirectRunner; the schema path as this checkout."""
+    return config_lib.from_dict({
+        "data": {"sources": [
+            {"layout": "gopro", "root": f"gs://{BUCKET}/data/gopro", "subsets": ["train", "test"],
+             "dataset": "gopro_synth", "domain": "in"},
+            {"layout": "realblur", "root": f"gs://{BUCKET}/data/realblur", "subsets": ["test"],
+             "split_names": {"test": "test_ood"}, "dataset": "realblur_synth", "domain": "out"}]},
+        "ingest": {"train_crop_size": 64},
+        "training": {"experiment": "tiny", "steps": 50,
+                     "overrides": {"train": {"global_batch_size": 2}}},
+        "evaluation": {"grid": [{"sampler": "ddim", "steps": 2, "max_noise": 0.05}],
+                       "max_images_per_split": 2},
+        "gate": {"baseline": "registry"},  # the open-source backend runs no Resolver
+        "registry": {"uri": f"gs://{BUCKET}/registry"},
+        "runner": {"enable_cache": True},
+        "kubeflow": {"image": "registry.invalid/deblur:test", "image_repo_root": REPO_ROOT,
+                     "resources": {},  # CPU pods: the default asks for a TPU Trainer
+                     "pipeline_root": f"gs://{BUCKET}/pipeline_root",
+                     "dataflow": {"runner": "DirectRunner", "extra_args": [
+                         "--direct_running_mode=in_memory", "--direct_num_workers=1"]}},
+    })
+
+
+def synthetic_sources(tmp_path):
+    from core import synth
+
+    root = tmp_path / "data"
+    # 192: NIQE needs two 96-pixel blocks per side
+    synth.generate(str(root), pairs=3, size=(192, 192), seed=1, test_pairs=2, progress=False)
+    cfg = config_lib.PipelineConfig()
+    cfg.runner.work_dir = str(tmp_path)  # synthetic_root() = <work_dir>/data
+    return [s.to_json() for s in cfg.ingest_sources()]
+
+
+@pytest.fixture(scope="module")
+def contract_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kfp-contract")
+    cfg = compile_config(tmp)
+    spec_file = kr.compile_pipeline(cfg, str(tmp / "deblur-icdpm.json"))
+    job = kr.load_job(spec_file)
+    arguments = kr.run_arguments(cfg, job["pipelineSpec"], {
+        "data_sources": json.dumps(synthetic_sources(tmp)),
+        "train_steps": "3",
+        "gate_ood_lpips_max": "0.99", "gate_input_lpips_margin": "-1",
+        "gate_input_psnr_tolerance": "100"})
+    scratch = tmp / "tmp"
+    scratch.mkdir()
+    with fake_gcs(tmp) as gcs:
+        gcs.create_bucket(BUCKET)
+        env = {**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}
+        run = Run(job, str(tmp / "pipeline_root"), run_id="run-1", arguments=arguments,
+                  python=sys.executable, env=env, timeout=1800, cwd=REPO_ROOT)
+        run.execute()
+        from components.registry.registry import Registry
+
+        latest = Registry(f"gs://{BUCKET}/registry", "deblur-icdpm").latest()
+    return run, job, cfg, latest
+
+
+def test_every_task_runs_in_dependency_order(contract_run):
+    run, job, _, _ = contract_run
+    order = topological(job["pipelineSpec"]["root"]["dag"]["tasks"])
+    assert sorted(order) == sorted(TASKS) and list(run.outputs) == order
+
+
+def test_the_executor_input_is_what_the_driver_builds(contract_run):
+    run, job, _, _ = contract_run
+    ei = run.executor_inputs["DeblurEvaluator"]
+    examples, = ei["inputs"]["artifacts"]["examples"]["artifacts"]
+    # as ML Metadata hands it back: id as name, no schema, properties as metadata
+    assert examples["type"] == {"instanceSchema": ""} and examples["name"].isdigit()
+    assert json.loads(examples["metadata"]["split_names"]) == ["test", "test_ood", "train"]
+    assert examples["uri"] == f"{run.run_root}/DeblurIngest/examples"
+    assert ei["outputs"]["artifacts"]["blessing"]["artifacts"][0]["uri"] == (
+        f"{run.run_root}/DeblurEvaluator/blessing")
+    # run parameters arrive as root inputs beside the exec properties they change
+    params = ei["inputs"]["parameterValues"]
+    assert params["gate_ood_lpips_max"] == 0.99
+    assert json.loads(params["gate_config"])["ood_lpips_max"] == cfg_gate(job)
+    assert run.executor_inputs["Trainer"]["inputs"]["parameterValues"]["train_steps"] == 3
+
+
+def cfg_gate(job):
+    return job["runtimeConfig"]["parameterValues"]["gate_ood_lpips_max"]
+
+
+def test_run_parameters_reached_the_executors(contract_run):
+    run, _, cfg, _ = contract_run
+    # ingest read the local synthetic sets named by data_sources, not the compiled gs:// roots
+    counts = run.scalars("DeblurIngest", "counts")
+    assert counts["inputs"] == counts["written"] == 3 + 2 + 2
+    # the Trainer trained train_steps (3), not the compiled 50
+    assert cfg.training.steps == 50
+    model_run = run.artifact("Trainer", "model_run")["uri"]
+    history = json.loads(open(os.path.join(model_run, "history.json")).read())
+    assert history[-1]["step"] == 3
+    blessing = json.loads(open(os.path.join(run.artifact("DeblurEvaluator", "blessing")["uri"],
+                                            "blessing.json")).read())
+    assert blessing["config"]["ood_lpips_max"] == 0.99
+    assert blessing["config"]["input_lpips_margin"] == -1.0
+
+
+def test_the_model_is_blessed_and_registered(contract_run):
+    run, _, _, latest = contract_run
+    blessing = run.artifact("DeblurEvaluator", "blessing")
+    # the executor output carried `blessed`; ML Metadata keeps it as a double; the pusher read it
+    assert blessing["custom_properties"]["blessed"] == {"double": 1.0}
+    pushed = run.artifact("RegistryPusher", "pushed_model")["custom_properties"]
+    assert pushed["pushed"] == {"double": 1.0}, pushed
+    assert pushed["pushed_version"] == {"string": "1"}
+    assert pushed["pushed_destination"]["string"] == f"gs://{BUCKET}/registry/deblur-icdpm/1"
+    version, manifest = latest
+    assert version == 1 and manifest["sampling"]["key"] == "ddim-T2-n0.05-K1"
+
+
+def test_executor_outputs_carry_what_the_next_task_reads(contract_run):
+    run, _, _, _ = contract_run
+    ingest = run.outputs["DeblurIngest"]["executor_output"]["artifacts"]["examples"]["artifacts"][0]
+    # split_names is what StatisticsGen, the Trainer and the evaluator iterate over
+    assert json.loads(ingest["metadata"]["split_names"]) == ["test", "test_ood", "train"]
+    model = run.outputs["Trainer"]["executor_output"]["artifacts"]["model"]["artifacts"][0]
+    assert model["uri"] == f"{run.run_root}/Trainer/model"
+    assert os.path.exists(os.path.join(model["uri"], "Format-Serving", "saved_model.pb"))
+    for task in TASKS:  # every task wrote its ExecutorOutput
+        assert run.outputs[task]["executor_output"] or not run.outputs[task]["artifacts"], task
+
+
+def test_run_page_artifacts_are_recorded_as_the_frontend_wants_them(contract_run):
+    run, _, _, _ = contract_run
+    types = {(m["task"], m["key"]): m["type"] for m in run.mlmd.values()}
+    assert types[("DeblurEvaluator", "metrics")] == "system.Metrics"
+    assert types[("DeblurEvaluator", "input_metrics")] == "system.Metrics"
+    assert types[("DeblurEvaluator", "verdict")] == "system.Markdown"
+    assert types[("DeblurEvaluator", "report")] == "system.HTML"
+    assert types[("DeblurIngest", "counts")] == "system.Metrics"
+    metrics = run.scalars("DeblurEvaluator", "metrics")
+    assert {"out-of-domain LPIPS", "in-domain PSNR"} <= set(metrics) and "tfx_version" not in metrics
+    assert all(isinstance(v, float) for v in metrics.values())
+    name = run.artifact("DeblurEvaluator", "metrics")["custom_properties"]["display_name"]
+    assert name == {"string": "chosen setting ddim-T2-n0.05-K1"}
+    # Markdown and HTML: the file is AT the artifact's URI (what the UI's artifact proxy reads)
+    verdict = open(run.artifact("DeblurEvaluator", "verdict")["uri"]).read()
+    assert verdict.startswith("## Blessed: YES") and "| beats_input |" in verdict
+    page = open(run.artifact("DeblurEvaluator", "report")["uri"]).read()
+    assert page.count("data:image/png;base64,") == 1 + 2  # the plot, test and test_ood grids
