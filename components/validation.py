@@ -105,4 +105,18 @@ def format_drift(report: dict) -> str:
     return "\n".join(lines)
 
 
+def drift_markdown(report: dict) -> str:
+    """format_drift as a Markdown table (the Kubeflow run page's system.Markdown)."""
+    lines = [f"### Domain drift vs split `{report['baseline']}` (TFDV Jensen-Shannon divergence)",
+             "", "| split | feature | JS | threshold | mean (baseline -> split) | drift |",
+             "|---|---|---|---|---|---|"]
+    for split, r in report["splits"].items():
+        for name, v in r["features"].items():
+            mean = "" if v["mean"] is None else f"{v['baseline_mean']:.4g} -> {v['mean']:.4g}"
+            lines.append(f"| {split} ({r['num_examples']}) | {name} | {v['js_divergence']:.3f} | "
+                         f"{v['threshold']:g} | {mean} | "
+                         f"{'DRIFT' if name in r['drifted'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 DRIFT_FEATURES = ef.STAT_KEYS

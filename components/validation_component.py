@@ -8,7 +8,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from components import validation
+from components import run_page, validation
 
 
 class DomainDrift(artifact.Artifact):
@@ -41,9 +41,11 @@ def DomainDriftReport(
     statistics: InputArtifact[standard_artifacts.ExampleStatistics],
     schema: InputArtifact[standard_artifacts.Schema],
     report: OutputArtifact[DomainDrift],
+    drift_table: OutputArtifact[run_page.Markdown],
     baseline_split: Parameter[str] = "train",
 ) -> None:
-    """Writes domain_drift.json: TFDV drift of every split against baseline_split."""
+    """Writes domain_drift.json: TFDV drift of every split against baseline_split; the same as
+    a Markdown table for the Kubeflow run page (drift_table)."""
     splits = artifact_utils.decode_split_names(statistics.split_names)
     if baseline_split not in splits:
         raise ValueError(f"baseline split {baseline_split!r} not in statistics splits {splits}")
@@ -53,3 +55,4 @@ def DomainDriftReport(
         json.dump(result, f, indent=2, sort_keys=True)
     report.set_json_value_custom_property(
         "drifted", {s: r["drifted"] for s, r in result["splits"].items()})
+    run_page.write_text(drift_table, "domain drift", validation.drift_markdown(result))

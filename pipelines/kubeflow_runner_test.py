@@ -509,6 +509,8 @@ def test_run_page_artifacts_in_the_spec(compiled):
         "verdict": "system.Markdown", "report": "system.HTML",
         "metrics": "system.Metrics", "input_metrics": "system.Metrics"}
     assert titles("DeblurIngest") == {"examples": "tfx.Examples", "counts": "system.Metrics"}
+    assert titles("DomainDriftReport") == {"report": "deblur.DomainDrift",
+                                           "drift_table": "system.Markdown"}
 
 
 def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):

@@ -175,6 +175,7 @@ def test_run_page_artifacts_are_recorded_as_the_frontend_wants_them(contract_run
     assert types[("DeblurEvaluator", "verdict")] == "system.Markdown"
     assert types[("DeblurEvaluator", "report")] == "system.HTML"
     assert types[("DeblurIngest", "counts")] == "system.Metrics"
+    assert types[("DomainDriftReport", "drift_table")] == "system.Markdown"
     metrics = run.scalars("DeblurEvaluator", "metrics")
     assert {"out-of-domain LPIPS", "in-domain PSNR"} <= set(metrics) and "tfx_version" not in metrics
     assert all(isinstance(v, float) for v in metrics.values())

@@ -117,9 +117,13 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     # the run-page artifacts (system.Markdown / HTML / Metrics types) under LocalDagRunner too
     store = _store(str(run / "metadata.sqlite"))
     by_type = {t.name: store.get_artifacts_by_type(t.name) for t in store.get_artifact_types()}
-    verdict, = by_type["system.Markdown"]
-    with open(verdict.uri) as f:
+    pages = {a.custom_properties["display_name"].string_value: a.uri
+             for a in by_type["system.Markdown"]}
+    assert set(pages) == {"gate verdict", "domain drift"}
+    with open(pages["gate verdict"]) as f:
         assert f.read().startswith("## Blessed: YES")
+    with open(pages["domain drift"]) as f:
+        assert "| test_ood (2) | blurry_mean_luma |" in f.read()
     assert len(by_type["system.HTML"]) == 1 and len(by_type["system.Metrics"]) == 3
 
     # The registered model loads through the registry API and deblurs an image of any size.

@@ -24,14 +24,16 @@ _LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "niqe": "NIQE"}
 
 
 def _fmt(metric: str, value) -> str:
-    return format_value(value, _FORMATS.get(metric, ".4f"))
+    """A table cell: the value in the metric's format; an absent one (a rule without a
+    threshold) empty, a non-finite one as it is (nan)."""
+    return "" if value is None else format_value(value, _FORMATS.get(metric, ".4f"))
 
 
 def _rule_rows(blessing: dict) -> List[List[str]]:
     rows = []
     for r in blessing.get("rules", []):
-        rows.append([r["rule"], r["verdict"].upper(), format_value(r.get("value"), ".4f"),
-                     format_value(r.get("threshold"), ".4f"), r.get("detail", "")])
+        rows.append([r["rule"], r["verdict"].upper(), _fmt("lpips", r.get("value")),
+                     _fmt("lpips", r.get("threshold")), r.get("detail", "")])
         for d, e in sorted((r.get("domains") or {}).items()):
             for m in ("lpips", "psnr"):
                 if m in e:
