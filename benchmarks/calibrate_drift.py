@@ -112,8 +112,8 @@ def _read_text(uri: str) -> str:
 def _pairs(layout: str, root: str, dataset: str, domain: str):
     from components.ingest import layouts as L
 
-    cands, _ = L.pair_files(layout, root, _walk(root), dataset=dataset, domain=domain,
-                            read_text=_read_text)
+    cands = L.pair_files(layout, root, _walk(root), dataset=dataset, domain=domain,
+                         read_text=_read_text).candidates
     bad = [c for c in cands if c.reason]
     if bad:
         raise RuntimeError(f"{len(bad)} unpaired candidates under {root}: {bad[0]}")

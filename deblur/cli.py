@@ -127,7 +127,8 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
 
     subsets = None if args.split in (None, "", "all") else [s for s in args.split.split(",") if s]
     source = bi.IngestSource(layout=args.layout, root=args.root, subsets=subsets,
-                             dataset=args.dataset, domain=args.domain, blur_kind=args.blur_kind)
+                             dataset=args.dataset, domain=args.domain, blur_kind=args.blur_kind,
+                             variant=args.variant)
     options = bi.IngestOptions(max_quarantine_fraction=args.max_quarantine_fraction,
                                train_crop_size=args.crop_size)
     if args.workers > 1:
@@ -160,6 +161,8 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
                   f"{c['quarantined']} quarantined")
         for reason, n in summary["quarantine_by_reason"].items():
             print(f"  quarantined {reason}: {n}  (see {summary['quarantine_file']})")
+        for line in bi.unlabelled_lines(summary):
+            print(f"  {line}")
     return 0
 
 
@@ -459,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
 
-    from components.ingest.layouts import LAYOUTS
+    from components.ingest.layouts import BLUR_KINDS, DEFAULT_BLUR_KIND, LAYOUTS, REALBLUR_VARIANTS
 
     s = sub.add_parser("ingest", help="Beam ingest of a paired dataset into sharded TFRecords",
                        epilog="Arguments after a lone '--' go to Beam, e.g. "
@@ -469,12 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", required=True, help="dataset root: local path or gs:// URI")
     s.add_argument("--out", required=True, help="output dir (local or gs://)")
     s.add_argument("--split", default=None,
-                   help="subset(s) to ingest, comma-separated (train,test,val,all); default all")
+                   help="subset(s) to ingest, comma-separated (train,test,val; reds: val300 = "
+                        "frames 9, 19, ..., 99 of every val clip); default every subset with "
+                        "pairs (blurry-only subsets such as REDS's test are skipped and counted)")
     s.add_argument("--dataset", default=None, help="dataset name stored in each example")
     s.add_argument("--domain", choices=("in", "out"), default=None,
                    help="default: in for gopro/folder, out for the others")
-    s.add_argument("--blur-kind", default="blur", choices=("blur", "blur_gamma"),
-                   help="GoPro: which blurry frames")
+    s.add_argument("--blur-kind", default=DEFAULT_BLUR_KIND,
+                   choices=sorted({k for kinds in BLUR_KINDS.values() for k in kinds}),
+                   help="which blurry frames: gopro blur|blur_gamma, reds blur|blur_jpeg "
+                        "(the JPEG track); default blur")
+    s.add_argument("--variant", default=None, choices=REALBLUR_VARIANTS,
+                   help="realblur: RealBlur-J or RealBlur-R (required when the root holds both)")
     s.add_argument("--max-quarantine-fraction", type=float, default=0.05)
     s.add_argument("--crop-size", type=int, default=128,
                    help="training crop; smaller images in a train split are quarantined")

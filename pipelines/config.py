@@ -214,7 +214,7 @@ def from_dict(d: Optional[Dict[str, Any]]) -> PipelineConfig:
             continue
         try:
             srcs.append(IngestSource(**s))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # unknown keys; values the layout does not have
             raise ConfigError(f"data.sources[{i}]: {e}") from e
     cfg.data.sources = srcs
     cfg.data.synthetic.size = tuple(cfg.data.synthetic.size)

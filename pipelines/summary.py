@@ -11,7 +11,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components import validation
 from components.evaluator.gate import domain_name, format_value
-from components.ingest.beam_ingest import SUMMARY_FILE
+from components.ingest.beam_ingest import SUMMARY_FILE, unlabelled_lines
 
 
 def _store(metadata_path: str):
@@ -117,6 +117,7 @@ def format_summary(s: dict) -> str:
                      f" -> {s['examples_uri']}")
         for split, c in ing["splits"].items():
             lines.append(f"  {split:10s} {c['written']:5d} examples in {c['num_shards']} shard(s)")
+        lines.extend(f"  {line}" for line in unlabelled_lines(ing))
     if "anomalies" in s:
         bad = {k: v for k, v in s["anomalies"].items() if v}
         lines.append("TFDV validation against schemas/schema.pbtxt: "

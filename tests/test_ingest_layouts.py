@@ -220,3 +220,27 @@ def test_credential_failures_fail_the_run_instead_of_quarantining(tmp_path, monk
     monkeypatch.setattr(beam_ingest, "read_bytes", no_credentials)
     with pytest.raises(Exception, match="no credentials for"):
         ingest(tmp_path, IngestSource("folder", str(tmp_path / "f")))
+
+
+def test_blurry_only_subsets_are_unlabelled_and_requested_subsets_must_exist(tmp_path):
+    """A subset with blurry images and no sharp one is skipped and counted, in any layout that
+    pairs folders; a subset with some sharp images keeps quarantining its lone blurry ones; a
+    requested subset that is not there is an error, not an empty selection."""
+    root = tmp_path / "mine"
+    fx.write_pair(str(root / "train/blur/a.png"), str(root / "train/sharp/a.png"), (16, 16), 0)
+    fx.write(str(root / "train/blur/lonely.png"), fx.png_bytes(fx.rgb(16, 16, 1)))
+    for n in ("b.png", "c.png"):
+        fx.write(str(root / "challenge/blur" / n), fx.png_bytes(fx.rgb(16, 16, 2)))
+    files = sorted((p.relative_to(root).as_posix(), p.stat().st_size)
+                   for p in root.rglob("*") if p.is_file())
+    pairing = L.pair_files("folder", str(root), files)
+    assert sorted((c.pair_id, c.reason) for c in pairing.candidates) == [
+        ("folder/train/a.png", None), ("folder/train/lonely.png", L.MISSING_PARTNER)]
+    assert pairing.unlabelled == [L.Unlabelled("challenge", 2, "blurry images and no sharp image")]
+    assert pairing.ignored == 0
+    only_train = L.pair_files("folder", str(root), files, subsets=["train"])
+    assert only_train.unlabelled == [] and only_train.ignored == 2
+    with pytest.raises(L.LayoutError, match="subset challenge under .* is unlabelled"):
+        L.pair_files("folder", str(root), files, subsets=["train", "challenge"])
+    with pytest.raises(L.LayoutError, match=r"for subset\(s\) valid \(found: train\)"):
+        L.pair_files("folder", str(root), files, subsets=["train", "valid"])

@@ -53,10 +53,16 @@ class IngestSource:
     """One dataset root to ingest.
 
     layout: gopro | realblur | hide | reds | folder.  root: local path or gs:// URI.
-    subsets: which of the layout's subsets to read (train/test/val/all); None = all.
+    subsets: which of the layout's subsets to read (train/test/val, REDS's val300, the folder
+      layout's own subset folders or "all"); None = every subset that has pairs (a subset of
+      blurry images only, such as REDS's test, is then skipped and reported as unlabelled).
     split_names: output split per subset (default: the subset's own name).
     dataset / domain: override the layout's defaults (domain is "in" or "out").
-    blur_kind: GoPro only, "blur" or "blur_gamma".
+    blur_kind: which blurry images: GoPro "blur" or "blur_gamma", REDS "blur" or "blur_jpeg"
+      (the JPEG track); the other layouts have only "blur".
+    variant: RealBlur only, "J" or "R" (default: the lists found; a root holding both must
+      choose, or their images would share one split).
+    Invalid values raise LayoutError (a ValueError) when the source is made.
     """
 
     layout: str
@@ -65,7 +71,11 @@ class IngestSource:
     split_names: Optional[Dict[str, str]] = None
     dataset: Optional[str] = None
     domain: Optional[str] = None
-    blur_kind: str = "blur"
+    blur_kind: str = L.DEFAULT_BLUR_KIND
+    variant: Optional[str] = None
+
+    def __post_init__(self):
+        L.check_options(self.layout, self.subsets, self.blur_kind, self.domain, self.variant)
 
     def split_of(self, subset: str) -> str:
         return (self.split_names or {}).get(subset, subset)
@@ -101,6 +111,8 @@ class IngestPlan:
     num_shards: Dict[str, int]
     ignored_files: Dict[str, int]  # per source root
     options: IngestOptions
+    # blurry-only subsets that were skipped: {"root", "layout", "subset", "files", "detail"}
+    unlabelled: List[dict] = dataclasses.field(default_factory=list)
 
     @property
     def splits(self) -> List[str]:
@@ -153,17 +165,20 @@ def num_shards_for(estimated_bytes: int, options: IngestOptions) -> int:
 
 def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = IngestOptions()) -> IngestPlan:
     """Lists and pairs every source (driver side; nothing is decoded here)."""
-    pairs, ignored = [], {}
+    pairs, ignored, unlabelled = [], {}, []
     for src in sources:
         files = list_files(src.root)
         if not files:
             raise L.LayoutError(f"{src.root}: no files found (wrong path?)")
-        cands, n_ignored = L.pair_files(
+        pairing = L.pair_files(
             src.layout, src.root, files, dataset=src.dataset, domain=src.domain,
-            subsets=src.subsets, blur_kind=src.blur_kind, read_text=read_text,
+            subsets=src.subsets, blur_kind=src.blur_kind, variant=src.variant,
+            read_text=read_text,
         )
-        ignored[src.root] = ignored.get(src.root, 0) + n_ignored
-        pairs.extend((src.split_of(c.subset), c) for c in cands)
+        ignored[src.root] = ignored.get(src.root, 0) + pairing.ignored
+        unlabelled.extend({"root": src.root, "layout": src.layout, "subset": u.subset,
+                           "files": u.files, "detail": u.detail} for u in pairing.unlabelled)
+        pairs.extend((src.split_of(c.subset), c) for c in pairing.candidates)
     # Duplicate pair ids are found across all sources (two roots can hold the same data).
     split_of = {}
     for split, c in pairs:
@@ -175,7 +190,7 @@ def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = Ingest
         est[split] += c.size_bytes * OUTPUT_PER_INPUT_BYTE
     splits = {split for split, _ in candidates}
     return IngestPlan(candidates, {s: num_shards_for(int(est[s]), options) for s in splits},
-                      ignored, options)
+                      ignored, options, unlabelled)
 
 
 class ProcessPairFn(beam.DoFn):
@@ -284,7 +299,8 @@ def finalize_ingest(plan: IngestPlan, out_dir: str) -> dict:
     """Writes summary.json from the pipeline's counters; raises IngestError past the bound.
 
     inputs = candidate pairs (a pair, or a lone file / list line / duplicate that could not
-    become one); every input is either written or quarantined.
+    become one); every input is either written or quarantined. Blurry-only (unlabelled)
+    subsets are not inputs: they are listed under unlabelled_skipped with their file counts.
     """
     out_dir = out_dir.rstrip("/")
     written, quarantined, by_reason = Counter(), Counter(), Counter()
@@ -310,6 +326,8 @@ def finalize_ingest(plan: IngestPlan, out_dir: str) -> dict:
             for s in plan.splits
         },
         "ignored_files": plan.ignored_files,
+        # skipped, neither inputs nor quarantined: not counted against the bound
+        "unlabelled_skipped": plan.unlabelled,
         "quarantine_file": f"{out_dir}/{QUARANTINE_DIR}/quarantine.jsonl",
         "fingerprint": plan.fingerprint(),
         "status": "ok",
@@ -327,6 +345,14 @@ def finalize_ingest(plan: IngestPlan, out_dir: str) -> dict:
     if summary["status"] != "ok":
         raise IngestError(summary["error"])
     return summary
+
+
+def unlabelled_lines(summary: dict) -> List[str]:
+    """One line per skipped blurry-only subset of a summary (the CLI and the pipeline summary
+    print them)."""
+    return [f"skipped unlabelled subset {u['subset']} of {u['root']} ({u['layout']}): "
+            f"{u['files']} {u['detail']}; not ingested, not quarantined"
+            for u in summary.get("unlabelled_skipped", [])]
 
 
 def run_ingest(sources: Sequence[IngestSource], out_dir: str,

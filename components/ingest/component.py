@@ -54,6 +54,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         for key in ("inputs", "written", "quarantined"):
             examples.set_int_custom_property(key, summary[key])
         examples.set_json_value_custom_property("quarantine_by_reason", summary["quarantine_by_reason"])
+        # blurry-only subsets skipped (REDS's test): named in the summary, counted here
+        examples.set_int_custom_property(
+            "unlabelled_skipped_files", sum(u["files"] for u in summary["unlabelled_skipped"]))
         examples.set_string_custom_property("summary_uri", f"{examples.uri}/{SUMMARY_FILE}")
         counts = artifact_utils.get_single_instance(output_dict[COUNTS_KEY])
         run_page.set_scalars(counts, "ingest: records in = written + quarantined", {
