@@ -188,7 +188,8 @@ def test_reds_options_from_yaml_config_and_cli(tmp_path, capsys):
         "blur_jpeg", ["train", "val300"], "test_ood")
     for bad, message in (({"blur_kind": "jpeg"}, "reds blur kind must be one of blur, blur_jpeg"),
                          ({"subsets": ["val_300"]}, "unknown reds subset"),
-                         ({"subsets": "train"}, "subsets must be a list")):
+                         ({"subsets": "train"}, "subsets must be a non-empty list"),
+                         ({"subsets": []}, "subsets must be a non-empty list")):
         with pytest.raises(C.ConfigError, match=message):
             C.from_dict({"data": {"sources": [{"layout": "reds", "root": "/r", **bad}]}})
     root = tmp_path / "REDS"

@@ -117,8 +117,9 @@ def check_options(layout: str, subsets: Optional[Sequence[str]] = None,
             if layout == "realblur" else f"variant applies to the realblur layout only, not {layout}")
     if subsets is None:
         return
-    if isinstance(subsets, str) or not all(isinstance(s, str) and s for s in subsets):
-        raise LayoutError(f"subsets must be a list of subset names, got {subsets!r}")
+    if isinstance(subsets, str) or not subsets or not all(isinstance(s, str) and s for s in subsets):
+        raise LayoutError(f"subsets must be a non-empty list of subset names (or none at all "
+                          f"for every subset), got {subsets!r}")
     known = SUBSETS[layout]
     unknown = [s for s in subsets if known is not None and s not in known]
     if unknown:
