@@ -183,14 +183,14 @@ def test_ingest_layouts_accept_the_output(run_a):
         return [(rel, os.path.getsize(p)) for rel, p in sorted(_files(root).items())]
 
     root = s["in_domain"]["root"]
-    cands, ignored = layouts.pair_gopro(root, listing(root), "gopro", "in")
-    assert ignored == 0 and all(c.reason is None for c in cands)
+    cands, ignored, unlabelled = layouts.pair_gopro(root, listing(root), "gopro", "in")
+    assert ignored == 0 and not unlabelled and all(c.reason is None for c in cands)
     assert len(cands) == s["in_domain"]["train"] + s["in_domain"]["test"]
 
     root = s["out_of_domain"]["root"]
-    cands, ignored = layouts.pair_realblur(root, listing(root), None, "out",
-                                          read_text=lambda p: open(p).read())
-    assert ignored == 0 and all(c.reason is None for c in cands)
+    cands, ignored, unlabelled = layouts.pair_realblur(root, listing(root), None, "out",
+                                                      read_text=lambda p: open(p).read())
+    assert ignored == 0 and not unlabelled and all(c.reason is None for c in cands)
     assert {c.dataset for c in cands} == {"realblur_j"}
     assert len(cands) == s["out_of_domain"]["train"] + s["out_of_domain"]["test"]
 
