@@ -515,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and NIQE of A")
     add_metrics_arguments(s)
 
+    from metrics.cli import add_fid_arguments
+
+    s = sub.add_parser("fid", help="FID and KID between two folders of images (the FID "
+                                   "Inception-v3 with its real weights)")
+    add_fid_arguments(s)
+
     s = sub.add_parser("evaluate", help="sample a trained model on the evaluation splits, score "
                                         "and gate it (the DeblurEvaluator's library function)")
     s.add_argument("--model", required=True, help="a SavedModel (or a Model artifact folder)")
@@ -601,6 +607,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from metrics.cli import run as cmd_metrics
 
             return cmd_metrics(args)
+        if args.command == "fid":
+            from metrics.cli import run_fid
+
+            return run_fid(args)
     except (UserError, ValueError, FileNotFoundError) as e:
         # LayoutError and ConfigError are ValueErrors too. --verbose keeps the traceback.
         if args.verbose:

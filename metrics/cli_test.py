@@ -66,3 +66,44 @@ def test_errors_are_one_line(files, capsys, tmp_path):
     (tmp_path / "junk.png").write_text("not an image")
     assert main(["metrics", pa, str(tmp_path / "junk.png")]) == 2
     assert "not an image" in capsys.readouterr().err
+
+
+# ---- deblur fid ------------------------------------------------------------------------------
+def _fid_kid_of_pairs(a, b):
+    """FID and KID of two sets of two features in closed form: S = u u^T / 2 with u = f1 - f2,
+    so tr sqrt(S_a S_b) = |u.v| / 2; the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    u, v = a[0] - a[1], b[0] - b[1]
+    mu = a.mean(0) - b.mean(0)
+    fid = mu @ mu + u @ u / 2 + v @ v / 2 - abs(u @ v)
+    k = lambda x, y: (x @ y / a.shape[1] + 1) ** 3  # noqa: E731
+    kid = k(a[0], a[1]) + k(b[0], b[1]) - sum(k(x, y) for x in a for y in b) / 2
+    return fid, kid
+
+
+def test_fid_of_two_folders(tmp_path, capsys):
+    import os
+    import shutil
+
+    ref = os.path.join(os.path.dirname(__file__), "testdata", "fid")
+    feats = np.load(os.path.join(ref, "features.npy"))  # astronaut, chelsea, coffee, rocket
+    for folder, names in (("a", ("astronaut", "chelsea")), ("b", ("coffee", "rocket"))):
+        (tmp_path / folder).mkdir()
+        for n in names:
+            shutil.copy(os.path.join(ref, f"{n}.png"), tmp_path / folder / f"{n}.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image: skipped")
+    want_fid, want_kid = _fid_kid_of_pairs(feats[:2], feats[2:])
+    assert main(["fid", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out) == ["fid", "kid", "n_a", "n_b"] and out["n_a"] == out["n_b"] == 2
+    assert out["fid"] == pytest.approx(want_fid, rel=1e-4)
+    assert out["kid"] == pytest.approx(want_kid, rel=1e-3, abs=1e-6)
+    assert main(["fid", str(tmp_path / "b"), str(tmp_path / "a")]) == 0  # text, symmetric
+    text = capsys.readouterr().out
+    assert f"FID  {out['fid']:.4f}" in text and "(2 images)" in text
+    os.remove(tmp_path / "b" / "rocket.png")
+    assert main(["fid", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deblur: error: ") and "holds 1 image(s)" in err and "\n" not in err
+    assert main(["fid", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
