@@ -268,25 +268,34 @@ def _saved_model_dir(path: str) -> str:
     raise UserError(f"{path} holds no SavedModel (saved_model.pb, or Format-Serving/saved_model.pb)")
 
 
-def cmd_evaluate(args) -> int:
+def _evaluation_config(args):
+    """(pipeline config, its evaluation section with --setting / --max-images / --splits) of
+    `deblur evaluate` and `deblur domain-gap`; --examples must be a folder."""
     import dataclasses
 
-    from components.evaluator import evaluate as ev
     from pipelines import config as config_lib
 
     cfg = config_lib.load(args.config, args.set or ())
     changes = {}
-    if args.setting:
+    if getattr(args, "setting", None):
         changes["grid"] = args.setting
     if args.max_images is not None:
         changes["max_images_per_split"] = args.max_images
     if args.splits:
         changes["splits"] = args.splits.split(",")
-    eval_cfg = dataclasses.replace(cfg.evaluation, **changes)
-    gate = cfg.gate if args.ood_lpips_max is None else dataclasses.replace(
-        cfg.gate, ood_lpips_max=args.ood_lpips_max)
     if not os.path.isdir(args.examples) and "://" not in args.examples:
         raise UserError(f"--examples {args.examples} is not a directory")
+    return cfg, dataclasses.replace(cfg.evaluation, **changes)
+
+
+def cmd_evaluate(args) -> int:
+    import dataclasses
+
+    from components.evaluator import evaluate as ev
+
+    cfg, eval_cfg = _evaluation_config(args)
+    gate = cfg.gate if args.ood_lpips_max is None else dataclasses.replace(
+        cfg.gate, ood_lpips_max=args.ood_lpips_max)
     result = ev.evaluate(_saved_model_dir(args.model), args.examples, args.out, eval_cfg,
                          baseline_dir=_saved_model_dir(args.baseline) if args.baseline else None,
                          gate=gate, progress=not args.json)
@@ -294,8 +303,22 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(ev.format_result(result))
-        print(f"written to {args.out} (evaluation.json, blessing.json, perception_distortion.png, "
-              "samples/)")
+        print(f"written to {args.out} (evaluation.json, blessing.json, domain_gap.json, "
+              "perception_distortion.png, samples/)")
+    return 0
+
+
+def cmd_domain_gap(args) -> int:
+    from components.evaluator import domain_gap as dg
+    from components.evaluator import evaluate as ev
+
+    _, eval_cfg = _evaluation_config(args)
+    gap = ev.domain_gap_report(_saved_model_dir(args.model), args.examples, eval_cfg)
+    if args.json:
+        print(json.dumps(gap, indent=2, sort_keys=True))
+    else:
+        print("\n".join(dg.format_domain_gap(gap, indent="")))
+        print(gap.get("note", ""))
     return 0
 
 
@@ -535,6 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ood-lpips-max", type=float, default=None, help="the gate's threshold")
     s.add_argument("--json", action="store_true")
 
+    s = sub.add_parser("domain-gap", help="the paper's Table 1: FID/KID between in- and "
+                                          "out-of-domain blurry inputs per scale, of the gray "
+                                          "pyramid and of the model's guidance regressions R_k")
+    s.add_argument("--model", required=True, help="a SavedModel (or a Model artifact folder)")
+    s.add_argument("--examples", required=True, help="an ingest output folder (Split-<split>/*.gz)")
+    _config_arguments(s, "pipeline config: its evaluation section chooses splits and images")
+    s.add_argument("--max-images", type=int, default=None,
+                   help="images per split (default: the evaluator's)")
+    s.add_argument("--splits", default=None, help="comma-separated (default: all but train)")
+    s.add_argument("--json", action="store_true")
+
     s = sub.add_parser("predict", help="deblur an image (or a folder of images) with a SavedModel "
                                        "or the newest registered model")
     s.add_argument("input", help="an image file Pillow reads, or a folder of them")
@@ -603,6 +637,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_evaluate(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "domain-gap":
+            return cmd_domain_gap(args)
         if args.command == "metrics":
             from metrics.cli import run as cmd_metrics
 

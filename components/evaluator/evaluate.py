@@ -18,8 +18,16 @@ blurry input itself is scored too ("input": the do-nothing baseline every model 
 The best setting is the one with the lowest out-of-domain LPIPS among those whose metrics are
 all finite (ties: fewer network evaluations).
 
+FID and KID per domain (metrics/fid.py, the FID Inception of metrics/inception.py): every
+setting's outputs, and the blurry inputs, against the domain's sharp images, with the image
+count; reported, not gated (FID is biased at the evaluator's few images, KID is not; see
+docs/evaluation.md). The domain gap of the paper's Table 1 (domain_gap.py): FID/KID between
+the in- and out-of-domain blurry inputs at full resolution, of their gray pyramid levels and of
+the model's guidance regressions R_k.
+
 Writes to out_dir:
   evaluation.json                      everything below, plus the grid and the best setting
+  domain_gap.json                      the Table 1 report (also in evaluation.json)
   metrics/<domain>/<split>/<setting>.json   mean metrics of one split at one setting
   per_image.jsonl                      one line per image and setting
   perception_distortion.png            PSNR against LPIPS over the grid, one curve per domain
@@ -36,12 +44,18 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from components.evaluator.gate import PASS, GateConfig, beats_input, decide, domain_name
+from components.evaluator import domain_gap as dg
+from components.evaluator.gate import (PASS, GateConfig, beats_input, decide, domain_name,
+                                      format_value)
 from trainer.setting import SamplingSetting
 
 METRICS = ("psnr", "ssim", "lpips", "niqe")
 EVALUATION_FILE = "evaluation.json"
 BLESSING_FILE = "blessing.json"
+DOMAIN_GAP_FILE = "domain_gap.json"
+FID_KID_NOTE = ("FID and KID of the outputs (and of the blurry inputs) against the domain's "
+                "sharp images, n images each. FID is biased upwards at small n (compare FIDs "
+                "only at equal n); KID is unbiased but noisy at small n. Reported, not gated.")
 
 
 def _default_grid():
@@ -64,6 +78,8 @@ class EvalConfig:
     seed: int = 0
     sample_grid_images: int = 3
     lpips_net: str = "alex"
+    fid_kid: bool = True  # FID/KID per domain with the FID Inception (reported, not gated)
+    domain_gap: bool = True  # the paper's Table 1 (domain_gap.json)
 
     def settings(self) -> List[SamplingSetting]:
         if not self.grid:
@@ -169,32 +185,42 @@ def _batches(items: List[dict], batch_size: int):
         i = j
 
 
-def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[SamplingSetting],
-              config: EvalConfig, scorer: Scorer, progress=None,
-              label: str = "model") -> Dict[str, Dict[str, list]]:
-    """{"scores": {setting key: {split: [per-image metrics]}},
-        "outputs": {setting key: {split: [the first sample_grid_images outputs, uint8]}}}"""
+def load_model(model_dir: str):
+    """The exported SavedModel (ValueError unless it has trainer/export.py's deblur_batch)."""
     import tensorflow as tf
-
-    from trainer.sampling import NonFiniteOutput, call_deblur_batch
 
     loaded = tf.saved_model.load(model_dir)
     if not hasattr(loaded, "deblur_batch"):
         raise ValueError(f"{model_dir} is not a deblurring SavedModel of trainer/export.py "
                          "(no deblur_batch function)")
+    return loaded
+
+
+def run_model(loaded, data: Dict[str, List[dict]], settings: Sequence[SamplingSetting],
+              config: EvalConfig, scorer: Scorer, progress=None,
+              label: str = "model", inception=None) -> Dict[str, Dict[str, list]]:
+    """{"scores": {setting key: {split: [per-image metrics]}},
+        "outputs": {setting key: {split: [the first sample_grid_images outputs, uint8]}},
+        "features": {setting key: {split: [n, 2048] Inception features of the finite
+                     outputs]}} (with `inception`: images -> features)}"""
+    from trainer.sampling import NonFiniteOutput, call_deblur_batch
+
     scores: Dict[str, Dict[str, list]] = {}
     outputs: Dict[str, Dict[str, list]] = {}
+    features: Dict[str, Dict[str, np.ndarray]] = {}
     non_finite: Dict[str, List[str]] = {}  # setting key -> pair ids whose output was not finite
     for s in settings:
-        scores[s.key], outputs[s.key] = {}, {}
+        scores[s.key], outputs[s.key], features[s.key] = {}, {}, {}
         for split, items in data.items():
-            rows, kept = [], []
+            rows, kept, feats = [], [], []
             for b, (i, j) in enumerate(_batches(items, config.batch_size)):
                 images = np.stack([it["blurry"] for it in items[i:j]])
                 try:
                     out = call_deblur_batch(loaded, images, s, (config.seed, b))
                 except NonFiniteOutput:
                     out = None  # scored as NaN: the gate's finite rule names the reason
+                if out is not None and inception is not None:
+                    feats.append(inception(out))
                 for k, it in enumerate(items[i:j]):
                     if out is None:
                         non_finite.setdefault(s.key, []).append(it["pair_id"])
@@ -207,9 +233,11 @@ def run_model(model_dir: str, data: Dict[str, List[dict]], settings: Sequence[Sa
                     progress.update(j - i)
             scores[s.key][split] = rows
             outputs[s.key][split] = kept
+            features[s.key][split] = (np.concatenate(feats) if feats
+                                      else np.zeros((0, 2048), np.float32))
         logging.getLogger("deblur.progress").info(
             "DeblurEvaluator: %s %s sampled and scored on %s", label, s.key, ", ".join(data))
-    return {"scores": scores, "outputs": outputs, "non_finite": non_finite}
+    return {"scores": scores, "outputs": outputs, "features": features, "non_finite": non_finite}
 
 
 def _finite(d: Dict[str, float]) -> bool:
@@ -240,16 +268,31 @@ def choose_best(by_domain: Dict[str, Dict[str, Dict[str, float]]], settings: Seq
     return min(ok, key=lambda s: (lpips(s), s.steps * s.samples))
 
 
-# ---- the whole evaluation ------------------------------------------------------------------
-def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig = EvalConfig(),
-             baseline_dir: Optional[str] = None, baseline_setting: Optional[dict] = None,
-             gate: GateConfig = GateConfig(), progress: bool = False) -> dict:
-    """Evaluates model_dir (and the baseline at its own setting, if given), chooses the best
-    setting, applies the gate; writes everything to out_dir and returns evaluation.json's
-    content with "blessing" added (also written to out_dir/blessing.json)."""
-    import tensorflow as tf
+def distribution_metrics(features: Dict[str, Dict[str, np.ndarray]],
+                         by_domain: Dict[str, List[dict]], splits: Sequence[str],
+                         domain_of: Dict[str, str], settings: Sequence[SamplingSetting],
+                         inception, blurry_features: Dict[str, np.ndarray]) -> Dict[str, dict]:
+    """{domain: {"images": n, "input": {fid, kid, n_a, n_b}, "settings": {key: {...}}}}: FID and
+    KID of each setting's outputs (the finite ones) and of the blurry inputs against the
+    domain's sharp images (metrics/fid.py; NaN below 2 images)."""
+    from metrics.fid import fid_kid
 
-    settings = config.settings()
+    out = {}
+    for d, items in by_domain.items():
+        sharp = inception([it["sharp"] for it in items])
+        per_setting = {}
+        for s in settings:
+            outs = np.concatenate([features[s.key][sp] for sp in splits if domain_of[sp] == d])
+            per_setting[s.key] = fid_kid(outs, sharp)
+        out[d] = {"images": len(items), "input": fid_kid(blurry_features[d], sharp),
+                  "settings": per_setting}
+    logging.getLogger("deblur.progress").info("DeblurEvaluator: FID/KID per domain done")
+    return out
+
+
+def select_data(examples_dir: str, config: EvalConfig):
+    """(splits, {split: items}, {split: domain}) of the evaluation: config.splits, or every
+    split but the train split; each split's first max_images_per_split examples by pair id."""
     available = split_names(examples_dir)
     splits = config.splits or [s for s in available if s != config.train_split]
     missing = [s for s in splits if s not in available]
@@ -264,8 +307,36 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         if len(domains) != 1:
             raise ValueError(f"split {s!r} mixes domains {domains}; evaluate them as separate splits")
         domain_of[s] = domains[0]
+    return splits, data, domain_of
 
+
+def domain_gap_report(model_dir: str, examples_dir: str, config: EvalConfig = EvalConfig()) -> dict:
+    """The Table 1 report alone (`deblur domain-gap`): the evaluation splits' blurry images by
+    domain, the model's guidance regressions; no sampling."""
+    from metrics.inception import default_inception
+
+    splits, data, domain_of = select_data(examples_dir, config)
+    by_domain = {d: [it for s in splits if domain_of[s] == d for it in data[s]]
+                 for d in sorted(set(domain_of.values()))}
+    return dg.domain_gap(load_model(model_dir), by_domain, default_inception())
+
+
+# ---- the whole evaluation ------------------------------------------------------------------
+def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig = EvalConfig(),
+             baseline_dir: Optional[str] = None, baseline_setting: Optional[dict] = None,
+             gate: GateConfig = GateConfig(), progress: bool = False) -> dict:
+    """Evaluates model_dir (and the baseline at its own setting, if given), chooses the best
+    setting, applies the gate; writes everything to out_dir and returns evaluation.json's
+    content with "blessing" added (also written to out_dir/blessing.json)."""
+    settings = config.settings()
+    splits, data, domain_of = select_data(examples_dir, config)
     scorer = Scorer(config.lpips_net)
+    loaded = load_model(model_dir)
+    inception = None
+    if config.fid_kid or config.domain_gap:
+        from metrics.inception import default_inception
+
+        inception = default_inception()
     n_images = sum(len(v) for v in data.values())
     base_settings = [SamplingSetting(**baseline_setting)] if baseline_setting else settings
     total = n_images * (len(settings) + (len(base_settings) if baseline_dir else 0))
@@ -275,8 +346,9 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
 
         bar = tqdm(total=total, desc="evaluate (images x settings)", unit="img")
     try:
-        cand = run_model(model_dir, data, settings, config, scorer, bar, "candidate")
-        base = run_model(baseline_dir, data, base_settings, config, scorer, bar,
+        cand = run_model(loaded, data, settings, config, scorer, bar, "candidate",
+                         inception if config.fid_kid else None)
+        base = run_model(load_model(baseline_dir), data, base_settings, config, scorer, bar,
                          "baseline") if baseline_dir else None
     finally:
         if bar is not None:
@@ -313,6 +385,20 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         baseline_info = {"model": baseline_dir, "setting": b_best.to_dict() if b_best else None,
                          "domains": b_domain, "splits": b_split, "best": baseline_best}
 
+    by_domain = {d: [it for s in splits if domain_of[s] == d for it in data[s]]
+                 for d in per_domain}
+    blurry_features = None
+    if inception is not None:
+        blurry_features = {d: inception([it["blurry"] for it in items])
+                           for d, items in by_domain.items()}
+    per_domain_fid = distribution_metrics(cand["features"], by_domain, splits, domain_of,
+                                          settings, inception, blurry_features) \
+        if config.fid_kid else {}
+    gap = None
+    if config.domain_gap:
+        gap = dg.domain_gap(loaded, by_domain, inception, full_features=blurry_features)
+        logging.getLogger("deblur.progress").info("DeblurEvaluator: domain gap (Table 1) done")
+
     result = {
         "model": model_dir, "examples": examples_dir, "config": dataclasses.asdict(config),
         "grid": [s.to_dict() | {"key": s.key} for s in settings],
@@ -320,8 +406,11 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
                        "images": len(data[s]), "input": _mean(inputs[s]), "settings": per_split[s]}
                    for s in splits},
         "domains": {d: {"splits": [s for s in splits if domain_of[s] == d],
-                        "input": input_by_domain[d], "settings": per_domain[d]}
+                        "input": input_by_domain[d], "settings": per_domain[d],
+                        **({"fid_kid": per_domain_fid[d]} if d in per_domain_fid else {})}
                     for d in per_domain},
+        "fid_kid_note": FID_KID_NOTE if config.fid_kid else None,
+        "domain_gap": gap,
         "best_setting": best.to_dict() | {"key": best.key} if best else None,
         "best": best_metrics,
         "baseline": baseline_info,
@@ -344,6 +433,9 @@ def _write(out_dir, result, cand, data, domain_of, settings, best):
         json.dump({k: v for k, v in result.items() if k != "blessing"}, f, indent=2, sort_keys=True)
     with tf.io.gfile.GFile(os.path.join(out_dir, BLESSING_FILE), "w") as f:
         json.dump(result["blessing"], f, indent=2, sort_keys=True)
+    if result.get("domain_gap") is not None:
+        with tf.io.gfile.GFile(os.path.join(out_dir, DOMAIN_GAP_FILE), "w") as f:
+            json.dump(result["domain_gap"], f, indent=2, sort_keys=True)
     for split, info in result["splits"].items():
         for key, m in info["settings"].items():
             path = os.path.join(out_dir, "metrics", info["domain"], split, f"{key}.json")
@@ -433,18 +525,31 @@ def write_sample_grid(items: List[dict], outputs: List[np.ndarray], path: str, g
         f.write(buf.getvalue())
 
 
+def fid_kid_text(m: dict) -> str:
+    """"  FID 123.45  KID 0.0123" of a fid_kid entry (nan below 2 images)."""
+    return f"  FID {format_value(m['fid'], '.2f')}  KID {format_value(m['kid'], '.4f')}"
+
+
 def format_result(result: dict) -> str:
     """A short human-readable table of the evaluation."""
     lines = []
     for domain, info in sorted(result["domains"].items()):
-        lines.append(f"{domain_name(domain)} ({', '.join(info['splits'])}):")
+        fk = info.get("fid_kid")
+        lines.append(f"{domain_name(domain)} ({', '.join(info['splits'])})"
+                     + (f", FID/KID against {fk['images']} sharp images:" if fk else ":"))
         i = info["input"]
         lines.append(f"  {'blurry input':<22} PSNR {i['psnr']:6.2f}  SSIM {i['ssim']:.4f}  "
-                     f"LPIPS {i['lpips']:.4f}  NIQE {i['niqe']:.3f}")
+                     f"LPIPS {i['lpips']:.4f}  NIQE {i['niqe']:.3f}"
+                     + (fid_kid_text(fk["input"]) if fk else ""))
         for key, m in info["settings"].items():
             mark = " *" if key == (result.get("best_setting") or {}).get("key") else ""
             lines.append(f"  {key:<22} PSNR {m['psnr']:6.2f}  SSIM {m['ssim']:.4f}  "
-                         f"LPIPS {m['lpips']:.4f}  NIQE {m['niqe']:.3f}{mark}")
+                         f"LPIPS {m['lpips']:.4f}  NIQE {m['niqe']:.3f}"
+                         + (fid_kid_text(fk["settings"][key]) if fk else "") + mark)
+    if result.get("fid_kid_note"):
+        lines.append(f"({result['fid_kid_note']})")
+    if result.get("domain_gap"):
+        lines.extend(dg.format_domain_gap(result["domain_gap"], indent=""))
     b = result.get("blessing")
     if b:
         lines.append(f"blessed: {'YES' if b['blessed'] else 'NO'} ({b['reason']})")

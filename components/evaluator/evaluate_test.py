@@ -92,11 +92,13 @@ def models(tmp_path_factory):
 
 GRID = [{"sampler": "ddpm", "steps": 2, "max_noise": 0.1, "samples": 1},
         {"sampler": "ddim", "steps": 3, "max_noise": 0.5, "samples": 1}]
+# tests about the gate and the grid skip the Inception work (tested below and in metrics/)
+NO_FID = {"fid_kid": False, "domain_gap": False}
 
 
 def test_metrics_per_split_domain_and_setting(examples_dir, models, tmp_path):
     model_dir, strength = models["mild"]
-    cfg = ev.EvalConfig(grid=GRID, max_images_per_split=10, batch_size=2)
+    cfg = ev.EvalConfig(grid=GRID, max_images_per_split=10, batch_size=2, domain_gap=False)
     res = ev.evaluate(model_dir, examples_dir, str(tmp_path / "e"), cfg,
                       gate=GateConfig(ood_lpips_max=0.99))
     assert sorted(res["splits"]) == ["test", "test_ood"]  # train is not evaluated
@@ -136,6 +138,27 @@ def test_metrics_per_split_domain_and_setting(examples_dir, models, tmp_path):
     assert rules == {"finite": "pass", "ood_lpips": "pass", "beats_input": "fail",
                      "regression": "skipped"}, res["blessing"]
     assert json.loads((tmp_path / "e" / "blessing.json").read_text())["blessed"] is False
+    # FID/KID per domain: the known outputs and the blurry inputs against the sharp images.
+    # The metric itself is checked against independent references in metrics/fid_test.py;
+    # here, which images enter it (per domain, all splits of the domain, n reported).
+    from metrics.fid import fid_kid
+    from metrics.inception import default_inception
+
+    net = default_inception()
+    for split, items in data.items():
+        fk = res["domains"][DOMAIN[split]]["fid_kid"]
+        sharp = net([it["sharp"] for it in items])
+        assert fk["images"] == len(items)
+        assert fk["input"] == pytest.approx(fid_kid(net([it["blurry"] for it in items]), sharp),
+                                            rel=1e-6, abs=1e-9)
+        g = GRID[1]
+        key = ev.SamplingSetting(**g).key
+        outs = net([checker(it["blurry"], strength, g["max_noise"]) for it in items])
+        assert fk["settings"][key] == pytest.approx(fid_kid(outs, sharp), rel=1e-6, abs=1e-9)
+        assert all(m["n_a"] == m["n_b"] == len(items) for m in fk["settings"].values())
+    assert "biased" in res["fid_kid_note"]
+    assert res["domain_gap"] is None  # switched off here; test_domain_gap_table covers it
+    assert "FID/KID against 5 sharp images" in ev.format_result(res)
 
 
 class Baseline(tf.Module):
@@ -161,7 +184,7 @@ class Baseline(tf.Module):
 def test_beats_input_refuses_do_nothing_and_noise(examples_dir, tmp_path, kind, blessed):
     tf.saved_model.save(Baseline(kind), str(tmp_path / kind))
     res = ev.evaluate(str(tmp_path / kind), examples_dir, str(tmp_path / "e"),
-                      ev.EvalConfig(grid=GRID[:1], max_images_per_split=10),
+                      ev.EvalConfig(grid=GRID[:1], max_images_per_split=10, **NO_FID),
                       gate=GateConfig(ood_lpips_max=0.99))  # the absolute rule passes them all
     rules = {r["rule"]: r for r in res["blessing"]["rules"]}
     assert rules["ood_lpips"]["verdict"] == "pass" and rules["finite"]["verdict"] == "pass"
@@ -180,7 +203,7 @@ def test_beats_input_refuses_do_nothing_and_noise(examples_dir, tmp_path, kind, 
 
 
 def test_baseline_is_measured_now_at_its_own_setting(examples_dir, models, tmp_path):
-    cfg = ev.EvalConfig(grid=GRID, max_images_per_split=2)
+    cfg = ev.EvalConfig(grid=GRID, max_images_per_split=2, **NO_FID)
     strong, mild = models["strong"][0], models["mild"][0]
     # the strongly patterned candidate is worse than the mild baseline: regression fails
     res = ev.evaluate(strong, examples_dir, str(tmp_path / "a"), cfg, baseline_dir=mild,
@@ -206,6 +229,11 @@ def test_caps_and_errors(examples_dir, models, tmp_path):
     assert [it["pair_id"] for it in ev.load_split(examples_dir, "test", 3)] == \
         ["test/0", "test/1", "test/2"]
     assert list(res["domains"]) == ["out"]
+    # one image: FID/KID undefined (NaN, not an error), no domain gap without both domains
+    fk = res["domains"]["out"]["fid_kid"]
+    assert fk["images"] == 1 and np.isnan(fk["input"]["fid"]) and np.isnan(fk["input"]["kid"])
+    assert res["domain_gap"] == {"skipped": "needs evaluation images of both domains (in and "
+                                            "out), has out"}
     with pytest.raises(ValueError, match="not in"):
         ev.evaluate(model_dir, examples_dir, str(tmp_path / "d"), ev.EvalConfig(splits=["val"]))
     with pytest.raises(ValueError, match="repeats a setting"):
@@ -219,8 +247,10 @@ def test_caps_and_errors(examples_dir, models, tmp_path):
 
 @pytest.fixture(scope="module")
 def nan_model(tmp_path_factory):
-    """A real export (trainer/export.py) of a small GuidedDenoiser with one NaN weight: what a
-    diverged training run leaves behind."""
+    """A real export (trainer/export.py) of a small GuidedDenoiser with one NaN weight in its
+    UNet: what a diverged training run leaves behind. Its guidance network is finite, and its
+    zero-initialised R_k convs get random kernels so that R_k is not the identity (the domain
+    gap test reads it). Returns (SavedModel path, the in-process model)."""
     from trainer.export import DeblurModule
     from trainer.model import GuidedDenoiser, preset
 
@@ -230,16 +260,21 @@ def nan_model(tmp_path_factory):
     value = w.numpy()
     value.flat[0] = np.nan
     w.assign(value)
+    rng = np.random.default_rng(0)
+    for k in (2, 4, 8):
+        layer = model.guidance_net.get_layer(f"R_x{k}")
+        layer.kernel.assign(rng.normal(0, 0.3, layer.kernel.shape).astype(np.float32))
     path = str(tmp_path_factory.mktemp("nan") / "saved_model")
     module = DeblurModule(model, {"sampler": "ddim", "steps": 2, "max_noise": 0.5})
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve,
                                                   "deblur": module.deblur})
-    return path
+    return path, model
 
 
 def test_a_nan_model_is_refused_for_being_nan(examples_dir, nan_model, tmp_path, capsys):
+    nan_model = nan_model[0]
     res = ev.evaluate(nan_model, examples_dir, str(tmp_path / "e"),
-                      ev.EvalConfig(grid=GRID, max_images_per_split=2),
+                      ev.EvalConfig(grid=GRID, max_images_per_split=2, domain_gap=False),
                       gate=GateConfig(ood_lpips_max=0.99))
     keys = sorted(ev.SamplingSetting(**g).key for g in GRID)
     assert sorted(res["non_finite_outputs"]) == keys
@@ -249,6 +284,10 @@ def test_a_nan_model_is_refused_for_being_nan(examples_dir, nan_model, tmp_path,
     assert rule["detail"] == ("the model's output is not finite (NaN or Inf) at 2 setting(s): "
                               + ", ".join(keys))
     assert res["blessing"]["reason"].startswith("finite: the model's output is not finite")
+    # no finite output: FID/KID of the outputs are NaN over 0 images; the inputs' are defined
+    fk = res["domains"]["out"]["fid_kid"]
+    assert all(fk["settings"][k]["n_a"] == 0 and np.isnan(fk["settings"][k]["fid"]) for k in keys)
+    assert np.isfinite(fk["input"]["fid"])
     # deblur predict refuses it in one line and writes nothing (it wrote a black image)
     from deblur import cli
 
@@ -273,3 +312,76 @@ def test_the_chosen_setting_beats_the_input_when_one_does():
     assert ev.choose_best(by_domain, [a, b], "out", inputs, gate) == b
     worse = {"in": {"psnr": 30.0, "lpips": 0.1}, "out": {"psnr": 30.0, "lpips": 0.1}}
     assert ev.choose_best(by_domain, [a, b], "out", worse, gate) == a
+
+
+def test_domain_gap_table(examples_dir, nan_model, capsys):
+    """Table 1 on two images per domain, against closed-form FID/KID of independently made
+    images: the blurry RGB, the box-averaged luma, and R_k of the in-process Keras model
+    (the exported model's guidance network is finite; only its UNet holds a NaN)."""
+    from metrics.cli_test import _fid_kid_of_pairs
+    from metrics.inception import default_inception
+
+    from components.evaluator import domain_gap as dg
+    from deblur import cli
+
+    model_dir, model = nan_model
+    # `deblur domain-gap` = evaluate.domain_gap_report on the evaluation splits
+    assert cli.main(["domain-gap", "--model", model_dir, "--examples", examples_dir,
+                     "--max-images", "2", "--json"]) == 0
+    gap = json.loads(capsys.readouterr().out)
+    data = {d: ev.load_split(examples_dir, s, 2) for d, s in (("in", "test"), ("out", "test_ood"))}
+    net = default_inception()
+
+    def luma_blocks(img, k):  # BT.601 luma, mean over k x k blocks
+        y = (img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])) / 255.0
+        h, w = y.shape[0] // k, y.shape[1] // k
+        return y[:h * k, :w * k].reshape(h, k, w, k).mean(axis=(1, 3))
+
+    want = {"full": {d: net([it["blurry"] for it in data[d]]) for d in data}}
+    for k in (2, 4, 8):
+        levels = {d: [luma_blocks(it["blurry"], k) for it in data[d]] for d in data}
+        want[f"x{k}"] = {d: net([v * 255.0 for v in levels[d]]) for d in data}
+        regs = {d: [model.guide({k2: tf.constant((luma_blocks(it["blurry"], k2) * 2 - 1)[None, :, :, None],
+                                                 tf.float32) for k2 in (2, 4, 8)})[1][k].numpy()[0, :, :, 0]
+                    for it in data[d]] for d in data}
+        want[f"R{k}"] = {d: net([np.clip((r + 1) / 2, 0, 1) * 255.0 for r in regs[d]]) for d in data}
+    assert (gap["n_in"], gap["n_out"]) == (2, 2) and gap["guidance"]["available"]
+    rows = {r["scale"]: r for r in gap["rows"]}
+    assert list(rows) == ["full", "x2", "x4", "x8"] and rows["full"]["guidance"] is None
+    for scale, row in rows.items():
+        fid, kid = _fid_kid_of_pairs(want[scale]["in"], want[scale]["out"])
+        assert row["input"]["fid"] == pytest.approx(fid, rel=1e-4), scale
+        assert row["input"]["kid"] == pytest.approx(kid, rel=1e-3, abs=1e-6), scale
+        if scale != "full":
+            fid, kid = _fid_kid_of_pairs(want["R" + scale[1:]]["in"], want["R" + scale[1:]]["out"])
+            assert row["guidance"]["fid"] == pytest.approx(fid, rel=1e-4), scale
+            assert row["guidance"]["kid"] == pytest.approx(kid, rel=1e-3, abs=1e-6), scale
+            assert row["guidance_smaller"] == {m: row["guidance"][m] < row["input"][m]
+                                               for m in ("fid", "kid")}
+    assert gap["verdict"].startswith("the guidance output's gap is smaller than its input's at")
+    text = "\n".join(dg.format_domain_gap(gap))
+    assert "domain gap (paper Table 1)" in text and "2 vs 2 images" in text
+
+
+def test_domain_gap_of_models_without_regressions(examples_dir):
+    """A SavedModel from before guide_features, and a model without guidance: the input rows
+    and a note, not a failure."""
+    from components.evaluator import domain_gap as dg
+
+    class Old:  # no guide_features / guidance_scales
+        pass
+
+    class Unguided:
+        guidance_scales = tf.Variable([0])
+
+        def guide_features(self, phis):
+            raise AssertionError("not called")
+
+    items = {d: ev.load_split(examples_dir, s, 2) for d, s in (("in", "test"), ("out", "test_ood"))}
+    fake = lambda images: np.stack([np.full(2048, float(np.mean(i)) / 255.0) for i in images])  # noqa: E731
+    for model, detail in ((Old(), "no guide_features"), (Unguided(), "no guidance network")):
+        gap = dg.domain_gap(model, items, fake)
+        assert not gap["guidance"]["available"] and detail in gap["guidance"]["detail"]
+        assert [r["scale"] for r in gap["rows"]] == ["full", "x2", "x4", "x8"]
+        assert all(r["guidance"] is None for r in gap["rows"]) and gap["verdict"] is None
+        assert "R_k: " + gap["guidance"]["detail"] in "\n".join(dg.format_domain_gap(gap))
