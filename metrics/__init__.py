@@ -9,6 +9,8 @@
 * niqe(image): uint8 RGB or gray, the MATLAB NIQE (metrics/naturalness.py), a float.
 * image_metrics(output, reference, lpips_model=None): dict(psnr, ssim, lpips, niqe) of one
   uint8 pair (metrics/api.py).
+* InceptionFeatures(): the FID Inception-v3 with its real weights, images -> [n, 2048]
+  (metrics/inception.py); fid_kid(feats_a, feats_b): dict(fid, kid, n_a, n_b) (metrics/fid.py).
 
 Names are resolved lazily so that importing the package (e.g. for the CLI's argument parser)
 does not import TensorFlow.
@@ -23,6 +25,8 @@ _EXPORTS = {
     "LPIPS": "metrics.lpips",
     "niqe": "metrics.naturalness",
     "image_metrics": "metrics.api",
+    "InceptionFeatures": "metrics.inception",
+    "fid_kid": "metrics.fid",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,6 +10,8 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components import validation
+from components.evaluator.domain_gap import format_domain_gap
+from components.evaluator.evaluate import fid_kid_text
 from components.evaluator.gate import domain_name, format_value
 from components.ingest.beam_ingest import SUMMARY_FILE, unlabelled_lines
 
@@ -88,7 +90,9 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
             ev = _read_json(path)
             summary["evaluation"] = {"uri": arts["ModelEvaluation"][-1].uri,
                                      "domains": ev["domains"], "best_setting": ev["best_setting"],
-                                     "best": ev["best"], "baseline": ev.get("baseline")}
+                                     "best": ev["best"], "baseline": ev.get("baseline"),
+                                     "fid_kid_note": ev.get("fid_kid_note"),
+                                     "domain_gap": ev.get("domain_gap")}
     if "ModelBlessing" in arts:
         b = arts["ModelBlessing"][-1]
         path = os.path.join(b.uri, "blessing.json")
@@ -148,6 +152,13 @@ def format_summary(s: dict) -> str:
                          f"LPIPS {m.get('lpips', float('nan')):.4f}  "
                          f"NIQE {m.get('niqe', float('nan')):.3f}   "
                          f"(blurry input: PSNR {i['psnr']:.2f}, LPIPS {i['lpips']:.4f})")
+            fk = info.get("fid_kid")
+            if fk and best in fk["settings"]:
+                lines.append(f"  {'':<14}{fid_kid_text(fk['settings'][best])} against "
+                             f"{fk['images']} sharp images   (blurry input:"
+                             f"{fid_kid_text(fk['input'])})")
+        if ev.get("fid_kid_note"):
+            lines.append(f"  ({ev['fid_kid_note']})")
         base = ev.get("baseline")
         if base:
             lines.append(f"  baseline (latest blessed model, measured now at "
@@ -157,6 +168,8 @@ def format_summary(s: dict) -> str:
                          f"  <- {base['model']}")
         else:
             lines.append("  baseline: none (no blessed model yet)")
+        if ev.get("domain_gap"):
+            lines.extend(format_domain_gap(ev["domain_gap"], indent="  "))
     b = s.get("blessing")
     if b:
         lines.append(f"blessed: {'YES' if b.get('blessed') else 'NO'} ({b.get('reason', '')})")

@@ -107,6 +107,14 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     ev = summary["evaluation"]
     assert sorted(ev["domains"]) == ["in", "out"] and ev["baseline"] is None
     assert ev["best_setting"]["key"] in ("ddpm-T2-n0.05-K1", "ddim-T2-n0.05-K1")
+    # FID/KID per domain with n, and the paper's Table 1 with the trained model's R_k
+    for d in ("in", "out"):
+        fk = ev["domains"][d]["fid_kid"]
+        assert fk["images"] == 2 and fk["settings"][ev["best_setting"]["key"]]["n_a"] == 2
+    gap = ev["domain_gap"]
+    assert [r["scale"] for r in gap["rows"]] == ["full", "x2", "x4", "x8"]
+    assert gap["guidance"]["available"] and all(r["guidance"] for r in gap["rows"][1:])
+    assert "domain gap (paper Table 1)" in out and "against 2 sharp images" in out
     rules = {r["rule"]: r["verdict"] for r in summary["blessing"]["rules"]}
     assert summary["blessing"]["blessed"] and rules == {
         "finite": "pass", "ood_lpips": "pass", "beats_input": "pass",
