@@ -155,8 +155,8 @@ def format_summary(s: dict) -> str:
             fk = info.get("fid_kid")
             if fk and best in fk["settings"]:
                 lines.append(f"  {'':<14}{fid_kid_text(fk['settings'][best])} against "
-                             f"{fk['images']} sharp images   (blurry input:"
-                             f"{fid_kid_text(fk['input'])})")
+                             f"{fk['images']} sharp images   (blurry input: "
+                             f"{fid_kid_text(fk['input']).strip()})")
         if ev.get("fid_kid_note"):
             lines.append(f"  ({ev['fid_kid_note']})")
         base = ev.get("baseline")
