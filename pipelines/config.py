@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from components.evaluator.evaluate import EvalConfig
 from components.evaluator.gate import GateConfig
 from components.ingest.beam_ingest import IngestOptions, IngestSource
+from core.fields import check_scalar
 from pipelines.kubeflow_config import KubeflowConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,29 +176,13 @@ def _build(cls, value: Any, path: str):
         hints = typing.get_type_hints(cls)
         for name, v in value.items():
             where = f"{path}.{name}" if path else name
-            _check_scalar(hints[name], v, where)
+            check_scalar(hints[name], v, where, ConfigError)
             kwargs[name] = _build(_field_type(cls, name), v, where)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{path or 'config'}: {e}") from e
     return value
-
-
-_SCALARS = {str: (str,), int: (int,), float: (int, float), bool: (bool,)}
-
-
-def _check_scalar(hint, value, where: str) -> None:
-    """A str/int/float/bool field (or Optional of one) must get that type: a typo'd YAML value
-    or a --set on the wrong key fails here rather than deep inside a component."""
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) is typing.Union and type(None) in args
-    base = next((a for a in args if a is not type(None)), None) if optional else hint
-    if base not in _SCALARS or (optional and value is None):
-        return
-    ok = isinstance(value, _SCALARS[base]) and not (base in (int, float) and isinstance(value, bool))
-    if not ok:
-        raise ConfigError(f"{where}: expected {base.__name__}, got {type(value).__name__} {value!r}")
 
 
 def _field_type(cls, name):
