@@ -181,29 +181,44 @@ def cmd_model_stats(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from trainer import experiments, train
+def train_experiment(args):
+    """The experiment of `deblur train`: the preset, its flags (--steps, --batch-size, --tpu,
+    --strategy), then every --set SECTION.FIELD=VALUE (parsed as run-local's --set: VALUE is
+    YAML; a --set wins over a flag), e.g. --set train.steps_per_loop=10 --set model.dropout=0.1"""
+    from pipelines.config import apply_overrides
+    from trainer import experiments
 
-    overrides = {}  # 0 is not "unset": TrainConfig refuses it in one line
+    flags = {}  # 0 is not "unset": TrainConfig refuses it in one line
     if args.steps is not None:
-        overrides["steps"] = args.steps
+        flags["steps"] = args.steps
     if args.batch_size is not None:
-        overrides["global_batch_size"] = args.batch_size
+        flags["global_batch_size"] = args.batch_size
     if args.tpu:
-        overrides.update(tpu=args.tpu, mixed_precision="bfloat16")
+        flags.update(tpu=args.tpu, mixed_precision="bfloat16")
     if args.strategy:
-        overrides["strategy"] = args.strategy
-    exp = experiments.get(args.config, train=overrides) if overrides else experiments.get(args.config)
+        flags["strategy"] = args.strategy
+    sections = apply_overrides({"train": flags} if flags else {}, args.set or ())
+    return experiments.get(args.config, **sections)
+
+
+def cmd_train(args) -> int:
+    from trainer import train
+
+    exp = train_experiment(args)
     if not os.path.isdir(args.examples) and not args.examples.startswith("gs://"):
         raise UserError(f"--examples {args.examples} is not a directory")
     _check_writable(args.out, "--out")
     t0 = time.time()
     result = train.train(exp, args.examples, args.out, progress=True)
     last = result["history"][-1] if result["history"] else {}
+    skipped = f"; {result['skipped']} non-finite batch(es) skipped" if result["skipped"] else ""
     print(f"trained {exp.name} to step {result['step']} in {time.time() - t0:.0f} s; "
           f"loss {last.get('loss', float('nan')):.4f} (dpm {last.get('loss_dpm', float('nan')):.4f}, "
-          f"guidance {last.get('loss_guidance', float('nan')):.4f})")
-    print(f"  {args.out}/saved_model, {args.out}/checkpoints, {args.out}/tensorboard")
+          f"guidance {last.get('loss_guidance', float('nan')):.4f}){skipped}")
+    if result["chief"]:
+        print(f"  {args.out}/saved_model, {args.out}/checkpoints, {args.out}/tensorboard")
+    else:
+        print(f"  this worker is not the chief: the chief wrote {args.out}")
     return 0
 
 
@@ -529,8 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny, icDPM-S, icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    s.add_argument("--strategy", choices=("auto", "default", "mirrored"), default=None)
+    s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker"),
+                   default=None, help="auto: multi_worker when TF_CONFIG names several workers, "
+                                      "mirrored over several GPUs, else default")
     s.add_argument("--tpu", default=None, help="TPU name or grpc:// address (TPUStrategy, bfloat16)")
+    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override an experiment field, e.g. --set train.steps_per_loop=10 "
+                        "(sections: model, diffusion, data, train; repeatable)")
 
     from metrics.cli import add_arguments as add_metrics_arguments
 
@@ -660,8 +680,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as e:
-        # The pipeline ran and stopped on its own rule (quarantine bound, data anomalies).
-        if type(e).__name__ not in ("IngestError", "DataValidationError") or args.verbose:
+        # The work ran and stopped on its own rule (quarantine bound, data anomalies, a
+        # non-finite training step, a lost training worker).
+        if type(e).__name__ not in ("IngestError", "DataValidationError", "TrainingStopped") \
+                or args.verbose:
             raise
         print(f"deblur: error: {e}", file=sys.stderr)
         return EXIT_FAILED

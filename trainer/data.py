@@ -135,8 +135,13 @@ def training_dataset(cfg: DataConfig, batch_size: int, *, input_context=None,
     """Batches of training elements (batch_size is per replica under tf.distribute)."""
     files = split_files(cfg.examples_dir, cfg.train_split)
     ds = tf.data.Dataset.from_tensor_slices(list(files))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    # several input pipelines (one per worker): each reads its own files, or, with fewer files
+    # than pipelines (small sets), every file and keeps every n-th record of its own (seeded)
+    # stream: a sample of the records rather than a partition, at n times the reading
+    by_file = pipelines > 1 and len(files) >= pipelines
+    if by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
@@ -144,6 +149,8 @@ def training_dataset(cfg: DataConfig, batch_size: int, *, input_context=None,
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
         cycle_length=cfg.interleave_cycle, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=seed is not None)
+    if pipelines > 1 and not by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
     base = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
     ds = ds.enumerate().map(

@@ -9,8 +9,10 @@ the model, the batch, the crop and the warm-ups so a few CPU minutes show learni
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Dict, Optional
 
+from core.fields import check_scalar
 from trainer import data as data_lib
 from trainer.diffusion import DiffusionConfig
 
@@ -23,6 +25,10 @@ class DataSection:
     # keep it small (256 GoPro-size examples made ~1.3 GB checkpoints; file interleave mixes too)
     shuffle_buffer: int = 32
     train_split: str = "train"
+
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+ON_NONFINITE = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +46,23 @@ class TrainConfig:
     log_every: int = 100
     image_summary_every: int = 5_000
     seed: int = 0
-    mixed_precision: str = "float32"  # "float32" | "bfloat16" (TPU)
-    strategy: str = "auto"  # "auto" | "default" | "mirrored"
+    mixed_precision: str = "float32"  # "float32" | "bfloat16" (TPU; CPUs with AVX512_BF16)
+    # "auto": MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else
+    # MirroredStrategy over several GPUs, else the default strategy; "multi_worker" forces the
+    # first (TF_CONFIG), "mirrored" / "default" the others (train.make_strategy)
+    strategy: str = "auto"
     tpu: Optional[str] = None  # TPU name or grpc:// address -> TPUStrategy
+    # K training steps per call of the compiled loop (a tf.range loop inside one tf.function):
+    # one host round trip per K steps. A call also ends at every log, checkpoint and image
+    # summary step, so the results and the logs are those of K = 1 (train_test.py)
+    steps_per_loop: int = 1
+    # XLA-compile the step (forward, backward, the optimizer and the EMA); None: the default
+    # of the device type, train.JIT_COMPILE_DEFAULT (measured: benchmarks/results/train_step.md).
+    # TPUs compile everything anyway.
+    jit_compile: Optional[bool] = None
+    # a batch whose loss or gradient is not finite is never applied: "stop" ends training with
+    # an error naming the step; "skip" goes on with the next batch and counts it
+    on_nonfinite: str = "stop"
 
     def __post_init__(self):
         if self.steps < 1 or self.global_batch_size < 1:
@@ -51,6 +71,17 @@ class TrainConfig:
             raise ValueError("mixed_precision must be float32 or bfloat16")
         if min(self.checkpoint_every, self.log_every, self.image_summary_every) < 1:
             raise ValueError("checkpoint_every, log_every and image_summary_every must be >= 1")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, "
+                             f"got {self.strategy!r}")
+        if self.steps_per_loop < 1:
+            raise ValueError(f"steps_per_loop must be >= 1, got {self.steps_per_loop!r}")
+        if self.jit_compile not in (None, True, False):
+            raise ValueError(f"jit_compile must be true, false or null (the device type's "
+                             f"default), got {self.jit_compile!r}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, "
+                             f"got {self.on_nonfinite!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +110,15 @@ class Experiment:
             current = getattr(self, name, None)
             if not dataclasses.is_dataclass(current):
                 raise ValueError(f"unknown experiment section {name!r}")
+            if not isinstance(changes, dict):
+                raise ValueError(f"{name}: expected a mapping of fields, got {changes!r}")
             fields = {f.name for f in dataclasses.fields(current)}
             unknown = set(changes) - fields
             if unknown:
                 raise ValueError(f"{name}: unknown field(s) {', '.join(sorted(unknown))}")
+            hints = typing.get_type_hints(type(current))
+            for field, value in changes.items():
+                check_scalar(hints[field], value, f"{name}.{field}")
             kw[name] = dataclasses.replace(current, **changes)
         return dataclasses.replace(self, **kw)
 

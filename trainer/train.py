@@ -3,22 +3,46 @@
     exp = experiments.get("tiny"); exp = exp.replace_train(steps=200)
     train(exp, examples_dir="...", out_dir="...")      # the CLI and the TFX run_fn call this
 
-- Strategy: TPUStrategy when train.tpu is set, MirroredStrategy when several GPUs are visible
-  (or strategy="mirrored"), the default strategy otherwise.
+- Strategy (make_strategy): TPUStrategy when train.tpu is set; MultiWorkerMirroredStrategy when
+  TF_CONFIG names several workers (GPU pools: one process per machine, each with the same
+  command); MirroredStrategy when several GPUs are visible (or strategy="mirrored"); the
+  default strategy otherwise. Each process logs its strategy, workers and replicas at start.
 - Per-example losses are summed and divided by the GLOBAL batch (tf.nn.compute_average_loss),
-  so gradients are the same whatever the number of replicas.
+  so gradients are the same whatever the number of replicas or workers.
+- Steps per host call: Trainer.train_loop runs train.steps_per_loop steps in a tf.range loop
+  inside one tf.function, fetching its batches from the distributed iterator in the graph. A
+  call ends early at the next log, checkpoint or image-summary step, so logs, summaries and
+  checkpoints happen between calls and the results equal those of one step per call.
+- XLA: the replica step (forward, backward, the gated update) is a jit-compiled tf.function
+  when train.jit_compile says so (default per device type: JIT_COMPILE_DEFAULT).
+- Non-finite values: a step whose loss or gradients hold a NaN or Inf on any replica applies
+  nothing (the decision is all-reduced, so every replica takes the same branch). With
+  train.on_nonfinite "stop" the loop ends at that step and train() raises TrainingStopped
+  naming it, before anything is checkpointed or exported; with "skip" the batch is counted
+  (Trainer.skipped_steps, checkpointed; "skipped" in the history) and training goes on.
 - The diffusion noise (gamma, eps) is drawn in the input pipeline from stateless seeds keyed by
   the element index, so a batch fully determines a step and a resumed run replays the same
-  noise: checkpoints hold the model, the EMA, the optimizer, the step and (with the default
-  strategy) the input iterator.
+  noise: checkpoints hold the model, the EMA, the optimizer, the step and (with one replica)
+  the input iterator. Without the iterator (several replicas) a resumed run draws its input
+  from seeds of its resume step, so it does not replay the batches of the first steps.
+- Multi-worker: only the chief writes OUT (checkpoints, history, TensorBoard, the export);
+  every other worker restores from OUT/checkpoints and saves its own checkpoints (which
+  tf.distribute needs every worker to write) into a temporary folder it removes at the end.
+  All workers must see the same OUT (gs://...): after the restore the workers check that they
+  are at the same step. A lost worker ends training with TrainingStopped; rerunning all
+  workers resumes from the chief's newest checkpoint.
 - Writes OUT/checkpoints, OUT/tensorboard, OUT/saved_model (export.py) and OUT/history.json.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, Optional
 
@@ -33,6 +57,41 @@ from trainer.experiments import Experiment
 
 log = logging.getLogger(__name__)
 
+# train.jit_compile = None: XLA or not, by the device type the step runs on. TPUs compile
+# everything anyway. CPU: measured slower with XLA (benchmarks/results/train_step.md).
+# GPU: not measured here (no GPU); XLA fuses the normalisations, activations and the
+# optimizer's elementwise updates, which run as separate kernels otherwise.
+JIT_COMPILE_DEFAULT = {"CPU": False, "GPU": True}
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended on its own rule (a non-finite loss, a lost worker); one line."""
+
+
+# ---- strategy --------------------------------------------------------------------------------
+
+def tf_config_cluster() -> Dict[str, object]:
+    """{"workers": chief + worker tasks in TF_CONFIG, "task": (type, index) or None}."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return {"workers": 1, "task": None}
+    try:
+        cfg = json.loads(text)
+        cluster = cfg.get("cluster") or {}
+        task = cfg.get("task") or {}
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"TF_CONFIG is not a JSON object with cluster and task: {e}") from None
+    unsupported = sorted(set(cluster) - {"chief", "worker"})
+    if unsupported:
+        raise ValueError(f"TF_CONFIG names {', '.join(unsupported)} tasks; training runs only "
+                         "chief and worker tasks (MultiWorkerMirroredStrategy), no parameter "
+                         "servers or side-car evaluators")
+    workers = sum(len(cluster.get(k) or ()) for k in ("chief", "worker"))
+    kind = task.get("type") if isinstance(task, dict) else None
+    if workers and kind not in ("chief", "worker"):
+        raise ValueError(f"TF_CONFIG's task must be a chief or a worker, got {task!r}")
+    return {"workers": max(1, workers), "task": (kind, int(task.get("index", 0))) if workers else None}
+
 
 def make_strategy(tcfg) -> tf.distribute.Strategy:
     if tcfg.tpu:
@@ -40,11 +99,74 @@ def make_strategy(tcfg) -> tf.distribute.Strategy:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
+    cluster = tf_config_cluster()
+    workers = cluster["workers"]
+    if tcfg.strategy == "multi_worker" or (tcfg.strategy == "auto" and workers > 1):
+        # RING on CPUs, NCCL on GPUs; a lost peer is found by the coordination service's
+        # heartbeats, which fail the collectives that wait for it
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        except tf.errors.UnknownError as e:  # "Could not start gRPC server"
+            if cluster["task"] is None:
+                raise
+            kind, index = cluster["task"]
+            address = json.loads(os.environ["TF_CONFIG"])["cluster"][kind][index]
+            raise ValueError(f"this worker ({kind} {index}) could not serve on {address} from "
+                             f"TF_CONFIG ({e.message.strip()}): the port is taken or the address "
+                             "is not this machine's") from None
+    if workers > 1:
+        raise ValueError(f"TF_CONFIG names {workers} workers but train.strategy is "
+                         f"{tcfg.strategy!r}; use auto or multi_worker")
     if tcfg.strategy == "mirrored" or (tcfg.strategy == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
         return tf.distribute.MirroredStrategy()
-    if tcfg.strategy not in ("auto", "default", "mirrored"):
-        raise ValueError(f"unknown strategy {tcfg.strategy!r}")
     return tf.distribute.get_strategy()
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return tf_config_cluster()["workers"]
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return int(strategy.extended.num_hosts)
+    return 1
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The process that writes the outputs (the only process, except under multi-worker)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def device_type(strategy: tf.distribute.Strategy) -> str:
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "TPU"
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
+def describe_strategy(strategy: tf.distribute.Strategy, jit_compile: bool) -> str:
+    task = tf_config_cluster()["task"] if isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy) else None
+    who = f"; task {task[0]} {task[1]}" if task else ""
+    role = "" if is_chief(strategy) else " (not the chief: writes only to a temporary folder)"
+    name = ("MultiWorkerMirroredStrategy"
+            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            else "default (one device)" if type(strategy).__name__.startswith("_Default")
+            else type(strategy).__name__)
+    return (f"strategy {name}: {num_workers(strategy)} worker(s), "
+            f"{strategy.num_replicas_in_sync} replica(s) in sync on {device_type(strategy)}, "
+            f"XLA {'on' if jit_compile else 'off'}{who}{role}")
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str):
+    """Keras layers read the global dtype policy when they are built: build under `name`, then
+    restore the previous one (a float32 Trainer after a bfloat16 one in the same process)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 class WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
@@ -83,14 +205,20 @@ class Trainer:
         self.exp, self.out_dir = exp, out_dir
         self.strategy = strategy or make_strategy(exp.train)
         t = exp.train
-        if t.mixed_precision == "bfloat16":
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        self.jit_compile = (t.jit_compile if t.jit_compile is not None
+                            else JIT_COMPILE_DEFAULT.get(device_type(self.strategy), False))
+        if self.jit_compile and self.strategy.num_replicas_in_sync > 1 and \
+                device_type(self.strategy) == "CPU":
+            raise ValueError("train.jit_compile on CPUs needs a single replica: XLA cannot run "
+                             "the replicas' steps of several CPU devices or workers (it reads "
+                             "another device's variables); use jit_compile=false there")
         self.schedule = diffusion.TrainingSchedule(exp.diffusion)
         # The initial weights come from the Keras initializers, which draw their seeds from the
         # global RNGs: seed them so that the same experiment starts from the same weights (a
         # rerun, or an interrupted-and-resumed run, ends with the same weights).
         keras.utils.set_random_seed(t.seed)
-        with self.strategy.scope():
+        policy = "mixed_bfloat16" if t.mixed_precision == "bfloat16" else "float32"
+        with self.strategy.scope(), _dtype_policy(policy):
             self.model = GuidedDenoiser(exp.model)
             self.variables = list(self.model.trainable_variables)
             self.optimizer = keras.optimizers.Adam(
@@ -102,12 +230,26 @@ class Trainer:
                         for v in self.variables]
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            # batches not applied because their loss or gradients were not finite
+            self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                             name="skipped_steps",
+                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._replica_fn = (tf.function(self._replica_step, jit_compile=True)
+                            if self.jit_compile else self._replica_step)
 
     # ---- one step ------------------------------------------------------------------------
     def _replica_step(self, batch):
         grads, out = self.replica_gradients(batch)
-        self.apply_gradients(grads)
+        out["finite"] = self.apply_if_finite(grads, out["loss"])
         return out
+
+    def metric_names(self):
+        """The float metrics of a step (replica_gradients' second result), in its order."""
+        names = ["loss", "loss_dpm", "loss_guidance"]
+        if self.model.guidance_net is not None:
+            for k in self.exp.model.guidance_scales:
+                names += [f"loss_guidance_x{k}", f"identity_x{k}"]
+        return names
 
     def replica_gradients(self, batch):
         """One replica's gradients and metrics: its examples' losses over the GLOBAL batch, so
@@ -150,32 +292,114 @@ class Trainer:
         for e, v in zip(self.ema, self.variables):
             e.assign(decay * e + (1.0 - decay) * tf.cast(v, e.dtype))
 
-    def learning_rate(self) -> float:
-        """The learning rate the last step used."""
-        t = self.exp.train
-        return float(diffusion.learning_rate(self.step - 1, t.learning_rate, t.lr_warmup_steps).numpy())
+    def apply_if_finite(self, grads, loss):
+        """apply_gradients when the loss and every gradient are finite on EVERY replica (the
+        count of replicas with a non-finite value is all-reduced, so all replicas take the same
+        branch); otherwise nothing changes. Returns that decision (a bool tensor).
 
-    @tf.function
-    def train_step(self, dist_batch):
-        per_replica = self.strategy.run(self._replica_step, args=(dist_batch,))
+        The decision is a tf.cond around the optimizer. Strategies whose optimizer update calls
+        merge_call (MirroredStrategy and MultiWorkerMirroredStrategy outside XLA) cannot have
+        that inside a cond in the replica context: there the cond runs in the cross-replica
+        context and its true branch updates each replica (as Keras's LossScaleOptimizer does)."""
+        finite = tf.math.is_finite(loss)
+        for g in grads:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+        context = tf.distribute.get_replica_context()
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+        ok = tf.equal(bad, 0.0)
+
+        def update():
+            self.apply_gradients(grads)
+            return tf.constant(True)
+
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(ok, update, lambda: tf.constant(False))
+            return ok
+
+        def cross_replica(strategy, ok, grads):
+            first = strategy.experimental_local_results(ok)[0]  # the same on every replica
+
+            def update_each():
+                strategy.extended.call_for_each_replica(self.apply_gradients, args=(grads,))
+                return tf.constant(True)
+
+            tf.cond(first, update_each, lambda: tf.constant(False))
+
+        context.merge_call(cross_replica, args=(ok, grads))
+        return ok
+
+    def learning_rate(self) -> float:
+        """The learning rate the last applied step used (the schedule runs on the optimizer's
+        iterations, which skipped batches do not advance)."""
+        t = self.exp.train
+        return float(diffusion.learning_rate(self.optimizer.iterations - 1, t.learning_rate,
+                                             t.lr_warmup_steps).numpy())
+
+    def _distributed_step(self, dist_batch):
+        """One step on every replica (cross-replica context): the metrics summed over the
+        replicas, and "finite" (whether the step was applied)."""
+        per_replica = self.strategy.run(self._replica_fn, args=(dist_batch,))
+        finite = self.strategy.experimental_local_results(per_replica.pop("finite"))[0]
         metrics = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                    for k, v in per_replica.items()}
         self.step.assign_add(1)
+        self.skipped_steps.assign_add(1 - tf.cast(finite, tf.int64))
+        return {**metrics, "finite": finite}
+
+    @tf.function
+    def train_step(self, dist_batch):
+        """One step on a batch given from the host (as the distributed dataset yields it)."""
+        return self._distributed_step(dist_batch)
+
+    @tf.function
+    def train_loop(self, iterator, num_steps):
+        """num_steps steps (a tensor, so one trace serves every count) on batches taken from
+        `iterator` inside the graph; returns the last step's metrics. With on_nonfinite "stop"
+        the loop ends at a step that was not applied (its "finite" is False)."""
+        metrics = {k: tf.constant(0.0) for k in self.metric_names()}
+        metrics["finite"] = tf.constant(True)
+        stop = self.exp.train.on_nonfinite == "stop"
+        for _ in tf.range(num_steps):
+            metrics = self._distributed_step(next(iterator))
+            if stop and not metrics["finite"]:
+                break
         return metrics
 
     # ---- data ----------------------------------------------------------------------------
-    def dataset(self, examples_dir: str):
+    def dataset(self, examples_dir: str, resume_step: int = 0):
+        """The distributed training input. resume_step > 0: seeds of their own for a run that
+        resumes without its input iterator (see the module docstring)."""
         t = self.exp.train
         dcfg = self.exp.data_config(examples_dir)
-        noise = add_diffusion_noise(self.schedule, t.seed)
+        seed = t.seed
+        if resume_step:
+            import numpy as np
+
+            seed = int(np.random.SeedSequence([t.seed, resume_step]).generate_state(1)[0] >> 1)
+        noise = add_diffusion_noise(self.schedule, seed)
+        data_lib.split_files(dcfg.examples_dir, dcfg.train_split)  # a missing split, here
 
         def fn(input_context):
             per_replica = input_context.get_per_replica_batch_size(t.global_batch_size)
             ds = data_lib.training_dataset(dcfg, per_replica, input_context=input_context,
-                                           seed=t.seed + input_context.input_pipeline_id)
+                                           seed=seed + input_context.input_pipeline_id)
             return ds.enumerate().map(noise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
         return self.strategy.distribute_datasets_from_function(fn)
+
+
+def loop_length(step: int, tcfg, image_summaries: bool) -> int:
+    """Steps of the next train_loop call from `step`: steps_per_loop, cut at the next log,
+    checkpoint or image-summary step and at the last step."""
+    events = [tcfg.log_every, tcfg.checkpoint_every] + ([tcfg.image_summary_every]
+                                                        if image_summaries else [])
+    nxt = min([tcfg.steps] + [(step // e + 1) * e for e in events])
+    return max(1, min(tcfg.steps_per_loop, nxt - step))
+
+
+# errors of a collective whose peer is gone (killed, preempted, unreachable)
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.DeadlineExceededError, tf.errors.CancelledError)
 
 
 def train(exp: Experiment, examples_dir: str, out_dir: str,
@@ -183,57 +407,122 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
           progress: bool = False, on_step: Optional[Callable[[int, Dict], None]] = None,
           export_dir: Optional[str] = None) -> dict:
     """Trains to exp.train.steps (resuming from OUT/checkpoints), exports the SavedModel to
-    export_dir (default OUT/saved_model), returns the history."""
-    t = exp.train
+    export_dir (default OUT/saved_model), returns {"history", "step", "skipped", "chief",
+    "strategy"}. Raises TrainingStopped on a non-finite step (on_nonfinite "stop") or when
+    another worker is lost; nothing of such a step is checkpointed or exported."""
     trainer = Trainer(exp, out_dir, strategy)
+    chief = is_chief(trainer.strategy)
+    described = describe_strategy(trainer.strategy, trainer.jit_compile)
+    # every worker saves checkpoints (tf.distribute may need all of them to take part); only
+    # the chief's go to OUT
+    work_dir = out_dir if chief else tempfile.mkdtemp(prefix="deblur-worker-")
+    try:
+        return _train(trainer, examples_dir, out_dir, work_dir, described, progress, on_step,
+                      export_dir)
+    finally:
+        if not chief:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, described: str,
+           progress: bool, on_step, export_dir) -> dict:
+    exp, t = trainer.exp, trainer.exp.train
+    chief = work_dir == out_dir
     ds = trainer.dataset(examples_dir)  # fails on bad examples before out_dir exists
+    log.info("%s", described)
+    if progress:
+        print(f"train: {described}", file=sys.stderr, flush=True)
     iterator = iter(ds)
-    gfile.makedirs(out_dir)  # tf.io.gfile: local paths and gs:// alike
+    if chief:
+        gfile.makedirs(out_dir)  # tf.io.gfile: local paths and gs:// alike
     ckpt_items = dict(unet=trainer.model.unet, optimizer=trainer.optimizer, step=trainer.step,
-                      ema=trainer.ema)
+                      ema=trainer.ema, skipped_steps=trainer.skipped_steps)
     if trainer.model.guidance_net is not None:
         ckpt_items["guidance"] = trainer.model.guidance_net
-    if trainer.strategy.num_replicas_in_sync == 1 and not t.tpu:
+    with_iterator = trainer.strategy.num_replicas_in_sync == 1 and not t.tpu
+    if with_iterator:
         ckpt_items["iterator"] = iterator  # exact resume of the input pipeline
     ckpt = tf.train.Checkpoint(**ckpt_items)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"),
-                                         max_to_keep=t.keep_checkpoints)
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(work_dir, "checkpoints"),
+                                         max_to_keep=t.keep_checkpoints if chief else 1)
     tb_dir = os.path.join(out_dir, "tensorboard")
-    restored = restore_newest_readable(ckpt, manager)
+    restored = restore_newest_readable(ckpt, manager if chief else tf.train.CheckpointManager(
+        ckpt, ckpt_dir, max_to_keep=None))
+    resumed = int(trainer.step.numpy())
+    if num_workers(trainer.strategy) > 1:
+        _check_workers_agree(trainer, ckpt_dir)
     if restored:
-        resumed = int(trainer.step.numpy())
         log.warning("resumed from %s at step %d", restored, resumed)
         if resumed > t.steps:
             raise ValueError(f"{out_dir} is already trained to step {resumed}, past the "
                              f"requested {t.steps} steps; ask for at least {resumed} steps or "
                              "choose another output folder")
-        _purge_tensorboard_after(tb_dir, resumed)
-    with gfile.GFile(os.path.join(out_dir, "experiment.json"), "w") as f:
-        json.dump(exp.to_dict(), f, indent=2, sort_keys=True)
-    writer = tf.summary.create_file_writer(tb_dir)
+        if chief:
+            _purge_tensorboard_after(tb_dir, resumed)
+        if not with_iterator:
+            iterator = iter(trainer.dataset(examples_dir, resume_step=resumed))
     history_path = os.path.join(out_dir, "history.json")
     history = []
-    if gfile.exists(history_path):
-        with gfile.GFile(history_path) as f:
-            history = json.load(f)
-    history = [h for h in history if h["step"] <= int(trainer.step.numpy())]
+    if chief:
+        with gfile.GFile(os.path.join(out_dir, "experiment.json"), "w") as f:
+            json.dump(exp.to_dict(), f, indent=2, sort_keys=True)
+        writer = tf.summary.create_file_writer(tb_dir)
+        if gfile.exists(history_path):
+            with gfile.GFile(history_path) as f:
+                history = json.load(f)
+    else:
+        writer = tf.summary.create_noop_writer()
+    history = [h for h in history if h["step"] <= resumed]
+    guided = trainer.model.guidance_net is not None
+    preview = None
     bar, line_every = None, 0
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=t.steps, initial=int(trainer.step.numpy()), unit="step", desc="train")
+        bar = tqdm(total=t.steps, initial=resumed, unit="step", desc="train")
     elif progress:  # a log file, not a terminal: a plain line every 5% (tqdm: ~124 B a step)
         line_every = max(1, t.steps // 20)
     t0 = time.time()
-    while int(trainer.step.numpy()) < t.steps:
-        batch = next(iterator)
-        metrics = trainer.train_step(batch)
-        step = int(trainer.step.numpy())
+    step, skipped = resumed, int(trainer.skipped_steps.numpy())
+    last_checkpoint = resumed if restored else None
+    while step < t.steps:
+        n = loop_length(step, t, guided)
+        try:
+            metrics = trainer.train_loop(iterator, tf.constant(n, tf.int64))
+            before, step = step, int(trainer.step.numpy())
+        except tf.errors.OutOfRangeError:
+            raise TrainingStopped(
+                f"the training input of this process ran out after step {step} (a split with "
+                "fewer examples than a global batch, or an empty shard for this worker)") from None
+        except _PEER_ERRORS as e:
+            if num_workers(trainer.strategy) == 1:
+                raise
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if "task" in ln.lower()), lines[0] if lines else "")
+            steps = f"step {step + 1}" if n == 1 else f"steps {step + 1}-{step + n}"
+            raise TrainingStopped(
+                f"lost contact with another worker during {steps} ({type(e).__name__}: "
+                f"{detail[:300]}); run all workers again to resume from the "
+                f"newest checkpoint in {ckpt_dir}"
+                + (f" (step {last_checkpoint})" if last_checkpoint else "")) from None
+        if not bool(metrics["finite"]):
+            if t.on_nonfinite == "stop":
+                raise TrainingStopped(
+                    f"non-finite loss or gradient at step {step} (loss "
+                    f"{float(metrics['loss'].numpy())}); that step was not applied and nothing "
+                    "after step " + str(last_checkpoint or 0) + " was checkpointed or exported "
+                    "(train.on_nonfinite=skip skips such batches instead)")
+        now_skipped = int(trainer.skipped_steps.numpy())
+        if now_skipped > skipped:
+            log.warning("skipped %d batch(es) with a non-finite loss or gradient in steps "
+                        "%d-%d (%d in all)", now_skipped - skipped, before + 1, step, now_skipped)
+            skipped = now_skipped
         if step % t.log_every == 0 or step == t.steps:
             row = {"step": step, "lr": trainer.learning_rate(),
                    "w": float(diffusion.dpm_loss_weight(step - 1, t.dpm_warmup_steps).numpy()),
-                   **{k: float(v.numpy()) for k, v in metrics.items()},
-                   "seconds": round(time.time() - t0, 2)}
+                   **{k: float(metrics[k].numpy()) for k in trainer.metric_names()},
+                   "skipped": skipped, "seconds": round(time.time() - t0, 2)}
             history.append(row)
             with writer.as_default(step=step):
                 for k, v in row.items():
@@ -241,26 +530,61 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
                         tf.summary.scalar(k, v)
             if on_step:
                 on_step(step, row)
-        if step % t.image_summary_every == 0 and trainer.model.guidance_net is not None:
-            _image_summaries(trainer, batch, writer, step)
+        if guided and step % t.image_summary_every == 0 and chief:
+            if preview is None:
+                preview = _preview_batch(trainer, examples_dir)
+            _image_summaries(trainer, preview, writer, step)
         if step % t.checkpoint_every == 0 or step == t.steps:
             manager.save(checkpoint_number=step)
-            with gfile.GFile(history_path + ".tmp", "w") as f:
-                json.dump(history, f)
-            gfile.rename(history_path + ".tmp", history_path, overwrite=True)
+            last_checkpoint = step
+            if chief:
+                with gfile.GFile(history_path + ".tmp", "w") as f:
+                    json.dump(history, f)
+                gfile.rename(history_path + ".tmp", history_path, overwrite=True)
+        loss = float(metrics["loss"].numpy())
         if bar:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(metrics['loss'].numpy()):.4f}")
-        elif line_every and (step % line_every == 0 or step == t.steps):
-            print(f"train: step {step}/{t.steps}, loss {float(metrics['loss'].numpy()):.4f}, "
+            bar.update(step - before)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        elif line_every and (step // line_every > before // line_every or step == t.steps):
+            print(f"train: step {step}/{t.steps}, loss {loss:.4f}, "
                   f"{time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     if bar:
         bar.close()
     writer.flush()
-    from trainer import export
+    result = {"history": history, "step": step, "skipped": skipped, "chief": chief,
+              "strategy": described}
+    if chief:
+        from trainer import export
 
-    export.export_saved_model(trainer, export_dir or os.path.join(out_dir, "saved_model"))
-    return {"history": history, "step": int(trainer.step.numpy())}
+        export.export_saved_model(trainer, export_dir or os.path.join(out_dir, "saved_model"))
+    if num_workers(trainer.strategy) > 1:
+        # the workers end together, once the chief has exported: a worker that returns finds
+        # the export in place (TFX's Trainer checks for it on every worker)
+        _all_workers_sum(trainer.strategy, lambda: tf.constant([1.0], tf.float64))
+    return result
+
+
+def _all_workers_sum(strategy: tf.distribute.Strategy, fn) -> list:
+    """The sum over every replica of every worker of fn() (a float64 vector), as floats."""
+    reduced = tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(fn),
+                                                  axis=None))()
+    return [float(x) for x in reduced.numpy()]
+
+
+def _check_workers_agree(trainer: Trainer, ckpt_dir: str) -> None:
+    """Every worker restored the same step (they read the chief's checkpoints: OUT must be one
+    folder all of them see, e.g. on gs://), else a ValueError on every worker: the sums of the
+    replicas' steps and of their squares are equal only when all steps are (Cauchy-Schwarz)."""
+    def local():
+        v = tf.cast(trainer.step, tf.float64)
+        return tf.stack([v, v * v, tf.constant(1.0, tf.float64)])
+
+    total, squares, n = _all_workers_sum(trainer.strategy, local)
+    if n * squares != total * total:
+        raise ValueError(
+            f"the workers restored different steps (this one {int(trainer.step.numpy())}, the "
+            f"mean {total / n:g}) from {ckpt_dir}: every worker must get the same --out, on a "
+            "file system all of them see (e.g. gs://)")
 
 
 def restore_newest_readable(ckpt: tf.train.Checkpoint, manager: tf.train.CheckpointManager):
@@ -307,15 +631,22 @@ def _purge_tensorboard_after(tb_dir: str, step: int) -> None:
         gfile.rename(path + ".tmp", path, overwrite=True)
 
 
-def _image_summaries(trainer: Trainer, batch, writer, step: int, n: int = 4) -> None:
-    """phi_k(y) | R_k(H_k(phi_k(y))) | phi_k(x) side by side for the first n crops, per scale."""
-    local = lambda v: trainer.strategy.experimental_local_results(v)[0][:n]  # noqa: E731
-    phi = {k: local(v) for k, v in batch["phi"].items()}
-    target = {k: local(v) for k, v in batch["target"].items()}
+def _preview_batch(trainer: Trainer, examples_dir: str, n: int = 4) -> dict:
+    """n training crops of the train split, drawn once (seeded) for the image summaries: the
+    same crops at every summary step, so TensorBoard shows the regressions improving on them."""
+    dcfg = dataclasses.replace(trainer.exp.data_config(examples_dir), shuffle_buffer=1)
+    ds = data_lib.training_dataset(dcfg, n, seed=trainer.exp.train.seed)
+    return next(iter(ds.take(1)))
+
+
+def _image_summaries(trainer: Trainer, batch, writer, step: int) -> None:
+    """phi_k(y) | R_k(H_k(phi_k(y))) | phi_k(x) side by side for the preview crops, per scale."""
+    phi, target = batch["phi"], batch["target"]
     _, regressions = trainer.model.guide(phi, training=False)
     with writer.as_default(step=step):
         for k, reg in regressions.items():
             src = phi[k] if phi[k].shape[-1] == reg.shape[-1] else tf.image.grayscale_to_rgb(phi[k])
             row = tf.concat([src, tf.cast(reg, tf.float32), target[k]], axis=2)
             tf.summary.image(f"guidance_x{k}/input|regression|target",
-                             tf.clip_by_value((row + 1.0) / 2.0, 0.0, 1.0), max_outputs=n)
+                             tf.clip_by_value((row + 1.0) / 2.0, 0.0, 1.0),
+                             max_outputs=int(row.shape[0]))
