@@ -109,10 +109,13 @@ class DeblurModule(tf.Module):
 
 
 def ema_model(trainer):
-    """A fresh GuidedDenoiser holding the trainer's EMA weights."""
-    from trainer.model import GuidedDenoiser
+    """A fresh float32 GuidedDenoiser holding the trainer's EMA weights (its variables are
+    float32 under mixed precision too): the export takes and returns the same dtypes, and
+    computes the same way, whatever the training's policy."""
+    from trainer.model import GuidedDenoiser, dtype_policy
 
-    model = GuidedDenoiser(trainer.exp.model)
+    with dtype_policy("float32"):
+        model = GuidedDenoiser(trainer.exp.model)
     target = model.trainable_variables
     if len(target) != len(trainer.ema):
         raise RuntimeError("EMA and model variables differ in number")

@@ -19,6 +19,7 @@ trainer/data.py; the Keras models' own dict keys are the strings "x2", "x4", "x8
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Dict, Mapping, Optional, Tuple
@@ -147,6 +148,19 @@ def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Keras layers read the global dtype policy when they are built: build under `name`
+    ("float32", "mixed_bfloat16"), then the previous policy is back (a float32 model after a
+    bfloat16 one in the same process)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def scale_key(k: int) -> str:

@@ -49,10 +49,15 @@ def run_fn(fn_args: FnArgs) -> None:
                           row["seconds"])
 
     examples = examples_uri(fn_args.train_files)
-    marker = resume_interrupted(exp, examples, fn_args.model_run_dir)
+    # Multi-worker (TF_CONFIG, e.g. Vertex AI worker pools: every replica runs this executor
+    # with the same artifact URIs): the chief alone records and resumes; train() returns on
+    # every worker once the chief has exported, so TFX's check for the export passes on all
+    chief = train.is_chief_task()
+    marker = resume_interrupted(exp, examples, fn_args.model_run_dir) if chief else None
     train.train(exp, examples, fn_args.model_run_dir,
                 strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step)
-    training_finished(marker)
+    if chief:
+        training_finished(marker)
 
 
 def training_finished(marker: str) -> None:

@@ -35,7 +35,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -54,6 +53,7 @@ from core import example_format as ef
 from trainer import data as data_lib
 from trainer import diffusion
 from trainer.experiments import Experiment
+from trainer.model import dtype_policy
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,18 @@ def tf_config_cluster() -> Dict[str, object]:
     if workers and kind not in ("chief", "worker"):
         raise ValueError(f"TF_CONFIG's task must be a chief or a worker, got {task!r}")
     return {"workers": max(1, workers), "task": (kind, int(task.get("index", 0))) if workers else None}
+
+
+def is_chief_task() -> bool:
+    """Whether this process is the chief by TF_CONFIG, before any strategy exists: the chief
+    task, or worker 0 when there is none (MultiWorkerMirroredStrategy's rule); no TF_CONFIG or
+    a single worker: the only process."""
+    cluster = tf_config_cluster()
+    if cluster["workers"] == 1:
+        return True
+    kind, index = cluster["task"]
+    has_chief = bool(json.loads(os.environ["TF_CONFIG"])["cluster"].get("chief"))
+    return kind == "chief" or (not has_chief and kind == "worker" and index == 0)
 
 
 def make_strategy(tcfg) -> tf.distribute.Strategy:
@@ -157,18 +169,6 @@ def describe_strategy(strategy: tf.distribute.Strategy, jit_compile: bool) -> st
             f"XLA {'on' if jit_compile else 'off'}{who}{role}")
 
 
-@contextlib.contextmanager
-def _dtype_policy(name: str):
-    """Keras layers read the global dtype policy when they are built: build under `name`, then
-    restore the previous one (a float32 Trainer after a bfloat16 one in the same process)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 class WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up over warmup_steps, then constant (diffusion.learning_rate)."""
 
@@ -218,7 +218,7 @@ class Trainer:
         # rerun, or an interrupted-and-resumed run, ends with the same weights).
         keras.utils.set_random_seed(t.seed)
         policy = "mixed_bfloat16" if t.mixed_precision == "bfloat16" else "float32"
-        with self.strategy.scope(), _dtype_policy(policy):
+        with self.strategy.scope(), dtype_policy(policy):
             self.model = GuidedDenoiser(exp.model)
             self.variables = list(self.model.trainable_variables)
             self.optimizer = keras.optimizers.Adam(

@@ -1015,6 +1015,11 @@ def test_tf_config_decides_the_strategy(monkeypatch):
     vertex = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
               "task": {"type": "worker", "index": 1}}
     assert cluster(vertex) == {"workers": 3, "task": ("worker", 1)}
+    assert not train_lib.is_chief_task()
+    cluster({**vertex, "task": {"type": "chief", "index": 0}})
+    assert train_lib.is_chief_task()
+    gke = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}
+    assert cluster(gke) == {"workers": 2, "task": ("worker", 0)} and train_lib.is_chief_task()
     for cfg, message in (
             ({"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker"}},
              "names ps tasks"),
