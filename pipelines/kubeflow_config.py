@@ -109,7 +109,9 @@ class DataflowConfig:
 @dataclasses.dataclass
 class VertexTrainerConfig:
     """trainer_platform=vertex: TFX's google_cloud_ai_platform Trainer runs train() as a Vertex
-    AI CustomJob with one worker pool (the Trainer pod on GKE only submits and waits)."""
+    AI CustomJob (the Trainer pod on GKE only submits and waits). workers > 1 (GPU machines):
+    a chief pool of one replica and a pool of workers - 1 more of the same machine; Vertex
+    sets TF_CONFIG in each and train() runs MultiWorkerMirroredStrategy."""
 
     region: Optional[str] = None  # default kubeflow.region
     machine_type: str = "cloud-tpu"  # TPU v2/v3 (TPU Node); ct5lp-hightpu-4t etc. are TPU VMs
@@ -118,8 +120,17 @@ class VertexTrainerConfig:
     tpu_topology: Optional[str] = None  # TPU VM machine types, e.g. "2x2"
     service_account: Optional[str] = None  # the CustomJob's service account
     image: Optional[str] = None  # default: the Trainer's image (kubeflow.component_images/image)
+    workers: int = 1  # machines training together (GPU pools; a TPU slice is one TPUStrategy)
 
     def __post_init__(self):
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"vertex.workers must be an integer >= 1, got {self.workers!r}")
+        if self.workers > 1 and (self.machine_type == "cloud-tpu"
+                                 or self.accelerator_type.startswith("TPU")
+                                 or self.machine_type.startswith("ct")):
+            raise ValueError("vertex.workers > 1 is for GPU machines (MultiWorkerMirroredStrategy); "
+                             "a TPU trains on one slice under TPUStrategy: choose a larger "
+                             "machine_type / tpu_topology instead")
         if self.machine_type == "cloud-tpu":
             if self.accelerator_type not in VERTEX_TPU_NODE_TYPES or self.accelerator_count != 8:
                 raise ValueError("vertex.machine_type cloud-tpu takes accelerator_type TPU_V2 or "

@@ -231,6 +231,28 @@ def test_vertex_trainer_runs_a_custom_job_on_a_tpu_pool(compiled):
     assert entry["vertex_job"]["accelerator_type"] == "TPU_V3"
 
 
+def test_vertex_gpu_workers_get_a_chief_pool_and_a_worker_pool():
+    """vertex.workers: one chief replica and workers - 1 more of the same machine (Vertex sets
+    TF_CONFIG; train() runs MultiWorkerMirroredStrategy); refused for TPUs in one line."""
+    from pipelines import placement
+    from pipelines.kubeflow_config import VertexTrainerConfig
+    from tfx.extensions.google_cloud_ai_platform.trainer import executor
+
+    cfg = _example()
+    cfg.kubeflow.vertex = dataclasses.replace(
+        cfg.kubeflow.vertex, machine_type="a2-highgpu-1g", accelerator_type="NVIDIA_TESLA_A100",
+        accelerator_count=1, workers=4)
+    job = placement.vertex_custom_config(cfg)[executor.TRAINING_ARGS_KEY]["job_spec"]
+    chief, workers = job["worker_pool_specs"]
+    assert (chief["replica_count"], workers["replica_count"]) == (1, 3)
+    assert chief["machine_spec"] == workers["machine_spec"] == {
+        "machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100",
+        "accelerator_count": 1}
+    assert chief["container_spec"] == workers["container_spec"]
+    with pytest.raises(ValueError, match="vertex.workers > 1 is for GPU machines"):
+        VertexTrainerConfig(workers=2)  # cloud-tpu
+
+
 def test_local_pipeline_is_unplaced():
     from pipelines.pipeline import create_pipeline
 

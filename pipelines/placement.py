@@ -32,12 +32,15 @@ def vertex_custom_config(config) -> Dict[str, Any]:
 
     kf = config.kubeflow
     v = kf.vertex
+    # the chief pool, and with several workers a second pool of the others: Vertex gives the
+    # replicas TF_CONFIG (chief / worker tasks), and every replica runs the TFX executor
+    counts = [1] + ([v.workers - 1] if v.workers > 1 else [])
     job_spec: Dict[str, Any] = {"worker_pool_specs": [{
         "machine_spec": v.machine_spec(),
-        "replica_count": 1,
+        "replica_count": count,
         # TFX replaces the command with its own run_executor entry point
         "container_spec": {"image_uri": v.image or kf.image_for(TRAINER_ID)},
-    }]}
+    } for count in counts]}
     if v.service_account:
         job_spec["service_account"] = v.service_account
     return {
