@@ -54,8 +54,10 @@ class TrainConfig:
     tpu: Optional[str] = None  # TPU name or grpc:// address -> TPUStrategy
     # K training steps per call of the compiled loop (a tf.range loop inside one tf.function):
     # one host round trip per K steps. A call also ends at every log, checkpoint and image
-    # summary step, so the results and the logs are those of K = 1 (train_test.py)
-    steps_per_loop: int = 1
+    # summary step, so the results and the logs are those of K = 1 (train_test.py); K is at
+    # most log_every in effect (tiny: 10). Measured on CPU: K = 10 gives tiny ~1.5-2x and
+    # S+Guide-S ~1.5x the steps/s of K = 1 (benchmarks/results/train_step.md)
+    steps_per_loop: int = 100
     # XLA-compile the step (forward, backward, the optimizer and the EMA); None: the default
     # of the device type, train.JIT_COMPILE_DEFAULT (measured: benchmarks/results/train_step.md).
     # TPUs compile everything anyway.

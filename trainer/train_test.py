@@ -129,7 +129,7 @@ class Recording(train.Trainer):
         if not self.record:
             return super()._replica_step(batch)
         grads, out = self.replica_gradients(batch)
-        out["finite"] = self.apply_if_finite(grads, out["loss"])
+        out["finite"] = self.apply_if_finite(grads, train.all_finite(out["loss"], grads))
         return {**out, **{f"grad/{i}": g for i, g in enumerate(grads)}}
 
 dis = Recording(exp, a["out"], strategy)
