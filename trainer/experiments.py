@@ -55,8 +55,9 @@ class TrainConfig:
     # K training steps per call of the compiled loop (a tf.range loop inside one tf.function):
     # one host round trip per K steps. A call also ends at every log, checkpoint and image
     # summary step, so the results and the logs are those of K = 1 (train_test.py); K is at
-    # most log_every in effect (tiny: 10). Measured on CPU: K = 10 gives tiny ~1.5-2x and
-    # S+Guide-S ~1.5x the steps/s of K = 1 (benchmarks/results/train_step.md)
+    # most log_every in effect (tiny: 10). Measured on CPU (benchmarks/results/train_step.md):
+    # K = 10 gives tiny 1.16x the steps/s of K = 1, S+Guide-S (0.5 s steps) 1.02x; the
+    # shorter the step (accelerators), the more the host round trip weighs
     steps_per_loop: int = 100
     # XLA-compile the step (forward, backward, the optimizer and the EMA); None: the default
     # of the device type, train.JIT_COMPILE_DEFAULT (measured: benchmarks/results/train_step.md).

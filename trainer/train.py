@@ -59,7 +59,8 @@ from trainer.model import dtype_policy
 log = logging.getLogger(__name__)
 
 # train.jit_compile = None: XLA or not, by the device type the step runs on. TPUs compile
-# everything anyway. CPU: measured slower with XLA (benchmarks/results/train_step.md).
+# everything anyway. CPU: measured no faster with XLA (tiny 0.74x, S+Guide-S about even) and
+# slow to compile (S+Guide-S 930 s against 58 s; benchmarks/results/train_step_xla.md).
 # GPU: not measured here (no GPU); XLA fuses the normalisations, activations and the
 # optimizer's elementwise updates, which run as separate kernels otherwise.
 JIT_COMPILE_DEFAULT = {"CPU": False, "GPU": True}
@@ -236,9 +237,9 @@ class Trainer:
                                              name="skipped_steps",
                                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         # XLA: two functions around the finite gate, the gradients (with their finiteness) and
-        # the update. One function with the gate inside computes the same, as fast, but
-        # compiled 2.6x longer on CPU (tiny: 660 s against 105 + 145 s; the tf.cond around
-        # the optimizer)
+        # the update. One function with the gate inside steps as fast but compiles far longer
+        # (tiny at 32x32 x 2 on this CPU: 660 s, against 73 s for the two; 250 s for one
+        # function of the whole step without the gate's tf.cond)
         jit = (lambda fn: tf.function(fn, jit_compile=True)) if self.jit_compile else (lambda fn: fn)
         self._gradients_fn = jit(self._gradients_and_finite)
         self._apply_fn = jit(self.apply_gradients)

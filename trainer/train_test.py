@@ -355,6 +355,18 @@ class Procs:
                                  + self.output(p, "err")[-4000:])
         return self.output(p)
 
+    def wait_for_pause(self, paused, ckpt_state: str, also=()):
+        """Polls the files until `paused` printed PAUSED and ckpt_state exists; an
+        AssertionError with the stderr of `paused` or of one of `also` that exits first."""
+        while not (os.path.exists(ckpt_state) and "PAUSED" in self.output(paused)):
+            for p in (paused, *also):
+                if p.poll() is not None:
+                    raise AssertionError(f"{p.name} exited with {p.returncode}:\n"
+                                         + self.output(p, "err")[-4000:])
+            if time.time() - paused.started > TIMEOUT:
+                raise AssertionError(f"{paused.name}: no checkpoint and pause after {TIMEOUT} s")
+            time.sleep(0.5)
+
     @staticmethod
     def kill(p):
         if p.poll() is None:  # not reaped yet, so the pid and its group are still ours
@@ -485,14 +497,7 @@ def _workers_cli_job(procs: Procs, examples: str, work: str) -> dict:
                                       {"argv": argv, "pause_at": PAUSE_AT}],
         env=[{}, {"TMPDIR": tmp[0]}])
     ckpt_state = os.path.join(out, "checkpoints", "checkpoint")
-    while not (os.path.exists(ckpt_state) and "PAUSED" in procs.output(other)):
-        for p in (chief, other):
-            if p.poll() is not None:
-                raise AssertionError(f"{p.name} exited with {p.returncode}:\n"
-                                     + procs.output(p, "err")[-4000:])
-        if time.time() - other.started > TIMEOUT:
-            raise AssertionError(f"no checkpoint and pause after {TIMEOUT} s")
-        time.sleep(0.5)
+    procs.wait_for_pause(other, ckpt_state, also=(chief,))
     procs.kill(other)  # SIGKILL
     try:
         chief.wait(timeout=TIMEOUT)
@@ -541,13 +546,7 @@ def _resume_job(procs: Procs, examples: str, work: str) -> dict:
     out = os.path.join(work, "resumed")
     ckpt_state = os.path.join(out, "checkpoints", "checkpoint")
     p = procs.start("killed", TRAIN_RUN, _run_args(examples, out, pause_at=PAUSE_AT))
-    while not (os.path.exists(ckpt_state) and "PAUSED" in procs.output(p)):  # poll the files
-        if p.poll() is not None:
-            raise AssertionError(f"the run to kill exited with {p.returncode}:\n"
-                                 + procs.output(p, "err")[-4000:])
-        if time.time() - p.started > TIMEOUT:
-            raise AssertionError(f"no checkpoint after {TIMEOUT} s")
-        time.sleep(0.5)
+    procs.wait_for_pause(p, ckpt_state)
     at_kill = {"checkpoints": sorted(os.listdir(os.path.dirname(ckpt_state))),
                "history": _read_json(os.path.join(out, "history.json"))}
     procs.kill(p)  # SIGKILL, mid-training
