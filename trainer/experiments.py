@@ -59,8 +59,8 @@ class TrainConfig:
     # K = 10 gives tiny 1.16x the steps/s of K = 1, S+Guide-S (0.5 s steps) 1.02x; the
     # shorter the step (accelerators), the more the host round trip weighs
     steps_per_loop: int = 100
-    # XLA-compile the step (forward, backward, the optimizer and the EMA); None: the default
-    # of the device type, train.JIT_COMPILE_DEFAULT (measured: benchmarks/results/train_step.md).
+    # XLA-compile the step (forward and backward; Adam and the EMA); None: the default
+    # of the device type, train.JIT_COMPILE_DEFAULT (benchmarks/results/train_step_xla.md).
     # TPUs compile everything anyway.
     jit_compile: Optional[bool] = None
     # a batch whose loss or gradient is not finite is never applied: "stop" ends training with
