@@ -77,7 +77,7 @@ def _clear_output(out: str, overwrite: bool) -> None:
     existing = [m.path for m in FileSystems.match([root + "/**"])[0].metadata_list]
     if not existing:
         return
-    own_dirs = (bi.QUARANTINE_DIR + "/", bi.COUNTS_DIR + "/")
+    own_dirs = (bi.QUARANTINE_DIR + "/", bi.COUNTS_DIR + "/", bi.PRIVATE_STORE + "/")
     foreign = [p for p in existing
                if not (p[len(root) + 1:] == bi.SUMMARY_FILE
                        or p[len(root) + 1:].startswith(("Split-",) + own_dirs))]
@@ -128,9 +128,9 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
     subsets = None if args.split in (None, "", "all") else [s for s in args.split.split(",") if s]
     source = bi.IngestSource(layout=args.layout, root=args.root, subsets=subsets,
                              dataset=args.dataset, domain=args.domain, blur_kind=args.blur_kind,
-                             variant=args.variant)
+                             variant=args.variant, span_pattern=args.span_pattern)
     options = bi.IngestOptions(max_quarantine_fraction=args.max_quarantine_fraction,
-                               train_crop_size=args.crop_size)
+                               train_crop_size=args.crop_size, span_window=args.span_window)
     if args.workers > 1:
         beam_args = [f"--direct_num_workers={args.workers}",
                      "--direct_running_mode=multi_processing"] + beam_args
@@ -144,10 +144,15 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        bi.expand_ingest(p, plan, args.out)
+    run = bi.start_ingest(plan, args.out, args.unit_store)
+    if run.reused:
+        print(f"{len(run.reused)} of {len(plan.units)} unit(s) unchanged in {args.unit_store}: "
+              f"reused", file=sys.stderr)
+    if run.todo:
+        with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+            bi.expand_ingest(p, run)
     try:
-        summary = bi.finalize_ingest(plan, args.out)
+        summary = bi.finalize_ingest(run)
     except bi.IngestError as e:
         print(f"deblur: error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -155,7 +160,9 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         print(f"{summary['inputs']} inputs = {summary['written']} written + "
-              f"{summary['quarantined']} quarantined in {time.time() - t0:.1f} s -> {args.out}")
+              f"{summary['quarantined']} quarantined in {time.time() - t0:.1f} s -> {args.out}"
+              + (f" ({summary['processed']['inputs']} decoded now, "
+                 f"{summary['reused']['inputs']} reused)" if summary["reused"]["units"] else ""))
         for split, c in summary["splits"].items():
             print(f"  {split}: {c['written']} examples in {c['num_shards']} shard(s), "
                   f"{c['quarantined']} quarantined")
@@ -522,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the JPEG track); default blur")
     s.add_argument("--variant", default=None, choices=REALBLUR_VARIANTS,
                    help="realblur: RealBlur-J or RealBlur-R (required when the root holds both)")
+    s.add_argument("--span-pattern", default=None,
+                   help="the root holds one layout per span folder, e.g. 'span-{SPAN}' or "
+                        "'{YYYY}-{MM}-{DD}' (TFX's span tokens)")
+    s.add_argument("--span-window", type=int, default=0,
+                   help="ingest only the latest N spans (default 0: all)")
+    s.add_argument("--unit-store", default=None,
+                   help="a folder (local or gs://) keeping each ingested source/span under its "
+                        "fingerprint: unchanged ones are reused instead of decoded again")
     s.add_argument("--max-quarantine-fraction", type=float, default=0.05)
     s.add_argument("--crop-size", type=int, default=128,
                    help="training crop; smaller images in a train split are quarantined")

@@ -161,8 +161,12 @@ def test_gs_roots_ingest_like_local_roots(gcs):
     assert summary_gs["ignored_files"] == {f"{gs_root}/gopro": 1, f"{gs_root}/RealBlur": 0}
     assert summary_local["ignored_files"] == {f"{local_root}/gopro": 1,
                                               f"{local_root}/RealBlur": 0}
-    path_keys = ("ignored_files", "quarantine_file")
+    # the fingerprints cover the roots and the files' times (GCS `updated`, local mtime)
+    path_keys = ("ignored_files", "quarantine_file", "fingerprint", "units")
     assert ({k: v for k, v in summary_gs.items() if k not in path_keys}
             == {k: v for k, v in summary_local.items() if k not in path_keys})
+    counts = ("layout", "status", "inputs", "written", "quarantined")
+    assert [{k: u[k] for k in counts} for u in summary_gs["units"]] == \
+        [{k: u[k] for k in counts} for u in summary_local["units"]]
     with open(os.path.join(out_gs, "summary.json")) as f:
         assert json.load(f) == summary_gs

@@ -1,18 +1,35 @@
 """The ingest library: paired datasets -> sharded GZIP TFRecords of the example format.
 
-    plan = plan_ingest(sources, options)        # driver: list roots, pair, find duplicates
-    expand_ingest(pipeline, plan, out_dir)       # Beam: read, validate, encode, write
-    summary = finalize_ingest(plan, out_dir)     # driver: summary.json, quarantine bound
+    plan = plan_ingest(sources, options)        # driver: list roots, pair, find duplicates,
+                                                 # fingerprint every unit (source, span)
+    run = start_ingest(plan, out_dir, store)     # which units the store already holds
+    expand_ingest(pipeline, run)                 # Beam: read, validate, encode, write the others
+    summary = finalize_ingest(run)               # driver: publish every unit into out_dir,
+                                                 # summary.json, quarantine bound
 
-run_ingest() does the three with a pipeline built from Beam options (DirectRunner by
+run_ingest() does the four with a pipeline built from Beam options (DirectRunner by
 default; Dataflow / Flink / Spark through the standard options). The TFX component calls the
-same three functions with the pipeline TFX makes from its beam_pipeline_args.
+same functions with the pipeline TFX makes from its beam_pipeline_args.
+
+Units and the store (new data without redoing the old)
+    A unit is one source, or one span folder of a source with a span_pattern (spans.py). Its
+    fingerprint covers what it reads (every candidate's split, pair id, dataset, domain and
+    known defect; each input file's path, size and modification time, GCS's `updated` on
+    gs://, which changes whenever an object is rewritten; list files read), the source, the
+    options that shape examples and shards, and UNIT_FORMAT. A unit store (a folder, local or
+    gs://; the TFX component's is <pipeline root>/DeblurIngest/units) keeps each ingested unit
+    under its fingerprint: <store>/<fingerprint>/{Split-<split>/*.gz, quarantine.jsonl,
+    unit.json, COMPLETE}. An ingest runs Beam only over the units the store lacks, then
+    publishes every selected unit into out_dir (hard links on a local file system, copies on
+    gs://). Without a store (`deblur ingest`), units are written to <out_dir>/.units and moved
+    into place. options.span_window keeps the latest N spans of each spanned source.
 
 Output under out_dir (the layout of a TFX Examples artifact):
-    Split-<split>/data_tfrecord-SSSSS-of-NNNNN.gz   examples, GZIP TFRecord
+    Split-<split>/<unit fp>-data_tfrecord-SSSSS-of-NNNNN.gz   examples, GZIP TFRecord
     quarantine/quarantine.jsonl                     one JSON line per bad input, with reason
-    counts/counts-*.jsonl                           per-split counters (input of the summary)
-    summary.json                                    inputs = written + quarantined, by reason
+    counts/counts-*.jsonl                           counters of the units ingested now
+    summary.json                                    inputs = written + quarantined, by reason,
+                                                    per unit: ingested now or reused
 
 gs:// roots are read with Beam's own GCS file system (listing with FileSystems.match, reads
 with FileSystems.open), so local paths and gs:// URIs behave the same; gs:// outputs are
@@ -24,8 +41,12 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections import Counter
-from typing import Dict, Iterable, List, Optional, Sequence
+import os
+import shutil
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -33,15 +54,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.ingest import decode
 from components.ingest import layouts as L
+from components.ingest.spans import SpanPattern
 
 MB = 1 << 20
 SUMMARY_FILE = "summary.json"
 QUARANTINE_DIR = "quarantine"
 COUNTS_DIR = "counts"
+PRIVATE_STORE = ".units"  # under out_dir when the ingest has no unit store
+UNIT_FILE = "unit.json"
+UNIT_DONE = "COMPLETE"  # written last: a unit folder without it is not reused
+# Bump when what a stored unit holds changes (example format, decoding, shard naming): every
+# stored unit then has another fingerprint and is ingested again.
+UNIT_FORMAT = 1
 # Output bytes per input byte: the PNGs are stored as they came, plus the float32 pyramids
 # (1/4 + 1/16 + 1/64 of H x W x 4 bytes per image, ~0.42 of raw RGB), GZIP'd. Measured on the
 # synthetic sets; only used to choose a shard count.
 OUTPUT_PER_INPUT_BYTE = 1.6
+CHANGED_LISTED = 20  # pair ids named per unit in the summary (new, changed, removed)
 
 
 class IngestError(RuntimeError):
@@ -62,6 +91,8 @@ class IngestSource:
       (the JPEG track); the other layouts have only "blur".
     variant: RealBlur only, "J" or "R" (default: the lists found; a root holding both must
       choose, or their images would share one split).
+    span_pattern: the root holds one layout per span folder, e.g. "span-{SPAN}" or
+      "{YYYY}-{MM}-{DD}" (components/ingest/spans.py); None: the root is one layout.
     Invalid values raise LayoutError (a ValueError) when the source is made.
     """
 
@@ -73,9 +104,12 @@ class IngestSource:
     domain: Optional[str] = None
     blur_kind: str = L.DEFAULT_BLUR_KIND
     variant: Optional[str] = None
+    span_pattern: Optional[str] = None
 
     def __post_init__(self):
         L.check_options(self.layout, self.subsets, self.blur_kind, self.domain, self.variant)
+        if self.span_pattern is not None:
+            SpanPattern.parse(self.span_pattern)
 
     def split_of(self, subset: str) -> str:
         return (self.split_names or {}).get(subset, subset)
@@ -95,6 +129,8 @@ class IngestOptions:
     train_crop_size: int = 128
     target_shard_bytes: int = 150 * MB  # TPU hosts read 100-200 MB shards best
     tiny_num_shards: int = 2  # shards of a split whose estimated size is under one target
+    # the latest N spans of each source with a span_pattern (0: every span)
+    span_window: int = 0
 
     def __post_init__(self):
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:
@@ -103,36 +139,85 @@ class IngestOptions:
             raise ValueError("train_crop_size must be a positive multiple of 8")
         if self.target_shard_bytes <= 0 or self.tiny_num_shards < 1:
             raise ValueError("shard sizing must be positive")
+        if isinstance(self.span_window, bool) or not isinstance(self.span_window, int) \
+                or self.span_window < 0:
+            raise ValueError(f"span_window must be an integer >= 0 (0: every span), "
+                             f"got {self.span_window!r}")
+
+    def unit_options(self) -> dict:
+        """What shapes a unit's examples and shards (span_window selects units, the quarantine
+        bound judges the whole ingest: neither changes what a unit holds)."""
+        d = dataclasses.asdict(self)
+        d.pop("span_window")
+        d.pop("max_quarantine_fraction")
+        return d
+
+
+@dataclasses.dataclass
+class Unit:
+    """One source, or one span folder of it: what is ingested, stored and reused as a whole."""
+
+    key: str  # "<source root>" or "<source root>/<span folder>": unique in a plan
+    source: IngestSource
+    span: Optional[int]  # None: the source has no span_pattern
+    span_dir: Optional[str]
+    fingerprint: str = ""
+    pairs: Dict[str, str] = dataclasses.field(default_factory=dict)  # pair id -> input stamp
+    num_shards: Dict[str, int] = dataclasses.field(default_factory=dict)  # per split
+
+    @property
+    def tag(self) -> str:
+        """The prefix of its shard files in an output folder."""
+        return self.fingerprint[:16]
+
+    def describe(self) -> dict:
+        return {"source": self.source.root, "layout": self.source.layout,
+                "dataset": self.source.dataset, "span": self.span, "span_dir": self.span_dir,
+                "fingerprint": self.fingerprint}
 
 
 @dataclasses.dataclass
 class IngestPlan:
-    candidates: List[tuple]  # (split, Candidate)
-    num_shards: Dict[str, int]
+    candidates: List[tuple]  # (split, Candidate); Candidate.unit is its unit's key
+    units: List[Unit]  # the selected ones (span_window), in source and span order
     ignored_files: Dict[str, int]  # per source root
     options: IngestOptions
     # blurry-only subsets that were skipped: {"root", "layout", "subset", "files", "detail"}
     unlabelled: List[dict] = dataclasses.field(default_factory=list)
+    excluded_spans: Dict[str, List[int]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_shards(self) -> Dict[str, int]:
+        out: Counter = Counter()
+        for u in self.units:
+            out.update(u.num_shards)
+        return dict(out)
 
     @property
     def splits(self) -> List[str]:
         return sorted(self.num_shards)
 
+    def unit(self, key: str) -> Unit:
+        return self._by_key()[key]
+
+    def _by_key(self) -> Dict[str, Unit]:
+        return {u.key: u for u in self.units}
+
     def fingerprint(self) -> str:
-        """SHA-256 of what this ingest reads and how: every candidate's split, pair id,
-        dataset, domain, input bytes and known defect, and the options. Equal fingerprints mean
-        the same listing of the same inputs (a file replaced by another of exactly the same
-        size is not seen: the listing is all the driver reads). The Trainer keys the resume of
-        an interrupted training on it."""
-        rows = sorted((split, c.pair_id, c.dataset, c.domain, c.size_bytes, c.reason or "")
-                      for split, c in self.candidates)
-        blob = json.dumps({"candidates": rows, "options": dataclasses.asdict(self.options)},
-                          sort_keys=True, default=list)
+        """SHA-256 of what this ingest reads and how: the fingerprints of the selected units
+        (see the module doc: names, sizes, modification times, defects, source, options) and
+        the options. Equal fingerprints mean the same inputs, so it is what the ingest's cache
+        key sees (the TFX component's `input_fingerprint`); the Trainer also keys the resume
+        of an interrupted training on it."""
+        blob = json.dumps({"format": UNIT_FORMAT, "units": sorted(u.fingerprint for u in self.units),
+                           "options": dataclasses.asdict(self.options)}, sort_keys=True,
+                          default=list)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def list_files(root: str) -> List[tuple]:
-    """[(path relative to root, size)] of every file under root (local or gs://)."""
+def list_stamped(root: str) -> List[Tuple[str, int, float]]:
+    """[(path relative to root, size, modification time)] of every file under root (local or
+    gs://; on gs:// the time is the object's `updated`, which a rewrite changes)."""
     root = root.rstrip("/")
     try:
         results = FileSystems.match([root + "/**"])
@@ -143,8 +228,14 @@ def list_files(root: str) -> List[tuple]:
         path = md.path
         if not path.startswith(root + "/"):
             continue
-        out.append((path[len(root) + 1 :], md.size_in_bytes))
+        out.append((path[len(root) + 1:], md.size_in_bytes,
+                    float(getattr(md, "last_updated_in_seconds", 0.0) or 0.0)))
     return sorted(out)
+
+
+def list_files(root: str) -> List[tuple]:
+    """[(path relative to root, size)] of every file under root (local or gs://)."""
+    return [(rel, size) for rel, size, _ in list_stamped(root)]
 
 
 def read_text(uri: str) -> str:
@@ -163,38 +254,198 @@ def num_shards_for(estimated_bytes: int, options: IngestOptions) -> int:
     return max(options.tiny_num_shards, math.ceil(estimated_bytes / options.target_shard_bytes))
 
 
+def _units_of(src: IngestSource, files: List[Tuple[str, int, float]], window: int):
+    """[(span, span folder, files relative to it)] of a source (one entry without a pattern),
+    the number of files outside every span folder, and the span numbers left out by the
+    window."""
+    if src.span_pattern is None:
+        return [(None, None, files)], 0, []
+    pattern = SpanPattern.parse(src.span_pattern)
+    by_span: Dict[int, Dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    outside = 0
+    for rel, size, mtime in files:
+        m = pattern.match(rel)
+        if m is None:
+            outside += 1
+            continue
+        span, folder, inner = m
+        by_span[span][folder].append((inner, size, mtime))
+    for span, folders in by_span.items():
+        if len(folders) > 1:
+            raise L.LayoutError(f"{src.root}: span {span} has several folders "
+                                f"({', '.join(sorted(folders))}) under {src.span_pattern!r}")
+    if not by_span:
+        raise L.LayoutError(f"{src.root}: no span folder matches {src.span_pattern!r}")
+    spans = sorted(by_span)
+    kept = spans[-window:] if window else spans
+    units = [(s, *next(iter(by_span[s].items()))) for s in kept]
+    return units, outside, [s for s in spans if s not in kept]
+
+
+def _span_pair_id(c: L.Candidate, span_dir: str) -> str:
+    """Pair ids stay unique across spans: <dataset>/<span folder>/<the layout's id>."""
+    prefix = f"{c.dataset}/"
+    if c.pair_id.startswith(prefix):
+        return f"{prefix}{span_dir}/{c.pair_id[len(prefix):]}"
+    return f"{span_dir}/{c.pair_id}"
+
+
+def _stamp(uri: Optional[str], stamps: Dict[str, Tuple[int, float]]) -> str:
+    if uri is None:
+        return "-"
+    size, mtime = stamps.get(uri, (0, 0.0))
+    return f"{size}@{mtime!r}"
+
+
 def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = IngestOptions()) -> IngestPlan:
-    """Lists and pairs every source (driver side; nothing is decoded here)."""
-    pairs, ignored, unlabelled = [], {}, []
+    """Lists and pairs every source, per unit (driver side; nothing is decoded here)."""
+    pairs, ignored, units, excluded, unlabelled = [], {}, [], {}, []
+    stamps: Dict[str, Tuple[int, float]] = {}
+    reads: Dict[str, List[str]] = defaultdict(list)  # unit key -> list files it read
     for src in sources:
-        files = list_files(src.root)
+        root = src.root.rstrip("/")
+        files = list_stamped(root)
         if not files:
             raise L.LayoutError(f"{src.root}: no files found (wrong path?)")
-        pairing = L.pair_files(
-            src.layout, src.root, files, dataset=src.dataset, domain=src.domain,
-            subsets=src.subsets, blur_kind=src.blur_kind, variant=src.variant,
-            read_text=read_text,
-        )
-        ignored[src.root] = ignored.get(src.root, 0) + pairing.ignored
-        unlabelled.extend({"root": src.root, "layout": src.layout, "subset": u.subset,
-                           "files": u.files, "detail": u.detail} for u in pairing.unlabelled)
-        pairs.extend((src.split_of(c.subset), c) for c in pairing.candidates)
-    # Duplicate pair ids are found across all sources (two roots can hold the same data).
+        for rel, size, mtime in files:
+            stamps[L.join(root, rel)] = (size, mtime)
+        found, outside, left_out = _units_of(src, files, options.span_window)
+        ignored[src.root] = ignored.get(src.root, 0) + outside
+        if left_out:
+            excluded[src.root] = left_out
+        for span, span_dir, unit_files in found:
+            unit_root = L.join(root, span_dir) if span_dir else root
+            key = unit_root
+            if any(u.key == key for u in units):
+                raise L.LayoutError(f"{unit_root} is named by two sources")
+
+            def tracked(uri, key=key):
+                reads[key].append(uri)
+                return read_text(uri)
+
+            try:
+                pairing = L.pair_files(
+                    src.layout, unit_root, [(rel, size) for rel, size, _ in unit_files],
+                    dataset=src.dataset, domain=src.domain, subsets=src.subsets,
+                    blur_kind=src.blur_kind, variant=src.variant, read_text=tracked)
+            except L.LayoutError as e:
+                raise L.LayoutError(f"span {span_dir} of {src.root}: {e}" if span_dir else str(e)) \
+                    from None
+            ignored[src.root] += pairing.ignored
+            unlabelled.extend({"root": unit_root, "layout": src.layout, "subset": u.subset,
+                               "files": u.files, "detail": u.detail} for u in pairing.unlabelled)
+            cands = pairing.candidates
+            if span_dir:
+                cands = [c._replace(pair_id=_span_pair_id(c, span_dir)) for c in cands]
+            pairs.extend((src.split_of(c.subset), c._replace(unit=key)) for c in cands)
+            units.append(Unit(key, src, span, span_dir))
+    # Duplicate pair ids are found across all units (two roots can hold the same data); a
+    # candidate's defect is part of its unit's fingerprint, so units stay independent.
     split_of = {}
     for split, c in pairs:
         split_of.setdefault((c.pair_id, c.blurry, c.sharp), split)
     marked = L.mark_duplicates([c for _, c in pairs])
     candidates = [(split_of[(c.pair_id, c.blurry, c.sharp)], c) for c in marked]
-    est = Counter()
+    rows: Dict[str, list] = defaultdict(list)
+    est: Dict[str, Counter] = defaultdict(Counter)
     for split, c in candidates:
-        est[split] += c.size_bytes * OUTPUT_PER_INPUT_BYTE
-    splits = {split for split, _ in candidates}
-    return IngestPlan(candidates, {s: num_shards_for(int(est[s]), options) for s in splits},
-                      ignored, options, unlabelled)
+        stamp = f"b:{_stamp(c.blurry, stamps)}|s:{_stamp(c.sharp, stamps)}|{c.reason or ''}"
+        rows[c.unit].append((split, c.pair_id, c.dataset, c.domain, c.blurry or "",
+                             c.sharp or "", stamp))
+        est[c.unit][split] += c.size_bytes * OUTPUT_PER_INPUT_BYTE
+    for u in units:
+        u.pairs = {r[1]: r[-1] for r in rows[u.key]}
+        u.num_shards = {s: num_shards_for(int(n), options) for s, n in sorted(est[u.key].items())}
+        blob = json.dumps({
+            "format": UNIT_FORMAT, "source": u.source.to_json(), "span_dir": u.span_dir,
+            "options": options.unit_options(), "candidates": sorted(rows[u.key]),
+            "read": sorted((uri, *stamps.get(uri, (0, 0.0))) for uri in set(reads[u.key])),
+        }, sort_keys=True, default=list)
+        u.fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+    if len({u.fingerprint for u in units}) != len(units):
+        raise L.LayoutError("two sources name the same data")
+    return IngestPlan(candidates, units, ignored, options, unlabelled, excluded)
+
+
+def input_fingerprint(sources: Sequence[IngestSource], options: IngestOptions = IngestOptions()) -> str:
+    """The fingerprint an ingest of these sources would have (plan_ingest's listing, no
+    decoding): what runners pass to the DeblurIngest component, so the cache key changes
+    exactly when the inputs do."""
+    return plan_ingest(sources, options).fingerprint()
+
+
+# ---- the unit store ----------------------------------------------------------------------------
+def _exists(path: str) -> bool:
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # noqa: BLE001 - an unreadable store is a store without the unit
+        return False
+
+
+def _delete_tree(path: str) -> None:
+    """Removes a folder and everything under it (local, or every object under a gs:// prefix)."""
+    if "://" not in path:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        return
+    paths = [m.path for m in FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list]
+    if paths:
+        FileSystems.delete(paths)
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(text.encode())
+
+
+def _read_json(path: str) -> Optional[dict]:
+    if not _exists(path):
+        return None
+    try:
+        return json.loads(read_text(path))
+    except ValueError:
+        return None
+
+
+def _index_path(store: str, unit: Unit) -> str:
+    return f"{store}/index/{hashlib.sha256(unit.key.encode()).hexdigest()[:24]}.json"
+
+
+@dataclasses.dataclass
+class IngestRun:
+    """One ingest of a plan into out_dir: which units the store holds (reused) and which
+    Beam ingests now (todo)."""
+
+    plan: IngestPlan
+    out_dir: str
+    store: str
+    private: bool  # the store is <out_dir>/.units, removed when the units are in place
+    todo: List[Unit]
+    reused: List[Unit]
+
+    def unit_dir(self, unit: Unit) -> str:
+        return f"{self.store}/{unit.fingerprint}"
+
+
+def start_ingest(plan: IngestPlan, out_dir: str, store: Optional[str] = None) -> IngestRun:
+    """Decides, per selected unit, whether the store holds it complete (reused) or Beam must
+    ingest it (todo). A unit folder without its COMPLETE marker (a run that died) is deleted."""
+    out_dir = out_dir.rstrip("/")
+    private = not store
+    store = (store or f"{out_dir}/{PRIVATE_STORE}").rstrip("/")
+    todo, reused = [], []
+    for u in plan.units:
+        folder = f"{store}/{u.fingerprint}"
+        if not private and _exists(f"{folder}/{UNIT_DONE}"):
+            reused.append(u)
+            continue
+        _delete_tree(folder)  # what a run that died left of it
+        todo.append(u)
+    return IngestRun(plan, out_dir, store, private, todo, reused)
 
 
 class ProcessPairFn(beam.DoFn):
-    """Candidate -> example (main output, keyed by split) or quarantine record."""
+    """Candidate -> example (main output, keyed by (unit, split)) or quarantine record."""
 
     QUARANTINE = "quarantine"
 
@@ -213,7 +464,7 @@ class ProcessPairFn(beam.DoFn):
                     blurry, sharp, pair_id=c.pair_id, dataset=c.dataset, domain=c.domain,
                     split=split, min_side=min_side, blurry_name=c.blurry, sharp_name=c.sharp,
                 )
-                yield split, example
+                yield (c.unit, split), example
                 return
             except decode.Quarantine as q:
                 c = c._replace(reason=q.reason, detail=q.detail)
@@ -240,51 +491,60 @@ def _read(uri: str) -> bytes:
 def quarantine_record(split: str, c: L.Candidate) -> str:
     return json.dumps({"pair_id": c.pair_id, "split": split, "dataset": c.dataset,
                        "domain": c.domain, "blurry": c.blurry, "sharp": c.sharp,
-                       "reason": c.reason, "detail": c.detail}, sort_keys=True)
+                       "reason": c.reason, "detail": c.detail, "unit": c.unit}, sort_keys=True)
 
 
 def split_dir(out_dir: str, split: str) -> str:
     return f"{out_dir.rstrip('/')}/Split-{split}"
 
 
-def expand_ingest(p: beam.Pipeline, plan: IngestPlan, out_dir: str) -> None:
-    out_dir = out_dir.rstrip("/")
+def expand_ingest(p: beam.Pipeline, run: IngestRun) -> None:
+    """The Beam part: decodes the candidates of the units to ingest now (run.todo) and writes
+    each unit's shards into its folder of the store, the quarantine and the counters into
+    out_dir. Nothing of the reused units is read."""
+    todo = {u.key for u in run.todo}
+    candidates = [(split, c) for split, c in run.plan.candidates if c.unit in todo]
+    # one partition per (unit, split): one pass over the examples whatever the number of units
+    sinks = [(u, split) for u in run.todo for split in sorted(u.num_shards)]
+    index = {(u.key, split): i for i, (u, split) in enumerate(sinks)}
     results = (
         p
-        | "Candidates" >> beam.Create(plan.candidates, reshuffle=False)
+        | "Candidates" >> beam.Create(candidates, reshuffle=False)
         # Decoding dominates: spread candidates over workers before it.
         | "Spread" >> beam.Reshuffle()
-        | "DecodeValidateEncode" >> beam.ParDo(ProcessPairFn(plan.options)).with_outputs(
+        | "DecodeValidateEncode" >> beam.ParDo(ProcessPairFn(run.plan.options)).with_outputs(
             ProcessPairFn.QUARANTINE, main="examples")
     )
     examples, quarantined = results.examples, results[ProcessPairFn.QUARANTINE]
-    for split in plan.splits:
+    parts = examples | "ByUnitSplit" >> beam.Partition(
+        lambda kv, n, index=index: index[kv[0]], max(1, len(sinks)))
+    for i, (u, split) in enumerate(sinks):
         _ = (
-            examples
-            | f"Only[{split}]" >> beam.Filter(lambda kv, s=split: kv[0] == s)
-            | f"Bytes[{split}]" >> beam.Map(lambda kv: kv[1])
-            | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                f"{split_dir(out_dir, split)}/data_tfrecord", file_name_suffix=".gz",
-                num_shards=plan.num_shards[split],
+            parts[i]
+            | f"Bytes[{u.tag}/{split}]" >> beam.Map(lambda kv: kv[1])
+            | f"Write[{u.tag}/{split}]" >> beam.io.WriteToTFRecord(
+                f"{split_dir(run.unit_dir(u), split)}/data_tfrecord", file_name_suffix=".gz",
+                num_shards=u.num_shards[split],
                 compression_type=beam.io.filesystem.CompressionTypes.GZIP)
         )
     _ = (
         quarantined
         | "QuarantineJson" >> beam.MapTuple(quarantine_record)
         | "WriteQuarantine" >> beam.io.WriteToText(
-            f"{out_dir}/{QUARANTINE_DIR}/quarantine", file_name_suffix=".jsonl",
+            f"{run.out_dir}/{QUARANTINE_DIR}/ingested", file_name_suffix=".jsonl",
             shard_name_template="")
     )
-    written = examples | "WrittenKey" >> beam.MapTuple(lambda s, _: (f"written|{s}", 1))
+    written = examples | "WrittenKey" >> beam.Map(lambda kv: (f"written|{kv[0][0]}|{kv[0][1]}", 1))
     bad = quarantined | "QuarantineKey" >> beam.MapTuple(
-        lambda s, c: (f"quarantined|{s}|{c.reason}", 1))
+        lambda s, c: (f"quarantined|{c.unit}|{s}|{c.reason}", 1))
     _ = (
         (written, bad)
         | "AllCounts" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
         | "CountJson" >> beam.MapTuple(lambda k, n: json.dumps({"key": k, "n": n}))
         | "WriteCounts" >> beam.io.WriteToText(
-            f"{out_dir}/{COUNTS_DIR}/counts", file_name_suffix=".jsonl", shard_name_template="")
+            f"{run.out_dir}/{COUNTS_DIR}/counts", file_name_suffix=".jsonl",
+            shard_name_template="")
     )
 
 
@@ -295,26 +555,134 @@ def _read_lines(pattern: str) -> List[str]:
     return [ln for ln in lines if ln.strip()]
 
 
-def finalize_ingest(plan: IngestPlan, out_dir: str) -> dict:
-    """Writes summary.json from the pipeline's counters; raises IngestError past the bound.
+def _store_units(run: IngestRun) -> List[str]:
+    """After Beam: each unit ingested now gets its quarantine, unit.json and, last, COMPLETE in
+    its store folder, unless its counts do not add up (returned as problems: such a unit is
+    never reused)."""
+    written: Dict[str, Counter] = defaultdict(Counter)
+    bad: Dict[str, Counter] = defaultdict(Counter)
+    reasons: Dict[str, Counter] = defaultdict(Counter)
+    if run.todo:
+        for line in _read_lines(f"{run.out_dir}/{COUNTS_DIR}/counts*.jsonl"):
+            rec = json.loads(line)
+            kind, unit, split, *rest = rec["key"].split("|")
+            if kind == "written":
+                written[unit][split] += rec["n"]
+            else:
+                bad[unit][split] += rec["n"]
+                reasons[unit][rest[0]] += rec["n"]
+    lines: Dict[str, List[str]] = defaultdict(list)
+    problems: List[str] = []
+    ingested = f"{run.out_dir}/{QUARANTINE_DIR}/ingested.jsonl"
+    if _exists(ingested):
+        for line in _read_lines(ingested):
+            rec = json.loads(line)  # the unit key only groups them: each unit has its file
+            lines[rec.pop("unit")].append(json.dumps(rec, sort_keys=True))
+        FileSystems.delete([ingested])
+    for u in run.todo:
+        inputs = Counter(split for split, c in run.plan.candidates if c.unit == u.key)
+        record = {
+            **u.describe(), "format": UNIT_FORMAT, "created": time.time(),
+            "inputs": sum(inputs.values()), "written": sum(written[u.key].values()),
+            "quarantined": sum(bad[u.key].values()),
+            "quarantine_by_reason": dict(sorted(reasons[u.key].items())),
+            "splits": {s: {"inputs": inputs[s], "written": written[u.key][s],
+                           "quarantined": bad[u.key][s], "num_shards": u.num_shards[s]}
+                       for s in sorted(u.num_shards)},
+            "pairs": u.pairs,
+        }
+        folder = run.unit_dir(u)
+        _write_text(f"{folder}/quarantine.jsonl", "".join(ln + "\n" for ln in lines[u.key]))
+        _write_text(f"{folder}/{UNIT_FILE}", json.dumps(record, indent=1, sort_keys=True))
+        if record["written"] + record["quarantined"] != record["inputs"]:
+            problems.append(f"{u.key}: {record['written']} written + {record['quarantined']} "
+                            f"quarantined != {record['inputs']} inputs")
+            continue
+        _write_text(f"{folder}/{UNIT_DONE}", u.fingerprint + "\n")
+    return problems
+
+
+def _changes(run: IngestRun, u: Unit) -> dict:
+    """What differs from the unit's previous ingest in this store (the index names the
+    fingerprint last ingested for the same source/span): new, changed and removed pair ids."""
+    previous = (_read_json(_index_path(run.store, u)) or {}).get("fingerprint")
+    if previous == u.fingerprint:
+        return {"change": "unchanged"}
+    old = (_read_json(f"{run.store}/{previous}/{UNIT_FILE}") or {}).get("pairs") if previous else None
+    if old is None:
+        return {"change": "new", "new_pairs": len(u.pairs)}
+    added = sorted(set(u.pairs) - set(old))
+    removed = sorted(set(old) - set(u.pairs))
+    changed = sorted(k for k in set(u.pairs) & set(old) if u.pairs[k] != old[k])
+    out = {"change": "changed", "previous_fingerprint": previous}
+    for name, ids in (("new_pairs", added), ("changed_pairs", changed), ("removed_pairs", removed)):
+        out[name] = len(ids)
+        if ids:
+            out[f"{name}_ids"] = ids[:CHANGED_LISTED]
+    return out
+
+
+def _publish(run: IngestRun, u: Unit) -> None:
+    """The unit's shards into out_dir/Split-<split>/<tag>-<name>: moved out of a private store,
+    hard-linked (local) or copied (gs://) from a shared one, whose folders stay as they are."""
+    for split in sorted(u.num_shards):
+        src = split_dir(run.unit_dir(u), split)
+        dst = split_dir(run.out_dir, split)
+        if "://" not in dst:
+            os.makedirs(dst, exist_ok=True)
+        for md in FileSystems.match([f"{src}/*"])[0].metadata_list:
+            target = f"{dst}/{u.tag}-{md.path.rsplit('/', 1)[-1]}"
+            if run.private:
+                FileSystems.rename([md.path], [target])
+            elif "://" not in md.path:
+                try:
+                    os.link(md.path, target)
+                except OSError:  # another file system, or links not allowed
+                    FileSystems.copy([md.path], [target])
+            else:
+                FileSystems.copy([md.path], [target])
+
+
+def finalize_ingest(run: IngestRun) -> dict:
+    """Stores the units ingested now, publishes every selected unit into out_dir, writes
+    summary.json; raises IngestError past the quarantine bound.
 
     inputs = candidate pairs (a pair, or a lone file / list line / duplicate that could not
     become one); every input is either written or quarantined. Blurry-only (unlabelled)
     subsets are not inputs: they are listed under unlabelled_skipped with their file counts.
     """
-    out_dir = out_dir.rstrip("/")
-    written, quarantined, by_reason = Counter(), Counter(), Counter()
-    for line in _read_lines(f"{out_dir}/{COUNTS_DIR}/counts*.jsonl"):
-        rec = json.loads(line)
-        kind, split, *rest = rec["key"].split("|")
-        if kind == "written":
-            written[split] += rec["n"]
-        else:
-            quarantined[split] += rec["n"]
-            by_reason[rest[0]] += rec["n"]
-    inputs = Counter(split for split, _ in plan.candidates)
+    plan, out_dir = run.plan, run.out_dir
+    problems = _store_units(run)
+    fresh = {u.key for u in run.todo}
+    units, quarantine_lines = [], []
+    written, quarantined, inputs, by_reason = Counter(), Counter(), Counter(), Counter()
+    for u in plan.units:
+        rec = _read_json(f"{run.unit_dir(u)}/{UNIT_FILE}")
+        if rec is None:
+            raise IngestError(f"unit {u.key} ({u.fingerprint[:12]}) has no {UNIT_FILE} in "
+                              f"{run.store}")
+        _publish(run, u)
+        quarantine_lines += _read_lines(f"{run.unit_dir(u)}/quarantine.jsonl")
+        for s, c in rec["splits"].items():
+            written[s] += c["written"]
+            quarantined[s] += c["quarantined"]
+            inputs[s] += c["inputs"]
+        by_reason.update(rec["quarantine_by_reason"])
+        entry = {**u.describe(), "status": "ingested" if u.key in fresh else "reused",
+                 **{k: rec[k] for k in ("inputs", "written", "quarantined")}}
+        if not run.private:
+            entry.update(_changes(run, u))
+            if entry["change"] != "unchanged" and not problems:  # the last one seen, for the next
+                _write_text(_index_path(run.store, u), json.dumps(
+                    {"key": u.key, "fingerprint": u.fingerprint}))
+        units.append(entry)
+    _write_text(f"{out_dir}/{QUARANTINE_DIR}/quarantine.jsonl",
+                "".join(ln + "\n" for ln in quarantine_lines))
+    if run.private:
+        _delete_tree(run.store)
     n_in, n_written, n_bad = sum(inputs.values()), sum(written.values()), sum(quarantined.values())
     fraction = n_bad / n_in if n_in else 0.0
+    processed = [e for e in units if e["status"] == "ingested"]
     summary = {
         "inputs": n_in, "written": n_written, "quarantined": n_bad,
         "quarantined_fraction": round(fraction, 6),
@@ -330,18 +698,25 @@ def finalize_ingest(plan: IngestPlan, out_dir: str) -> dict:
         "unlabelled_skipped": plan.unlabelled,
         "quarantine_file": f"{out_dir}/{QUARANTINE_DIR}/quarantine.jsonl",
         "fingerprint": plan.fingerprint(),
+        # what this ingest decoded now, and what it took from the unit store unchanged
+        "processed": {"units": len(processed), "inputs": sum(e["inputs"] for e in processed)},
+        "reused": {"units": len(units) - len(processed),
+                   "inputs": sum(e["inputs"] for e in units if e["status"] == "reused")},
+        "units": units,
+        "unit_store": None if run.private else run.store,
         "status": "ok",
     }
-    if n_written + n_bad != n_in:
+    if plan.excluded_spans:
+        summary["spans_outside_window"] = plan.excluded_spans
+    if problems:
         summary["status"] = "failed"
-        summary["error"] = f"counts do not add up: {n_written} written + {n_bad} quarantined != {n_in} inputs"
+        summary["error"] = "counts do not add up: " + "; ".join(problems)
     elif fraction > plan.options.max_quarantine_fraction:
         summary["status"] = "failed"
         summary["error"] = (f"{n_bad} of {n_in} inputs quarantined ({fraction:.1%}), above the "
                             f"bound of {plan.options.max_quarantine_fraction:.1%}; see "
                             f"{summary['quarantine_file']}")
-    with FileSystems.create(f"{out_dir}/{SUMMARY_FILE}") as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
+    _write_text(f"{out_dir}/{SUMMARY_FILE}", json.dumps(summary, indent=2, sort_keys=True))
     if summary["status"] != "ok":
         raise IngestError(summary["error"])
     return summary
@@ -357,9 +732,11 @@ def unlabelled_lines(summary: dict) -> List[str]:
 
 def run_ingest(sources: Sequence[IngestSource], out_dir: str,
                options: IngestOptions = IngestOptions(),
-               beam_args: Optional[Sequence[str]] = None) -> dict:
-    """Plan, run the Beam pipeline to completion, and summarize. Returns the summary dict."""
-    plan = plan_ingest(sources, options)
-    with beam.Pipeline(options=PipelineOptions(list(beam_args or []))) as p:
-        expand_ingest(p, plan, out_dir)
-    return finalize_ingest(plan, out_dir)
+               beam_args: Optional[Sequence[str]] = None, store: Optional[str] = None) -> dict:
+    """Plan, run the Beam pipeline over the units `store` lacks (all without a store) to
+    completion, and summarize. Returns the summary dict."""
+    run = start_ingest(plan_ingest(sources, options), out_dir, store)
+    if run.todo:
+        with beam.Pipeline(options=PipelineOptions(list(beam_args or []))) as p:
+            expand_ingest(p, run)
+    return finalize_ingest(run)

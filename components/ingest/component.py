@@ -6,11 +6,22 @@ The ingest summary (inputs = written + quarantined, by reason) and the quarantin
 beside the splits in the artifact's folder and the counts are custom properties of the
 artifact, visible in ML Metadata and the Kubeflow UI. The counts are also a system.Metrics
 artifact, `counts` (components/run_page.py), the table the Kubeflow run page draws.
+
+Caching: `input_fingerprint` is the fingerprint of the inputs (beam_ingest.input_fingerprint:
+the listing's names, sizes and modification times per unit) computed by whoever starts the
+run: `deblur run-local` before the pipeline, a task of the run itself on Kubeflow
+(pipelines/kubeflow_runner.py). As an exec property it is part of the cache key (TFX's local
+one and KFP's), so a cached ingest is reused exactly while the inputs are unchanged. The
+executor lists the inputs again and fails if they changed since: examples must never be
+recorded under the key of other data. Unchanged units (one per source, or per span folder)
+are taken from the unit store <pipeline root>/DeblurIngest/units (beam_ingest's module doc);
+Beam runs only over the new or changed ones.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 from typing import Any, Dict, List, Sequence
 
 from tfx import types
@@ -22,7 +33,8 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components import run_page
 from components.ingest.beam_ingest import (
-    SUMMARY_FILE, IngestOptions, IngestSource, expand_ingest, finalize_ingest, plan_ingest)
+    SUMMARY_FILE, IngestError, IngestOptions, IngestSource, expand_ingest, finalize_ingest,
+    plan_ingest, start_ingest)
 
 EXAMPLES_KEY = "examples"
 COUNTS_KEY = "counts"
@@ -32,10 +44,18 @@ class DeblurIngestSpec(types.ComponentSpec):
     PARAMETERS = {
         "sources": ExecutionParameter(type=str),  # JSON list of IngestSource
         "options": ExecutionParameter(type=str),  # JSON of IngestOptions
+        # what the cache key sees of the inputs ("" : not computed; the run does not cache)
+        "input_fingerprint": ExecutionParameter(type=str, optional=True),
     }
     INPUTS: Dict[str, Any] = {}
     OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
                COUNTS_KEY: ChannelParameter(type=run_page.Metrics)}
+
+
+def unit_store(examples_uri: str) -> str:
+    """<pipeline root>/DeblurIngest/units, beside the component's outputs
+    (<pipeline root>/DeblurIngest/examples/<execution id>)."""
+    return posixpath.join(posixpath.dirname(posixpath.dirname(examples_uri.rstrip("/"))), "units")
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -44,15 +64,27 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         sources = [IngestSource.from_json(s) for s in json.loads(exec_properties["sources"])]
         options = IngestOptions(**json.loads(exec_properties["options"]))
         plan = plan_ingest(sources, options)
-        with self._make_beam_pipeline() as p:
-            expand_ingest(p, plan, examples.uri)
-        summary = finalize_ingest(plan, examples.uri)  # raises past the quarantine bound
+        expected = exec_properties.get("input_fingerprint") or ""
+        if expected and expected != plan.fingerprint():
+            raise IngestError(
+                f"the inputs changed after the run computed their fingerprint ({expected[:12]} "
+                f"then, {plan.fingerprint()[:12]} now: files added, removed or rewritten "
+                f"meanwhile); start the run again once the data is in place")
+        run = start_ingest(plan, examples.uri, unit_store(examples.uri))
+        if run.todo:  # every unit may come from the store: no Beam pipeline at all then
+            with self._make_beam_pipeline() as p:
+                expand_ingest(p, run)
+        summary = finalize_ingest(run)  # raises past the quarantine bound
         examples.split_names = artifact_utils.encode_split_names(plan.splits)
         examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
-        examples.span = 0
+        spans = [u.span for u in plan.units if u.span is not None]
+        examples.span = max(spans) if spans else 0  # TFX's span: the newest one ingested
         for key in ("inputs", "written", "quarantined"):
             examples.set_int_custom_property(key, summary[key])
+        examples.set_int_custom_property("processed_inputs", summary["processed"]["inputs"])
+        examples.set_int_custom_property("reused_inputs", summary["reused"]["inputs"])
+        examples.set_string_custom_property("input_fingerprint", summary["fingerprint"])
         examples.set_json_value_custom_property("quarantine_by_reason", summary["quarantine_by_reason"])
         # blurry-only subsets skipped (REDS's test): named in the summary, counted here
         examples.set_int_custom_property(
@@ -61,6 +93,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         counts = artifact_utils.get_single_instance(output_dict[COUNTS_KEY])
         run_page.set_scalars(counts, "ingest: records in = written + quarantined", {
             **{k: summary[k] for k in ("inputs", "written", "quarantined")},
+            "decoded now": summary["processed"]["inputs"],
+            "reused (unchanged units)": summary["reused"]["inputs"],
             **{f"written {split}": c["written"] for split, c in sorted(summary["splits"].items())},
             **{f"quarantined: {reason}": n
                for reason, n in sorted(summary["quarantine_by_reason"].items())}})
@@ -76,12 +110,14 @@ class DeblurIngest(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = DeblurIngestSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, sources: Sequence[IngestSource], options: IngestOptions = IngestOptions()):
+    def __init__(self, sources: Sequence[IngestSource], options: IngestOptions = IngestOptions(),
+                 input_fingerprint: str = ""):
         if not sources:
             raise ValueError("DeblurIngest needs at least one source")
         spec = DeblurIngestSpec(
             sources=json.dumps([s.to_json() for s in sources], sort_keys=True),
             options=json.dumps(dataclasses.asdict(options), sort_keys=True),
+            input_fingerprint=input_fingerprint,
             examples=types.Channel(type=standard_artifacts.Examples),
             counts=types.Channel(type=run_page.Metrics),
         )

@@ -67,6 +67,7 @@ class Candidate(NamedTuple):
     size_bytes: int = 0
     reason: Optional[str] = None
     detail: str = ""
+    unit: str = ""  # the ingest unit (source, span) it belongs to (beam_ingest.plan_ingest)
 
 
 class Unlabelled(NamedTuple):

@@ -1,0 +1,133 @@
+"""Spans (TFX's {SPAN} folders), unit fingerprints and the unit store: an ingest decodes only
+the new or changed sources/spans and reuses the others."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from components.ingest import layouts as L
+from components.ingest import spans
+from components.ingest.beam_ingest import (
+    UNIT_DONE, IngestOptions, IngestSource, input_fingerprint, plan_ingest, run_ingest)
+from tests import fixtures as fx
+from tests.tfrecords import read_split
+
+SMALL = IngestOptions(train_crop_size=16, max_quarantine_fraction=1.0, tiny_num_shards=1)
+
+
+def write_span(root, span_dir, names, seed=0, subset="train"):
+    for i, name in enumerate(names):
+        fx.write_pair(str(root / span_dir / subset / "blur" / name),
+                      str(root / span_dir / subset / "sharp" / name), (24, 32), seed=seed + i)
+
+
+def source(root, **kw):
+    return IngestSource("folder", str(root), dataset="shots", span_pattern="span-{SPAN}", **kw)
+
+
+def test_span_patterns():
+    p = spans.SpanPattern.parse("span-{SPAN}")
+    assert p.match("span-7/train/blur/a.png") == (7, "span-7", "train/blur/a.png")
+    assert p.match("span-x/train/blur/a.png") is None and p.match("span-7") is None
+    d = spans.SpanPattern.parse("{YYYY}/{MM}/{DD}")
+    assert d.match("1970/01/02/blur/a.png") == (1, "1970/01/02", "blur/a.png")  # TFX: days
+    assert spans.SpanPattern.parse("{YYYY}-{MM}-{DD}").match("2024-05-01/x")[0] == 19844
+    with pytest.raises(L.LayoutError, match="not a date"):
+        d.match("2024/13/01/blur/a.png")
+    for bad in ("", "span", "{SPAN}-{SPAN}", "{YYYY}-{MM}", "../{SPAN}", "s*/{SPAN}"):
+        with pytest.raises(L.LayoutError):
+            spans.SpanPattern.parse(bad)
+    with pytest.raises(ValueError, match="span_pattern"):  # checked when the config loads
+        IngestSource("folder", "/x", span_pattern="daily")
+
+
+def test_plan_units_window_and_pair_ids(tmp_path):
+    root = tmp_path / "shots"
+    for n in (1, 2, 3):
+        write_span(root, f"span-{n}", ["a.png", "b.png"], seed=10 * n)
+    fx.write(str(root / "README.txt"), b"not data")  # outside every span folder
+    plan = plan_ingest([source(root)], SMALL)
+    assert [(u.span, u.span_dir) for u in plan.units] == [(1, "span-1"), (2, "span-2"), (3, "span-3")]
+    ids = sorted(c.pair_id for _, c in plan.candidates)
+    assert ids[:2] == ["shots/span-1/train/a.png", "shots/span-1/train/b.png"]  # unique per span
+    assert len(set(ids)) == 6 and plan.ignored_files[str(root)] == 1
+    latest = plan_ingest([source(root)], IngestOptions(**{**SMALL.__dict__, "span_window": 2}))
+    assert [u.span for u in latest.units] == [2, 3] and latest.excluded_spans == {str(root): [1]}
+    # a unit's fingerprint does not depend on the window, the ingest's does
+    assert latest.units[0].fingerprint == plan.units[1].fingerprint
+    assert latest.fingerprint() != plan.fingerprint()
+    fx.write(str(root / "span-01" / "train" / "blur" / "c.png"), b"x")
+    with pytest.raises(L.LayoutError, match="span 1 has several folders"):
+        plan_ingest([source(root)], SMALL)
+
+
+def test_fingerprint_changes_exactly_when_the_inputs_do(tmp_path):
+    root = tmp_path / "shots"
+    write_span(root, "span-1", ["a.png", "b.png"])
+    write_span(root, "span-2", ["c.png"], seed=5)
+    fp = input_fingerprint([source(root)], SMALL)
+    units = {u.span: u.fingerprint for u in plan_ingest([source(root)], SMALL).units}
+    assert input_fingerprint([source(root)], SMALL) == fp  # listing twice: the same
+    # the same bytes written again (a new modification time) is a change, of its span only
+    path = root / "span-1" / "train" / "sharp" / "b.png"
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    after = {u.span: u.fingerprint for u in plan_ingest([source(root)], SMALL).units}
+    assert after[1] != units[1] and after[2] == units[2]
+    assert input_fingerprint([source(root)], SMALL) != fp
+    # an option that shapes examples changes every unit; the quarantine bound changes none
+    crop = IngestOptions(**{**SMALL.__dict__, "train_crop_size": 8})
+    assert all(u.fingerprint != after[u.span] for u in plan_ingest([source(root)], crop).units)
+    bound = IngestOptions(**{**SMALL.__dict__, "max_quarantine_fraction": 0.5})
+    assert {u.span: u.fingerprint for u in plan_ingest([source(root)], bound).units} == after
+
+
+def test_unit_store_ingests_only_new_and_changed_spans(tmp_path):
+    root, store = tmp_path / "shots", str(tmp_path / "store")
+    write_span(root, "span-1", ["a.png", "b.png"])
+    write_span(root, "span-2", ["c.png"], seed=5)
+    fx.write(str(root / "span-2" / "train" / "blur" / "lonely.png"), fx.png_bytes(fx.rgb(24, 32, 9)))
+    first = run_ingest([source(root)], str(tmp_path / "out1"), SMALL, store=store)
+    assert first["processed"] == {"units": 2, "inputs": 4} and first["reused"]["units"] == 0
+    assert [u["change"] for u in first["units"]] == ["new", "new"]
+    assert all(os.path.exists(os.path.join(store, u["fingerprint"], UNIT_DONE))
+               for u in first["units"])
+
+    second = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
+    assert second["processed"] == {"units": 0, "inputs": 0}
+    assert second["reused"] == {"units": 2, "inputs": 4}
+    assert [(u["status"], u["change"]) for u in second["units"]] == [("reused", "unchanged")] * 2
+    for out in ("out1", "out2"):  # both outputs hold every example and the quarantine
+        assert sorted(e["pair_id"].decode() for e in read_split(str(tmp_path / out), "train")) == [
+            "shots/span-1/train/a.png", "shots/span-1/train/b.png", "shots/span-2/train/c.png"]
+        with open(tmp_path / out / "quarantine" / "quarantine.jsonl") as f:
+            assert [json.loads(ln)["reason"] for ln in f] == [L.MISSING_PARTNER]
+    assert {k: second[k] for k in ("inputs", "written", "quarantined", "splits")} == \
+        {k: first[k] for k in ("inputs", "written", "quarantined", "splits")}
+
+    # one file changed in span 1, a new span 3: only those are decoded
+    fx.write(str(root / "span-1" / "train" / "sharp" / "b.png"), fx.png_bytes(fx.rgb(24, 32, 77)))
+    write_span(root, "span-3", ["d.png", "e.png"], seed=30)
+    third = run_ingest([source(root)], str(tmp_path / "out3"), SMALL, store=store)
+    by_span = {u["span"]: u for u in third["units"]}
+    assert (by_span[1]["status"], by_span[1]["change"]) == ("ingested", "changed")
+    assert by_span[1]["changed_pairs_ids"] == ["shots/span-1/train/b.png"]
+    assert (by_span[1]["new_pairs"], by_span[1]["removed_pairs"]) == (0, 0)
+    assert (by_span[2]["status"], by_span[3]["status"], by_span[3]["change"]) == (
+        "reused", "ingested", "new")
+    assert third["processed"] == {"units": 2, "inputs": 4} and third["reused"]["inputs"] == 2
+    new_b = next(e for e in read_split(str(tmp_path / "out3"), "train")
+                 if e["pair_id"] == b"shots/span-1/train/b.png")
+    assert new_b["sharp"] == (root / "span-1" / "train" / "sharp" / "b.png").read_bytes()
+    assert third["written"] == 5 and third["inputs"] == 6
+
+
+def test_a_unit_left_incomplete_is_ingested_again(tmp_path):
+    root, store = tmp_path / "shots", str(tmp_path / "store")
+    write_span(root, "span-1", ["a.png"])
+    first = run_ingest([source(root)], str(tmp_path / "out1"), SMALL, store=store)
+    os.remove(os.path.join(store, first["units"][0]["fingerprint"], UNIT_DONE))  # died there
+    again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
+    assert again["units"][0]["status"] == "ingested" and again["written"] == 1
