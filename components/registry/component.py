@@ -10,7 +10,10 @@ Output: pushed_model (PushedModel) with custom properties
   pushed              1 or 0
   pushed_version      the registry version, as a string (TFX's Pusher convention)
   pushed_destination  the version's URI, <registry>/<model_name>/<version>
-  reason              only when not pushed: "model not blessed: <failed rules>"
+  reason              only when not pushed: "model not blessed: <failed rules>", or
+                      "already registered as version N ..." (the same Model artifact, which a
+                      cached Trainer hands a run on unchanged data)
+  already_registered  that N
 and <pushed_model.uri>/push.json holding the same plus the stored manifest.
 
 A model that is not blessed is recorded as not pushed; the execution succeeds, so the run
@@ -112,6 +115,8 @@ class Executor(base_executor.BaseExecutor):
             out.set_string_custom_property("pushed_destination", result.destination)
         else:
             out.set_string_custom_property("reason", result.reason)
+            if result.already_registered is not None:
+                out.set_int_custom_property("already_registered", result.already_registered)
         fileio.makedirs(out.uri)
         with fileio.open(os.path.join(out.uri, PUSH_RECORD_FILE), "w") as f:
             f.write(json.dumps(result.to_json(), indent=2, sort_keys=True))

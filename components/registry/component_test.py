@@ -155,6 +155,14 @@ def test_blessed_model_becomes_version_1_with_a_full_manifest(tmp_path):
     # a second blessed model becomes version 2
     _, record2 = run_executor(tmp_path / "second", make_inputs(tmp_path / "second", True), registry)
     assert record2["version"] == 2 and reg.latest()[0] == 2
+    assert m["warm_start"] is None  # deblur.json records none (see test_pipeline_retraining)
+
+    # the first model again (a cached Trainer, blessed again): not a third version
+    out3, record3 = run_executor(tmp_path, inputs, registry)
+    assert out3.get_int_custom_property("pushed") == 0 and record3["already_registered"] == 1
+    assert out3.get_int_custom_property("already_registered") == 1
+    assert out3.get_string_custom_property("reason").startswith("already registered as version 1")
+    assert reg.versions() == [1, 2]
 
 
 def test_not_blessed_model_is_recorded_as_not_pushed_and_the_registry_stays_empty(tmp_path):

@@ -50,6 +50,8 @@ class PushResult:
     destination: Optional[str] = None  # the version's URI
     reason: Optional[str] = None  # why not pushed
     manifest: Optional[Dict[str, Any]] = None
+    # not pushed because the registry holds this very model already, as this version
+    already_registered: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,6 +207,21 @@ def _serving_copy(model_dir: str, sampling: Optional[Dict[str, Any]]):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def registered_version(registry: Registry, model_uri: Optional[str]) -> Optional[int]:
+    """The version whose manifest names this Model artifact (source.model_uri), newest first;
+    None if no version does. A damaged manifest is skipped here (latest() names it)."""
+    if not model_uri:
+        return None
+    for version in reversed(registry.versions()):
+        try:
+            manifest = registry.show(version)
+        except ValueError:
+            continue
+        if (manifest.get("source") or {}).get("model_uri") == model_uri:
+            return version
+    return None
+
+
 def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessing_uri: str,
                    blessed_property: Optional[int] = None, evaluation_uri: Optional[str] = None,
                    examples_uri: Optional[str] = None, pipeline: Optional[Dict[str, Any]] = None,
@@ -219,6 +236,15 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
     if not blessed:
         detail = "; ".join(failed) if failed else f"{BLESSING_FILE} records no failed rule"
         return PushResult(pushed=False, reason=f"model not blessed: {detail}")
+    # A cached Trainer hands an unchanged run the model an earlier run registered, and its
+    # evaluator (whose baseline is now that very model) blesses it again: one model, one
+    # version, so a run on unchanged data registers nothing new.
+    existing = registered_version(registry, model_uri)
+    if existing is not None:
+        return PushResult(pushed=False, already_registered=existing,
+                          destination=registry.version_uri(existing),
+                          reason=f"already registered as version {existing} (the same model "
+                                 f"{model_uri}, from an earlier run)")
 
     evaluation = read_evaluation(evaluation_uri) if evaluation_uri else None
     model_info = _read_json(f"{model_dir.rstrip('/')}/{MODEL_INFO_FILE}", "model info", False)
@@ -245,6 +271,9 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
                    "blessing_uri": blessing_uri, "evaluation_uri": evaluation_uri,
                    "experiment": (model_info or {}).get("experiment", {}).get("name")
                    if isinstance((model_info or {}).get("experiment"), dict) else None},
+        # the model it was trained from (trainer/warm_start.py), or how it started: the export
+        # records it in deblur.json
+        "warm_start": (model_info or {}).get("warm_start"),
     }
     with _serving_copy(model_dir, sampling) as (push_dir, serving):
         manifest["serving_default"] = serving or (model_info or {}).get("default_sampling")
