@@ -110,7 +110,8 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
 
     kf = cfg.kubeflow
     pipeline = create_pipeline(cfg, metadata_connection_config=None,
-                               pipeline_root=kf.pipeline_root)
+                               pipeline_root=kf.pipeline_root,
+                               input_fingerprint=FINGERPRINT_PLACEHOLDER)
     defaults = run_params.attach(pipeline.components)
     images = {c.id: kf.image_for(c.id) for c in pipeline.components}
     runner = v2.KubeflowV2DagRunner(
@@ -125,6 +126,7 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
         output_filename=os.path.basename(out_file))
     job = runner.run(pipeline, parameter_values=defaults, write_out=True)
     add_parameter_defaults(job)
+    add_input_fingerprint_task(job, kf.image_for(INGEST_TASK))
     add_trainer_retry_policy(job, kf.trainer_max_retries)
     with open(out_file, "w") as f:  # the runner's file, with the retry policy added
         json.dump(job, f, indent=2, sort_keys=True)
@@ -178,6 +180,60 @@ def run_arguments(config: PipelineConfig, spec: Dict[str, Any],
     except ConfigError as e:
         raise ConfigError(f"--param: {e}") from None
     return args
+
+
+INGEST_TASK = "DeblurIngest"
+FINGERPRINT_TASK = "DeblurInputFingerprint"
+# create_pipeline's input_fingerprint on Kubeflow: replaced by the fingerprint task's output
+FINGERPRINT_PLACEHOLDER = "computed in the run by the DeblurInputFingerprint task"
+FINGERPRINT_COMMAND = ["python", "-m", "pipelines.kfp_fingerprint"]
+
+
+def add_input_fingerprint_task(job: Dict[str, Any], image: str) -> None:
+    """A task before DeblurIngest that lists its sources and outputs their fingerprint
+    (pipelines/kfp_fingerprint.py); DeblurIngest's `input_fingerprint` input parameter becomes
+    that output parameter. KFP's cache key holds parameter values, not the files under a
+    gs:// root, so this is what makes the ingest's key change exactly when the data do. The
+    task is never cached; it runs in every run, recurring and UI-started ones included, where
+    a fingerprint computed by `deblur submit` would be frozen into the schedule."""
+    spec = job["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    ingest = tasks[INGEST_TASK]
+    params = ingest["inputs"]["parameters"]
+    current = params.get("input_fingerprint", {}).get("runtimeValue", {}).get("constant")
+    if current != FINGERPRINT_PLACEHOLDER:
+        raise ValueError(f"{INGEST_TASK}'s input_fingerprint is {current!r}, not the placeholder "
+                         f"create_pipeline was given: the TFX compiler changed how it writes "
+                         f"exec properties")
+    # the same sources and options as the ingest: constants, or run parameters
+    names = [n for n in ("sources", "options", "data_sources") if n in params]
+    definitions = spec["components"][ingest["componentRef"]["name"]]["inputDefinitions"][
+        "parameters"]
+    label = f"{FINGERPRINT_TASK}_executor"
+    spec["components"][FINGERPRINT_TASK] = {
+        "executorLabel": label,
+        "inputDefinitions": {"parameters": {n: copy.deepcopy(definitions[n]) for n in names}},
+        "outputDefinitions": {"parameters": {"fingerprint": {"parameterType": "STRING"}}},
+    }
+    args = ["--sources", "{{$.inputs.parameters['sources']}}",
+            "--options", "{{$.inputs.parameters['options']}}"]
+    if "data_sources" in names:
+        args += ["--data-sources", "{{$.inputs.parameters['data_sources']}}"]
+    args += ["--fingerprint-file", "{{$.outputs.parameters['fingerprint'].output_file}}"]
+    spec["deploymentSpec"]["executors"][label] = {"container": {
+        "image": image, "command": list(FINGERPRINT_COMMAND), "args": args,
+        # a listing: small next to the ingest's pod, which launches the Dataflow job
+        "resources": {"cpuLimit": 1.0, "memoryLimit": 2.0}}}
+    tasks[FINGERPRINT_TASK] = {
+        "taskInfo": {"name": FINGERPRINT_TASK},
+        "componentRef": {"name": FINGERPRINT_TASK},
+        "inputs": {"parameters": {n: copy.deepcopy(params[n]) for n in names}},
+        # enableCache unset is false (proto3), as the KFP API sends it back: never cached
+        "cachingOptions": {},
+    }
+    params["input_fingerprint"] = {"taskOutputParameter": {
+        "producerTask": FINGERPRINT_TASK, "outputParameterKey": "fingerprint"}}
+    ingest["dependentTasks"] = sorted(set(ingest.get("dependentTasks", [])) | {FINGERPRINT_TASK})
 
 
 def add_trainer_retry_policy(job: Dict[str, Any], max_retries: int) -> None:

@@ -116,12 +116,14 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
 
     for platform in ("gke", "vertex"):
         cfg, job, _, _ = compiled[platform]
-        components = create_pipeline(kr.kubeflow_config(cfg)).components
+        components = create_pipeline(kr.kubeflow_config(cfg),
+                                     input_fingerprint=kr.FINGERPRINT_PLACEHOLDER).components
         # TFX compiles a Resolver node to one task per resolved channel: <id>-<channel>-resolver
         resolvers = {c.id for c in components if isinstance(c, Resolver)}
         tasks = set(job["pipelineSpec"]["root"]["dag"]["tasks"])
         resolved = {t for t in tasks if any(t.startswith(r + "-") for r in resolvers)}
-        assert tasks - resolved == {c.id for c in components} - resolvers
+        # + the task that fingerprints the ingest's inputs (add_input_fingerprint_task)
+        assert tasks - resolved == {c.id for c in components} - resolvers | {kr.FINGERPRINT_TASK}
         assert all(any(t.startswith(r + "-") for t in resolved) for r in resolvers)
         assert set(TODAY) <= tasks
 
@@ -129,7 +131,8 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
 def test_task_order(compiled):
     tasks = _spec(compiled)["root"]["dag"]["tasks"]
     deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
-    assert deps["DeblurIngest"] == set() and deps["ImportSchemaGen"] == set()
+    assert deps["DeblurIngest"] == {kr.FINGERPRINT_TASK} and deps["ImportSchemaGen"] == set()
+    assert deps[kr.FINGERPRINT_TASK] == set()
     assert deps["StatisticsGen"] == {"DeblurIngest"}
     assert deps["ExampleValidator"] == {"StatisticsGen", "ImportSchemaGen"}
     assert deps["ValidationGate"] == {"ExampleValidator"}
@@ -151,7 +154,9 @@ def test_schema_version_images_and_entrypoint(compiled):
         if "container" not in ex:
             continue  # TFX Resolver nodes (see unsupported_on_kfp)
         assert ex["container"]["image"] == cfg.kubeflow.image_for(task)
-        assert ex["container"]["command"] == ENTRYPOINT  # the image's ENTRYPOINT is not used
+        # the image's ENTRYPOINT is not used
+        assert ex["container"]["command"] == (kr.FINGERPRINT_COMMAND if task == kr.FINGERPRINT_TASK
+                                              else ENTRYPOINT)
     assert _executor(spec, "Trainer")[1]["container"]["image"].endswith("-tpu")
     assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == cfg.kubeflow.image
     # the checked-in schema, as seen inside the image
@@ -258,10 +263,68 @@ def test_local_pipeline_is_unplaced():
 
     cfg = _example()
     cfg.runner.orchestrator = "local"
-    comps = {c.id: c for c in create_pipeline(cfg).components}
+    comps = {c.id: c for c in create_pipeline(cfg, input_fingerprint="f" * 64).components}
     assert comps["Trainer"].platform_config is None
     assert type(comps["Trainer"]).__module__ == "tfx.components.trainer.component"
     assert "tpu" not in str(comps["Trainer"].exec_properties["custom_config"])
+
+
+# ---- caching: the ingest's cache key sees the inputs -------------------------------------------
+def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
+    """KFP's cache key holds parameter values, not the files under the gs:// roots: the ingest
+    takes the fingerprint of its inputs as a parameter, from a task that is never cached."""
+    for platform in ("gke", "vertex"):
+        job, docs = compiled[platform][1], compiled[platform][2]
+        for spec in (job["pipelineSpec"], docs[0]):  # the PipelineJob and the KFP package
+            tasks = spec["root"]["dag"]["tasks"]
+            ingest, fp = tasks["DeblurIngest"], tasks[kr.FINGERPRINT_TASK]
+            assert ingest["cachingOptions"] == {"enableCache": True}  # example: enable_cache
+            assert fp["cachingOptions"].get("enableCache", False) is False
+            assert ingest["inputs"]["parameters"]["input_fingerprint"] == {"taskOutputParameter": {
+                "producerTask": kr.FINGERPRINT_TASK, "outputParameterKey": "fingerprint"}}
+            for name in ("sources", "options"):  # it lists exactly what the ingest reads
+                assert fp["inputs"]["parameters"][name] == ingest["inputs"]["parameters"][name]
+            comp = spec["components"][kr.FINGERPRINT_TASK]
+            assert comp["outputDefinitions"]["parameters"] == {
+                "fingerprint": {"parameterType": "STRING"}}
+            assert spec["components"]["DeblurIngest"]["inputDefinitions"]["parameters"][
+                "input_fingerprint"] == {"parameterType": "STRING"}
+            # every other task is cached (the example config), keyed on the ingest's outputs
+            assert all(t["cachingOptions"] == {"enableCache": True}
+                       for n, t in tasks.items() if n != kr.FINGERPRINT_TASK)
+
+
+def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
+    """The task's container, its placeholders resolved as KFP's launcher resolves them, writes
+    the fingerprint of the sources to its output parameter file."""
+    from components.ingest.beam_ingest import IngestOptions, IngestSource, input_fingerprint
+    from pipelines import kfp_fingerprint
+    from tests import fixtures as fx
+
+    for i in range(2):
+        fx.write_pair(str(tmp_path / "data" / "train" / "blur" / f"{i}.png"),
+                      str(tmp_path / "data" / "train" / "sharp" / f"{i}.png"), (16, 16), seed=i)
+    sources = [IngestSource("folder", str(tmp_path / "data"))]
+    spec = _spec(compiled)
+    _, ex = _executor(spec, kr.FINGERPRINT_TASK)
+    options = _param(spec, kr.FINGERPRINT_TASK, "options")
+    values = {"{{$.inputs.parameters['sources']}}": json.dumps([s.to_json() for s in sources]),
+              "{{$.inputs.parameters['options']}}": options,
+              "{{$.outputs.parameters['fingerprint'].output_file}}": str(tmp_path / "out" / "fp")}
+    args = [values.get(a, a) for a in ex["container"]["args"]]
+    assert ex["container"]["command"][-1] == "pipelines.kfp_fingerprint"
+    assert kfp_fingerprint.main(args) == 0
+    want = input_fingerprint(sources, IngestOptions(**json.loads(options)))
+    assert (tmp_path / "out" / "fp").read_text() == want
+
+
+def test_caching_without_a_fingerprint_is_refused():
+    from pipelines.pipeline import create_pipeline
+
+    cfg = _example()
+    cfg.runner.orchestrator = "local"
+    with pytest.raises(ConfigError, match="enable_cache needs the fingerprint"):
+        create_pipeline(cfg)
 
 
 # ---- cron -----------------------------------------------------------------------------------

@@ -10,16 +10,23 @@ from pipelines.config import PipelineConfig
 from pipelines.pipeline import create_pipeline
 
 
-def run(config: PipelineConfig) -> None:
+def run(config: PipelineConfig) -> str:
+    """Lists the inputs for their fingerprint (the ingest's cache key sees it), then runs the
+    pipeline. Returns the fingerprint."""
+    from components.ingest.beam_ingest import input_fingerprint
+
     work = config.runner
     os.makedirs(os.path.dirname(os.path.abspath(work.resolved_metadata_path())), exist_ok=True)
+    fingerprint = input_fingerprint(config.ingest_sources(), config.ingest)
     pipeline = create_pipeline(
         config,
         metadata_connection_config=metadata.sqlite_metadata_connection_config(
             os.path.abspath(work.resolved_metadata_path())),
         pipeline_root=os.path.abspath(work.resolved_pipeline_root()),
+        input_fingerprint=fingerprint,
     )
     LocalDagRunner().run(pipeline)
+    return fingerprint
 
 
 ABANDONED = "abandoned: its run-local process ended without finishing it (killed?)"

@@ -29,15 +29,25 @@ from components.ingest.component import DeblurIngest
 from components.registry.component import RegistryPusher
 from components.validation_component import DomainDriftReport, ValidationGate
 from pipelines import placement
-from pipelines.config import PipelineConfig
+from pipelines.config import ConfigError, PipelineConfig
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
-                    pipeline_root: Optional[str] = None) -> tfx_pipeline.Pipeline:
+                    pipeline_root: Optional[str] = None,
+                    input_fingerprint: str = "") -> tfx_pipeline.Pipeline:
+    """input_fingerprint: components.ingest.beam_ingest.input_fingerprint of the sources, which
+    the runner computes (this function reads nothing): the DeblurIngest's exec property, so the
+    cache key of the ingest, and of everything downstream of it, changes exactly when the data
+    do. Caching without it would reuse the ingest of whatever the roots held before."""
     # the Trainer's experiment (preset, overrides, steps) is checked now, not hours later in
     # the Trainer: a ConfigError before any component runs
     config.training.build_experiment()
-    ingest = DeblurIngest(sources=config.ingest_sources(), options=config.ingest)
+    if config.runner.enable_cache and not input_fingerprint:
+        raise ConfigError("runner.enable_cache needs the fingerprint of the inputs (their roots "
+                          "may hold other files than last time): start the run with `deblur "
+                          "run-local` or `deblur compile`, which compute it")
+    ingest = DeblurIngest(sources=config.ingest_sources(), options=config.ingest,
+                          input_fingerprint=input_fingerprint)
     statistics = StatisticsGen(examples=ingest.outputs["examples"])
     schema = ImportSchemaGen(schema_file=config.validation.schema_path)
     validator = ExampleValidator(statistics=statistics.outputs["statistics"],
@@ -46,6 +56,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     drift = DomainDriftReport(statistics=statistics.outputs["statistics"],
                               schema=schema.outputs["schema"],
                               baseline_split=config.validation.drift_baseline_split)
+    registry_uri = config.registry.resolved_uri(config.runner.work_dir)
     trainer = placement.trainer(  # TFX's Trainer, or its Vertex AI one (config.kubeflow)
         config,
         run_fn="trainer.tfx_trainer.run_fn",  # the installed package, not a module_file
@@ -59,7 +70,6 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     trainer.add_upstream_node(gate)  # never train on data that failed validation
     # The baseline of the gate: the latest blessed model, from ML Metadata through a Resolver
     # (none on a first run), or from the registry where Resolver nodes cannot run.
-    registry_uri = config.registry.resolved_uri(config.runner.work_dir)
     baseline = {}
     latest_blessed = None
     if config.gate.baseline == "ml-metadata":

@@ -1,0 +1,51 @@
+"""The DeblurInputFingerprint task of the compiled Kubeflow pipeline: lists the ingest's sources
+and writes their fingerprint (components.ingest.beam_ingest.input_fingerprint) as the task's
+output parameter, which the DeblurIngest task takes as its `input_fingerprint` input parameter.
+
+KFP's cache key holds input parameter *values* (kubeflow/pipelines backend/src/v2/cacheutils),
+so the ingest, and every task downstream of its Examples artifact, is reused from the cache
+exactly while the fingerprint is unchanged. The task itself is never cached: it runs in every
+run, including each run of a recurring (cron) run and runs started from the KFP UI, whose
+parameters are fixed when the schedule or run is created. pipelines/kubeflow_runner.py adds
+the task to the compiled spec:
+
+    python -m pipelines.kfp_fingerprint --sources JSON --options JSON [--data-sources JSON]
+        --fingerprint-file {{$.outputs.parameters['fingerprint'].output_file}}
+
+--data-sources is the `data_sources` run parameter when the pipeline has one (it replaces the
+compiled sources, as in the DeblurIngest task); empty means the compiled sources.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines.kfp_fingerprint",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--sources", required=True, help="JSON list of IngestSource")
+    p.add_argument("--options", required=True, help="JSON of IngestOptions")
+    p.add_argument("--data-sources", default="", help="the data_sources run parameter, if any")
+    p.add_argument("--fingerprint-file", required=True, help="KFP's output parameter file")
+    args = p.parse_args(argv)
+    from components.ingest.beam_ingest import IngestOptions, IngestSource, plan_ingest
+
+    sources = [IngestSource.from_json(s) for s in json.loads(args.data_sources or args.sources)]
+    plan = plan_ingest(sources, IngestOptions(**json.loads(args.options)))
+    fingerprint = plan.fingerprint()
+    folder = os.path.dirname(args.fingerprint_file)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with open(args.fingerprint_file, "w") as f:
+        f.write(fingerprint)
+    print(f"input fingerprint {fingerprint} of {len(plan.units)} unit(s) "
+          f"({len(plan.candidates)} inputs) in {len(sources)} source(s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
