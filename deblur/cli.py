@@ -216,7 +216,19 @@ def cmd_train(args) -> int:
         raise UserError(f"--examples {args.examples} is not a directory")
     _check_writable(args.out, "--out")
     t0 = time.time()
-    result = train.train(exp, args.examples, args.out, progress=True)
+    parent, info = None, None
+    if args.warm_start:  # --steps more steps from the model's weights and step
+        from trainer import warm_start
+
+        if not os.path.exists(os.path.join(args.warm_start, "saved_model.pb")):
+            raise UserError(f"--warm-start {args.warm_start}: no saved_model.pb there (give a "
+                            f"SavedModel folder, e.g. a registry version)")
+        record = warm_start.decide(args.out, "latest_blessed", exp.train.steps,
+                                   lambda: warm_start.Parent(args.warm_start, args.warm_start))
+        exp = exp.replace(train={"steps": record["target_step"]})
+        parent, info = (record["parent"] or {}).get("saved_model_dir"), {"warm_start": record}
+    result = train.train(exp, args.examples, args.out, progress=True, warm_start=parent,
+                         export_info=info)
     last = result["history"][-1] if result["history"] else {}
     skipped = f"; {result['skipped']} non-finite batch(es) skipped" if result["skipped"] else ""
     print(f"trained {exp.name} to step {result['step']} in {time.time() - t0:.0f} s; "
@@ -566,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override an experiment field, e.g. --set train.steps_per_loop=10 "
                         "(sections: model, diffusion, data, train; repeatable)")
+    s.add_argument("--warm-start", default=None, metavar="SAVED_MODEL",
+                   help="start from this exported model's weights and step (e.g. a registry "
+                        "version folder) and train --steps more steps")
 
     from metrics.cli import add_arguments as add_metrics_arguments
 

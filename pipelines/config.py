@@ -25,6 +25,7 @@ from components.ingest.beam_ingest import IngestOptions, IngestSource
 from core.fields import check_scalar
 from pipelines.kubeflow_config import KubeflowConfig
 
+WARM_START_MODES = ("none", "latest_blessed")  # = trainer.warm_start.MODES (no TF import here)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SCHEMA = os.path.join(REPO_ROOT, "schemas", "schema.pbtxt")
 
@@ -70,8 +71,15 @@ class TrainingConfig:
     steps: int = 1500
     # {section: {field: value}}, e.g. {"train": {"global_batch_size": 16}, "model": {...}}
     overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # none: random weights; latest_blessed: the weights and step of the latest blessed model
+    # (found when the Trainer runs, where the gate finds its baseline), then `steps` more
+    # steps (trainer/warm_start.py says what is kept and why)
+    warm_start: str = "none"
 
     def __post_init__(self):
+        if self.warm_start not in WARM_START_MODES:
+            raise ValueError(f"training.warm_start must be one of {', '.join(WARM_START_MODES)}, "
+                             f"got {self.warm_start!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"training.steps must be an integer >= 1, got {self.steps!r}")
         if not isinstance(self.overrides, dict) or not all(
@@ -199,7 +207,8 @@ def from_dict(d: Optional[Dict[str, Any]]) -> PipelineConfig:
             continue
         try:
             srcs.append(IngestSource(**s))
-        except (TypeError, ValueError) as e:  # unknown keys; values the layout does not have
+        except (TypeError, ValueError) as e:  # unknown keys; values the layout does not have, a
+                                              # malformed span_pattern
             raise ConfigError(f"data.sources[{i}]: {e}") from e
     cfg.data.sources = srcs
     cfg.data.synthetic.size = tuple(cfg.data.synthetic.size)

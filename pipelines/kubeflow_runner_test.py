@@ -258,6 +258,19 @@ def test_vertex_gpu_workers_get_a_chief_pool_and_a_worker_pool():
         VertexTrainerConfig(workers=2)  # cloud-tpu
 
 
+def test_warm_start_looks_in_the_registry_on_kubeflow(compiled):
+    """The example config warm-starts; open-source KFP cannot run Resolver nodes and its pods
+    have no SQLite store: the Trainer finds the latest blessed model in the registry, when it
+    runs (components/training.py), so the parent is not part of its cache key."""
+    for platform in ("gke", "vertex"):
+        spec = _spec(compiled, platform)
+        custom = json.loads(_param(spec, "Trainer", "custom_config"))
+        assert custom["warm_start"] == "latest_blessed"
+        assert custom["warm_start_source"] == {"registry_uri": "gs://my-deblur-bucket/registry",
+                                               "model_name": "deblur-icdpm"}
+        assert _param(spec, "Trainer", "run_fn") == "components.training.run_fn"
+
+
 def test_local_pipeline_is_unplaced():
     from pipelines.pipeline import create_pipeline
 
@@ -497,6 +510,8 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
     monkeypatch.setattr(tfx_trainer, "tpu_strategy_from_environment", lambda: "ENV-STRATEGY")
     # the resume record lives on the (here imaginary) gs:// pipeline root
     monkeypatch.setattr(tfx_trainer, "resume_interrupted", lambda exp, examples, out: "record")
+    monkeypatch.setattr(tfx_trainer.warm_start, "decide", lambda out, mode, steps, find: {
+        "mode": mode, "parent": None, "start_step": 0, "steps": steps, "target_step": steps})
     monkeypatch.setattr(tfx_trainer, "training_finished", lambda marker: seen.update(done=marker))
     custom = {"experiment": "tiny", "overrides": {}, **({"tpu": tpu} if tpu else {})}
     tfx_trainer.run_fn(SimpleNamespace(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
 from tfx.dsl.components.common import resolver as tfx_resolver
@@ -30,6 +31,20 @@ from components.registry.component import RegistryPusher
 from components.validation_component import DomainDriftReport, ValidationGate
 from pipelines import placement
 from pipelines.config import ConfigError, PipelineConfig
+
+
+def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
+    """The Trainer's custom_config keys of the warm start (components/training.py): the mode,
+    and where the latest blessed model is, the same place the gate's baseline comes from (ML
+    Metadata's SQLite store locally, the registry with gate.baseline: registry and always on
+    Kubeflow, whose pods have no SQLite store)."""
+    if config.training.warm_start == "none":
+        return {}
+    source = {"registry_uri": registry_uri, "model_name": config.registry.model_name}
+    if config.gate.baseline == "ml-metadata" and not placement.on_kubeflow(config):
+        source.update(metadata_path=os.path.abspath(config.runner.resolved_metadata_path()),
+                      pipeline_name=config.runner.pipeline_name)
+    return {"warm_start": config.training.warm_start, "warm_start_source": source}
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
@@ -59,13 +74,16 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     registry_uri = config.registry.resolved_uri(config.runner.work_dir)
     trainer = placement.trainer(  # TFX's Trainer, or its Vertex AI one (config.kubeflow)
         config,
-        run_fn="trainer.tfx_trainer.run_fn",  # the installed package, not a module_file
+        # the installed package, not a module_file: trainer.tfx_trainer.run_fn, with the warm
+        # start's parent looked up when it runs (not part of the cache key)
+        run_fn="components.training.run_fn",
         examples=ingest.outputs["examples"],
         train_args=TrainArgs(splits=[config.data.train_split], num_steps=config.training.steps),
         # evaluation is the DeblurEvaluator's job; TFX still wants an existing split here
         eval_args=EvalArgs(splits=[config.data.train_split], num_steps=0),
         custom_config={"experiment": config.training.experiment,
-                       "overrides": config.training.overrides},
+                       "overrides": config.training.overrides,
+                       **warm_start_config(config, registry_uri)},
     )
     trainer.add_upstream_node(gate)  # never train on data that failed validation
     # The baseline of the gate: the latest blessed model, from ML Metadata through a Resolver

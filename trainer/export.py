@@ -152,12 +152,16 @@ def set_serving_setting(src: str, dst: str, setting: dict) -> str:
     return dst
 
 
-def export_saved_model(trainer, path: str, defaults: Optional[dict] = None) -> str:
+def export_saved_model(trainer, path: str, defaults: Optional[dict] = None,
+                       info: Optional[dict] = None) -> str:
+    """deblur.json beside the SavedModel: the experiment, the step it was trained to (what a
+    warm start from it continues), the UNet's multiple, the default sampling, and `info`."""
     module = DeblurModule(ema_model(trainer), defaults)
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve,
                                                   "deblur": module.deblur})
     with tf.io.gfile.GFile(os.path.join(path, "deblur.json"), "w") as f:
-        json.dump({"experiment": trainer.exp.to_dict(), "multiple": module._multiple,
+        json.dump({**(info or {}), "experiment": trainer.exp.to_dict(),
+                   "step": int(trainer.step.numpy()), "multiple": module._multiple,
                    "default_sampling": module.default_setting.to_dict()},
                   f, indent=2, sort_keys=True)
     return path

@@ -14,7 +14,7 @@ import posixpath
 
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import experiments, train
+from trainer import experiments, train, warm_start
 
 PROGRESS_LOGGER = "deblur.progress"
 
@@ -26,7 +26,11 @@ def examples_uri(train_files) -> str:
     return posixpath.dirname(posixpath.dirname(train_files[0].rstrip("/")))
 
 
-def run_fn(fn_args: FnArgs) -> None:
+def run_fn(fn_args: FnArgs, find_parent=None) -> None:
+    """custom_config["warm_start"]: "none" or "latest_blessed" (trainer/warm_start.py);
+    find_parent() returns the latest blessed model (a warm_start.Parent) or None: the
+    pipeline's run_fn (components/training.py) passes one that looks in the registry or ML
+    Metadata. The training goes to the parent's step + train_steps."""
     cfg = dict(fn_args.custom_config or {})
     overrides = {k: dict(v) for k, v in (cfg.get("overrides") or {}).items()}
     if fn_args.train_steps:
@@ -37,10 +41,22 @@ def run_fn(fn_args: FnArgs) -> None:
         overrides["train"].setdefault("mixed_precision", "bfloat16")
     exp = experiments.get(cfg.get("experiment", "tiny"), **overrides)
     strategy = tpu_strategy_from_environment() if tpu == "env" else None
-    total = exp.train.steps
+    examples = examples_uri(fn_args.train_files)
+    chief = train.is_chief_task()
+    marker = resume_interrupted(exp, examples, fn_args.model_run_dir) if chief else None
+    # after the copy of an interrupted training's files: its warm-start record comes along.
+    # Only the chief writes it; every worker makes the same decision (the same registry)
+    record = warm_start.decide(fn_args.model_run_dir, cfg.get("warm_start") or "none",
+                               exp.train.steps, find_parent, write=chief)
+    if record["parent"]:
+        logging.getLogger(PROGRESS_LOGGER).info(
+            "Trainer: warm start from %s (step %d), %d more steps", record["parent"]["name"],
+            record["start_step"], record["steps"])
+    exp = exp.replace(train={"steps": record["target_step"]})
+    total, first = exp.train.steps, record["start_step"]
     progress = logging.getLogger(PROGRESS_LOGGER)
-    every = max(1, total // 10)
-    last = [0]
+    every = max(1, (total - first) // 10)
+    last = [first]
 
     def on_step(step, row):  # about 10 lines a run; `deblur run-local` prints them
         if step - last[0] >= every or step == total:
@@ -48,14 +64,13 @@ def run_fn(fn_args: FnArgs) -> None:
             progress.info("Trainer: step %d/%d, loss %.4f, %.0f s", step, total, row["loss"],
                           row["seconds"])
 
-    examples = examples_uri(fn_args.train_files)
     # Multi-worker (TF_CONFIG, e.g. Vertex AI worker pools: every replica runs this executor
     # with the same artifact URIs): the chief alone records and resumes; train() returns on
     # every worker once the chief has exported, so TFX's check for the export passes on all
-    chief = train.is_chief_task()
-    marker = resume_interrupted(exp, examples, fn_args.model_run_dir) if chief else None
     train.train(exp, examples, fn_args.model_run_dir,
-                strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step)
+                strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step,
+                warm_start=(record["parent"] or {}).get("saved_model_dir"),
+                export_info={"warm_start": record})
     if chief:
         training_finished(marker)
 
@@ -71,7 +86,7 @@ def tf_gfile():
     return tf.io.gfile
 
 
-RESUME_FILES = ("checkpoints", "history.json", "tensorboard")
+RESUME_FILES = ("checkpoints", "history.json", "tensorboard", warm_start.WARM_START_FILE)
 
 
 def resume_interrupted(exp, examples_dir: str, model_run_dir: str) -> str:

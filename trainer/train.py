@@ -338,7 +338,8 @@ class Trainer:
 
     def learning_rate(self) -> float:
         """The learning rate the last applied step used (the schedule runs on the optimizer's
-        iterations, which skipped batches do not advance)."""
+        iterations, which skipped batches do not advance and which a warm start, a fresh
+        optimizer at the parent's step (trainer/warm_start.py), starts again from 0)."""
         t = self.exp.train
         return float(diffusion.learning_rate(self.optimizer.iterations - 1, t.learning_rate,
                                              t.lr_warmup_steps).numpy())
@@ -421,11 +422,17 @@ _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
 def train(exp: Experiment, examples_dir: str, out_dir: str,
           strategy: Optional[tf.distribute.Strategy] = None,
           progress: bool = False, on_step: Optional[Callable[[int, Dict], None]] = None,
-          export_dir: Optional[str] = None) -> dict:
+          export_dir: Optional[str] = None, warm_start: Optional[str] = None,
+          export_info: Optional[Dict] = None) -> dict:
     """Trains to exp.train.steps (resuming from OUT/checkpoints), exports the SavedModel to
     export_dir (default OUT/saved_model), returns {"history", "step", "skipped", "chief",
     "strategy"}. Raises TrainingStopped on a non-finite step (on_nonfinite "stop") or when
-    another worker is lost; nothing of such a step is checkpointed or exported."""
+    another worker is lost; nothing of such a step is checkpointed or exported.
+
+    warm_start: a SavedModel exported by this project; when OUT has no checkpoint yet, training
+    starts from its weights and step (trainer/warm_start.py) instead of random weights (every
+    worker restores it).
+    export_info: extra keys for the export's deblur.json (the pipeline records the warm start)."""
     trainer = Trainer(exp, out_dir, strategy)
     chief = is_chief(trainer.strategy)
     described = describe_strategy(trainer.strategy, trainer.jit_compile)
@@ -434,14 +441,14 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
     work_dir = out_dir if chief else tempfile.mkdtemp(prefix="deblur-worker-")
     try:
         return _train(trainer, examples_dir, out_dir, work_dir, described, progress, on_step,
-                      export_dir)
+                      export_dir, warm_start, export_info)
     finally:
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, described: str,
-           progress: bool, on_step, export_dir) -> dict:
+           progress: bool, on_step, export_dir, warm_start, export_info) -> dict:
     exp, t = trainer.exp, trainer.exp.train
     chief = work_dir == out_dir
     ds = trainer.dataset(examples_dir)  # fails on bad examples before out_dir exists
@@ -478,6 +485,14 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
             _purge_tensorboard_after(tb_dir, resumed)
         if not with_iterator:
             iterator = iter(trainer.dataset(examples_dir, resume_step=resumed))
+    elif warm_start:
+        from trainer import warm_start as warm
+
+        resumed = warm.restore(trainer, warm_start)
+        log.warning("warm start from %s at step %d", warm_start, resumed)
+        if resumed >= t.steps:
+            raise ValueError(f"the warm-start model {warm_start} is trained to step {resumed}, "
+                             f"not under the requested {t.steps} steps")
     history_path = os.path.join(out_dir, "history.json")
     history = []
     if chief:
@@ -572,7 +587,8 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
     if chief:
         from trainer import export
 
-        export.export_saved_model(trainer, export_dir or os.path.join(out_dir, "saved_model"))
+        export.export_saved_model(trainer, export_dir or os.path.join(out_dir, "saved_model"),
+                                  info=export_info)
     if num_workers(trainer.strategy) > 1:
         # the workers end together, once the chief has exported: a worker that returns finds
         # the export in place (TFX's Trainer checks for it on every worker)

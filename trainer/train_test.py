@@ -86,7 +86,7 @@ a = json.loads(sys.argv[1])
 exp = experiments.get("tiny", **a["overrides"])
 if not a["export"]:  # the reference run: the export reads the EMA, it changes no training state
     from trainer import export
-    export.export_saved_model = lambda trainer, path, defaults=None: path
+    export.export_saved_model = lambda trainer, path, **kw: path
 def on_step(step, row):
     print(json.dumps({"step": step, "loss": row["loss"]}), flush=True)
     if step == a["pause_at"]:  # checkpoint 2 is written, step 3 is not: hold until SIGKILL
@@ -802,7 +802,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(jobs, ingested, tmp
             f.truncate(os.path.getsize(data) // 2)
 
     damage(STEPS)
-    monkeypatch.setattr("trainer.export.export_saved_model", lambda trainer, path, defaults=None: path)
+    monkeypatch.setattr("trainer.export.export_saved_model", lambda trainer, path, **kw: path)
     exp = experiments.get("tiny", **TRAIN)
     with caplog.at_level(logging.WARNING, logger="trainer.train"):
         result = train_lib.train(exp, ingested[1], run)
@@ -877,7 +877,7 @@ def test_progress_in_a_log_file_is_a_plain_line_every_5_percent(ingested, tmp_pa
     from trainer import experiments
     from trainer import train as train_lib
 
-    monkeypatch.setattr("trainer.export.export_saved_model", lambda trainer, path, defaults=None: path)
+    monkeypatch.setattr("trainer.export.export_saved_model", lambda trainer, path, **kw: path)
     exp = experiments.get("tiny", **TRAIN).replace(train={"steps": 40, "checkpoint_every": 40})
     train_lib.train(exp, ingested[1], str(tmp_path / "run"), progress=True)
     err = capsys.readouterr().err  # pytest's capture: not a terminal

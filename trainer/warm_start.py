@@ -1,0 +1,162 @@
+"""Warm start: a training that begins from an exported model (in the pipeline, the latest blessed
+one) instead of random weights, and trains `steps` more steps.
+
+What is taken from the parent, and why
+- Weights: the parent's SavedModel (trainer/export.py) holds the EMA weights, the model that was
+  evaluated, blessed and registered. Its variables/ folder is a TF checkpoint whose object graph
+  names the model under `model` (DeblurModule.model), so tf.train.Checkpoint(model=<a fresh
+  GuidedDenoiser of the same config>).read(...) restores them by object path (checked: every
+  model variable, equal to the parent's EMA, also from the pusher's re-saved copy). They become
+  both the trained weights and the EMA: the registry keeps no raw weights, and the EMA is what
+  was blessed, so the child starts exactly from the blessed model.
+- Step count: kept. The child's global step starts at the parent's, so w(step), the weight of
+  the noise loss that rises 0 -> 1 over dpm_warmup_steps (trainer/diffusion.py: the
+  regression-only warm start of a random network), stays where the parent left it instead of
+  switching the noise loss off again; checkpoints, history and TensorBoard steps continue the
+  parent's. The target is parent step + steps.
+- Optimizer: fresh. The registry keeps no Adam moments; Keras keys both Adam's bias correction
+  and the learning-rate schedule on the optimizer's own iteration count, which starts at 0, so
+  bias correction is right for the fresh moments and the learning rate warms up again over
+  lr_warmup_steps (the first updates of fresh moments are sign-like, lr per weight: the
+  warm-up keeps them small). Restoring the parent's step into the optimizer instead would skip
+  bias correction with empty second moments: updates ~16 x lr at the first step (beta2 0.999).
+- Data order: the input pipeline starts at its first element (the noise and crops are drawn
+  from stateless seeds of the element index), as any training does.
+
+A training that has checkpoints of its own (a retried or resumed one) resumes from them and
+never warm-starts again; WARM_START_FILE in its ModelRun folder keeps the decision (parent,
+start step, target), so a retry trains to the same target even if a newer model was blessed
+meanwhile. This module imports TensorFlow only in the functions that need it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+WARM_START_FILE = "warm_start.json"
+MODES = ("none", "latest_blessed")
+MODEL_INFO_FILE = "deblur.json"
+
+
+class WarmStartError(ValueError):
+    """The parent cannot initialise this training (another architecture, no weights)."""
+
+
+@dataclasses.dataclass
+class Parent:
+    saved_model_dir: str  # a SavedModel exported by trainer/export.py
+    name: str  # what the summary and the manifest call it: "registry version 3", ...
+    version: Optional[int] = None  # its registry version, when registered
+    model_uri: Optional[str] = None  # its Model artifact
+    step: Optional[int] = None  # the step it was trained to (its deblur.json)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def model_info(saved_model_dir: str) -> dict:
+    """The export's deblur.json ({} when absent)."""
+    path = posixpath.join(saved_model_dir, MODEL_INFO_FILE)
+    if not _gfile().exists(path):
+        return {}
+    with _gfile().GFile(path) as f:
+        return json.load(f)
+
+
+def parent_step(info: dict) -> int:
+    """The step the parent was trained to: deblur.json's `step`, or (exports from before it was
+    recorded) its experiment's train.steps, which a finished training reaches."""
+    if info.get("step") is not None:
+        return int(info["step"])
+    steps = ((info.get("experiment") or {}).get("train") or {}).get("steps")
+    if steps is None:
+        raise WarmStartError("the parent's deblur.json records neither its step nor its "
+                             "experiment")
+    return int(steps)
+
+
+def decide(model_run_dir: str, mode: str, steps: int,
+           find_parent: Optional[Callable[[], Optional[Parent]]] = None,
+           write: bool = True) -> dict:
+    """The warm-start record of a training into model_run_dir: {"mode", "parent" (Parent as
+    JSON, or None), "start_step", "steps", "target_step", "reason"}. An existing record (a retry)
+    is returned as it is; otherwise the parent is looked up (mode latest_blessed) and the record
+    written before training starts (unless write is False: a multi-worker job's other workers,
+    which must not write into the chief's folder)."""
+    if mode not in MODES:
+        raise WarmStartError(f"warm_start must be one of {', '.join(MODES)}, got {mode!r}")
+    gfile = _gfile()
+    path = posixpath.join(model_run_dir, WARM_START_FILE)
+    if gfile.exists(path):
+        with gfile.GFile(path) as f:
+            return json.load(f)
+    parent = find_parent() if mode == "latest_blessed" and find_parent else None
+    record = {"mode": mode, "parent": None, "start_step": 0, "steps": int(steps),
+              "target_step": int(steps)}
+    if mode == "none":
+        record["reason"] = "training.warm_start is none"
+    elif parent is None:
+        record["reason"] = "no blessed model yet"
+    else:
+        parent.step = parent_step(model_info(parent.saved_model_dir))
+        record.update(parent=parent.to_json(), start_step=parent.step,
+                      target_step=parent.step + int(steps), reason=f"from {parent.name}")
+    if not write:
+        return record
+    gfile.makedirs(model_run_dir)
+    with gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    gfile.rename(path + ".tmp", path, overwrite=True)
+    return record
+
+
+def restore(trainer, saved_model_dir: str) -> int:
+    """Loads the parent's weights into the trainer's model and EMA and its step into the global
+    step (the optimizer stays fresh, see the module doc). Returns the step."""
+    import tensorflow as tf
+
+    from trainer.model import GuidedDenoiser
+
+    info = model_info(saved_model_dir)
+    want = dataclasses.asdict(trainer.exp.model)
+    have = (info.get("experiment") or {}).get("model")
+    if have is not None:
+        have = {k: list(v) if isinstance(v, tuple) else v for k, v in have.items()}
+        want = {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff:
+            raise WarmStartError(
+                f"cannot warm-start from {saved_model_dir}: its model differs in "
+                + ", ".join(f"{k} ({have.get(k)!r} there, {want.get(k)!r} here)" for k in diff)
+                + "; train this architecture from scratch once (training.warm_start: none)")
+    variables = posixpath.join(saved_model_dir, "variables", "variables")
+    names = [n for n, _ in tf.train.list_variables(variables) if n.startswith("model/")]
+    parent = GuidedDenoiser(trainer.exp.model)
+    if len(names) != len(parent.variables):
+        raise WarmStartError(f"cannot warm-start from {saved_model_dir}: it holds {len(names)} "
+                             f"model variables, this model has {len(parent.variables)}")
+    tf.train.Checkpoint(model=parent).read(variables).expect_partial() \
+        .assert_existing_objects_matched()
+    weights = parent.trainable_variables
+    if len(weights) != len(trainer.variables):
+        raise WarmStartError("the parent's and this model's trainable variables differ in number")
+    for v, e, w in zip(trainer.variables, trainer.ema, weights):
+        if v.shape != w.shape:
+            raise WarmStartError(f"variable {v.name}: shape {v.shape} here, {w.shape} in the parent")
+        v.assign(tf.cast(w, v.dtype))
+        e.assign(tf.cast(w, e.dtype))
+    step = parent_step(info)
+    trainer.step.assign(step)
+    return step
