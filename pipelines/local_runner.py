@@ -1,6 +1,7 @@
 """Runs create_pipeline() with LocalDagRunner and SQLite ML Metadata (the embedded default)."""
 from __future__ import annotations
 
+import logging
 import os
 
 from tfx.orchestration import metadata
@@ -13,11 +14,15 @@ from pipelines.pipeline import create_pipeline
 def run(config: PipelineConfig) -> str:
     """Lists the inputs for their fingerprint (the ingest's cache key sees it), then runs the
     pipeline. Returns the fingerprint."""
-    from components.ingest.beam_ingest import input_fingerprint
+    from components.ingest.beam_ingest import plan_ingest
 
     work = config.runner
     os.makedirs(os.path.dirname(os.path.abspath(work.resolved_metadata_path())), exist_ok=True)
-    fingerprint = input_fingerprint(config.ingest_sources(), config.ingest)
+    plan = plan_ingest(config.ingest_sources(), config.ingest)
+    fingerprint = plan.fingerprint()
+    logging.getLogger("deblur.progress").info(  # deblur run-local prints these
+        "inputs: %d pairs in %d unit(s), fingerprint %s; caching %s", len(plan.candidates),
+        len(plan.units), fingerprint[:12], "on" if work.enable_cache else "off")
     pipeline = create_pipeline(
         config,
         metadata_connection_config=metadata.sqlite_metadata_connection_config(

@@ -14,6 +14,7 @@ from components.evaluator.domain_gap import format_domain_gap
 from components.evaluator.evaluate import fid_kid_text
 from components.evaluator.gate import domain_name, format_value
 from components.ingest.beam_ingest import SUMMARY_FILE, unlabelled_lines
+from trainer.warm_start import WARM_START_FILE
 
 
 def _store(metadata_path: str):
@@ -58,6 +59,26 @@ def latest_run_artifacts(metadata_path: str, pipeline_name: str,
     return out
 
 
+def run_executions(metadata_path: str, run_name: str) -> Dict[str, str]:
+    """{node id: state of its execution in the pipeline run}: COMPLETE (it ran), CACHED (an
+    earlier run's outputs were reused), FAILED, CANCELED, ... Resolver nodes are left out."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(metadata_path)
+    run = next((c for c in store.get_contexts_by_type("pipeline_run") if c.name == run_name), None)
+    if run is None:
+        return {}
+    node_type = {t.id for t in store.get_context_types() if t.name == "node"}
+    out = {}
+    for e in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
+        nodes = [c.name for c in store.get_contexts_by_execution(e.id) if c.type_id in node_type]
+        if not nodes or "resolver" in nodes[0].lower():
+            continue
+        out[nodes[0].split(".", 1)[-1]] = metadata_store_pb2.Execution.State.Name(
+            e.last_known_state)
+    return out
+
+
 def _read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -70,6 +91,7 @@ def _split_names(artifact) -> List[str]:
 def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str] = None) -> dict:
     arts = latest_run_artifacts(metadata_path, pipeline_name, run_name)
     summary = {"pipeline_run": arts["_run"][0].name}
+    summary["executions"] = run_executions(metadata_path, arts["_run"][0].name)
     if "Examples" in arts:
         ex = arts["Examples"][-1]
         summary["examples_uri"] = ex.uri
@@ -82,6 +104,9 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
         if os.path.exists(history_path):
             history = _read_json(history_path)
             summary["training"] = {"first": history[0], "last": history[-1]} if history else {}
+        warm_path = os.path.join(arts["ModelRun"][-1].uri, WARM_START_FILE)
+        if os.path.exists(warm_path):
+            summary["warm_start"] = _read_json(warm_path)
     if "Model" in arts:
         summary["model_uri"] = arts["Model"][-1].uri
     if "ModelEvaluation" in arts:
@@ -104,11 +129,100 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
         props = {k: (v.int_value if v.HasField("int_value") else v.string_value)
                  for k, v in p.custom_properties.items()}
         summary["push"] = {k: props.get(k) for k in ("pushed", "pushed_version",
-                                                      "pushed_destination", "reason")}
+                                                      "pushed_destination", "reason",
+                                                      "already_registered")}
     if "deblur.DomainDrift" in arts:
         summary["drift"] = _read_json(os.path.join(arts["deblur.DomainDrift"][-1].uri,
                                                    validation.DRIFT_FILE))
+    summary["retraining"] = retraining(summary)
     return summary
+
+
+def retraining(s: dict) -> dict:
+    """What the run did, and why: the new or changed inputs, the cache hits, the warm-start
+    parent, and whether a new version was registered."""
+    ex = s.get("executions") or {}
+    cached = sorted(n for n, state in ex.items() if state == "CACHED")
+    ran = sorted(n for n, state in ex.items() if state == "COMPLETE")
+    out: Dict = {"cached": cached, "ran": ran}
+    ing = s.get("ingest") or {}
+    if ex.get("DeblurIngest") == "CACHED":
+        out["inputs"] = {"changed": False, "fingerprint": ing.get("fingerprint"),
+                         "why": "the inputs' fingerprint is the one of an earlier run: its "
+                                "ingest, and everything that depends only on it, was reused"}
+    elif ing:
+        units = ing.get("units") or []
+        out["inputs"] = {
+            "changed": True, "fingerprint": ing.get("fingerprint"),
+            "processed_inputs": (ing.get("processed") or {}).get("inputs"),
+            "reused_inputs": (ing.get("reused") or {}).get("inputs"),
+            "units": [{k: u.get(k) for k in ("source", "span", "span_dir", "status", "change",
+                                              "inputs", "new_pairs", "changed_pairs",
+                                              "removed_pairs", "new_pairs_ids",
+                                              "changed_pairs_ids", "removed_pairs_ids")
+                       if u.get(k) is not None} for u in units]}
+    warm = s.get("warm_start")
+    if ex.get("Trainer") == "CACHED":
+        out["training"] = "reused (cached): same examples and config as an earlier run"
+    elif warm is not None:
+        out["training"] = warm
+    push = s.get("push") or {}
+    if ex.get("RegistryPusher") == "CACHED":
+        out["registered"] = {"new_version": None,
+                             "why": "the pusher was cached: its model and blessing are an "
+                                    "earlier run's, whose push result stands"
+                                    + (f" (version {push.get('pushed_version')})"
+                                       if push.get("pushed") else "")}
+    elif push:
+        out["registered"] = {"new_version": int(push["pushed_version"]) if push.get("pushed")
+                             else None,
+                             "why": "blessed" if push.get("pushed") else push.get("reason")}
+    return out
+
+
+def _format_retraining(r: dict) -> List[str]:
+    lines = ["what this run did:"]
+    inputs = r.get("inputs")
+    if inputs and not inputs["changed"]:
+        lines.append(f"  inputs: unchanged (fingerprint {str(inputs['fingerprint'])[:12]}): "
+                     "the ingest came from the cache")
+    elif inputs:
+        changed = [u for u in inputs["units"] if u.get("status") == "ingested"]
+        lines.append(f"  inputs: {inputs['processed_inputs']} decoded now, "
+                     f"{inputs['reused_inputs']} reused from the unit store")
+        for u in inputs["units"]:
+            where = u["source"] + (f" span {u['span']} ({u['span_dir']})" if u.get("span_dir")
+                                   else "")
+            what = u.get("change") or u.get("status")
+            counts = ", ".join(f"{u[k]} {k.replace('_pairs', '')}" for k in
+                               ("new_pairs", "changed_pairs", "removed_pairs") if u.get(k))
+            names = ", ".join(u.get("changed_pairs_ids", []) + u.get("new_pairs_ids", []))[:200]
+            if u in changed or what != "unchanged":
+                lines.append(f"    {where}: {what}, {u['status']}"
+                             + (f" ({counts})" if counts else "") + (f": {names}" if names
+                                                                     and what == "changed" else ""))
+        unchanged = [u for u in inputs["units"] if u.get("change") == "unchanged"]
+        if unchanged:
+            lines.append(f"    {len(unchanged)} unit(s) unchanged: reused")
+    if r.get("cached"):
+        lines.append(f"  cached: {', '.join(r['cached'])}")
+    if r.get("ran"):
+        lines.append(f"  ran: {', '.join(r['ran'])}")
+    t = r.get("training")
+    if isinstance(t, str):
+        lines.append(f"  training: {t}")
+    elif t:
+        p = t.get("parent")
+        if p:
+            lines.append(f"  training: warm start from {p.get('name')} (its step {t['start_step']}), "
+                         f"{t['steps']} more steps to step {t['target_step']}")
+        else:
+            lines.append(f"  training: from random weights ({t.get('reason')})")
+    reg = r.get("registered")
+    if reg:
+        lines.append(f"  registry: new version {reg['new_version']} ({reg['why']})"
+                     if reg["new_version"] else f"  registry: nothing new ({reg['why']})")
+    return lines
 
 
 def format_summary(s: dict) -> str:
@@ -133,7 +247,10 @@ def format_summary(s: dict) -> str:
     tr = s.get("training")
     if tr:
         first, last = tr["first"], tr["last"]
-        lines.append(f"training: {last['step']} steps; noise loss (L1) {first['loss_dpm']:.4f} -> "
+        start = (s.get("warm_start") or {}).get("start_step") or 0
+        steps = f"{last['step']} steps" if not start else \
+            f"{last['step'] - start} steps after a warm start at step {start}"
+        lines.append(f"training: {steps}; noise loss (L1) {first['loss_dpm']:.4f} -> "
                      f"{last['loss_dpm']:.4f}")
         for k in (2, 4, 8):
             if f"loss_guidance_x{k}" in last:
@@ -192,6 +309,8 @@ def format_summary(s: dict) -> str:
             lines.append(f"registered: version {p['pushed_version']} at {p['pushed_destination']}")
         else:
             lines.append(f"not registered: {p.get('reason')}")
+    if s.get("retraining"):
+        lines.extend(_format_retraining(s["retraining"]))
     if s.get("seconds") is not None:
         minutes, seconds = divmod(round(s["seconds"]), 60)
         lines.append(f"wall time: {minutes} min {seconds:02d} s (the pipeline, set-up excluded)")
