@@ -131,3 +131,17 @@ def test_a_unit_left_incomplete_is_ingested_again(tmp_path):
     os.remove(os.path.join(store, first["units"][0]["fingerprint"], UNIT_DONE))  # died there
     again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
     assert again["units"][0]["status"] == "ingested" and again["written"] == 1
+
+
+def test_a_stored_unit_that_lost_shards_is_ingested_again(tmp_path, caplog):
+    """A unit folder emptied by hand (or a lifecycle rule) must not publish fewer examples."""
+    import glob
+
+    root, store = tmp_path / "shots", str(tmp_path / "store")
+    write_span(root, "span-1", ["a.png", "b.png"])
+    first = run_ingest([source(root)], str(tmp_path / "out1"), SMALL, store=store)
+    for shard in glob.glob(os.path.join(store, first["units"][0]["fingerprint"], "Split-*", "*")):
+        os.remove(shard)
+    again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
+    assert again["units"][0]["status"] == "ingested" and again["written"] == 2
+    assert "lacks shards (train: 0 of 1)" in caplog.text

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -56,6 +57,7 @@ from components.ingest import decode
 from components.ingest import layouts as L
 from components.ingest.spans import SpanPattern
 
+log = logging.getLogger(__name__)
 MB = 1 << 20
 SUMMARY_FILE = "summary.json"
 QUARANTINE_DIR = "quarantine"
@@ -427,19 +429,37 @@ class IngestRun:
         return f"{self.store}/{unit.fingerprint}"
 
 
+def _shards(folder: str, split: str) -> List[str]:
+    return [m.path for m in FileSystems.match([f"{split_dir(folder, split)}/*"])[0].metadata_list]
+
+
+def _stored_whole(folder: str, unit: Unit) -> bool:
+    """The store holds the unit: its COMPLETE marker, and every split's shards (a folder
+    emptied by hand or by a lifecycle rule is not reused: it would lose examples silently)."""
+    if not _exists(f"{folder}/{UNIT_DONE}"):
+        return False
+    short = {s: (len(_shards(folder, s)), n) for s, n in unit.num_shards.items()}
+    short = {s: c for s, c in short.items() if c[0] != c[1]}
+    if short:
+        log.warning("unit store %s lacks shards (%s): ingesting the unit again", folder,
+                    ", ".join(f"{s}: {have} of {want}" for s, (have, want) in short.items()))
+    return not short
+
+
 def start_ingest(plan: IngestPlan, out_dir: str, store: Optional[str] = None) -> IngestRun:
-    """Decides, per selected unit, whether the store holds it complete (reused) or Beam must
-    ingest it (todo). A unit folder without its COMPLETE marker (a run that died) is deleted."""
+    """Decides, per selected unit, whether the store holds it whole (reused) or Beam must
+    ingest it (todo). A unit folder that is not whole (a run that died, files deleted since)
+    is deleted first."""
     out_dir = out_dir.rstrip("/")
     private = not store
     store = (store or f"{out_dir}/{PRIVATE_STORE}").rstrip("/")
     todo, reused = [], []
     for u in plan.units:
         folder = f"{store}/{u.fingerprint}"
-        if not private and _exists(f"{folder}/{UNIT_DONE}"):
+        if not private and _stored_whole(folder, u):
             reused.append(u)
             continue
-        _delete_tree(folder)  # what a run that died left of it
+        _delete_tree(folder)
         todo.append(u)
     return IngestRun(plan, out_dir, store, private, todo, reused)
 
@@ -626,21 +646,24 @@ def _publish(run: IngestRun, u: Unit) -> None:
     """The unit's shards into out_dir/Split-<split>/<tag>-<name>: moved out of a private store,
     hard-linked (local) or copied (gs://) from a shared one, whose folders stay as they are."""
     for split in sorted(u.num_shards):
-        src = split_dir(run.unit_dir(u), split)
         dst = split_dir(run.out_dir, split)
         if "://" not in dst:
             os.makedirs(dst, exist_ok=True)
-        for md in FileSystems.match([f"{src}/*"])[0].metadata_list:
-            target = f"{dst}/{u.tag}-{md.path.rsplit('/', 1)[-1]}"
+        for path in _shards(run.unit_dir(u), split):
+            target = f"{dst}/{u.tag}-{path.rsplit('/', 1)[-1]}"
             if run.private:
-                FileSystems.rename([md.path], [target])
-            elif "://" not in md.path:
+                FileSystems.rename([path], [target])
+            elif "://" not in path and "://" not in target:
                 try:
-                    os.link(md.path, target)
+                    os.link(path, target)
                 except OSError:  # another file system, or links not allowed
-                    FileSystems.copy([md.path], [target])
-            else:
-                FileSystems.copy([md.path], [target])
+                    shutil.copyfile(path, target)
+            elif path.split("://")[0] == target.split("://")[0]:
+                FileSystems.copy([path], [target])  # gs:// to gs://: a server-side copy
+            else:  # a local store and a gs:// output, or the other way round
+                with FileSystems.open(path, compression_type="uncompressed") as r, \
+                        FileSystems.create(target, compression_type="uncompressed") as w:
+                    shutil.copyfileobj(r, w, 16 * MB)
 
 
 def finalize_ingest(run: IngestRun) -> dict:
