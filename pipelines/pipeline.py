@@ -37,9 +37,8 @@ def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
     """The Trainer's custom_config keys of the warm start (components/training.py): the mode,
     and where the latest blessed model is, the same place the gate's baseline comes from (ML
     Metadata's SQLite store locally, the registry with gate.baseline: registry and always on
-    Kubeflow, whose pods have no SQLite store)."""
-    if config.training.warm_start == "none":
-        return {}
+    Kubeflow, whose pods have no SQLite store). Written for `none` too, so that a run can
+    switch the mode alone (a run parameter) and still find the parent."""
     source = {"registry_uri": registry_uri, "model_name": config.registry.model_name}
     if config.gate.baseline == "ml-metadata" and not placement.on_kubeflow(config):
         source.update(metadata_path=os.path.abspath(config.runner.resolved_metadata_path()),
