@@ -118,6 +118,9 @@ class RunnerConfig:
     work_dir: str = "runs/local"  # data, pipeline root and ML Metadata live under it
     pipeline_root: Optional[str] = None  # default <work_dir>/pipeline_root
     metadata_path: Optional[str] = None  # default <work_dir>/metadata.sqlite
+    # the ingest's unit store, ingested sources/spans kept for later runs (local or gs://);
+    # default <pipeline_root>/DeblurIngest/units
+    unit_store: Optional[str] = None
     beam_args: List[str] = dataclasses.field(
         default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
     enable_cache: bool = False

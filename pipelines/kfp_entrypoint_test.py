@@ -86,6 +86,15 @@ def test_fold_whole_value_and_proto_json_key():
                                                sort_keys=True)}
 
 
+def test_fold_warm_start_into_the_trainers_custom_config():
+    custom = {"experiment": "tiny", "warm_start": "latest_blessed",
+              "warm_start_source": {"registry_uri": "gs://b/registry", "model_name": "m"}}
+    values = {"custom_config": json.dumps(custom), "warm_start": "none"}
+    assert run_params.fold(values) == ["warm_start"]
+    assert json.loads(values["custom_config"]) == {**custom, "warm_start": "none"}
+    assert run_params.as_overrides({"warm_start": "none"}) == ["training.warm_start=none"]
+
+
 def test_params_locally_are_config_overrides():
     assert run_params.as_overrides({"train_steps": "7", "gate_ood_lpips_max": "0.3"}) == [
         "training.steps=7", "gate.ood_lpips_max=0.3"]

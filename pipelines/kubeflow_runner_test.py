@@ -266,6 +266,10 @@ def test_warm_start_looks_in_the_registry_on_kubeflow(compiled):
         spec = _spec(compiled, platform)
         custom = json.loads(_param(spec, "Trainer", "custom_config"))
         assert custom["warm_start"] == "latest_blessed"
+        # a run parameter (KFP UI form, deblur submit --param warm_start=none), folded into
+        # custom_config in the pod by pipelines/kfp_entrypoint.py
+        assert _task_param(spec, "Trainer", "warm_start") == {
+            "componentInputParameter": "warm_start"}
         assert custom["warm_start_source"] == {"registry_uri": "gs://my-deblur-bucket/registry",
                                                "model_name": "deblur-icdpm"}
         assert _param(spec, "Trainer", "run_fn") == "components.training.run_fn"
@@ -297,6 +301,9 @@ def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
                 "producerTask": kr.FINGERPRINT_TASK, "outputParameterKey": "fingerprint"}}
             for name in ("sources", "options"):  # it lists exactly what the ingest reads
                 assert fp["inputs"]["parameters"][name] == ingest["inputs"]["parameters"][name]
+            # ingested units are kept for later runs under the pipeline root, not the run's
+            assert ingest["inputs"]["parameters"]["unit_store"] == {"runtimeValue": {
+                "constant": "gs://my-deblur-bucket/pipeline_root/DeblurIngest/units"}}
             comp = spec["components"][kr.FINGERPRINT_TASK]
             assert comp["outputDefinitions"]["parameters"] == {
                 "fingerprint": {"parameterType": "STRING"}}
@@ -321,10 +328,17 @@ def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
     spec = _spec(compiled)
     _, ex = _executor(spec, kr.FINGERPRINT_TASK)
     options = _param(spec, kr.FINGERPRINT_TASK, "options")
-    values = {"{{$.inputs.parameters['sources']}}": json.dumps([s.to_json() for s in sources]),
+    # the data_sources run parameter reaches it as it reaches the ingest, and wins over the
+    # compiled sources there as here
+    assert _task_param(spec, kr.FINGERPRINT_TASK, "data_sources") == \
+        _task_param(spec, "DeblurIngest", "data_sources") == {
+            "componentInputParameter": "data_sources"}
+    values = {"{{$.inputs.parameters['sources']}}": _param(spec, "DeblurIngest", "sources"),
+              "{{$.inputs.parameters['data_sources']}}": json.dumps([s.to_json() for s in sources]),
               "{{$.inputs.parameters['options']}}": options,
               "{{$.outputs.parameters['fingerprint'].output_file}}": str(tmp_path / "out" / "fp")}
     args = [values.get(a, a) for a in ex["container"]["args"]]
+    assert not [a for a in args if "{{" in a]
     assert ex["container"]["command"][-1] == "pipelines.kfp_fingerprint"
     assert kfp_fingerprint.main(args) == 0
     want = input_fingerprint(sources, IngestOptions(**json.loads(options)))
@@ -555,7 +569,8 @@ def test_the_trainer_task_is_retried(compiled):
 
 # ---- run parameters ---------------------------------------------------------------------------
 EXPECTED_DEFAULTS = {  # infra/kubeflow.example.yaml
-    "train_steps": 1000000, "gate_ood_lpips_max": 0.2, "gate_input_lpips_margin": 0.01,
+    "train_steps": 100000, "warm_start": "latest_blessed",
+    "gate_ood_lpips_max": 0.2, "gate_input_lpips_margin": 0.01,
     "gate_input_psnr_tolerance": 0.0, "gate_regression_tolerance": 0.005}
 
 
@@ -591,7 +606,7 @@ def test_run_parameters_with_defaults_in_the_job_and_the_package(compiled):
     doc = kfp_client._extract_pipeline_yaml(kr.package_path(compiled["gke"][3]))
     ui = doc.pipeline_spec.root.input_definitions.parameters
     assert ui["gate_ood_lpips_max"].default_value.number_value == 0.2
-    assert ui["train_steps"].default_value.number_value == 1000000
+    assert ui["train_steps"].default_value.number_value == 100000
 
 
 def test_run_page_artifacts_in_the_spec(compiled):

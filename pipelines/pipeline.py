@@ -26,7 +26,7 @@ from tfx.v1.proto import EvalArgs, TrainArgs
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from components.evaluator.component import DeblurEvaluator
-from components.ingest.component import DeblurIngest
+from components.ingest.component import DeblurIngest, unit_store
 from components.registry.component import RegistryPusher
 from components.validation_component import DomainDriftReport, ValidationGate
 from pipelines import placement
@@ -60,8 +60,11 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         raise ConfigError("runner.enable_cache needs the fingerprint of the inputs (their roots "
                           "may hold other files than last time): start the run with `deblur "
                           "run-local` or `deblur compile`, which compute it")
+    root = pipeline_root or config.runner.resolved_pipeline_root()
+    store = config.runner.unit_store or unit_store(root)  # ingested units, for later runs
     ingest = DeblurIngest(sources=config.ingest_sources(), options=config.ingest,
-                          input_fingerprint=input_fingerprint)
+                          input_fingerprint=input_fingerprint,
+                          unit_store=store if "://" in store else os.path.abspath(store))
     statistics = StatisticsGen(examples=ingest.outputs["examples"])
     schema = ImportSchemaGen(schema_file=config.validation.schema_path)
     validator = ExampleValidator(statistics=statistics.outputs["statistics"],
@@ -117,7 +120,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     )
     return tfx_pipeline.Pipeline(
         pipeline_name=config.runner.pipeline_name,
-        pipeline_root=pipeline_root or config.runner.resolved_pipeline_root(),
+        pipeline_root=root,
         # place(): on Kubeflow, each component's resources from config.kubeflow.resources
         components=placement.place(
             config, [c for c in (ingest, statistics, schema, validator, gate, drift, trainer,

@@ -8,6 +8,7 @@ property's JSON). Adding a parameter is adding a row.
     name                       config field               lands in
     data_sources               data.sources               DeblurIngest.sources (JSON list)
     train_steps                training.steps             Trainer.train_args["num_steps"]
+    warm_start                 training.warm_start        Trainer.custom_config["warm_start"]
     gate_ood_lpips_max         gate.ood_lpips_max         DeblurEvaluator.gate_config[...]
     gate_input_lpips_margin    gate.input_lpips_margin    DeblurEvaluator.gate_config[...]
     gate_input_psnr_tolerance  gate.input_psnr_tolerance  DeblurEvaluator.gate_config[...]
@@ -49,7 +50,10 @@ PARAMS: Sequence[RunParam] = (
     RunParam("data_sources", "data.sources", "DeblurIngest", "sources", None, str,
              "JSON list of ingest sources ({layout, root, subsets, dataset, domain, ...})"),
     RunParam("train_steps", "training.steps", "Trainer", "train_args", "num_steps", int,
-             "training steps"),
+             "training steps (after a warm start: steps more than the parent's)"),
+    RunParam("warm_start", "training.warm_start", "Trainer", "custom_config", "warm_start", str,
+             "none: random weights; latest_blessed: start from the weights and step of the "
+             "registry's newest (blessed) model"),
     RunParam("gate_ood_lpips_max", "gate.ood_lpips_max", "DeblurEvaluator", "gate_config",
              "ood_lpips_max", float, "out-of-domain LPIPS a blessed model must be at or under"),
     RunParam("gate_input_lpips_margin", "gate.input_lpips_margin", "DeblurEvaluator",

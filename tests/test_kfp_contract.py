@@ -35,7 +35,7 @@ from tests.gcs_emulator import fake_gcs
 from tests.kfp_v2_launcher import Run, topological
 
 BUCKET = "deblur-kfp-contract"
-TASKS = ["DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
+TASKS = ["DeblurInputFingerprint", "DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
          "DomainDriftReport", "Trainer", "DeblurEvaluator", "RegistryPusher"]
 
 
@@ -55,7 +55,9 @@ def compile_config(tmp_path) -> config_lib.PipelineConfig:
                        "max_images_per_split": 2},
         "gate": {"baseline": "registry"},  # the open-source backend runs no Resolver
         "registry": {"uri": f"gs://{BUCKET}/registry"},
-        "runner": {"enable_cache": True},
+        # the unit store as a local folder, like the pipeline root the launcher model gets:
+        # fake-gcs-server cannot finalize Beam's file sinks (SPEC section 2)
+        "runner": {"enable_cache": True, "unit_store": str(tmp_path / "units")},
         "kubeflow": {"image": "registry.invalid/deblur:test", "image_repo_root": REPO_ROOT,
                      "resources": {},  # CPU pods: the default asks for a TPU Trainer
                      "pipeline_root": f"gs://{BUCKET}/pipeline_root",
@@ -125,6 +127,20 @@ def test_the_executor_input_is_what_the_driver_builds(contract_run):
 
 def cfg_gate(job):
     return job["runtimeConfig"]["parameterValues"]["gate_ood_lpips_max"]
+
+
+def test_the_ingest_checks_the_fingerprint_the_run_computed(contract_run):
+    """The DeblurInputFingerprint task's output parameter is the ingest's input_fingerprint
+    (what KFP's cache key sees); the ingest listed the same inputs (it fails otherwise)."""
+    run, _, _, _ = contract_run
+    fingerprint = run.outputs["DeblurInputFingerprint"]["parameters"]["fingerprint"]
+    params = run.executor_inputs["DeblurIngest"]["inputs"]["parameterValues"]
+    assert params["input_fingerprint"] == fingerprint and len(fingerprint) == 64
+    examples = run.artifact("DeblurIngest", "examples")
+    assert examples["custom_properties"]["input_fingerprint"] == {"string": fingerprint}
+    summary = json.loads(open(os.path.join(examples["uri"], "summary.json")).read())
+    assert summary["unit_store"] == params["unit_store"] and os.path.isdir(params["unit_store"])
+    assert summary["processed"]["units"] == 2  # the two synthetic sources, new
 
 
 def test_run_parameters_reached_the_executors(contract_run):

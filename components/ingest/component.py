@@ -46,16 +46,19 @@ class DeblurIngestSpec(types.ComponentSpec):
         "options": ExecutionParameter(type=str),  # JSON of IngestOptions
         # what the cache key sees of the inputs ("" : not computed; the run does not cache)
         "input_fingerprint": ExecutionParameter(type=str, optional=True),
+        # where ingested units are kept across runs ("": beside this run's outputs)
+        "unit_store": ExecutionParameter(type=str, optional=True),
     }
     INPUTS: Dict[str, Any] = {}
     OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
                COUNTS_KEY: ChannelParameter(type=run_page.Metrics)}
 
 
-def unit_store(examples_uri: str) -> str:
-    """<pipeline root>/DeblurIngest/units, beside the component's outputs
-    (<pipeline root>/DeblurIngest/examples/<execution id>)."""
-    return posixpath.join(posixpath.dirname(posixpath.dirname(examples_uri.rstrip("/"))), "units")
+def unit_store(pipeline_root: str) -> str:
+    """The unit store of a pipeline: <pipeline root>/DeblurIngest/units. Given to the component
+    (its outputs' URIs differ between orchestrators: <root>/DeblurIngest/examples/<execution> under
+    LocalDagRunner, <root>/<pipeline>/<run id>/DeblurIngest/examples on KFP, a folder per run)."""
+    return posixpath.join(pipeline_root.rstrip("/"), "DeblurIngest", "units")
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -70,7 +73,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 f"the inputs changed after the run computed their fingerprint ({expected[:12]} "
                 f"then, {plan.fingerprint()[:12]} now: files added, removed or rewritten "
                 f"meanwhile); start the run again once the data is in place")
-        run = start_ingest(plan, examples.uri, unit_store(examples.uri))
+        # without a store, every unit is decoded (into a private one, moved into place)
+        run = start_ingest(plan, examples.uri, exec_properties.get("unit_store") or None)
         if run.todo:  # every unit may come from the store: no Beam pipeline at all then
             with self._make_beam_pipeline() as p:
                 expand_ingest(p, run)
@@ -111,13 +115,13 @@ class DeblurIngest(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, sources: Sequence[IngestSource], options: IngestOptions = IngestOptions(),
-                 input_fingerprint: str = ""):
+                 input_fingerprint: str = "", unit_store: str = ""):
         if not sources:
             raise ValueError("DeblurIngest needs at least one source")
         spec = DeblurIngestSpec(
             sources=json.dumps([s.to_json() for s in sources], sort_keys=True),
             options=json.dumps(dataclasses.asdict(options), sort_keys=True),
-            input_fingerprint=input_fingerprint,
+            input_fingerprint=input_fingerprint, unit_store=unit_store,
             examples=types.Channel(type=standard_artifacts.Examples),
             counts=types.Channel(type=run_page.Metrics),
         )
