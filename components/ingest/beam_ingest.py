@@ -159,7 +159,7 @@ class IngestOptions:
 class Unit:
     """One source, or one span folder of it: what is ingested, stored and reused as a whole."""
 
-    key: str  # "<source root>" or "<source root>/<span folder>": unique in a plan
+    key: str  # "<source root>[/<span folder>]#<source hash>": unique in a plan
     source: IngestSource
     span: Optional[int]  # None: the source has no span_pattern
     span_dir: Optional[str]
@@ -317,9 +317,13 @@ def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = Ingest
             excluded[src.root] = left_out
         for span, span_dir, unit_files in found:
             unit_root = L.join(root, span_dir) if span_dir else root
-            key = unit_root
+            # one root may be read by two sources (RealBlur's J and R variants): the key names
+            # the source too
+            source_id = hashlib.sha256(json.dumps(src.to_json(), sort_keys=True,
+                                                  default=list).encode()).hexdigest()[:12]
+            key = f"{unit_root}#{source_id}"
             if any(u.key == key for u in units):
-                raise L.LayoutError(f"{unit_root} is named by two sources")
+                raise L.LayoutError(f"the source of {unit_root} is listed twice")
 
             def tracked(uri, key=key):
                 reads[key].append(uri)
