@@ -947,7 +947,7 @@ def test_a_non_finite_step_stops_or_is_skipped_and_never_saved(ingested, tmp_pat
 
     exported = []
     monkeypatch.setattr("trainer.export.export_saved_model",
-                        lambda trainer, path, defaults=None: exported.append(
+                        lambda trainer, path, **kw: exported.append(
                             [np.asarray(e.numpy()) for e in trainer.ema]) or path)
     _nan_at(monkeypatch, 2)
     exp = experiments.get("tiny", **TRAIN).replace(train={
