@@ -524,7 +524,7 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
     monkeypatch.setattr(tfx_trainer, "tpu_strategy_from_environment", lambda: "ENV-STRATEGY")
     # the resume record lives on the (here imaginary) gs:// pipeline root
     monkeypatch.setattr(tfx_trainer, "resume_interrupted", lambda exp, examples, out: "record")
-    monkeypatch.setattr(tfx_trainer.warm_start, "decide", lambda out, mode, steps, find: {
+    monkeypatch.setattr(tfx_trainer.warm_start, "decide", lambda out, mode, steps, find, **kw: {
         "mode": mode, "parent": None, "start_step": 0, "steps": steps, "target_step": steps})
     monkeypatch.setattr(tfx_trainer, "training_finished", lambda marker: seen.update(done=marker))
     custom = {"experiment": "tiny", "overrides": {}, **({"tpu": tpu} if tpu else {})}
