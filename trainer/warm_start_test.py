@@ -109,6 +109,18 @@ def test_a_retry_keeps_its_decision(tmp_path):
         warm_start.decide(str(tmp_path / "c"), "latest", 5)
 
 
+def test_a_worker_that_is_not_the_chief_decides_without_writing(tmp_path):
+    """A multi-worker Trainer's other workers share the chief's ModelRun folder: they make the
+    same decision but leave the record to the chief; once it exists they read it."""
+    run = tmp_path / "run"
+    mine = warm_start.decide(str(run), "latest_blessed", 5, lambda: None, write=False)
+    assert mine["reason"] == "no blessed model yet" and not run.exists()
+    chief = warm_start.decide(str(run), "latest_blessed", 5, lambda: None)
+    assert (run / warm_start.WARM_START_FILE).exists() and chief == mine
+    other = warm_start.Parent("/nowhere", "a newer one")
+    assert warm_start.decide(str(run), "latest_blessed", 5, lambda: other, write=False) == chief
+
+
 def test_train_cli_warm_start_needs_a_saved_model(ingested, tmp_path, capsys):  # noqa: F811
     from deblur import cli
 
