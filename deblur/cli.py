@@ -216,7 +216,7 @@ def cmd_train(args) -> int:
         raise UserError(f"--examples {args.examples} is not a directory")
     _check_writable(args.out, "--out")
     t0 = time.time()
-    parent, info = None, None
+    warm = {}
     if args.warm_start:  # --steps more steps from the model's weights and step
         from trainer import warm_start
 
@@ -225,10 +225,8 @@ def cmd_train(args) -> int:
                             f"SavedModel folder, e.g. a registry version)")
         record = warm_start.decide(args.out, "latest_blessed", exp.train.steps,
                                    lambda: warm_start.Parent(args.warm_start, args.warm_start))
-        exp = exp.replace(train={"steps": record["target_step"]})
-        parent, info = (record["parent"] or {}).get("saved_model_dir"), {"warm_start": record}
-    result = train.train(exp, args.examples, args.out, progress=True, warm_start=parent,
-                         export_info=info)
+        exp, warm = warm_start.training_arguments(exp, record)
+    result = train.train(exp, args.examples, args.out, progress=True, **warm)
     last = result["history"][-1] if result["history"] else {}
     skipped = f"; {result['skipped']} non-finite batch(es) skipped" if result["skipped"] else ""
     print(f"trained {exp.name} to step {result['step']} in {time.time() - t0:.0f} s; "

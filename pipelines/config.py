@@ -24,8 +24,8 @@ from components.evaluator.gate import GateConfig
 from components.ingest.beam_ingest import IngestOptions, IngestSource
 from core.fields import check_scalar
 from pipelines.kubeflow_config import KubeflowConfig
+from trainer.warm_start import MODES as WARM_START_MODES  # imports no TensorFlow
 
-WARM_START_MODES = ("none", "latest_blessed")  # = trainer.warm_start.MODES (no TF import here)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SCHEMA = os.path.join(REPO_ROOT, "schemas", "schema.pbtxt")
 

@@ -52,7 +52,7 @@ def run_fn(fn_args: FnArgs, find_parent=None) -> None:
         logging.getLogger(PROGRESS_LOGGER).info(
             "Trainer: warm start from %s (step %d), %d more steps", record["parent"]["name"],
             record["start_step"], record["steps"])
-    exp = exp.replace(train={"steps": record["target_step"]})
+    exp, warm = warm_start.training_arguments(exp, record)
     total, first = exp.train.steps, record["start_step"]
     progress = logging.getLogger(PROGRESS_LOGGER)
     every = max(1, (total - first) // 10)
@@ -68,9 +68,7 @@ def run_fn(fn_args: FnArgs, find_parent=None) -> None:
     # with the same artifact URIs): the chief alone records and resumes; train() returns on
     # every worker once the chief has exported, so TFX's check for the export passes on all
     train.train(exp, examples, fn_args.model_run_dir,
-                strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step,
-                warm_start=(record["parent"] or {}).get("saved_model_dir"),
-                export_info={"warm_start": record})
+                strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step, **warm)
     if chief:
         training_finished(marker)
 

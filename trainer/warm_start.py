@@ -122,6 +122,15 @@ def decide(model_run_dir: str, mode: str, steps: int,
     return record
 
 
+def training_arguments(exp, record: dict):
+    """(exp trained to the record's target step, train.train's keyword arguments for it: the
+    parent's SavedModel folder (None: random weights) and the record for the export's
+    deblur.json, so the registry manifest names the parent)."""
+    return (exp.replace(train={"steps": record["target_step"]}),
+            {"warm_start": (record["parent"] or {}).get("saved_model_dir"),
+             "export_info": {"warm_start": record}})
+
+
 def restore(trainer, saved_model_dir: str) -> int:
     """Loads the parent's weights into the trainer's model and EMA and its step into the global
     step (the optimizer stays fresh, see the module doc). Returns the step."""

@@ -199,12 +199,6 @@ class IngestPlan:
     def splits(self) -> List[str]:
         return sorted(self.num_shards)
 
-    def unit(self, key: str) -> Unit:
-        return self._by_key()[key]
-
-    def _by_key(self) -> Dict[str, Unit]:
-        return {u.key: u for u in self.units}
-
     def fingerprint(self) -> str:
         """SHA-256 of what this ingest reads and how: the fingerprints of the selected units
         (see the module doc: names, sizes, modification times, defects, source, options) and
