@@ -54,7 +54,8 @@ def run_variant(examples, variant, seed, steps, grid, images, work, fixed):
     seconds = time.time() - t0
     res = ev.evaluate(os.path.join(work, "saved_model"), examples, os.path.join(work, "eval"),
                       ev.EvalConfig(grid=grid + ([fixed] if fixed not in grid else []),
-                                    max_images_per_split=images, seed=seed),
+                                    max_images_per_split=images, seed=seed,
+                                    fid_kid=False, domain_gap=False),  # PSNR/LPIPS only
                       gate=GateConfig())
     fixed_key = ev.SamplingSetting(**fixed).key
     out = {"variant": variant, "seed": seed, "steps": steps, "train_seconds": round(seconds, 1),

@@ -54,7 +54,9 @@ def run(examples: str, config: str, overrides: dict, steps: int, eval_every: int
     from trainer import train as train_lib
 
     base = experiments.get(config, **overrides) if overrides else experiments.get(config)
-    cfg = ev.EvalConfig(grid=settings, max_images_per_split=images)
+    # only the per-setting PSNR/LPIPS are kept: no FID/KID or Table 1 work
+    cfg = ev.EvalConfig(grid=settings, max_images_per_split=images, fid_kid=False,
+                        domain_gap=False)
     points, t_train = [], 0.0
     targets = list(range(eval_every, steps + 1, eval_every))
     if not targets or targets[-1] != steps:

@@ -29,16 +29,15 @@ def run(examples: str, config: str, overrides: dict, steps: int, images: int, lo
     import tensorflow as tf
 
     from components.evaluator import evaluate as ev
-    from trainer import diffusion, experiments
+    from trainer import experiments
     from trainer import train as train_lib
     from trainer.sampling import phi_from_image
 
     overrides = {k: dict(v) for k, v in overrides.items()}
     overrides.setdefault("model", {})["input_residual"] = False  # G sees [0, y]
     exp = experiments.get(config, **overrides).replace(train={"steps": steps})
-    work = os.path.join("/tmp", f"regression_probe_{os.getpid()}")
-    trainer = train_lib.Trainer(exp, work, None)
-    model, opt, t = trainer.model, trainer.optimizer, exp.train
+    trainer = train_lib.Trainer(exp, "", None)  # nothing is written
+    model = trainer.model
     gamma_min = 1e-4  # the network's "pure noise" level: x_t carries nothing of x
 
     @tf.function
@@ -51,10 +50,7 @@ def run(examples: str, config: str, overrides: dict, steps: int, images: int, lo
             loss_g = tf.add_n([tf.reduce_mean(tf.square(regs[k] - batch["target"][k]))
                                for k in sorted(regs)]) / len(regs) if regs else 0.0
             loss = loss_x + loss_g
-        grads = tape.gradient(loss, trainer.variables)
-        opt.apply_gradients(zip(grads, trainer.variables))
-        for e, v in zip(trainer.ema, trainer.variables):
-            e.assign(t.ema_decay * e + (1.0 - t.ema_decay) * v)
+        trainer.apply_gradients(tape.gradient(loss, trainer.variables))  # Adam, then the EMA
         return loss_x
 
     it = iter(trainer.dataset(examples))  # the default strategy: plain batches
@@ -82,11 +78,8 @@ def run(examples: str, config: str, overrides: dict, steps: int, images: int, lo
             out = np.round(out * 255).astype(np.uint8)
             rows_out.append(scorer(out, item["sharp"]))
             rows_in.append(scorer(item["blurry"], item["sharp"]))
-        mean = lambda rows, k: float(np.mean([r[k] for r in rows]))  # noqa: E731
-        result["domains"][split] = {
-            "n": len(items), "domain": domain_of[split],
-            "input": {k: mean(rows_in, k) for k in ("psnr", "ssim", "lpips")},
-            "regression": {k: mean(rows_out, k) for k in ("psnr", "ssim", "lpips")}}
+        result["domains"][split] = {"n": len(items), "domain": domain_of[split],
+                                    "input": ev._mean(rows_in), "regression": ev._mean(rows_out)}
         d = result["domains"][split]
         log(f"{split}: regression PSNR {d['regression']['psnr']:.2f} (input "
             f"{d['input']['psnr']:.2f}), LPIPS {d['regression']['lpips']:.4f} (input "

@@ -92,9 +92,9 @@ def run(work: str, overrides: dict, parent_steps: int, steps: int, pairs: int, t
     record = warm_start.decide(os.path.join(work, "warm"), "latest_blessed", steps,
                                lambda: warm_start.Parent(parent_model, "parent"))
     t0 = time.time()
-    warm = train_lib.train(base.replace(train={"steps": record["target_step"]}), examples["both"],
-                           os.path.join(work, "warm"), warm_start=parent_model,
-                           export_info={"warm_start": record})["history"]
+    exp_warm, warm_args = warm_start.training_arguments(base, record)
+    warm = train_lib.train(exp_warm, examples["both"], os.path.join(work, "warm"),
+                           **warm_args)["history"]
     timings["warm"] = round(time.time() - t0, 1)
     t0 = time.time()
     cold = train_lib.train(base.replace(train={"steps": steps}), examples["both"],
@@ -103,7 +103,9 @@ def run(work: str, overrides: dict, parent_steps: int, steps: int, pairs: int, t
     log(f"trained: parent {parent_steps} steps {timings['parent']} s; warm and cold {steps} "
         f"steps each, {timings['warm']} s and {timings['cold']} s")
 
-    cfg = ev.EvalConfig(grid=settings, max_images_per_split=images)
+    # only the per-setting PSNR/LPIPS are kept: no FID/KID or Table 1 work
+    cfg = ev.EvalConfig(grid=settings, max_images_per_split=images, fid_kid=False,
+                        domain_gap=False)
     models = {}
     for name in ("parent", "warm", "cold"):
         res = ev.evaluate(os.path.join(work, name, "saved_model"), examples["both"],

@@ -39,7 +39,7 @@ import functools
 import io
 import pickle
 import zipfile
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -441,7 +441,3 @@ def default_inception() -> InceptionFeatures:
         _DEFAULT["net"] = InceptionFeatures()
     return _DEFAULT["net"]
 
-
-def inception_features(images: Sequence[np.ndarray]) -> np.ndarray:
-    """float32 [N, 2048] pool features of images on the 0..255 scale (the process' network)."""
-    return default_inception()(images)
