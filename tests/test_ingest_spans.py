@@ -145,3 +145,66 @@ def test_a_stored_unit_that_lost_shards_is_ingested_again(tmp_path, caplog):
     again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
     assert again["units"][0]["status"] == "ingested" and again["written"] == 2
     assert "lacks shards (train: 0 of 1)" in caplog.text
+
+
+def _stored_shard(store, summary):
+    import glob
+
+    shards = glob.glob(os.path.join(store, summary["units"][0]["fingerprint"], "Split-train", "*.gz"))
+    assert len(shards) == 1
+    return shards[0]
+
+
+def _unlinked_copy(path):
+    """The store's shard is hard-linked into the first output: damage the store's file only."""
+    data = open(path, "rb").read()
+    os.remove(path)
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit_flip"])
+def test_a_stored_unit_with_a_damaged_shard_is_ingested_again(tmp_path, caplog, damage):
+    """A truncated shard in the store was reused: the output then read 16 of 18 records and
+    raised DataLossError. unit.json records every shard's size, checksum and record count when
+    the unit is stored, and reuse checks them (a same-size bit flip too)."""
+    root, store = tmp_path / "shots", str(tmp_path / "store")
+    write_span(root, "span-1", ["a.png", "b.png", "c.png"])
+    first = run_ingest([source(root)], str(tmp_path / "out1"), SMALL, store=store)
+    shard = _stored_shard(store, first)
+    with open(os.path.join(os.path.dirname(os.path.dirname(shard)), "unit.json")) as f:
+        recorded = json.load(f)["shards"]["train"]
+    assert [r["records"] for r in recorded] == [3]
+    assert recorded[0]["bytes"] == os.path.getsize(shard) and len(recorded[0]["sha256"]) == 64
+    data = _unlinked_copy(shard)
+    with open(shard, "wb") as f:
+        if damage == "truncated":
+            f.write(data[: len(data) - 200])
+        else:
+            f.write(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    caplog.clear()
+    again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
+    assert again["units"][0]["status"] == "ingested" and again["reused"]["units"] == 0
+    assert again["written"] == 3
+    assert len(read_split(str(tmp_path / "out2"), "train")) == 3  # every record reads back
+    assert "holds damaged shards (train/data_tfrecord-00000-of-00001.gz:" in caplog.text
+    assert first["units"][0]["fingerprint"] in caplog.text  # names the unit's folder
+    # stored again whole: the next ingest reuses it
+    third = run_ingest([source(root)], str(tmp_path / "out3"), SMALL, store=store)
+    assert third["units"][0]["status"] == "reused" and len(read_split(str(tmp_path / "out3"), "train")) == 3
+
+
+def test_a_stored_unit_without_shard_checksums_is_ingested_again(tmp_path, caplog):
+    root, store = tmp_path / "shots", str(tmp_path / "store")
+    write_span(root, "span-1", ["a.png"])
+    first = run_ingest([source(root)], str(tmp_path / "out1"), SMALL, store=store)
+    unit_json = os.path.join(store, first["units"][0]["fingerprint"], "unit.json")
+    with open(unit_json) as f:
+        rec = json.load(f)
+    del rec["shards"]  # a unit stored before the checksums existed
+    with open(unit_json, "w") as f:
+        json.dump(rec, f)
+    again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
+    assert again["units"][0]["status"] == "ingested" and again["written"] == 1
+    assert "has no shard checksums" in caplog.text

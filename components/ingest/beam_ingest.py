@@ -19,7 +19,10 @@ Units and the store (new data without redoing the old)
     options that shape examples and shards, and UNIT_FORMAT. A unit store (a folder, local or
     gs://; the TFX component's is <pipeline root>/DeblurIngest/units) keeps each ingested unit
     under its fingerprint: <store>/<fingerprint>/{Split-<split>/*.gz, quarantine.jsonl,
-    unit.json, COMPLETE}. An ingest runs Beam only over the units the store lacks, then
+    unit.json, COMPLETE}; unit.json records every shard's size, SHA-256 and record count (and
+    on gs:// the object's CRC32C), and a unit is reused only while its shards still match
+    (else it is ingested again, with a warning naming it). An ingest runs Beam only over the
+    units the store lacks, then
     publishes every selected unit into out_dir (hard links on a local file system, copies on
     gs://). Without a store (`deblur ingest`), units are written to <out_dir>/.units and moved
     into place. options.span_window keeps the latest N spans of each spanned source.
@@ -432,8 +435,11 @@ def _shards(folder: str, split: str) -> List[str]:
 
 
 def _stored_whole(folder: str, unit: Unit) -> bool:
-    """The store holds the unit: its COMPLETE marker, and every split's shards (a folder
-    emptied by hand or by a lifecycle rule is not reused: it would lose examples silently)."""
+    """The store holds the unit: its COMPLETE marker, every split's shards (a folder emptied
+    by hand or by a lifecycle rule is not reused: it would lose examples silently), and each
+    shard as unit.json recorded it when the unit was stored (size and checksum: a truncated or
+    overwritten shard is not reused either). A unit that fails is ingested again, with a
+    warning naming it."""
     if not _exists(f"{folder}/{UNIT_DONE}"):
         return False
     short = {s: (len(_shards(folder, s)), n) for s, n in unit.num_shards.items()}
@@ -441,7 +447,25 @@ def _stored_whole(folder: str, unit: Unit) -> bool:
     if short:
         log.warning("unit store %s lacks shards (%s): ingesting the unit again", folder,
                     ", ".join(f"{s}: {have} of {want}" for s, (have, want) in short.items()))
-    return not short
+        return False
+    recorded = (_read_json(f"{folder}/{UNIT_FILE}") or {}).get("shards")
+    if not isinstance(recorded, dict) or set(recorded) != set(unit.num_shards):
+        log.warning("unit store %s (unit %s) has no shard checksums in its %s (stored by an "
+                    "older version): ingesting the unit again", folder, unit.key, UNIT_FILE)
+        return False
+    damaged = []
+    for split in sorted(recorded):
+        by_name = {r["name"]: r for r in recorded[split]}
+        for path in sorted(_shards(folder, split)):
+            name = path.rsplit("/", 1)[-1]
+            why = _shard_damage(path, by_name[name]) if name in by_name else "not recorded"
+            if why:
+                damaged.append(f"{split}/{name}: {why}")
+    if damaged:
+        log.warning("unit store %s (unit %s) holds damaged shards (%s): ingesting the unit "
+                    "again", folder, unit.key, "; ".join(damaged))
+        return False
+    return True
 
 
 def start_ingest(plan: IngestPlan, out_dir: str, store: Optional[str] = None) -> IngestRun:
@@ -573,10 +597,91 @@ def _read_lines(pattern: str) -> List[str]:
     return [ln for ln in lines if ln.strip()]
 
 
+class _HashingReader:
+    """A read-only file object that hashes (SHA-256) and counts the bytes read through it."""
+
+    def __init__(self, f):
+        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(MB):
+            pass
+
+
+def _shard_record(path: str) -> dict:
+    """What a stored shard must still be when its unit is reused: its size, the SHA-256 of its
+    bytes, its number of TFRecord records (the GZIP stream walked record by record: a shard
+    that does not read back whole fails here, before it is stored) and, on gs://, the object's
+    own CRC32C (checked on reuse without downloading the shard)."""
+    import gzip
+    import struct
+
+    with FileSystems.open(path, compression_type="uncompressed") as raw:
+        reader = _HashingReader(raw)
+        records = 0
+        with gzip.GzipFile(fileobj=reader, mode="rb") as z:
+            while True:
+                head = z.read(12)  # length (uint64) + its masked CRC32C
+                if not head:
+                    break
+                if len(head) < 12:
+                    raise ValueError(f"{path}: truncated record header after {records} records")
+                (length,) = struct.unpack("<Q", head[:8])
+                left = length + 4  # payload + its masked CRC32C
+                while left:
+                    chunk = z.read(min(left, 4 * MB))
+                    if not chunk:
+                        raise ValueError(f"{path}: truncated record after {records} records")
+                    left -= len(chunk)
+                records += 1
+        reader.drain()
+    out = {"name": path.rsplit("/", 1)[-1], "bytes": reader.bytes,
+           "sha256": reader.sha256.hexdigest(), "records": records}
+    if "://" in path:
+        try:
+            out["crc32c"] = FileSystems.checksum(path)
+        except Exception:  # noqa: BLE001 - then the SHA-256 is read back on reuse
+            pass
+    return out
+
+
+def _shard_damage(path: str, want: dict) -> Optional[str]:
+    """Why a stored shard is not the one recorded in unit.json (None: it is): its size, then
+    its CRC32C (gs://, object metadata) or the SHA-256 of its bytes."""
+    try:
+        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    except Exception:  # noqa: BLE001 - gone since the listing
+        return "missing"
+    if size != want["bytes"]:
+        return f"{size} bytes, stored with {want['bytes']}"
+    if "://" in path and want.get("crc32c"):
+        try:
+            if FileSystems.checksum(path) == want["crc32c"]:
+                return None
+        except Exception:  # noqa: BLE001 - fall back to reading it
+            pass
+        else:
+            return "CRC32C differs from the stored one"
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        for chunk in iter(lambda: f.read(4 * MB), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != want["sha256"]:
+        return "SHA-256 differs from the stored one"
+    return None
+
+
 def _store_units(run: IngestRun) -> List[str]:
-    """After Beam: each unit ingested now gets its quarantine, unit.json and, last, COMPLETE in
-    its store folder, unless its counts do not add up (returned as problems: such a unit is
-    never reused)."""
+    """After Beam: each unit ingested now gets its quarantine, unit.json (counts, and per
+    shard its size, SHA-256 and record count) and, last, COMPLETE in its store folder, unless
+    its counts do not add up or a shard does not read back whole (returned as problems: such
+    a unit is never reused)."""
     written: Dict[str, Counter] = defaultdict(Counter)
     bad: Dict[str, Counter] = defaultdict(Counter)
     reasons: Dict[str, Counter] = defaultdict(Counter)
@@ -610,11 +715,30 @@ def _store_units(run: IngestRun) -> List[str]:
             "pairs": u.pairs,
         }
         folder = run.unit_dir(u)
+        shards, unreadable = {}, []
+        for s in sorted(u.num_shards):
+            shards[s] = []
+            for path in sorted(_shards(folder, s)):
+                try:
+                    shards[s].append(_shard_record(path))
+                except (OSError, EOFError, ValueError) as e:
+                    unreadable.append(f"{s}/{path.rsplit('/', 1)[-1]} ({e})")
+        record["shards"] = shards
         _write_text(f"{folder}/quarantine.jsonl", "".join(ln + "\n" for ln in lines[u.key]))
         _write_text(f"{folder}/{UNIT_FILE}", json.dumps(record, indent=1, sort_keys=True))
         if record["written"] + record["quarantined"] != record["inputs"]:
             problems.append(f"{u.key}: {record['written']} written + {record['quarantined']} "
                             f"quarantined != {record['inputs']} inputs")
+            continue
+        if unreadable:
+            problems.append(f"{u.key}: shard(s) that do not read back: {', '.join(unreadable)}")
+            continue
+        short = {s: (sum(r["records"] for r in shards[s]), written[u.key][s]) for s in shards}
+        short = {s: c for s, c in short.items() if c[0] != c[1]}
+        if short:
+            problems.append(f"{u.key}: " + ", ".join(
+                f"{s}: {have} records in the shards, {want} written" for s, (have, want)
+                in short.items()))
             continue
         _write_text(f"{folder}/{UNIT_DONE}", u.fingerprint + "\n")
     return problems
@@ -731,7 +855,8 @@ def finalize_ingest(run: IngestRun) -> dict:
         summary["spans_outside_window"] = plan.excluded_spans
     if problems:
         summary["status"] = "failed"
-        summary["error"] = "counts do not add up: " + "; ".join(problems)
+        summary["error"] = ("units not stored (their counts or shards do not check out): "
+                            + "; ".join(problems))
     elif fraction > plan.options.max_quarantine_fraction:
         summary["status"] = "failed"
         summary["error"] = (f"{n_bad} of {n_in} inputs quarantined ({fraction:.1%}), above the "
