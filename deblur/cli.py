@@ -65,44 +65,86 @@ def cmd_synth_data(args) -> int:
 
 
 def _clear_output(out: str, overwrite: bool) -> None:
-    """An existing ingest output is replaced only with --overwrite, and only when everything
-    in the folder is part of one (summary.json with ingest counts, Split-*/, quarantine/,
-    counts/): a folder holding anything else (a run-local work dir, a user's files) is never
-    touched, even with --overwrite."""
+    """An existing ingest output is replaced only with --overwrite, and only what that ingest
+    wrote is deleted: its summary.json (with ingest counts), the shards its summary names
+    (Split-<split>/<unit tag>-data_tfrecord-SSSSS-of-NNNNN.gz of its splits and units), its
+    quarantine and counts files. A folder holding anything else (a run-local work dir, a
+    user's file, even one placed inside Split-<split>/ or quarantine/) is refused in one line
+    and nothing is deleted, even with --overwrite."""
     from apache_beam.io.filesystems import FileSystems
-
-    from components.ingest import beam_ingest as bi
 
     root = out.rstrip("/")
     existing = [m.path for m in FileSystems.match([root + "/**"])[0].metadata_list]
     if not existing:
         return
-    own_dirs = (bi.QUARANTINE_DIR + "/", bi.COUNTS_DIR + "/", bi.PRIVATE_STORE + "/")
-    foreign = [p for p in existing
-               if not (p[len(root) + 1:] == bi.SUMMARY_FILE
-                       or p[len(root) + 1:].startswith(("Split-",) + own_dirs))]
-    is_ingest = _is_ingest_summary(f"{root}/{bi.SUMMARY_FILE}")
-    if not is_ingest or foreign:
-        what = (f"holds files that are not part of an ingest output ({', '.join(sorted(foreign)[:3])}"
-                f"{', ...' if len(foreign) > 3 else ''})" if foreign else "holds no ingest output")
-        raise UserError(f"{out} is not empty and {what}; choose an empty --out (nothing was "
-                        "deleted)")
+    summary = _ingest_summary(f"{root}/{_ingest_file_names()['summary']}")
+    owned = _ingest_output_files(summary) if summary is not None else (lambda rel: False)
+    foreign = [p for p in existing if not owned(p[len(root) + 1:])]
+    if foreign:
+        raise UserError(f"{out} is not empty and holds files that are not part of an ingest "
+                        f"output ({', '.join(sorted(foreign)[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); choose an empty --out or move "
+                        "them away (nothing was deleted)")
     if not overwrite:
         raise UserError(f"{out} already holds an ingest output; pass --overwrite to replace it")
     FileSystems.delete(existing)
+    if "://" not in root:  # the ingest's own folders, once empty (never the output folder)
+        for dirpath, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            if dirpath != root.rstrip(os.sep) and not os.listdir(dirpath):
+                os.rmdir(dirpath)
 
 
-def _is_ingest_summary(path: str) -> bool:
+def _ingest_file_names() -> dict:
+    from components.ingest import beam_ingest as bi
+
+    return {"summary": bi.SUMMARY_FILE, "quarantine": bi.QUARANTINE_DIR,
+            "counts": bi.COUNTS_DIR, "store": bi.PRIVATE_STORE, "unit": bi.UNIT_FILE,
+            "done": bi.UNIT_DONE}
+
+
+def _ingest_output_files(summary: dict):
+    """A predicate on paths relative to an ingest output: whether the ingest whose summary
+    this is wrote that file (its names: beam_ingest's module doc)."""
+    import re
+
+    n = _ingest_file_names()
+    splits = [str(s) for s in (summary.get("splits") or {})]
+    fingerprints = [str(u.get("fingerprint", "")) for u in summary.get("units") or []
+                    if isinstance(u, dict) and u.get("fingerprint")]
+    tags = [f[:16] for f in fingerprints]
+    shard = r"data_tfrecord-\d{5}-of-\d{5}\.gz"
+    split_re = "|".join(map(re.escape, splits)) or "(?!)"
+    # an output written before units had tags named its shards without one
+    tagged = f"(?:{'|'.join(map(re.escape, tags))})-" if tags else ""
+    patterns = [
+        re.escape(n["summary"]),
+        f"{re.escape(n['quarantine'])}/(?:quarantine|ingested)\\.jsonl",
+        f"{re.escape(n['counts'])}/counts[^/]*\\.jsonl",
+        f"Split-(?:{split_re})/{tagged}{shard}",
+    ]
+    if fingerprints:  # a private unit store left behind
+        fp = "|".join(map(re.escape, fingerprints))
+        patterns.append(f"{re.escape(n['store'])}/(?:{fp})/(?:Split-(?:{split_re})/{shard}|"
+                        f"quarantine\\.jsonl|{re.escape(n['unit'])}|{re.escape(n['done'])})")
+    owned = re.compile("(?:" + "|".join(patterns) + ")")
+    return lambda rel: owned.fullmatch(rel) is not None
+
+
+def _ingest_summary(path: str) -> Optional[dict]:
+    """The ingest summary at path (with its counts), or None."""
     from apache_beam.io.filesystems import FileSystems
 
     if not FileSystems.exists(path):
-        return False
+        return None
     try:
         with FileSystems.open(path) as f:
             summary = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and {"inputs", "written", "quarantined", "splits"} <= set(summary)
+        return None
+    if isinstance(summary, dict) and {"inputs", "written", "quarantined", "splits"} <= set(summary) \
+            and isinstance(summary["splits"], dict):
+        return summary
+    return None
 
 
 def _check_writable(path: str, flag: str) -> None:

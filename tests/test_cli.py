@@ -110,6 +110,31 @@ def test_overwrite_never_deletes_a_work_dir_that_holds_a_summary(tmp_path, capsy
     assert sorted(p for p in out.rglob("*")) == before
 
 
+def test_overwrite_deletes_only_what_the_ingest_wrote(tmp_path, capsys):
+    """A user's file placed inside Split-<split>/ or quarantine/ of an ingest output was
+    deleted by --overwrite with rc 0: the folders are the ingest's, their files may not be."""
+    _gopro(tmp_path / "src")
+    out = tmp_path / "out"
+    argv = ["ingest", "--layout", "gopro", "--root", str(tmp_path / "src"), "--out", str(out)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert any(p.startswith("Split-test/") and p.endswith(".gz") for p in written)
+    for rel in ("Split-test/notes.txt", "quarantine/my-review.jsonl",
+                "Split-test/data_tfrecord-00000-of-00002.gz.bak"):
+        fx.write(str(out / rel), b"mine")
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert cli.main(argv + ["--overwrite"]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("deblur: error: ") and rel in err, err
+        assert "nothing was deleted" in err
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        os.remove(out / rel)
+    # with only its own files, --overwrite replaces the output
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == written
+
+
 def test_zero_is_refused_not_ignored(tmp_path, capsys):
     """--steps 0 trained the preset's 800 steps, --batch-size 0 used 8, training.steps=0 800."""
     for flag in ("--steps", "--batch-size"):
