@@ -66,6 +66,12 @@ class TrainConfig:
     # a batch whose loss or gradient is not finite is never applied: "stop" ends training with
     # an error naming the step; "skip" goes on with the next batch and counts it
     on_nonfinite: str = "stop"
+    # "skip" has a bound: training stops (TrainingStopped, nothing exported) once more than
+    # this share of the steps so far (applied + skipped) were skipped
+    max_skipped_fraction: float = 0.01
+    # multi-worker: seconds to wait for every TF_CONFIG task to join; past it the process
+    # exits 1 in one line naming the missing tasks (train.wait_for_peers)
+    peer_timeout_s: float = 600.0
 
     def __post_init__(self):
         if self.steps < 1 or self.global_batch_size < 1:
@@ -85,6 +91,11 @@ class TrainConfig:
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, "
                              f"got {self.on_nonfinite!r}")
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(f"max_skipped_fraction must be in [0, 1], "
+                             f"got {self.max_skipped_fraction!r}")
+        if not self.peer_timeout_s > 0:
+            raise ValueError(f"peer_timeout_s must be > 0 seconds, got {self.peer_timeout_s!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,9 @@
   nothing (the decision is all-reduced, so every replica takes the same branch). With
   train.on_nonfinite "stop" the loop ends at that step and train() raises TrainingStopped
   naming it, before anything is checkpointed or exported; with "skip" the batch is counted
-  (Trainer.skipped_steps, checkpointed; "skipped" in the history) and training goes on.
+  (Trainer.skipped_steps, checkpointed; "skipped" in the history) and training goes on, until
+  more than train.max_skipped_fraction of the steps so far were skipped (TrainingStopped).
+  Weights whose EMA is not finite are never checkpointed or exported (TrainingStopped).
 - The diffusion noise (gamma, eps) is drawn in the input pipeline from stateless seeds keyed by
   the element index, so a batch fully determines a step and a resumed run replays the same
   noise: checkpoints hold the model, the EMA, the optimizer, the step and (with one replica)
@@ -549,6 +551,7 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
             log.warning("skipped %d batch(es) with a non-finite loss or gradient in steps "
                         "%d-%d (%d in all)", now_skipped - skipped, before + 1, step, now_skipped)
             skipped = now_skipped
+            _check_skipped(trainer, step, last_checkpoint)
         if step % t.log_every == 0 or step == t.steps:
             row = {"step": step, "lr": trainer.learning_rate(),
                    "w": float(diffusion.dpm_loss_weight(step - 1, t.dpm_warmup_steps).numpy()),
@@ -566,6 +569,7 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
                 preview = _preview_batch(trainer, examples_dir)
             _image_summaries(trainer, preview, writer, step)
         if step % t.checkpoint_every == 0 or step == t.steps:
+            _check_ema_finite(trainer, step, last_checkpoint)
             manager.save(checkpoint_number=step)
             last_checkpoint = step
             if chief:
@@ -584,6 +588,7 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
     writer.flush()
     result = {"history": history, "step": step, "skipped": skipped, "chief": chief,
               "strategy": described}
+    _check_ema_finite(trainer, step, last_checkpoint)  # never export non-finite weights
     if chief:
         from trainer import export
 
@@ -594,6 +599,38 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
         # the export in place (TFX's Trainer checks for it on every worker)
         _all_workers_sum(trainer.strategy, lambda: tf.constant([1.0], tf.float64))
     return result
+
+
+def _nothing_saved_after(last_checkpoint) -> str:
+    return (f"nothing after step {last_checkpoint or 0} was checkpointed or exported")
+
+
+def _check_skipped(trainer: Trainer, step: int, last_checkpoint) -> None:
+    """train.on_nonfinite "skip" has a bound: TrainingStopped once more than
+    train.max_skipped_fraction of the steps so far were skipped. The steps so far are the
+    optimizer's applied steps plus the skipped ones (both checkpointed, both fresh at a warm
+    start), so a resumed run keeps counting and a warm start does not count its parent's."""
+    t = trainer.exp.train
+    skipped = int(trainer.skipped_steps.numpy())
+    total = skipped + int(trainer.optimizer.iterations.numpy())
+    if total and skipped > t.max_skipped_fraction * total:
+        raise TrainingStopped(
+            f"{skipped} of the {total} steps so far had a non-finite loss or gradient and were "
+            f"skipped (up to step {step}), more than train.max_skipped_fraction="
+            f"{t.max_skipped_fraction:g}; {_nothing_saved_after(last_checkpoint)} "
+            "(lower the learning rate, or check the data)")
+    _check_ema_finite(trainer, step, last_checkpoint)
+
+
+def _check_ema_finite(trainer: Trainer, step: int, last_checkpoint) -> None:
+    """The EMA weights, what the export serves, must be finite before a checkpoint or an
+    export holds them (non-finite steps are never applied, but finite ones can overflow)."""
+    bad = [e.name for e in trainer.ema if not bool(tf.reduce_all(tf.math.is_finite(e)).numpy())]
+    if bad:
+        raise TrainingStopped(
+            f"the EMA weights are not finite at step {step} ({len(bad)} of {len(trainer.ema)} "
+            f"variables, e.g. {bad[0]}); {_nothing_saved_after(last_checkpoint)} "
+            "(lower the learning rate, or check the data)")
 
 
 def _all_workers_sum(strategy: tf.distribute.Strategy, fn) -> list:

@@ -960,8 +960,10 @@ def test_a_non_finite_step_stops_or_is_skipped_and_never_saved(ingested, tmp_pat
                                    "checkpointed or exported"), str(e.value)
     assert "\n" not in str(e.value)
     assert not os.path.exists(os.path.join(stop, "checkpoints")) and exported == []
+    # "skip" within its bound: 1 of the 4 steps of the first call is 25%
     skip = str(tmp_path / "skip")
-    result = train_lib.train(exp.replace(train={"on_nonfinite": "skip"}), ingested[1], skip)
+    result = train_lib.train(exp.replace(train={"on_nonfinite": "skip",
+                                                "max_skipped_fraction": 0.5}), ingested[1], skip)
     assert result["step"] == STEPS and result["skipped"] == 1
     assert [(h["step"], h["skipped"]) for h in result["history"]] == [(4, 1), (6, 1)]
     assert len(exported) == 1 and all(np.all(np.isfinite(e)) for e in exported[0])
@@ -972,6 +974,44 @@ def test_a_non_finite_step_stops_or_is_skipped_and_never_saved(ingested, tmp_pat
     assert int(reader.get_tensor("skipped_steps/.ATTRIBUTES/VARIABLE_VALUE")) == 1
     # the skipped batch did not move the optimizer (its iterations: 5 of the 6 steps)
     assert int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")) == STEPS - 1
+    # past the default bound (0.01 of the steps so far), "skip" stops too: a run that skipped
+    # 18 of 20 batches exported a NaN model with rc 0
+    bound = str(tmp_path / "bound")
+    with pytest.raises(train_lib.TrainingStopped) as e:
+        train_lib.train(exp.replace(train={"on_nonfinite": "skip"}), ingested[1], bound)
+    assert str(e.value).startswith(
+        "1 of the 4 steps so far had a non-finite loss or gradient and were skipped (up to "
+        "step 4), more than train.max_skipped_fraction=0.01; nothing after step 0 was "
+        "checkpointed or exported"), str(e.value)
+    assert not os.path.exists(os.path.join(bound, "checkpoints")) and len(exported) == 1
+
+
+def test_non_finite_ema_weights_are_never_checkpointed_or_exported(ingested, tmp_path,
+                                                                   monkeypatch):
+    """Finite steps can still overflow the weights: the EMA (what the export serves) is
+    checked before every checkpoint and before the export."""
+    from trainer import experiments
+    from trainer import train as train_lib
+
+    exported = []
+    monkeypatch.setattr("trainer.export.export_saved_model",
+                        lambda trainer, path, **kw: exported.append(path) or path)
+    apply = train_lib.Trainer.apply_gradients
+
+    def overflowing(self, grads):
+        apply(self, grads)
+        self.ema[0].assign(self.ema[0] * float("inf"))
+
+    monkeypatch.setattr(train_lib.Trainer, "apply_gradients", overflowing)
+    exp = experiments.get("tiny", **TRAIN).replace(train={
+        "steps": 2, "checkpoint_every": 2, "log_every": 2, "image_summary_every": 100,
+        "on_nonfinite": "skip"})
+    out = str(tmp_path / "out")
+    with pytest.raises(train_lib.TrainingStopped) as e:
+        train_lib.train(exp, ingested[1], out)
+    assert str(e.value).startswith("the EMA weights are not finite at step 2 (1 of "), str(e.value)
+    assert "nothing after step 0 was checkpointed or exported" in str(e.value)
+    assert not os.path.exists(os.path.join(out, "checkpoints")) and exported == []
 
 
 def test_train_set_overrides_the_experiment_like_run_local(tmp_path, capsys):
@@ -992,7 +1032,9 @@ def test_train_set_overrides_the_experiment_like_run_local(tmp_path, capsys):
                           ("train.steps=many", "train.steps: expected int, got str 'many'"),
                           ("trainsteps", "--set 'trainsteps': expected KEY=VALUE"),
                           ("optimizer.lr=1", "unknown experiment section 'optimizer'"),
-                          ("train.on_nonfinite=ignore", "on_nonfinite must be one of stop, skip")):
+                          ("train.on_nonfinite=ignore", "on_nonfinite must be one of stop, skip"),
+                          ("train.max_skipped_fraction=2", "max_skipped_fraction must be in [0, 1]"),
+                          ("train.peer_timeout_s=0", "peer_timeout_s must be > 0 seconds")):
         assert cli.main(base + ["--set", item]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
