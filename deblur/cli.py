@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 
 EXIT_USAGE = 2  # bad arguments / inputs
 EXIT_FAILED = 1  # the work ran and its result is not acceptable
+EXIT_TERMINATED = 143  # SIGTERM ended the work (128 + 15, as a process killed by it)
 
 
 class UserError(Exception):
@@ -751,12 +752,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except RuntimeError as e:
         # The work ran and stopped on its own rule (quarantine bound, data anomalies, a
-        # non-finite training step, a lost training worker).
-        if type(e).__name__ not in ("IngestError", "DataValidationError", "TrainingStopped") \
+        # non-finite training step, a lost or missing training worker, SIGTERM).
+        names = {c.__name__ for c in type(e).__mro__}
+        if not names & {"IngestError", "DataValidationError", "TrainingStopped"} \
                 or args.verbose:
             raise
         print(f"deblur: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_TERMINATED if "TrainingTerminated" in names else EXIT_FAILED
     except KeyboardInterrupt:
         print("deblur: interrupted", file=sys.stderr)
         return 130

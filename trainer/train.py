@@ -43,10 +43,13 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -70,6 +73,216 @@ JIT_COMPILE_DEFAULT = {"CPU": False, "GPU": True}
 
 class TrainingStopped(RuntimeError):
     """Training ended on its own rule (a non-finite loss, a lost worker); one line."""
+
+
+class TrainingTerminated(TrainingStopped):
+    """SIGTERM ended training (Kubernetes sends it before SIGKILL; a preemption; `timeout`)."""
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a process ended by SIGTERM reports
+TERM_GRACE_S = 25.0  # after SIGTERM, the process is forced to end when still running by then
+
+
+class TermGuard:
+    """SIGTERM during train(): ends the process within TERM_GRACE_S seconds, at any point.
+
+    - Outside the training loop (the wait for peers, building the input, restoring), the
+      handler raises TrainingTerminated at once.
+    - In the loop (`deferred`), it only records the request: the loop checks it between
+      train_loop calls, saves a checkpoint of the current step when one is due (steps since
+      the last), and raises TrainingTerminated naming it.
+    - The main thread can be blocked in TensorFlow's C++ code (a collective waiting for a peer
+      that hangs, a long loop call), where Python signal handlers do not run until it returns:
+      signal.set_wakeup_fd makes the C-level handler wake a watcher thread at once, which
+      ends the process with os._exit(EXIT_TERMINATED) if it is still running TERM_GRACE_S
+      seconds later.
+    MultiWorkerMirroredStrategy's coordination service installs a SIGTERM handler of its own
+    (a preemption notifier that only records it): install() puts this one back after the
+    strategy exists. Signal handlers belong to the main thread: elsewhere this does nothing.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.deferred = False
+        self.active = False
+        self._previous = None
+        self._previous_fd = -1
+        self._pair: Optional[Tuple[socket.socket, socket.socket]] = None
+        self._cancel = threading.Event()
+
+    def __enter__(self) -> "TermGuard":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._previous = signal.getsignal(signal.SIGTERM)
+        self._pair = socket.socketpair()
+        self._pair[1].setblocking(False)
+        try:
+            self._previous_fd = signal.set_wakeup_fd(self._pair[1].fileno(),
+                                                     warn_on_full_buffer=False)
+        except ValueError:  # not the main thread of the main interpreter
+            self._close()
+            return self
+        self.active = True
+        self.install()
+        threading.Thread(target=self._watch, name="sigterm-watchdog", daemon=True).start()
+        return self
+
+    def install(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+        if not self.deferred:
+            raise TrainingTerminated("terminated by SIGTERM before training started")
+
+    def _watch(self) -> None:
+        r = self._pair[0]
+        while True:
+            try:
+                data = r.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                break
+        if self._cancel.wait(TERM_GRACE_S):
+            return
+        print(f"deblur: error: still running {TERM_GRACE_S:g} s after SIGTERM (blocked in "
+              "TensorFlow); exiting", file=sys.stderr, flush=True)
+        os._exit(EXIT_TERMINATED)
+
+    def _close(self) -> None:
+        if self._pair:
+            for sock in self._pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._pair = None
+
+    def __exit__(self, *exc) -> None:
+        if not self.active:
+            return
+        self.active = False
+        self._cancel.set()  # train() is over: its caller ends the process (or goes on)
+        signal.set_wakeup_fd(self._previous_fd)
+        # a handler installed outside Python (None) cannot be put back: the default then
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None
+                      else signal.SIG_DFL)
+        self._close()
+
+
+def _tf_config_tasks() -> Tuple[List[Tuple[str, int, str]], Optional[Tuple[str, int]]]:
+    """([(type, index, address)] of TF_CONFIG's chief and worker tasks, this task)."""
+    cfg = json.loads(os.environ["TF_CONFIG"])
+    cluster = cfg.get("cluster") or {}
+    tasks = [(kind, i, str(addr)) for kind in ("chief", "worker")
+             for i, addr in enumerate(cluster.get(kind) or ())]
+    return tasks, tf_config_cluster()["task"]
+
+
+def _host_port(address: str) -> Tuple[str, int]:
+    address = address.split("://", 1)[-1]
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "localhost", int(port)
+
+
+def _answers(address: str, timeout: float) -> bool:
+    try:
+        with socket.create_connection(_host_port(address), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class _PortAnswer:
+    """Accepts (and drops) TCP connections on this task's TF_CONFIG port while it waits for
+    its peers, so that they see it before its gRPC server exists; closed before the strategy
+    binds the port. None of it when the port is taken (TensorFlow then says so)."""
+
+    def __init__(self, address: str):
+        self._stop = threading.Event()
+        self._sock = None
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in _host_port(address)[0] else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("", _host_port(address)[1]))
+            sock.listen(16)
+            sock.settimeout(0.2)
+        except (OSError, ValueError):
+            return
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="peer-wait", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            with conn:  # the prober closes first (no TIME_WAIT on this port)
+                conn.settimeout(1.0)
+                try:
+                    conn.recv(1)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._sock.close()
+
+
+def wait_for_peers(timeout_s: float, poll_s: float = 0.5) -> None:
+    """Before MultiWorkerMirroredStrategy exists: waits until every other TF_CONFIG task
+    answers on its port (its gRPC server, or this same wait there), else raises
+    TrainingStopped naming the missing tasks after timeout_s (train.peer_timeout_s).
+
+    The strategy's constructor waits for its peers inside TensorFlow's C++ code, holding the
+    GIL (measured: worker 0 alone prints "Coordination agent has successfully connected" and
+    waits for ever; no Python thread or signal handler runs meanwhile, and the coordination
+    service's register timeout does not end the leader's wait), so the wait happens here,
+    in Python, where the timeout and SIGTERM work. A peer that answers and dies before its own
+    strategy exists still leaves the others waiting in TensorFlow."""
+    tasks, me = _tf_config_tasks()
+    own = next((a for k, i, a in tasks if (k, i) == me), None)
+    peers = [(k, i, a) for k, i, a in tasks if (k, i) != me]
+    if not peers:
+        return
+    answer = _PortAnswer(own) if own else None
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    missing = peers
+    logged = False
+    try:
+        while True:
+            missing = [p for p in missing
+                       if not _answers(p[2], max(0.1, min(2.0, deadline - time.monotonic())))]
+            if not missing:
+                log.info("all %d workers in TF_CONFIG answer (%.1f s)", len(tasks),
+                         time.monotonic() - t0)
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                who = f"{me[0]} {me[1]}" if me else "this task"
+                raise TrainingStopped(
+                    f"{who} waited {timeout_s:g} s (train.peer_timeout_s) for the other "
+                    f"workers in TF_CONFIG; missing: "
+                    + ", ".join(f"{k} {i} ({a})" for k, i, a in missing)
+                    + "; nothing was trained (start every task, or check their addresses)")
+            if not logged and now - t0 > 10:
+                log.warning("waiting up to %g s for %s", timeout_s,
+                            ", ".join(f"{k} {i} ({a})" for k, i, a in missing))
+                logged = True
+            time.sleep(min(poll_s, max(0.0, deadline - now)))
+    finally:
+        if answer is not None:
+            answer.close()
 
 
 # ---- strategy --------------------------------------------------------------------------------
@@ -122,6 +335,8 @@ def make_strategy(tcfg) -> tf.distribute.Strategy:
         # heartbeats, which fail the collectives that wait for it
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+        if cluster["workers"] > 1:
+            wait_for_peers(tcfg.peer_timeout_s)
         try:
             return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except tf.errors.UnknownError as e:  # "Could not start gRPC server"
@@ -435,22 +650,25 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
     starts from its weights and step (trainer/warm_start.py) instead of random weights (every
     worker restores it).
     export_info: extra keys for the export's deblur.json (the pipeline records the warm start)."""
-    trainer = Trainer(exp, out_dir, strategy)
-    chief = is_chief(trainer.strategy)
-    described = describe_strategy(trainer.strategy, trainer.jit_compile)
-    # every worker saves checkpoints (tf.distribute may need all of them to take part); only
-    # the chief's go to OUT
-    work_dir = out_dir if chief else tempfile.mkdtemp(prefix="deblur-worker-")
-    try:
-        return _train(trainer, examples_dir, out_dir, work_dir, described, progress, on_step,
-                      export_dir, warm_start, export_info)
-    finally:
-        if not chief:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    with TermGuard() as term:
+        trainer = Trainer(exp, out_dir, strategy)
+        term.install()  # MultiWorkerMirroredStrategy's coordination service took SIGTERM
+        chief = is_chief(trainer.strategy)
+        described = describe_strategy(trainer.strategy, trainer.jit_compile)
+        # every worker saves checkpoints (tf.distribute may need all of them to take part);
+        # only the chief's go to OUT
+        work_dir = out_dir if chief else tempfile.mkdtemp(prefix="deblur-worker-")
+        try:
+            return _train(trainer, examples_dir, out_dir, work_dir, described, progress, on_step,
+                          export_dir, warm_start, export_info, term)
+        finally:
+            if not chief:
+                shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, described: str,
-           progress: bool, on_step, export_dir, warm_start, export_info) -> dict:
+           progress: bool, on_step, export_dir, warm_start, export_info,
+           term: TermGuard) -> dict:
     exp, t = trainer.exp, trainer.exp.train
     chief = work_dir == out_dir
     ds = trainer.dataset(examples_dir)  # fails on bad examples before out_dir exists
@@ -519,6 +737,17 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
     t0 = time.time()
     step, skipped = resumed, int(trainer.skipped_steps.numpy())
     last_checkpoint = resumed if restored else None
+
+    def save_checkpoint(step):
+        _check_ema_finite(trainer, step, last_checkpoint)
+        manager.save(checkpoint_number=step)
+        if chief:
+            with gfile.GFile(history_path + ".tmp", "w") as f:
+                json.dump(history, f)
+            gfile.rename(history_path + ".tmp", history_path, overwrite=True)
+        return step
+
+    term.deferred = True  # SIGTERM from here: a checkpoint if one is due, then the end
     while step < t.steps:
         n = loop_length(step, t, guided)
         try:
@@ -569,13 +798,13 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
                 preview = _preview_batch(trainer, examples_dir)
             _image_summaries(trainer, preview, writer, step)
         if step % t.checkpoint_every == 0 or step == t.steps:
-            _check_ema_finite(trainer, step, last_checkpoint)
-            manager.save(checkpoint_number=step)
-            last_checkpoint = step
-            if chief:
-                with gfile.GFile(history_path + ".tmp", "w") as f:
-                    json.dump(history, f)
-                gfile.rename(history_path + ".tmp", history_path, overwrite=True)
+            last_checkpoint = save_checkpoint(step)
+        if term.requested and step < t.steps:
+            if last_checkpoint != step:
+                last_checkpoint = save_checkpoint(step)
+            raise TrainingTerminated(
+                f"terminated by SIGTERM at step {step} of {t.steps}; checkpoint of step "
+                f"{step} in {ckpt_dir}: run the same command again to resume")
         loss = float(metrics["loss"].numpy())
         if bar:
             bar.update(step - before)

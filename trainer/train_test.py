@@ -1089,3 +1089,124 @@ def test_loop_length_stops_at_every_event():
     assert loop_length(0, t, image_summaries=False) == 4
     big = t.__class__(**{**t.__dict__, "log_every": 100, "checkpoint_every": 100})
     assert [loop_length(s, big, False) for s in (0, 10, 20)] == [10, 10, 5]
+
+
+# ---- peers that never join, SIGTERM ------------------------------------------------------
+
+def _error_lines(err: str):
+    return [ln for ln in err.splitlines() if ln.startswith("deblur: error:")]
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_exits_1_naming_it(ingested, tmp_path):
+    """Worker 0 whose worker 1 never starts waited for ever (13 minutes, "Coordination agent
+    has successfully connected"), and so did a worker whose chief never starts: past
+    train.peer_timeout_s each exits 1 in one line naming the missing task."""
+    procs = Procs(str(tmp_path))
+    try:
+        cases = []
+        for name, cluster, task, missing in (
+                ("worker0", "worker", ("worker", 0), ("worker", 1)),
+                ("worker_no_chief", "chief", ("worker", 0), ("chief", 0))):
+            ports = _free_ports(2)
+            config = {"cluster": ({"worker": [f"localhost:{p}" for p in ports]} if cluster == "worker"
+                                  else {"chief": [f"localhost:{ports[0]}"],
+                                        "worker": [f"localhost:{ports[1]}"]}),
+                      "task": {"type": task[0], "index": task[1]}}
+            argv = _worker_argv(ingested[1], str(tmp_path / name)) + [
+                "--set", "train.peer_timeout_s=5"]
+            p = procs.start(name, WORKER_CLI, {"argv": argv, "pause_at": 0},
+                            env={"TF_CONFIG": json.dumps(config)})
+            port = ports[1] if cluster == "worker" else ports[0]
+            cases.append((p, name, task, missing, port))
+        for p, name, task, missing, port in cases:
+            p.wait(timeout=TIMEOUT)
+            err = procs.output(p, "err")
+            assert p.returncode == 1, err[-3000:]
+            assert _error_lines(err) == [
+                f"deblur: error: {task[0]} {task[1]} waited 5 s (train.peer_timeout_s) for the "
+                f"other workers in TF_CONFIG; missing: {missing[0]} {missing[1]} "
+                f"(localhost:{port}); nothing was trained (start every task, or check their "
+                "addresses)"], err[-3000:]
+            assert "Traceback" not in err and not os.path.exists(tmp_path / name / "checkpoints")
+    finally:
+        procs.kill_all()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_worker_waiting_for_its_peers_at_once(ingested, tmp_path):
+    """`timeout`'s SIGTERM did nothing to a worker waiting for its peer (the coordination
+    service's preemption notifier takes SIGTERM), only SIGKILL ended it."""
+    import socket
+
+    procs = Procs(str(tmp_path))
+    try:
+        ports = _free_ports(2)
+        argv = _worker_argv(ingested[1], str(tmp_path / "out"))  # peer_timeout_s: 600
+        p = procs.start("waiting", WORKER_CLI, {"argv": argv, "pause_at": 0},
+                        env=_tf_config(ports, 0))
+        while True:  # its port answers once it waits for its peer
+            assert p.poll() is None, procs.output(p, "err")[-3000:]
+            assert time.time() - p.started < TIMEOUT
+            try:
+                socket.create_connection(("localhost", ports[0]), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        time.sleep(2)
+        sent = time.time()
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(timeout=60)
+        assert time.time() - sent < 30
+        err = procs.output(p, "err")
+        assert p.returncode == 143, err[-3000:]
+        assert _error_lines(err) == ["deblur: error: terminated by SIGTERM before training "
+                                     "started"], err[-3000:]
+    finally:
+        procs.kill_all()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_process_blocked_in_a_step_within_30_s(ingested, tmp_path):
+    """The main thread can be blocked where no Python signal handler runs (here: on_step
+    sleeping, which resumes after the handler; in real runs, a collective inside TensorFlow):
+    the watchdog thread ends the process 25 s after SIGTERM."""
+    procs = Procs(str(tmp_path))
+    try:
+        out = str(tmp_path / "out")
+        p = procs.start("blocked", TRAIN_RUN, _run_args(ingested[1], out, pause_at=PAUSE_AT))
+        procs.wait_for_pause(p, os.path.join(out, "checkpoints", "checkpoint"))
+        sent = time.time()
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(timeout=60)
+        took = time.time() - sent
+        err = procs.output(p, "err")
+        assert p.returncode == 143 and 20 < took < 30, (p.returncode, took, err[-3000:])
+        assert "deblur: error: still running 25 s after SIGTERM (blocked in TensorFlow); " \
+               "exiting" in err
+    finally:
+        procs.kill_all()
+
+
+def test_sigterm_in_the_loop_saves_a_checkpoint_and_ends(ingested, tmp_path):
+    """Kubernetes sends SIGTERM before SIGKILL: training stops after the current loop call,
+    saves the checkpoint that is due (steps since the last one) and ends in one line."""
+    from trainer import experiments
+    from trainer import train as train_lib
+
+    def on_step(step, row):
+        if step == PAUSE_AT:  # checkpoint 2 is written, 3 is not
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    out = str(tmp_path / "out")
+    with pytest.raises(train_lib.TrainingTerminated) as e:
+        train_lib.train(experiments.get("tiny", **TRAIN), ingested[1], out, on_step=on_step)
+    assert str(e.value) == (f"terminated by SIGTERM at step {PAUSE_AT} of {STEPS}; checkpoint "
+                            f"of step {PAUSE_AT} in {out}/checkpoints: run the same command "
+                            "again to resume")
+    assert signal.getsignal(signal.SIGTERM) == before  # put back
+    assert sorted(f for f in os.listdir(os.path.join(out, "checkpoints"))
+                  if f.endswith(".index")) == ["ckpt-2.index", f"ckpt-{PAUSE_AT}.index"]
+    assert [h["step"] for h in _read_json(os.path.join(out, "history.json"))] == [1, 2, 3]
+    assert not os.path.exists(os.path.join(out, "saved_model"))
