@@ -1,7 +1,10 @@
 """`deblur registry {list,show,latest}`: what consumers see of the registry.
 
   list    one row per complete version: version, created, out-of-domain LPIPS, in-domain
-          PSNR, sampling setting (--json: a list of those rows with the version's URI)
+          PSNR, sampling setting (--json: a list of those rows with the version's URI), and
+          DAMAGED with the reason for a version whose files do not match their manifest's sizes
+          and SHA-256 (a gs:// registry's files are checked when downloaded: the last line
+          says what was checked)
   show    the manifest of --version N (default: the newest)
   latest  the newest version and its URI; --fetch also downloads a gs:// version into the
           local cache and prints that folder (a local registry's folder is used in place)
@@ -62,12 +65,21 @@ def _setting(s: Optional[Dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def checked(reg: Registry) -> str:
+    """What `list` checks of each version (the same digests predict and load_latest check)."""
+    if reg.is_gcs:
+        return ("the manifests only: a gs:// version's files are checked against their size "
+                "and SHA-256 when downloaded (latest --fetch, predict, load_latest)")
+    return "every file's size and SHA-256 against the version's manifest"
+
+
 def rows(reg: Registry) -> List[Dict[str, Any]]:
-    """One row per complete version; a damaged one (manifest unreadable, a file missing or of
-    another size) is listed with its problem instead of failing the whole list."""
+    """One row per complete version; a damaged one (manifest unreadable, a file missing, of
+    another size or, locally, of another SHA-256: what predict checks) is listed with its
+    problem instead of failing the whole list."""
     out = []
     for v in reg.versions():
-        problem = reg.verify(v)
+        problem = reg.verify(v, hashes=True)
         try:
             m = reg.show(v)
         except RegistryError:  # the manifest itself is damaged: the row has only the problem
@@ -108,13 +120,16 @@ def run(args) -> int:
             print(f"{r['version']:>7}  {str(r['created']):<25}  {_fmt(r['out_lpips'], '.4f'):>9}  "
                   f"{_fmt(r['in_psnr'], '.2f'):>7}  {_setting(r['sampling'])}"
                   + ("" if r["status"] == "ok" else f"  DAMAGED ({r['status'][len('damaged: '):]})"))
+        print(f"checked: {checked(reg)}")
         return 0
     if args.registry_command == "show":
         version = versions[-1] if args.version is None else args.version
         print(json.dumps(reg.show(version), indent=2, sort_keys=True))
         return 0
     if args.registry_command == "latest":
-        found = reg.latest()  # the newest whole version; damaged ones are skipped with a warning
+        # the newest whole version (the digests predict checks); damaged ones are skipped
+        # with a warning
+        found = reg.latest(hashes=True)
         if found is None:
             raise RegistryError(f"registry {reg.uri}: every version of model "
                                 f"{reg.model_name!r} is damaged ({version_ranges(versions)})")

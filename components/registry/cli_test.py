@@ -130,6 +130,19 @@ def test_a_damaged_version_is_named_and_skipped(tmp_path, capsys, caplog):
     data.write_bytes(bytes([content[0] ^ 1]) + content[1:])
     assert reg.verify(2) is None and "has sha256" in reg.verify(2, hashes=True)
     assert reg.latest(hashes=True)[0] == 1
+    # `list` showed it healthy while predict refused it: it checks the same digests now, and
+    # says what it checked; `latest` skips it as predict does
+    assert cli.main(["registry", "list", "--registry", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "DAMAGED" not in lines[2]
+    assert ("DAMAGED (version 2 is damaged: variables/variables.data-00000-of-00001 has sha256 "
+            in lines[3]), lines[3]
+    assert lines[-1] == "checked: every file's size and SHA-256 against the version's manifest"
+    assert cli.main(["registry", "list", "--registry", uri, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == ["ok", f"damaged: {reg.verify(2, hashes=True)}"]
+    assert cli.main(["registry", "latest", "--registry", uri]) == 0
+    assert capsys.readouterr().out == f"1\t{uri}/deblur-icdpm/1\n"
     import pytest
 
     from components.registry.registry import RegistryError
