@@ -54,6 +54,13 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
 
     d = saved_model_dir(spec)
     if d is not None:
+        from components.registry.registry import verify_folder
+
+        # a registry version folder given as a plain path: checked against its manifest as
+        # the registry checks it (a same-size bit flip too), before TensorFlow reads it
+        problem = verify_folder(d)
+        if problem:
+            raise ValueError(f"{problem}; use another --version or --model")
         info = os.path.join(d, "deblur.json")
         setting = None
         if tf.io.gfile.exists(info):
@@ -74,6 +81,20 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
     setting = _setting_from(manifest.get("sampling")) or SamplingSetting()
     return ResolvedModel(registry.local_path(version), setting,
                          f"registry {registry.version_uri(version)} (version {version})")
+
+
+def load_saved_model(model: ResolvedModel):
+    """tf.saved_model.load, or a one-line ValueError naming the model when it does not load
+    (a damaged or partial SavedModel: TensorFlow's own error is a page of traceback)."""
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(model.path)
+    except (tf.errors.OpError, OSError, ValueError, KeyError, IndexError) as e:
+        text = getattr(e, "message", None) or str(e) or type(e).__name__
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        raise ValueError(f"{model.source} does not load ({type(e).__name__}: "
+                         f"{first[:300]})") from None
 
 
 def plan(src: str, dst: str) -> List[Tuple[str, str]]:
@@ -160,7 +181,7 @@ def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, 
     from trainer.sampling import NonFiniteOutput, call_deblur_batch
 
     pairs = plan(src, dst)
-    loaded = tf.saved_model.load(model.path)
+    loaded = load_saved_model(model)
     if not hasattr(loaded, "deblur_batch"):
         raise ValueError(f"{model.path} is not a deblurring SavedModel of trainer/export.py")
     if tile:

@@ -70,3 +70,35 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(ValueError, match="mode F"):
         read_rgb(str(tmp_path / "f.tif"))
+
+
+def test_a_damaged_model_folder_is_one_line(tmp_path, capsys):
+    """A damaged registry version given as a plain path (REGISTRY/deblur-icdpm/2) printed 32
+    lines of TensorFlow traceback; it is checked against its manifest first (a same-size bit
+    flip too), and a SavedModel that does not load is named in one line."""
+    from components.registry.registry import Registry
+    from components.registry.registry_test import make_source
+
+    a = tmp_path / "a.png"
+    _png(a)
+    uri = str(tmp_path / "registry")
+    reg = Registry(uri)
+    for i in (1, 2):
+        reg.push(str(make_source(tmp_path / f"src{i}", seed=i, kib=1)), {})
+    data = tmp_path / "registry" / "deblur-icdpm" / "2" / "variables" / "variables.data-00000-of-00001"
+    content = data.read_bytes()
+    data.write_bytes(bytes([content[0] ^ 1]) + content[1:])
+    version = f"{uri}/deblur-icdpm/2"
+    assert cli.main(["predict", str(a), str(tmp_path / "o.png"), "--model", version]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"deblur: error: {version} (version 2 of 'deblur-icdpm') is damaged: "
+                          "variables/variables.data-00000-of-00001 has sha256 "), err
+    assert not (tmp_path / "o.png").exists()
+    # a folder with a saved_model.pb that TensorFlow cannot read, and no manifest
+    bad = make_source(tmp_path / "bad", seed=3, kib=1)
+    assert cli.main(["predict", str(a), str(tmp_path / "o.png"), "--model", str(bad)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("deblur: error:")]
+    assert "Traceback" not in err and err.splitlines()[-1] == errors[-1] and len(errors) == 1, err
+    assert errors[0].startswith(f"deblur: error: SavedModel {bad} does not load (OSError: "), err

@@ -212,6 +212,47 @@ def _check_manifest(manifest: Dict[str, Any]) -> Dict[str, Any]:
     return dict(manifest)
 
 
+def _check_files(root: str, manifest: Dict[str, Any], hashes: bool) -> Optional[str]:
+    """None when every file the manifest lists is under root with its size (and, with hashes,
+    its SHA-256), else what differs first."""
+    for rel, meta in sorted(manifest["files"].items()):
+        path = os.path.join(root, *rel.split("/"))
+        if not os.path.isfile(path):
+            return f"{rel} is missing"
+        size = os.path.getsize(path)
+        if size != meta.get("bytes"):
+            return f"{rel} has {size} bytes, the manifest says {meta.get('bytes')}"
+        if hashes:
+            _, sha, _ = _hash_file(path)
+            if sha != meta.get("sha256"):
+                return (f"{rel} has sha256 {sha[:12]}..., the manifest says "
+                        f"{str(meta.get('sha256'))[:12]}...")
+    return None
+
+
+def verify_folder(folder: str) -> Optional[str]:
+    """For a local folder holding a registry version's manifest.json (a version folder given
+    as a plain path, or a downloaded copy): None when every file it lists is there with its
+    size and SHA-256, else what is wrong, naming the version. Folders without a manifest are
+    not registry versions: None."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"{path} is not JSON ({e})"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return f"{path} has no file list"
+    problem = _check_files(folder, manifest, hashes=True)
+    if problem is None:
+        return None
+    name = (f"version {manifest.get('version')} of {manifest.get('model_name')!r}"
+            if manifest.get("version") is not None else "the registry version")
+    return f"{folder} ({name}) is damaged: {problem}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -320,21 +361,8 @@ class Registry:
             return str(e)
         if self.is_gcs:
             return None
-        root = os.path.join(self._root, str(int(version)))
-        for rel, meta in sorted(manifest["files"].items()):
-            path = os.path.join(root, *rel.split("/"))
-            if not os.path.isfile(path):
-                return f"version {version} is damaged: {rel} is missing"
-            size = os.path.getsize(path)
-            if size != meta.get("bytes"):
-                return (f"version {version} is damaged: {rel} has {size} bytes, the manifest "
-                        f"says {meta.get('bytes')}")
-            if hashes:
-                _, sha, _ = _hash_file(path)
-                if sha != meta.get("sha256"):
-                    return (f"version {version} is damaged: {rel} has sha256 {sha[:12]}..., the "
-                            f"manifest says {str(meta.get('sha256'))[:12]}...")
-        return None
+        problem = _check_files(os.path.join(self._root, str(int(version))), manifest, hashes)
+        return f"version {version} is damaged: {problem}" if problem else None
 
     def latest(self, hashes: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
         """(version, manifest) of the highest complete version that is whole (verify()), or
