@@ -366,9 +366,11 @@ def _evaluation_config(args):
 def cmd_evaluate(args) -> int:
     import dataclasses
 
+    cfg, eval_cfg = _evaluation_config(args)
+    _check_writable(args.out, "--out")  # before TensorFlow, which says it in 14 lines
+
     from components.evaluator import evaluate as ev
 
-    cfg, eval_cfg = _evaluation_config(args)
     gate = cfg.gate if args.ood_lpips_max is None else dataclasses.replace(
         cfg.gate, ood_lpips_max=args.ood_lpips_max)
     result = ev.evaluate(_saved_model_dir(args.model), args.examples, args.out, eval_cfg,
@@ -762,6 +764,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("deblur: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - TensorFlow's file errors, without importing it
+        # tf.errors.PermissionDeniedError (an output folder that turned read-only, a gs://
+        # bucket without write access) is a user's mistake too: one line
+        if type(e).__name__ != "PermissionDeniedError" or args.verbose:
+            raise
+        text = (getattr(e, "message", None) or str(e)).strip()
+        print(f"deblur: error: {text.splitlines()[0] if text else type(e).__name__}",
+              file=sys.stderr)
+        return EXIT_USAGE
     raise AssertionError(args.command)
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import pytest
 
 from deblur import cli
 from tests import fixtures as fx
@@ -198,3 +199,44 @@ def test_a_second_run_local_on_one_work_dir_is_refused(tmp_path, capsys):
                    "(pid 4242, started 2026-01-01 00:00:00); wait for it to end, or pass "
                    "another --work-dir\n")
     assert sorted(p.name for p in work.iterdir()) == [".run-local.lock"]  # nothing generated
+
+
+def test_evaluate_into_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    """`deblur evaluate --out` on a read-only folder printed a 14-line PermissionDeniedError."""
+    import shutil
+
+    examples, ro = str(tmp_path / "examples"), str(tmp_path / "ro")
+    os.makedirs(examples)
+    os.makedirs(ro)
+    os.chmod(ro, 0o555)
+    argv = ["evaluate", "--model", str(tmp_path / "model"), "--examples", examples, "--out", ro]
+    want = f"deblur: error: --out {ro}: no permission to write in {ro}"
+    try:
+        if os.geteuid() == 0:  # root writes anywhere: run the command without that capability
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without setpriv")
+            exe = os.path.join(os.path.dirname(sys.executable), "deblur")
+            r = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search", exe,
+                                *argv], capture_output=True, text=True)
+            assert (r.returncode, r.stderr) == (cli.EXIT_USAGE, want + "\n"), r.stderr[-2000:]
+        else:
+            assert cli.main(argv) == cli.EXIT_USAGE
+            assert capsys.readouterr().err == want + "\n"
+    finally:
+        os.chmod(ro, 0o755)
+    # a folder that becomes unwritable during the work: TensorFlow's PermissionDeniedError
+    import tensorflow as tf
+
+    from components.evaluator import evaluate as ev
+
+    def denied(*args, **kwargs):
+        raise tf.errors.PermissionDeniedError(None, None, f"{tmp_path}/out/evaluation.json; "
+                                                          "Permission denied")
+
+    monkeypatch.setattr(ev, "evaluate", denied)
+    monkeypatch.setattr(cli, "_saved_model_dir", lambda path: path)
+    assert cli.main(["evaluate", "--model", str(tmp_path), "--examples", examples,
+                     "--out", str(tmp_path / "out")]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (f"deblur: error: {tmp_path}/out/evaluation.json; "
+                                       "Permission denied\n")
