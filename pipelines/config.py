@@ -45,6 +45,17 @@ class SyntheticData:
     size: Tuple[int, int] = (256, 256)
     seed: int = 0
 
+    def __post_init__(self):
+        # [height, width]: `--set data.synthetic.size=128` failed deep in the generator with
+        # "TypeError: 'int' object is not iterable"
+        size = self.size
+        if isinstance(size, (str, bytes)) or not isinstance(size, (list, tuple)) \
+                or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                             and v >= 16 for v in size):
+            raise ValueError(f"size must be [height, width], two integers >= 16, e.g. "
+                             f"[256, 256]; got {size!r}")
+        self.size = tuple(size)
+
 
 @dataclasses.dataclass
 class DataConfig:

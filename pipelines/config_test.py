@@ -31,6 +31,10 @@ def test_overrides_keep_types_and_nest(tmp_path):
     ("training.warm_start=latest", "training.warm_start must be one of none, latest_blessed"),
     ("ingest.span_window=-1", "span_window must be an integer >= 0"),
     ("data.sources=[{layout: folder, root: /d, span_pattern: daily}]", "span_pattern 'daily'"),
+    ("data.synthetic.size=128", "data.synthetic: size must be [height, width], two integers "
+                                ">= 16, e.g. [256, 256]; got 128"),
+    ("data.synthetic.size=[128]", "got [128]"),
+    ("data.synthetic.size=[128, x]", "got [128, 'x']"),
 ])
 def test_override_errors(override, message):
     with pytest.raises(C.ConfigError, match=None) as e:

@@ -240,3 +240,12 @@ def test_evaluate_into_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypa
                      "--out", str(tmp_path / "out")]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == (f"deblur: error: {tmp_path}/out/evaluation.json; "
                                        "Permission denied\n")
+
+
+def test_a_synthetic_size_that_is_not_two_sides_is_one_line(tmp_path, capsys):
+    """`--set data.synthetic.size=128` ended in "TypeError: 'int' object is not iterable"."""
+    assert cli.main(["run-local", "--work-dir", str(tmp_path / "w"),
+                     "--set", "data.synthetic.size=128"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == ("deblur: error: data.synthetic: size must be [height, "
+                                       "width], two integers >= 16, e.g. [256, 256]; got 128\n")
+    assert not (tmp_path / "w").exists()
