@@ -32,6 +32,9 @@ class DataConfig:
     random_flips: bool = True
     shuffle_buffer: int = 256
     interleave_cycle: int = 8
+    # practical degradations of the conditioning input (trainer/degrade.py): exposure of the
+    # pair, sensor noise and JPEG of the blurry crop; the crop's pyramid levels are recomputed
+    degrade: bool = False
 
     def __post_init__(self):
         if self.crop_size % ef.ALIGNMENT or self.crop_size <= 0:
@@ -114,6 +117,15 @@ def training_element(ex: Dict[str, tf.Tensor], cfg: DataConfig, seed: tf.Tensor)
         flips = tf.random.stateless_uniform([2], s[1]) < 0.5
         c = _flip(c, 1, flips[0])  # left-right
         c = _flip(c, 0, flips[1])  # up-down
+    if cfg.degrade:
+        from trainer.degrade import degrade_pair
+
+        c["sharp"], c["blurry"] = degrade_pair(c["sharp"], c["blurry"], s[3])
+        for key in ef.IMAGE_KEYS:
+            luma = tf.reduce_sum(c[key] * tf.constant(ef.LUMA_WEIGHTS, tf.float32), -1,
+                                 keepdims=True)
+            for k in cfg.scales:
+                c[f"{key}_x{k}"] = tf.nn.avg_pool2d(luma[None], k, k, "VALID")[0]
     x, y = _to_signed(c["sharp"]), _to_signed(c["blurry"])
     phi, target = {}, {}
     noise_seeds = tf.random.experimental.stateless_split(s[2], len(cfg.scales))

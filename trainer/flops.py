@@ -119,13 +119,15 @@ def count_analytic(cfg: ModelConfig, height: int = 720, width: int = 1280) -> di
     cin = 3 + (3 if cfg.input_concat else 0)
     if cfg.guidance == "input":
         cin += cfg.regression_channels * len(cfg.guidance_scales)
-    conv(height, width, 3, cin, chs[0])
+    p = cfg.patch_size
+    height, width = height // p, width // p  # the UNet's levels work on p x p patches
+    conv(height, width, 3, cin * p * p, chs[0])
     skips, c = [chs[0]], chs[0]
     for lvl, ch in enumerate(chs):
         h, w = height >> lvl, width >> lvl
         for i in range(cfg.num_res_blocks):
             g = cfg.guidance_width if (cfg.guidance == "latent" and i < cfg.guided_blocks_per_level
-                                       and 2 ** lvl in cfg.guidance_scales) else None
+                                       and p * 2 ** lvl in cfg.guidance_scales) else None
             res(h, w, c, ch, E, g)
             c = ch
             skips.append(c)
@@ -142,7 +144,8 @@ def count_analytic(cfg: ModelConfig, height: int = 720, width: int = 1280) -> di
         if lvl > 0:
             conv(h * 2, w * 2, 3, c, c)
     acc["params"] += 2 * c  # output GroupNorm
-    conv(height, width, 3, c, 3)
+    conv(height, width, 3, c, 3 * p * p)
+    height, width = height * p, width * p
     parts["unet"] = dict(acc)
     # guidance network
     if cfg.guidance != "none":

@@ -29,6 +29,7 @@ from keras import layers, ops
 
 GUIDANCE_MODES = ("none", "input", "latent")
 GUIDANCE_TARGETS = ("gray", "rgb")
+OUTPUTS = ("eps", "preconditioned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,10 @@ class ModelConfig:
 
     diffusion_channels: int = 32  # base width C of the UNet: S = 32, L = 64
     channel_multipliers: Tuple[int, ...] = (1, 2, 3, 4)  # width C*m of levels 1, 1/2, 1/4, 1/8
+    # p: the UNet works on p x p patches (space-to-depth at its input, depth-to-space after its
+    # last conv, as "patching" in simple diffusion, Hoogeboom et al. 2023): its first level is at
+    # 1/p, the FLOPs of a level drop by p^2. 1 = the paper's UNet (level 1 at full resolution)
+    patch_size: int = 1
     num_res_blocks: int = 3  # residual blocks per encoder level (decoder: +1, DDPM-style)
     num_middle_blocks: int = 1  # residual blocks at the bottleneck
     guidance: str = "latent"  # "none" | "input" | "latent"
@@ -54,6 +59,16 @@ class ModelConfig:
     # feed the UNet r_t = x_t - sqrt(gamma) y instead of x_t (DvSR's predictor-corrector with
     # the identity as predictor): the noised residual x - y, same eps target (docs/model.md)
     input_residual: bool = False
+    # What the UNet's last conv F means. "eps": F is eps_hat itself (the paper's literal G).
+    # "preconditioned": F is mapped to eps_hat in closed form (Karras et al. 2022, EDM, its
+    # c_skip / c_out written for eps; docs/model.md): eps_hat = sqrt(1-gamma) r_t / q
+    # - sigma_data sqrt(gamma) F / sqrt(q), q = 1 - gamma + gamma sigma_data^2, r_t the UNet's
+    # input (x_t, or the noised residual). The model still outputs eps and L_DPM is still the
+    # L1 of eps; F is a unit-scale target at every noise level (the noise at low noise, the
+    # clean signal / sigma_data at high noise) instead of a tiny correction of a scaled copy of
+    # x_t, which a small network cannot reproduce precisely enough to recover x.
+    output: str = "eps"
+    sigma_data: float = 0.5  # std of the clean signal the chain diffuses (x, or x - y)
     guidance_noise_sigma: float = 0.05  # sigma of n in phi_k(y), [-1, 1] scale (tf.data adds it)
     noise_embedding_scale: float = 5000.0  # sinusoidal embedding of scale * sqrt(gamma) (WaveGrad)
     dropout: float = 0.0
@@ -64,7 +79,7 @@ class ModelConfig:
         # tuples, also when built from lists (e.g. a JSON config)
         object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
         object.__setattr__(self, "guidance_scales", tuple(self.guidance_scales))
-        for name in ("diffusion_channels", "num_res_blocks", "guidance_channels",
+        for name in ("diffusion_channels", "num_res_blocks", "guidance_channels", "patch_size",
                      "guidance_multiplier", "guidance_blocks", "phi_channels", "norm_groups"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -90,15 +105,23 @@ class ModelConfig:
             raise ValueError(f"guidance_scales must be powers of two >= 2, got {s!r}")
         if len(set(s)) != len(s) or list(s) != sorted(s):
             raise ValueError(f"guidance_scales must be increasing and unique, got {s!r}")
-        deepest = 2 ** (len(self.channel_multipliers) - 1)
-        if self.guidance == "latent" and max(s) > deepest:
-            raise ValueError(f"guidance at scale 1/{max(s)} needs a UNet level at that resolution: "
-                             f"{len(self.channel_multipliers)} levels reach 1/{deepest}")
+        if self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"patch_size must be a power of two, got {self.patch_size!r}")
+        deepest = self.patch_size * 2 ** (len(self.channel_multipliers) - 1)
+        if self.guidance == "latent" and (max(s) > deepest or min(s) < self.patch_size):
+            raise ValueError(f"guidance at scales {list(s)} needs UNet levels at those "
+                             f"resolutions: {len(self.channel_multipliers)} levels on "
+                             f"{self.patch_size}x{self.patch_size} patches reach "
+                             f"1/{self.patch_size} .. 1/{deepest}")
         if self.input_residual and not self.input_concat:
             raise ValueError("input_residual needs input_concat (the UNet must see y)")
         if not self.input_concat and self.guidance == "none":
             raise ValueError("input_concat=False with guidance='none' would never show y "
                              "to the model")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if not (isinstance(self.sigma_data, (int, float)) and self.sigma_data > 0):
+            raise ValueError(f"sigma_data must be > 0, got {self.sigma_data!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.guidance_noise_sigma < 0:
@@ -117,7 +140,7 @@ class ModelConfig:
     @property
     def multiple(self) -> int:
         """H and W must be multiples of this (UNet downsampling and the coarsest phi_k)."""
-        m = 2 ** (len(self.channel_multipliers) - 1)
+        m = self.patch_size * 2 ** (len(self.channel_multipliers) - 1)
         if self.guidance != "none":
             m = max(m, max(self.guidance_scales))
         return m
@@ -135,6 +158,13 @@ PRESETS: Dict[str, dict] = {
     "tiny": dict(diffusion_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
                  num_middle_blocks=1, guidance="latent", guidance_channels=8,
                  guidance_multiplier=1, guidance_blocks=1, norm_groups=4),
+    # the quickstart's network (trainer/experiments.py "local"; docs/model.md): the UNet on 2x2
+    # patches (levels at 1/2, 1/4, 1/8, where phi_2, phi_4, phi_8 enter), the noised residual
+    # x - y as its input, preconditioned output
+    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
+                  num_middle_blocks=1, patch_size=2, guidance="latent", guidance_channels=16,
+                  guidance_multiplier=1, guidance_blocks=2, norm_groups=8,
+                  output="preconditioned", input_residual=True, sigma_data=0.15),
     "S": {**_S, **_NONE}, "L": {**_L, **_NONE},
     "icDPM-S": {**_S, **_NONE}, "icDPM-L": {**_L, **_NONE},
     "S+Guide-S": {**_S, **_GUIDE_S}, "S+Guide-L": {**_S, **_GUIDE_L},
@@ -148,6 +178,26 @@ def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def bfloat16_on_cpu() -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (AVX512_BF16 or AMX_BF16, Linux's
+    /proc/cpuinfo flags), where train.mixed_precision "auto" trains in mixed bfloat16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def policy_name(mixed_precision: str, device_type: str = "CPU") -> str:
+    """The Keras dtype policy of train.mixed_precision: "float32", "bfloat16", or "auto"
+    (mixed bfloat16 on TPUs and on CPUs that have it, float32 elsewhere)."""
+    if mixed_precision == "auto":
+        native = device_type == "TPU" or (device_type == "CPU" and bfloat16_on_cpu())
+        mixed_precision = "bfloat16" if native else "float32"
+    return "mixed_bfloat16" if mixed_precision == "bfloat16" else "float32"
 
 
 @contextlib.contextmanager
@@ -195,6 +245,88 @@ class NoiseLevelEmbedding(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="deblur")
+class PreconditionedNoise(layers.Layer):
+    """[F, x_t, y, gamma] -> eps_hat, the EDM preconditioning (Karras et al. 2022, Table 1) in the
+    variance-preserving form of this model. With sigma^2 = (1 - gamma) / gamma and
+    r~ = r_t / sqrt(gamma) = d + sigma eps (d the clean signal: x, or x - y):
+        d_hat   = c_skip r~ + c_out F,  c_skip = sd^2 / (sigma^2 + sd^2),
+                  c_out = sigma sd / sqrt(sigma^2 + sd^2)
+        eps_hat = (r~ - d_hat) / sigma
+                = sqrt(1 - gamma) r_t / q - sd sqrt(gamma) F / sqrt(q),  q = 1 - gamma + gamma sd^2
+    finite for every gamma in [0, 1]. |eps_hat - eps| = sd sqrt(gamma / q) |F - F*|: the L1 of
+    eps weighs F's error by at most 1. residual: r_t = x_t - sqrt(gamma) y, else r_t = x_t
+    (y is then ignored)."""
+
+    def __init__(self, sigma_data: float, residual: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.sigma_data = float(sigma_data)
+        self.residual = bool(residual)
+
+    def call(self, inputs):
+        f, x_t, y, gamma = (ops.cast(v, "float32") for v in inputs)
+        g = ops.reshape(ops.clip(gamma, 0.0, 1.0), (-1, 1, 1, 1))
+        r_t = x_t - ops.sqrt(g) * y if self.residual else x_t
+        sd2 = self.sigma_data ** 2
+        q = 1.0 - g + g * sd2
+        return ops.sqrt(1.0 - g) * r_t / q - self.sigma_data * ops.sqrt(g) * f / ops.sqrt(q)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "sigma_data": self.sigma_data, "residual": self.residual}
+
+
+@keras.saving.register_keras_serializable(package="deblur")
+class SpaceToDepth(layers.Layer):
+    """(B, H, W, C) -> (B, H/p, W/p, p*p*C): each p x p patch becomes one pixel's channels."""
+
+    def __init__(self, p: int, **kwargs):
+        super().__init__(**kwargs)
+        self.p = int(p)
+
+    def call(self, x):
+        p, c = self.p, x.shape[-1]
+        b, h, w = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        x = ops.reshape(x, (b, h // p, p, w // p, p, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (b, h // p, w // p, p * p * c))
+
+    def compute_output_shape(self, s):
+        p = self.p
+        return (s[0], None if s[1] is None else s[1] // p, None if s[2] is None else s[2] // p,
+                p * p * s[3])
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p}
+
+
+@keras.saving.register_keras_serializable(package="deblur")
+class DepthToSpace(layers.Layer):
+    """The inverse of SpaceToDepth: (B, h, w, p*p*C) -> (B, h*p, w*p, C)."""
+
+    def __init__(self, p: int, **kwargs):
+        super().__init__(**kwargs)
+        self.p = int(p)
+
+    def call(self, x):
+        p = self.p
+        c = x.shape[-1] // (p * p)
+        b, h, w = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        x = ops.reshape(x, (b, h, w, p, p, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (b, h * p, w * p, c))
+
+    def compute_output_shape(self, s):
+        p = self.p
+        return (s[0], None if s[1] is None else s[1] * p, None if s[2] is None else s[2] * p,
+                s[3] // (p * p))
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p}
 
 
 def _norm(cfg: ModelConfig, ch: int, name: str):
@@ -294,18 +426,25 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
     if cfg.input_residual:  # r_t = x_t - sqrt(gamma) y = sqrt(gamma) (x - y) + sqrt(1 - gamma) eps
         signal = ops.reshape(ops.sqrt(ops.cast(inputs["gamma"], x_t.dtype)), (-1, 1, 1, 1))
         x_t = layers.Subtract(name="input_residual")([x_t, signal * inputs["y"]])
+    if cfg.output == "preconditioned":  # c_in: r_t / sqrt(q) has unit variance at every gamma
+        g = ops.reshape(ops.cast(inputs["gamma"], "float32"), (-1, 1, 1, 1))
+        c_in = 1.0 / ops.sqrt(1.0 - g + g * cfg.sigma_data ** 2)
+        x_t = layers.Multiply(name="c_in")([x_t, ops.cast(c_in, x_t.dtype)])
     x = [x_t] + ([inputs["y"]] if cfg.input_concat else [])
     if cfg.guidance == "input":
         x += [layers.UpSampling2D(k, interpolation="nearest",
                                   name=f"guide_up_{scale_key(k)}")(guide_in[k])
               for k in cfg.guidance_scales]
     x = layers.Concatenate(name="input_concat")(x) if len(x) > 1 else x[0]
+    p = cfg.patch_size
+    if p > 1:
+        x = SpaceToDepth(p, name="patchify")(x)
 
     h = _conv(chs[0], 3, "conv_in")(x)
     skips = [h]
-    for lvl, ch in enumerate(chs):  # encoder: level lvl works at 1/2^lvl
+    for lvl, ch in enumerate(chs):  # encoder: level lvl works at 1/(p 2^lvl)
         for i in range(cfg.num_res_blocks):
-            g = guide_in.get(2 ** lvl) if (cfg.guidance == "latent"
+            g = guide_in.get(p * 2 ** lvl) if (cfg.guidance == "latent"
                                            and i < cfg.guided_blocks_per_level) else None
             h = res_block(cfg, h, ch, f"enc{lvl}_res{i}", emb, guide=g)
             skips.append(h)
@@ -322,8 +461,16 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
             h = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{lvl}_up")(h)
             h = _conv(chs[lvl], 3, f"dec{lvl}_up_conv")(h)
     h = layers.Activation("silu", name="out_act")(_norm(cfg, chs[0], "out_norm")(h))
-    eps = _conv(3, 3, "conv_out", "float32")(h)  # float32 outputs under mixed precision
-    return keras.Model(inputs, eps, name="unet")
+    out = _conv(3 * p * p, 3, "conv_out", "float32")(h)  # float32 outputs under mixed precision
+    if p > 1:
+        out = DepthToSpace(p, name="unpatchify", dtype="float32")(out)
+    if cfg.output == "preconditioned":
+        # r_t again in float32 (the UNet's copy may be bfloat16 under mixed precision)
+        out = PreconditionedNoise(cfg.sigma_data, cfg.input_residual, name="eps_from_F",
+                                  dtype="float32")(
+            [out, inputs["x_t"], inputs["y"] if cfg.input_residual else inputs["x_t"],
+             inputs["gamma"]])
+    return keras.Model(inputs, out, name="unet")
 
 
 # ----------------------------------------------------------------------------- the model

@@ -20,6 +20,9 @@ ABLATIONS = {
     "input_gray_ms_noconcat": dict(guidance="input", input_concat=False),
     "input_rgb_x8": dict(guidance="input", guidance_target="rgb", guidance_scales=(8,)),
     "none": dict(guidance="none"),
+    # the quickstart's axes: the UNet on 2x2 patches, the residual input, preconditioned output
+    "patch2_residual_preconditioned": dict(patch_size=2, input_residual=True,
+                                           output="preconditioned", sigma_data=0.15),
 }
 
 
@@ -40,7 +43,7 @@ def _expected_input_channels(cfg):
     n = 3 + (3 if cfg.input_concat else 0)
     if cfg.guidance == "input":
         n += cfg.regression_channels * len(cfg.guidance_scales)
-    return n
+    return n * cfg.patch_size ** 2
 
 
 @pytest.mark.parametrize("name", list(ABLATIONS))
@@ -136,7 +139,7 @@ def test_config_validation():
         M.ModelConfig(guidance_scales=(3,))
     with pytest.raises(ValueError, match="increasing and unique"):
         M.ModelConfig(guidance_scales=(4, 2))
-    with pytest.raises(ValueError, match="needs a UNet level"):
+    with pytest.raises(ValueError, match="needs UNet levels"):
         M.ModelConfig(channel_multipliers=(1, 2, 3), guidance_scales=(2, 4, 8))
     with pytest.raises(ValueError, match="never show y"):
         M.ModelConfig(guidance="none", input_concat=False)
@@ -162,7 +165,8 @@ def test_table11_sizes(name):
     assert abs(got["flops"] / paper_flops - 1) <= 0.30, got
 
 
-@pytest.mark.parametrize("name", ["latent_rgb_x8_noconcat", "input_gray_ms_noconcat"])
+@pytest.mark.parametrize("name", ["latent_rgb_x8_noconcat", "input_gray_ms_noconcat",
+                                  "patch2_residual_preconditioned"])
 def test_counter_walks_the_keras_models(name):
     """count() (Keras layers at a static size) == count_analytic() on each code path."""
     cfg = M.preset("tiny", **ABLATIONS[name])
@@ -191,3 +195,34 @@ def test_model_stats_main():
     assert out["params"] == F.count_analytic(M.preset("icDPM-S"))["params"]
     assert out["flops"] == F.count_analytic(M.preset("icDPM-S"))["flops"]
     assert out["paper_params"] == 6_000_000 and abs(out["params_vs_paper"]) < 0.15
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_preconditioned_output_is_eps_when_F_is_its_edm_target(residual):
+    """EDM written in sigma (Karras et al. 2022, Table 1): with sigma^2 = (1 - g) / g and
+    r~ = d + sigma eps, D = c_skip r~ + c_out F; the F that makes D = d must make the layer
+    return exactly eps, at every noise level (computed here in float64 from the EDM form, not
+    from the layer's closed form)."""
+    rng = np.random.default_rng(0)
+    sd = 0.15 if residual else 0.5
+    x, y = rng.uniform(-1, 1, (5, 8, 8, 3)), rng.uniform(-1, 1, (5, 8, 8, 3))
+    eps = rng.standard_normal((5, 8, 8, 3))
+    g = np.array([1e-4, 0.01, 0.5, 0.99, 1 - 1e-6]).reshape(-1, 1, 1, 1)
+    d = x - y if residual else x
+    x_t = np.sqrt(g) * x + np.sqrt(1 - g) * eps
+    sigma = np.sqrt((1 - g) / g)
+    c_skip, c_out = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / np.sqrt(sigma ** 2 + sd ** 2)
+    f_star = (d - c_skip * (d + sigma * eps)) / c_out
+    layer = M.PreconditionedNoise(sd, residual)
+    got = layer([tf.constant(v, tf.float32) for v in (f_star, x_t, y, g.reshape(-1))]).numpy()
+    np.testing.assert_allclose(got, eps, atol=2e-3)
+
+
+def test_patchify_round_trips_and_keeps_patches_together():
+    x = tf.reshape(tf.range(2 * 4 * 6 * 3, dtype=tf.float32), (2, 4, 6, 3))
+    s2d = M.SpaceToDepth(2)(x)
+    assert s2d.shape == (2, 2, 3, 12)
+    # the channels of patch (0, 0) of image 0: pixels (0,0), (0,1), (1,0), (1,1), 3 channels each
+    want = np.concatenate([x[0, 0, 0], x[0, 0, 1], x[0, 1, 0], x[0, 1, 1]])
+    np.testing.assert_array_equal(s2d[0, 0, 0].numpy(), want)
+    np.testing.assert_array_equal(M.DepthToSpace(2)(s2d).numpy(), x.numpy())

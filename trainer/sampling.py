@@ -5,7 +5,10 @@ is 1 - alpha_T (its grid: T in {20..1000}, 1 - alpha_T in {0.01..0.5}); here alp
 cumulative signal level gamma_T of the inference schedule. We use linear betas from
 beta_1 = 1e-6 to a beta_T solved (by bisection) so that gamma_T = prod_t (1 - beta_t) equals
 1 - max_noise exactly; the trained network is conditioned on continuous gamma, so any schedule
-is valid at inference. max_noise = 1 means gamma_T = 1e-12 ("pure noise").
+is valid at inference. max_noise = 1 means gamma_T = PURE_NOISE_GAMMA = 1e-4 ("pure noise": 1 %
+signal), not 0: every x0 estimate divides by sqrt(gamma_t), and at gamma_T = 1e-12 float32 cannot
+resolve the model's x0 through its eps (a one-step estimate came out 0.1 off), while 1e-4 is
+about the training schedule's own smallest level (gamma_2000 = 4.5e-5).
 
 Start. When 1 - gamma_T = 1 the chain starts from pure noise. When it is smaller, a pure-noise
 start would hand the network an x_T whose signal part is missing, unlike anything it saw in
@@ -42,6 +45,7 @@ from trainer.setting import (NON_FINITE_OUTPUT, PAPER_MAX_NOISE, PAPER_STEPS, SA
                             SamplingSetting)
 
 BETA_START = 1e-6
+PURE_NOISE_GAMMA = 1e-4  # gamma_T at max_noise = 1 (module docstring)
 
 
 def inference_betas(steps: tf.Tensor, max_noise: tf.Tensor) -> tf.Tensor:
@@ -51,7 +55,7 @@ def inference_betas(steps: tf.Tensor, max_noise: tf.Tensor) -> tf.Tensor:
     tf.debugging.assert_positive(steps, message="steps must be >= 1")
     tf.debugging.assert_greater(max_noise, tf.constant(0.0, tf.float64), message="max_noise must be in (0, 1]")
     tf.debugging.assert_less_equal(max_noise, tf.constant(1.0, tf.float64), message="max_noise must be in (0, 1]")
-    target = tf.math.log(tf.maximum(1.0 - max_noise, 1e-12))  # log gamma_T (1e-12: "pure noise")
+    target = tf.math.log(tf.maximum(1.0 - max_noise, PURE_NOISE_GAMMA))  # log gamma_T
     frac = tf.cast(tf.range(steps), tf.float64) / tf.cast(tf.maximum(steps - 1, 1), tf.float64)
 
     def log_gamma_T(beta_end):

@@ -38,7 +38,7 @@ def test_schedule_reaches_max_noise(steps, max_noise):
     betas = S.inference_betas(steps, max_noise).numpy()
     assert betas.shape == (steps,) and betas.dtype == np.float64
     gamma_T = np.prod(1.0 - betas)
-    assert gamma_T == pytest.approx(max(1.0 - max_noise, 1e-12), rel=1e-9)
+    assert gamma_T == pytest.approx(max(1.0 - max_noise, S.PURE_NOISE_GAMMA), rel=1e-9)
     if steps > 2:  # linear from 1e-6
         assert betas[0] == pytest.approx(S.BETA_START)
         np.testing.assert_allclose(np.diff(betas), np.diff(betas)[0], rtol=1e-6)

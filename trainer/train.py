@@ -59,7 +59,7 @@ from core import example_format as ef
 from trainer import data as data_lib
 from trainer import diffusion
 from trainer.experiments import Experiment
-from trainer.model import dtype_policy
+from trainer.model import dtype_policy, policy_name
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,8 @@ class Trainer:
         # global RNGs: seed them so that the same experiment starts from the same weights (a
         # rerun, or an interrupted-and-resumed run, ends with the same weights).
         keras.utils.set_random_seed(t.seed)
-        policy = "mixed_bfloat16" if t.mixed_precision == "bfloat16" else "float32"
+        policy = policy_name(t.mixed_precision, device_type(self.strategy))
+        self.precision = "bfloat16" if policy == "mixed_bfloat16" else "float32"
         with self.strategy.scope(), dtype_policy(policy):
             self.model = GuidedDenoiser(exp.model)
             self.variables = list(self.model.trainable_variables)
@@ -654,7 +655,8 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
         trainer = Trainer(exp, out_dir, strategy)
         term.install()  # MultiWorkerMirroredStrategy's coordination service took SIGTERM
         chief = is_chief(trainer.strategy)
-        described = describe_strategy(trainer.strategy, trainer.jit_compile)
+        described = (describe_strategy(trainer.strategy, trainer.jit_compile)
+                     + f", {trainer.precision}")
         # every worker saves checkpoints (tf.distribute may need all of them to take part);
         # only the chief's go to OUT
         work_dir = out_dir if chief else tempfile.mkdtemp(prefix="deblur-worker-")
