@@ -87,12 +87,22 @@ def parent_step(info: dict) -> int:
     return int(steps)
 
 
+def check_parent(saved_model_dir: str) -> Optional[str]:
+    """None when the parent can initialise a training, else why not (one line): its folder is
+    gone (no saved_model.pb)."""
+    if not _gfile().exists(posixpath.join(saved_model_dir, "saved_model.pb")):
+        return (f"its model {saved_model_dir} is missing (no saved_model.pb there: deleted or "
+                "moved?)")
+    return None
+
+
 def decide(model_run_dir: str, mode: str, steps: int,
            find_parent: Optional[Callable[[], Optional[Parent]]] = None,
            write: bool = True) -> dict:
     """The warm-start record of a training into model_run_dir: {"mode", "parent" (Parent as
     JSON, or None), "start_step", "steps", "target_step", "reason"}. An existing record (a retry)
-    is returned as it is; otherwise the parent is looked up (mode latest_blessed) and the record
+    is returned as it is; otherwise the parent is looked up (mode latest_blessed), checked
+    (check_parent: a missing or damaged parent is a WarmStartError naming it) and the record
     written before training starts (unless write is False: a multi-worker job's other workers,
     which must not write into the chief's folder)."""
     if mode not in MODES:
@@ -110,6 +120,11 @@ def decide(model_run_dir: str, mode: str, steps: int,
     elif parent is None:
         record["reason"] = "no blessed model yet"
     else:
+        problem = check_parent(parent.saved_model_dir)
+        if problem:
+            raise WarmStartError(f"cannot warm-start from {parent.name}: {problem}; nothing was "
+                                 "trained (training.warm_start: none starts from random "
+                                 "weights)")
         parent.step = parent_step(model_info(parent.saved_model_dir))
         record.update(parent=parent.to_json(), start_step=parent.step,
                       target_step=parent.step + int(steps), reason=f"from {parent.name}")

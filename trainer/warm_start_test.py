@@ -128,3 +128,17 @@ def test_train_cli_warm_start_needs_a_saved_model(ingested, tmp_path, capsys):  
                      "--warm-start", str(tmp_path / "nope"), "--steps", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("deblur: error: --warm-start") and "no saved_model.pb" in err
+
+
+def test_a_missing_parent_is_said_to_be_missing(tmp_path):
+    """A parent whose model folder is gone was reported as "the parent's deblur.json records
+    neither its step nor its experiment"; nothing is written for it."""
+    gone = str(tmp_path / "models" / "7" / "Format-Serving")
+    with pytest.raises(warm_start.WarmStartError) as e:
+        warm_start.decide(str(tmp_path / "run"), "latest_blessed", 5,
+                          lambda: warm_start.Parent(gone, "ML Metadata model 7"))
+    assert str(e.value) == (f"cannot warm-start from ML Metadata model 7: its model {gone} is "
+                            "missing (no saved_model.pb there: deleted or moved?); nothing was "
+                            "trained (training.warm_start: none starts from random weights)")
+    assert not (tmp_path / "run" / warm_start.WARM_START_FILE).exists()
+
