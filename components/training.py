@@ -44,13 +44,40 @@ def latest_in_registry(uri: str, model_name: str) -> Optional[Parent]:
     from components.registry.registry import Registry
 
     registry = Registry(uri, model_name)
-    latest = registry.latest()
+    latest = registry.latest(hashes=True)  # what local_path checks: a damaged one is skipped
     if latest is None:
         return None
     version, manifest = latest
     return Parent(saved_model_dir=registry.local_path(version),
                   name=f"registry version {version}", version=version,
                   model_uri=(manifest.get("source") or {}).get("model_uri"))
+
+
+def intact(parent: Parent, registry_uri: Optional[str], model_name: Optional[str]) -> Parent:
+    """The parent when its SavedModel can initialise a training (warm_start.check_parent);
+    else, when it was registered, the registry's copy of it (checked against the manifest's
+    SHA-256 by local_path), with a warning; else the parent as it is, and warm_start.decide
+    fails in one line naming it."""
+    from trainer.warm_start import check_parent
+
+    problem = check_parent(parent.saved_model_dir)
+    if problem is None or not (parent.version and registry_uri and model_name):
+        return parent
+    from components.registry.registry import Registry, RegistryError
+
+    try:
+        copy = Registry(registry_uri, model_name).local_path(parent.version)
+    except RegistryError as e:
+        log.warning("warm start: %s %s, and its registry copy is damaged too (%s)", parent.name,
+                    problem, e)
+        return parent
+    if check_parent(copy) is not None:
+        return parent
+    log.warning("warm start: %s %s; using the registry's intact copy, version %d (%s)",
+                parent.name, problem, parent.version, copy)
+    return Parent(saved_model_dir=copy, name=f"{parent.name}, from registry version "
+                                             f"{parent.version}",
+                  version=parent.version, model_uri=parent.model_uri)
 
 
 def latest_blessed_in_metadata(metadata_path: str, pipeline_name: str,
@@ -86,7 +113,7 @@ def latest_blessed_in_metadata(metadata_path: str, pipeline_name: str,
         from components.registry.registry import Registry
 
         version = registered_version(Registry(registry_uri, model_name), model.uri)
-    return Parent(saved_model_dir=path_utils.serving_model_path(model.uri),
-                  name=f"ML Metadata model {model_id}"
-                       + (f" (registry version {version})" if version else ""),
-                  version=version, model_uri=model.uri)
+    return intact(Parent(saved_model_dir=path_utils.serving_model_path(model.uri),
+                         name=f"ML Metadata model {model_id}"
+                              + (f" (registry version {version})" if version else ""),
+                         version=version, model_uri=model.uri), registry_uri, model_name)

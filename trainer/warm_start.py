@@ -89,10 +89,23 @@ def parent_step(info: dict) -> int:
 
 def check_parent(saved_model_dir: str) -> Optional[str]:
     """None when the parent can initialise a training, else why not (one line): its folder is
-    gone (no saved_model.pb)."""
+    gone (no saved_model.pb), or its variables do not read back whole (TensorFlow checks each
+    tensor's CRC32C as it reads it: a damaged file fails here, not as a page of traceback in
+    the middle of train())."""
+    import tensorflow as tf
+
     if not _gfile().exists(posixpath.join(saved_model_dir, "saved_model.pb")):
         return (f"its model {saved_model_dir} is missing (no saved_model.pb there: deleted or "
                 "moved?)")
+    variables = posixpath.join(saved_model_dir, "variables", "variables")
+    try:
+        reader = tf.train.load_checkpoint(variables)
+        for name in sorted(reader.get_variable_to_shape_map()):
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError) as e:
+        text = (getattr(e, "message", None) or str(e)).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        return f"its variables in {saved_model_dir}/variables do not read back ({first[:300]})"
     return None
 
 

@@ -142,3 +142,51 @@ def test_a_missing_parent_is_said_to_be_missing(tmp_path):
                             "trained (training.warm_start: none starts from random weights)")
     assert not (tmp_path / "run" / warm_start.WARM_START_FILE).exists()
 
+
+def _damaged_copy(parent_dir, dest):
+    import shutil
+
+    shutil.copytree(os.path.join(parent_dir, "saved_model"), dest)
+    data = os.path.join(dest, "variables", "variables.data-00000-of-00001")
+    content = open(data, "rb").read()
+    with open(data, "wb") as f:  # same size, one bit off: only the checksums tell
+        f.write(content[:1000] + bytes([content[1000] ^ 1]) + content[1001:])
+    return str(dest)
+
+
+def test_a_parent_whose_variables_fail_their_checksum(parent, ingested, tmp_path, capsys):  # noqa: F811
+    """89 lines of DataLossError in the middle of training: now one line naming the parent,
+    before anything is written; in the pipeline, a registered parent falls back to the
+    registry's intact copy of it."""
+    from components.registry.registry import Registry
+    from components.training import intact
+    from deblur import cli
+
+    damaged = _damaged_copy(parent[0], tmp_path / "damaged")
+    with pytest.raises(warm_start.WarmStartError) as e:
+        warm_start.decide(str(tmp_path / "run"), "latest_blessed", 5,
+                          lambda: warm_start.Parent(damaged, "ML Metadata model 3"))
+    message = str(e.value)
+    assert message.startswith(f"cannot warm-start from ML Metadata model 3: its variables in "
+                              f"{damaged}/variables do not read back (TensorBundle at "), message
+    assert "Checksum does not match" in message
+    assert "\n" not in message and not (tmp_path / "run").exists()
+    # deblur train --warm-start: the same line, exit 2, nothing written
+    out = tmp_path / "out"
+    assert cli.main(["train", "--examples", ingested[1], "--out", str(out), "--warm-start",
+                     damaged, "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"deblur: error: cannot warm-start from {damaged}: its variables in "), err
+    assert not out.exists() or not os.listdir(out)
+    # registered as version 1: the pipeline warm-starts from the registry's copy instead
+    registry = str(tmp_path / "registry")
+    Registry(registry, "m").push(os.path.join(parent[0], "saved_model"), {})
+    chosen = intact(warm_start.Parent(damaged, "ML Metadata model 3 (registry version 1)",
+                                      version=1), registry, "m")
+    assert chosen.saved_model_dir == os.path.join(registry, "m", "1")
+    assert chosen.name == "ML Metadata model 3 (registry version 1), from registry version 1"
+    record = warm_start.decide(str(tmp_path / "run2"), "latest_blessed", 5, lambda: chosen)
+    assert record["start_step"] == PARENT_STEPS
+    # not registered: the parent as it is, and decide fails naming it
+    assert intact(warm_start.Parent(damaged, "p"), registry, "m").saved_model_dir == damaged
