@@ -109,9 +109,22 @@ def beats_input(best: Dict[str, Dict[str, float]], inputs: Optional[Dict[str, Di
         return Rule("beats_input", FAIL, detail="worse than the blurry input: " + "; ".join(failed),
                     domains=domains)
     return Rule("beats_input", PASS, domains=domains, detail="; ".join(
-        f"{domain_name(d)} LPIPS {e['lpips']['value']:.4f} < input {e['lpips']['input']:.4f}, "
+        f"{domain_name(d)} LPIPS {_lpips_vs_input(e['lpips'], config.input_lpips_margin)}, "
         f"PSNR {e['psnr']['value']:.2f} vs input {e['psnr']['input']:.2f}"
         for d, e in domains.items()))
+
+
+def _lpips_vs_input(entry: Dict[str, float], margin: float) -> str:
+    """"0.1500 < input 0.1620", the relation as it is: with a negative input_lpips_margin a
+    model worse than its input passes, and the text says so (it printed "0.6210 < input
+    0.1620")."""
+    value, ref = entry["value"], entry["input"]
+    rel = "<" if value < ref else "=" if value == ref else ">"
+    text = f"{value:.4f} {rel} input {ref:.4f}"
+    if value >= ref:
+        text += (f", worse than the input but within the allowed {entry['threshold']:.4f} "
+                 f"(gate.input_lpips_margin {margin:g})")
+    return text
 
 
 def format_value(v, spec: str) -> str:

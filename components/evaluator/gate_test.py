@@ -121,3 +121,20 @@ def test_without_the_inputs_scores_beats_input_fails():
     rule = {r["rule"]: r for r in out["rules"]}["beats_input"]
     assert not out["blessed"] and rule["verdict"] == "fail"
     assert "the blurry input has no finite LPIPS/PSNR" in out["reason"]
+
+
+def test_a_negative_margin_says_the_model_is_worse_than_its_input():
+    """With input_lpips_margin < 0 a model worse than its input passes beats_input; its detail
+    said "LPIPS 0.6210 < input 0.1620"."""
+    out = decide(metrics(in_lpips=0.35), GateConfig(ood_lpips_max=0.5, input_lpips_margin=-0.1),
+                 None, inputs=INPUT)
+    rule = next(r for r in out["rules"] if r["rule"] == "beats_input")
+    assert rule["verdict"] == "pass"
+    assert rule["detail"].startswith(
+        "in-domain LPIPS 0.3500 > input 0.3000, worse than the input but within the allowed "
+        "0.4000 (gate.input_lpips_margin -0.1), PSNR "), rule["detail"]
+    assert " < input" not in rule["detail"].split(";")[0]
+    # a model better than its input reads as before
+    good = decide(metrics(), GateConfig(ood_lpips_max=0.5), None, inputs=INPUT)
+    detail = next(r for r in good["rules"] if r["rule"] == "beats_input")["detail"]
+    assert "LPIPS 0.1000 < input 0.3000, PSNR" in detail and "worse" not in detail
