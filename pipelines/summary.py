@@ -107,6 +107,11 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
         warm_path = os.path.join(arts["ModelRun"][-1].uri, WARM_START_FILE)
         if os.path.exists(warm_path):
             summary["warm_start"] = _read_json(warm_path)
+        from trainer.train import RESUMED_FILE  # TensorFlow: only where a training ran
+
+        resumed_path = os.path.join(arts["ModelRun"][-1].uri, RESUMED_FILE)
+        if os.path.exists(resumed_path):  # the training went on from an interrupted run's
+            summary["resumed"] = _read_json(resumed_path)
     if "Model" in arts:
         summary["model_uri"] = arts["Model"][-1].uri
     if "ModelEvaluation" in arts:
@@ -164,8 +169,10 @@ def retraining(s: dict) -> dict:
     warm = s.get("warm_start")
     if ex.get("Trainer") == "CACHED":
         out["training"] = "reused (cached): same examples and config as an earlier run"
-    elif warm is not None:
-        out["training"] = warm
+    elif warm is not None or s.get("resumed"):
+        out["training"] = dict(warm or {})
+        if s.get("resumed"):
+            out["training"]["resumed"] = s["resumed"][-1]
     push = s.get("push") or {}
     if ex.get("RegistryPusher") == "CACHED":
         out["registered"] = {"new_version": None,
@@ -214,10 +221,20 @@ def _format_retraining(r: dict) -> List[str]:
     elif t:
         p = t.get("parent")
         if p:
-            lines.append(f"  training: warm start from {p.get('name')} (its step {t['start_step']}), "
-                         f"{t['steps']} more steps to step {t['target_step']}")
+            start = (f"warm start from {p.get('name')} (its step {t['start_step']}), "
+                     f"{t['steps']} more steps to step {t['target_step']}")
+        elif t.get("reason"):
+            start = f"from random weights ({t.get('reason')})"
         else:
-            lines.append(f"  training: from random weights ({t.get('reason')})")
+            start = ""
+        res = t.get("resumed")
+        if res:  # a killed run's training went on from its checkpoint, not from scratch
+            lines.append(f"  training: resumed at step {res['step']} from the checkpoint of an "
+                         f"interrupted run ({res.get('checkpoint')})"
+                         + (f"; that training began as a {start}" if p else
+                            f"; that training began {start}" if start else ""))
+        else:
+            lines.append(f"  training: {start}")
     reg = r.get("registered")
     if reg:
         lines.append(f"  registry: new version {reg['new_version']} ({reg['why']})"

@@ -705,6 +705,8 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
                              "choose another output folder")
         if chief:
             _purge_tensorboard_after(tb_dir, resumed)
+            if resumed < t.steps:
+                _record_resume(out_dir, restored, resumed)
         if not with_iterator:
             iterator = iter(trainer.dataset(examples_dir, resume_step=resumed))
     elif warm_start:
@@ -885,6 +887,25 @@ def _check_workers_agree(trainer: Trainer, ckpt_dir: str) -> None:
             f"the workers restored different steps (this one {int(trainer.step.numpy())}, the "
             f"mean {total / n:g}) from {ckpt_dir}: every worker must get the same --out, on a "
             "file system all of them see (e.g. gs://)")
+
+
+RESUMED_FILE = "resumed.json"
+
+
+def _record_resume(out_dir: str, checkpoint: str, step: int) -> None:
+    """OUT/resumed.json: every resume of this training from its checkpoints (an interrupted
+    run's), so that what reports the run (the pipeline summary) does not call it a training
+    from random weights or from its warm-start parent alone."""
+    path = os.path.join(out_dir, RESUMED_FILE)
+    records = []
+    if gfile.exists(path):
+        with gfile.GFile(path) as f:
+            records = json.load(f)
+    records.append({"step": int(step), "checkpoint": os.path.basename(checkpoint),
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    with gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(records, f, indent=1)
+    gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def restore_newest_readable(ckpt: tf.train.Checkpoint, manager: tf.train.CheckpointManager):

@@ -711,7 +711,8 @@ def test_two_workers_write_once_stop_on_a_lost_worker_and_resume(jobs):
     assert "not the chief" in r["again"][1]["err"] and "not the chief" in r["again"][1]["out"]
     assert r["worker_tmp"] == []  # the other worker's temporary checkpoints are gone
     assert sorted(os.listdir(out)) == ["checkpoints", "experiment.json", "history.json",
-                                       "saved_model", "tensorboard"]
+                                       "resumed.json", "saved_model", "tensorboard"]
+    assert [r["step"] for r in _read_json(os.path.join(out, "resumed.json"))] == [2]
     assert sorted(f for f in os.listdir(os.path.join(out, "checkpoints"))
                   if f.endswith(".index")) == ["ckpt-2.index", "ckpt-4.index", "ckpt-6.index"]
     assert [h["step"] for h in _read_json(os.path.join(out, "history.json"))] == list(
@@ -1210,3 +1211,10 @@ def test_sigterm_in_the_loop_saves_a_checkpoint_and_ends(ingested, tmp_path):
                   if f.endswith(".index")) == ["ckpt-2.index", f"ckpt-{PAUSE_AT}.index"]
     assert [h["step"] for h in _read_json(os.path.join(out, "history.json"))] == [1, 2, 3]
     assert not os.path.exists(os.path.join(out, "saved_model"))
+    # the same command again resumes from that checkpoint, and says so in resumed.json (the
+    # pipeline summary reads it: not "from random weights")
+    assert not os.path.exists(os.path.join(out, "resumed.json"))
+    result = train_lib.train(experiments.get("tiny", **TRAIN), ingested[1], out)
+    assert result["step"] == STEPS and result["history"][0]["step"] == 1
+    resumes = _read_json(os.path.join(out, "resumed.json"))
+    assert [(r["step"], r["checkpoint"]) for r in resumes] == [(PAUSE_AT, f"ckpt-{PAUSE_AT}")]
