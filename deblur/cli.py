@@ -692,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipelines import kubeflow_cli
 
-    kubeflow_cli.add_parsers(sub)  # compile, submit
+    kubeflow_cli.add_parsers(sub)  # compile, submit, pipeline upload, schedule
 
     from components.registry import cli as registry_cli
 
@@ -720,7 +720,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_model_stats(args)
         if args.command == "train":
             return cmd_train(args)
-        if args.command in ("compile", "submit"):
+        if args.command in ("compile", "submit", "pipeline", "schedule"):
             from pipelines import kubeflow_cli
 
             return kubeflow_cli.run(args)

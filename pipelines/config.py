@@ -215,10 +215,16 @@ def _field_type(cls, name):
 def from_dict(d: Optional[Dict[str, Any]]) -> PipelineConfig:
     cfg = _build(PipelineConfig, d or {}, "")
     srcs = []
+    if not isinstance(cfg.data.sources, (list, tuple)):
+        raise ConfigError(f"data.sources: expected a list of sources such as [{{layout: gopro, "
+                          f"root: gs://bucket/GOPRO_Large}}], got {cfg.data.sources!r}"[:300])
     for i, s in enumerate(cfg.data.sources):
         if isinstance(s, IngestSource):
             srcs.append(s)
             continue
+        if not isinstance(s, dict):
+            raise ConfigError(f"data.sources[{i}]: expected a mapping such as {{layout: gopro, "
+                              f"root: gs://bucket/GOPRO_Large}}, got {s!r}"[:300])
         try:
             srcs.append(IngestSource(**s))
         except (TypeError, ValueError) as e:  # unknown keys; values the layout does not have, a

@@ -14,6 +14,13 @@ the task to the compiled spec:
 
 --data-sources is the `data_sources` run parameter when the pipeline has one (it replaces the
 compiled sources, as in the DeblurIngest task); empty means the compiled sources.
+
+--problems is the DeblurRunCheck task's verdict on the run parameters (pipelines/kfp_check.py):
+when it is not empty the task prints it, one line, and exits 1 before listing anything, so a
+bad value typed in the KFP UI stops the run within a minute. --cache off (the `cache` run
+parameter, `deblur submit --no-cache`) appends a fresh nonce to the fingerprint: the ingest's
+cache key, and so every task downstream of its Examples, is new, and the run computes
+everything again; the ingest compares only the fingerprint itself (its first word).
 """
 from __future__ import annotations
 
@@ -31,12 +38,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--options", required=True, help="JSON of IngestOptions")
     p.add_argument("--data-sources", default="", help="the data_sources run parameter, if any")
     p.add_argument("--fingerprint-file", required=True, help="KFP's output parameter file")
+    p.add_argument("--problems", default="", help="DeblurRunCheck's verdict ('' = all good)")
+    p.add_argument("--cache", default="on", help="on, or off: salt the fingerprint")
     args = p.parse_args(argv)
+    if args.problems.strip():
+        print(args.problems.strip().splitlines()[0], file=sys.stderr)
+        return 1
     from components.ingest.beam_ingest import IngestOptions, IngestSource, plan_ingest
 
     sources = [IngestSource.from_json(s) for s in json.loads(args.data_sources or args.sources)]
     plan = plan_ingest(sources, IngestOptions(**json.loads(args.options)))
     fingerprint = plan.fingerprint()
+    if args.cache == "off":  # a cache key no earlier run had (the ingest checks the first word)
+        import uuid
+
+        fingerprint = f"{fingerprint} no-cache {uuid.uuid4().hex}"
     folder = os.path.dirname(args.fingerprint_file)
     if folder:
         os.makedirs(folder, exist_ok=True)

@@ -1,4 +1,5 @@
-"""`deblur compile` and `deblur submit` (deblur/cli.py adds these parsers and dispatches here)."""
+"""`deblur compile`, `deblur pipeline upload`, `deblur submit` and `deblur schedule
+list|pause|resume|delete` (deblur/cli.py adds these parsers and dispatches here)."""
 from __future__ import annotations
 
 import os
@@ -36,6 +37,38 @@ def add_parsers(sub) -> None:
                         "--param gate_ood_lpips_max=0.25; names: pipelines/run_params.py")
     s.add_argument("--spec", default=None,
                    help="a compiled .json (or KFP .yaml package) to submit instead of compiling")
+    s.add_argument("--no-cache", action="store_true",
+                   help="this run computes everything again (the run parameter cache=off)")
+    s.add_argument("--pin-version", action="store_true",
+                   help="with --schedule: run this version for ever (default: the pipeline's "
+                        "newest version at each run, KFP backend >= 2.5.0)")
+    s.add_argument("--version-name", default=None,
+                   help="the pipeline version's name (default <project version>-<git commit>)")
+
+    s = sub.add_parser("pipeline", help="register the compiled package in Kubeflow Pipelines")
+    psub = s.add_subparsers(dest="pipeline_command", required=True)
+    u = psub.add_parser("upload", help="upload the package as a new version of the KFP "
+                                       "pipeline (created when missing)")
+    u.add_argument("--config", default=None, help="JSON or YAML config with a kubeflow section")
+    u.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    u.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host)")
+    u.add_argument("--spec", default=None,
+                   help="a compiled .json (or KFP .yaml package) instead of compiling")
+    u.add_argument("--version-name", default=None,
+                   help="the version's name (default <project version>-<git commit>)")
+
+    s = sub.add_parser("schedule", help="list, pause, resume or delete recurring runs")
+    s.add_argument("action", choices=("list", "pause", "resume", "delete"))
+    s.add_argument("ids", nargs="*", metavar="RECURRING_RUN_ID")
+    s.add_argument("--config", default=None, help="JSON or YAML config with a kubeflow section")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    s.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host)")
+    s.add_argument("--experiment", default=None,
+                   help="list this experiment's schedules (default kubeflow.experiment)")
+    s.add_argument("--all", action="store_true", help="list the schedules of every experiment")
+    s.add_argument("--json", action="store_true")
 
 
 def _compile(cfg, out: str):
@@ -65,19 +98,68 @@ def run(args) -> int:
     if args.command == "compile":
         _compile(cfg, args.out)
         return 0
+    if args.command == "schedule":
+        return _schedule(cfg, args)
+    if args.command == "pipeline":
+        spec = args.spec or _compile(cfg, DEFAULT_OUT)
+        r = kr.upload(cfg, spec, args.host, version=args.version_name)
+        what = "uploaded" if r["created"] else "already there (same package)"
+        print(f"pipeline {r['pipeline']} version {r['version_name']}: {what}")
+        print(f"  {r['url']}")
+        return 0
     from pipelines import run_params
 
     if args.schedule is not None:  # a bad cron fails before the minute of compiling
         kr.validate_cron(args.schedule)
+    if args.pin_version and args.schedule is None:
+        raise config_lib.ConfigError("--pin-version is for --schedule (a run always runs the "
+                                     "version it names)")
     params = run_params.parse(args.param or (), list(run_params.BY_NAME))  # likewise
     spec = args.spec or _compile(cfg, DEFAULT_OUT)
     r = kr.submit(cfg, spec, args.host, schedule=args.schedule, experiment=args.experiment,
-                  run_name=args.run_name, params=params)
+                  run_name=args.run_name, params=params, no_cache=args.no_cache,
+                  pin_version=args.pin_version, version=args.version_name)
+    ver = r["pipeline_version"]
+    print(f"pipeline {cfg.runner.pipeline_name} version {ver['version_name']}"
+          f" ({'uploaded' if ver['created'] else 'already there'})")
     if r["kind"] == "recurring_run":
-        print(f"recurring run {r['id']} ({r['schedule']}) in experiment {r['experiment']}")
+        follows = ("the pipeline's newest version at each run" if r["follows"] == "newest"
+                   else f"version {ver['version_name']}")
+        print(f"recurring run {r['id']} ({r['schedule']}) in experiment {r['experiment']}: "
+              f"{r['name']}; runs {follows}")
     else:
-        print(f"run {r['id']} in experiment {r['experiment']}")
+        print(f"run {r['id']} in experiment {r['experiment']}: {r['name']}")
     print(f"  {r['url']}")
-    if params:
-        print("  parameters: " + ", ".join(f"{k}={r['parameters'][k]}" for k in params))
+    shown = {k: r["parameters"][k] for k in list(params) + (
+        [run_params.CACHE] if args.no_cache else []) if k in r["parameters"]}
+    if shown:
+        print("  parameters: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    return 0
+
+
+def _schedule(cfg, args) -> int:
+    import json
+
+    from pipelines import kubeflow_runner as kr
+
+    r = kr.schedules(cfg, args.host, args.action, args.ids, experiment=args.experiment,
+                     all_experiments=args.all)
+    if args.json:
+        print(json.dumps(r, indent=2, sort_keys=True, default=str))
+        return 0
+    if args.action == "delete":
+        for rid in r["ids"]:
+            print(f"deleted recurring run {rid}")
+        return 0
+    rows = r["schedules"]
+    if args.action == "list" and not rows:
+        where = "any experiment" if args.all else f"experiment {r['experiment']}"
+        print(f"no recurring runs in {where}")
+        return 0
+    for s in rows:
+        state = {"ENABLED": "enabled", "DISABLED": "paused"}.get(str(s["status"]), s["status"])
+        print(f"{s['id']}  {state:8s} {s['schedule']}  {s['name']}")
+        print(f"    version: {s['version']}"
+              + (f"; parameters: {', '.join(f'{k}={v}' for k, v in sorted(s['parameters'].items()))}"
+                 if s["parameters"] else ""))
     return 0

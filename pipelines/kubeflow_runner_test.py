@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import http.server
 import json
 import os
 import socket
-import threading
-import urllib.parse
 
 import pytest
 import yaml
@@ -122,8 +119,10 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
         resolvers = {c.id for c in components if isinstance(c, Resolver)}
         tasks = set(job["pipelineSpec"]["root"]["dag"]["tasks"])
         resolved = {t for t in tasks if any(t.startswith(r + "-") for r in resolvers)}
-        # + the task that fingerprints the ingest's inputs (add_input_fingerprint_task)
-        assert tasks - resolved == {c.id for c in components} - resolvers | {kr.FINGERPRINT_TASK}
+        # + the task that fingerprints the ingest's inputs (add_input_fingerprint_task) and the
+        # one that checks the run parameters before it (add_run_check_task)
+        assert tasks - resolved == {c.id for c in components} - resolvers | {
+            kr.FINGERPRINT_TASK, kr.CHECK_TASK}
         assert all(any(t.startswith(r + "-") for t in resolved) for r in resolvers)
         assert set(TODAY) <= tasks
 
@@ -132,7 +131,7 @@ def test_task_order(compiled):
     tasks = _spec(compiled)["root"]["dag"]["tasks"]
     deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
     assert deps["DeblurIngest"] == {kr.FINGERPRINT_TASK} and deps["ImportSchemaGen"] == set()
-    assert deps[kr.FINGERPRINT_TASK] == set()
+    assert deps[kr.FINGERPRINT_TASK] == {kr.CHECK_TASK} and deps[kr.CHECK_TASK] == set()
     assert deps["StatisticsGen"] == {"DeblurIngest"}
     assert deps["ExampleValidator"] == {"StatisticsGen", "ImportSchemaGen"}
     assert deps["ValidationGate"] == {"ExampleValidator"}
@@ -155,8 +154,9 @@ def test_schema_version_images_and_entrypoint(compiled):
             continue  # TFX Resolver nodes (see unsupported_on_kfp)
         assert ex["container"]["image"] == cfg.kubeflow.image_for(task)
         # the image's ENTRYPOINT is not used
-        assert ex["container"]["command"] == (kr.FINGERPRINT_COMMAND if task == kr.FINGERPRINT_TASK
-                                              else ENTRYPOINT)
+        assert ex["container"]["command"] == (
+            kr.FINGERPRINT_COMMAND if task == kr.FINGERPRINT_TASK
+            else kr.CHECK_COMMAND if task == kr.CHECK_TASK else ENTRYPOINT)
     assert _executor(spec, "Trainer")[1]["container"]["image"].endswith("-tpu")
     assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == cfg.kubeflow.image
     # the checked-in schema, as seen inside the image
@@ -310,8 +310,9 @@ def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
             assert spec["components"]["DeblurIngest"]["inputDefinitions"]["parameters"][
                 "input_fingerprint"] == {"parameterType": "STRING"}
             # every other task is cached (the example config), keyed on the ingest's outputs
-            assert all(t["cachingOptions"] == {"enableCache": True}
-                       for n, t in tasks.items() if n != kr.FINGERPRINT_TASK)
+            # (but the check before the fingerprint, and the summary of this run)
+            assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items()
+                       if n not in (kr.FINGERPRINT_TASK, kr.CHECK_TASK, *kr.NEVER_CACHED))
 
 
 def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
@@ -336,7 +337,9 @@ def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
     values = {"{{$.inputs.parameters['sources']}}": _param(spec, "DeblurIngest", "sources"),
               "{{$.inputs.parameters['data_sources']}}": json.dumps([s.to_json() for s in sources]),
               "{{$.inputs.parameters['options']}}": options,
-              "{{$.outputs.parameters['fingerprint'].output_file}}": str(tmp_path / "out" / "fp")}
+              "{{$.outputs.parameters['fingerprint'].output_file}}": str(tmp_path / "out" / "fp"),
+              # DeblurRunCheck found nothing wrong; the run keeps its cache
+              "{{$.inputs.parameters['problems']}}": "", "{{$.inputs.parameters['cache']}}": "on"}
     args = [values.get(a, a) for a in ex["container"]["args"]]
     assert not [a for a in args if "{{" in a]
     assert ex["container"]["command"][-1] == "pipelines.kfp_fingerprint"
@@ -372,114 +375,189 @@ def test_invalid_cron(cron, message):
 
 
 # ---- submit against a fake KFP API ------------------------------------------------------------
-class FakeKFP(http.server.ThreadingHTTPServer):
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests = []
-        self.experiments = {}
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def bodies(self, method, path):
-        return [r["body"] for r in self.requests if (r["method"], r["path"]) == (method, path)]
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def _reply(self, code, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _handle(self, method):
-        url = urllib.parse.urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(n)) if n else None
-        srv = self.server
-        srv.requests.append({"method": method, "path": url.path,
-                             "query": urllib.parse.parse_qs(url.query), "body": body})
-        if (method, url.path) == ("GET", "/apis/v2beta1/healthz"):
-            return self._reply(200, {"multi_user": False})
-        if (method, url.path) == ("GET", "/apis/v2beta1/experiments"):
-            wanted = json.loads(urllib.parse.parse_qs(url.query)["filter"][0])["predicates"][0]
-            found = [e for e in srv.experiments.values()
-                     if e["display_name"] == wanted["stringValue"]]
-            return self._reply(200, {"experiments": found, "total_size": len(found)} if found else {})
-        if (method, url.path) == ("POST", "/apis/v2beta1/experiments"):
-            exp = {"experiment_id": f"exp-{len(srv.experiments) + 1}",
-                   "display_name": body["display_name"]}
-            srv.experiments[exp["experiment_id"]] = exp
-            return self._reply(200, exp)
-        if (method, url.path) == ("POST", "/apis/v2beta1/runs"):
-            return self._reply(200, {**body, "run_id": "run-1", "state": "PENDING"})
-        if (method, url.path) == ("POST", "/apis/v2beta1/recurringruns"):
-            return self._reply(200, {**body, "recurring_run_id": "rr-1", "status": "ENABLED"})
-        return self._reply(404, {"error": f"no {method} {url.path}", "code": 5})
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-
 @pytest.fixture()
 def kfp_server():
-    srv = FakeKFP()
-    srv.thread.start()
+    """tests/fake_kfp_api.py: every request body checked against the kfp_server_api models."""
+    from tests import fake_kfp_api
+
+    srv = fake_kfp_api.start()
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    fake_kfp_api.stop(srv)
+    assert srv.errors == [], srv.errors  # no body the real API would refuse
 
 
-def test_submit_run_sends_the_spec_the_root_and_the_experiment(compiled, kfp_server):
+def _version_uploads(srv):
+    return [r for r in srv.requests
+            if (r["method"], r["path"]) == ("POST", "/apis/v2beta1/pipelines/upload_version")]
+
+
+def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
+        compiled, kfp_server, capsys):
+    """`deblur pipeline upload`: the pipeline (created once, empty) and a version holding the
+    package; the same package again is the same version, another one under the same name is
+    refused in one line."""
+    from deblur import cli
+
+    cfg, job, _, path = compiled["gke"]
+    r = kr.upload(cfg, path, kfp_server.url)
+    commit, dirty = kr.git_commit()
+    assert r["created"] and r["created_pipeline"]
+    assert r["version_name"].startswith(f"{kr.project_version()}-")
+    if commit:
+        assert r["version_name"].split("-")[1] == commit and ("-dirty-" in r["version_name"]) == dirty
+    pipe, = kfp_server.bodies("POST", "/apis/v2beta1/pipelines")
+    assert pipe["display_name"] == "deblur-icdpm"
+    up, = _version_uploads(kfp_server)
+    assert up["query"]["pipelineid"] == [r["pipeline_id"]]
+    assert up["query"]["name"] == [r["version_name"]]
+    assert f"package sha256:{r['digest']}" in up["query"]["description"][0]
+    # the package uploaded is the one `deblur compile` writes: spec with defaults + platform spec
+    docs = list(yaml.safe_load_all(up["file"]))
+    assert docs[0]["root"] == job["pipelineSpec"]["root"]
+    assert docs[0]["defaultPipelineRoot"] == cfg.kubeflow.pipeline_root
+    assert "kubernetes" in docs[1]["platforms"]
+    stored = kfp_server.version_spec(r["version_id"])
+    assert stored["root"]["inputDefinitions"]["parameters"]["gate_input_psnr_tolerance"][
+        "defaultValue"] == 0.0
+    assert r["url"] == (f"{kfp_server.url}/#/pipelines/details/{r['pipeline_id']}/version/"
+                        f"{r['version_id']}")
+    # again: nothing new
+    again = kr.upload(cfg, path, kfp_server.url)
+    assert not again["created"] and again["version_id"] == r["version_id"]
+    assert len(_version_uploads(kfp_server)) == 1
+    assert len(kfp_server.bodies("POST", "/apis/v2beta1/pipelines")) == 1
+    # another package under that name: refused, in one line, by the CLI
+    other = compiled["vertex"][3]
+    assert cli.main(["pipeline", "upload", "--config", EXAMPLE, "--spec", other,
+                     "--host", kfp_server.url, "--version-name", r["version_name"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already has a version" in err[0] and "--version-name" in err[0]
+    assert cli.main(["pipeline", "upload", "--config", EXAMPLE, "--spec", other,
+                     "--host", kfp_server.url, "--version-name", "vertex-1"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline deblur-icdpm version vertex-1: uploaded" in out
+    assert len(_version_uploads(kfp_server)) == 2
+
+
+def test_submit_run_references_the_pipeline_version(compiled, kfp_server):
     cfg, job, _, path = compiled["gke"]
     r = kr.submit(cfg, path, kfp_server.url, experiment="deblur-test", run_name="smoke")
-    assert r["kind"] == "run" and r["id"] == "run-1" and r["experiment_id"] == "exp-1"
-    assert r["url"] == f"{kfp_server.url}/#/runs/details/run-1"
+    ver = r["pipeline_version"]
+    assert r["kind"] == "run" and r["id"].startswith("run-") and r["experiment_id"].startswith("exp-")
+    assert r["url"] == f"{kfp_server.url}/#/runs/details/{r['id']}"
     assert [b["display_name"] for b in kfp_server.bodies("POST", "/apis/v2beta1/experiments")] == [
         "deblur-test"]
     run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
-    assert run["experiment_id"] == "exp-1" and run["display_name"] == "smoke"
+    assert "pipeline_spec" not in run or run["pipeline_spec"] is None  # no inline spec
+    assert run["pipeline_version_reference"] == {"pipeline_id": ver["pipeline_id"],
+                                                 "pipeline_version_id": ver["version_id"]}
+    assert run["experiment_id"] == r["experiment_id"] and run["display_name"] == "smoke"
     assert run["runtime_config"]["pipeline_root"] == "gs://my-deblur-bucket/pipeline_root"
     assert run["service_account"] == "deblur-pipeline"
-    # with a platform spec, kfp sends {"pipeline_spec": ..., "platform_spec": ...}
-    sent = run["pipeline_spec"]
-    assert sent["pipeline_spec"]["root"] == job["pipelineSpec"]["root"]
-    assert sent["pipeline_spec"]["deploymentSpec"] == job["pipelineSpec"]["deploymentSpec"]
-    assert sent["pipeline_spec"]["schemaVersion"] == "2.1.0"
-    executors = sent["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert "cloud.google.com/gke-tpu-accelerator" in executors["Trainer_executor"]["nodeSelector"][
-        "labels"]
-    # a second submission reuses the experiment
-    kr.submit(cfg, path, kfp_server.url, experiment="deblur-test")
+    # every parameter's value: the version's defaults (the backend need not fill any)
+    assert run["runtime_config"]["parameters"] == kr.compiled_defaults(
+        kfp_server.version_spec(ver["version_id"]))
+    # the version holds the spec with the node selectors
+    assert kfp_server.version_spec(ver["version_id"])["deploymentSpec"] == \
+        job["pipelineSpec"]["deploymentSpec"]
+    # a second submission reuses the experiment and the version
+    r2 = kr.submit(cfg, path, kfp_server.url, experiment="deblur-test")
     assert len(kfp_server.bodies("POST", "/apis/v2beta1/experiments")) == 1
+    assert len(_version_uploads(kfp_server)) == 1
+    assert r2["pipeline_version"]["version_id"] == ver["version_id"]
+    # its default name: the pipeline and the version, no temp file
+    second = kfp_server.bodies("POST", "/apis/v2beta1/runs")[1]
+    assert second["display_name"] == f"deblur-icdpm {ver['version_name']}"
 
 
-def test_submit_schedule_creates_a_recurring_run(compiled, kfp_server):
+def test_default_run_name_lists_the_parameters_that_differ(compiled, kfp_server):
+    cfg, job, _, path = compiled["gke"]
+    r = kr.submit(cfg, path, kfp_server.url, params={
+        "train_steps": "5000", "gate_ood_lpips_max": "0.2",  # 0.2 is the default: not named
+        "data_sources": json.dumps([{"layout": "gopro", "root": "gs://b/gopro"}])},
+        no_cache=True)
+    run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
+    v = r["pipeline_version"]["version_name"]
+    assert run["display_name"] == (
+        f"deblur-icdpm {v} cache=off data_sources=1 source(s) train_steps=5000")
+    assert run["runtime_config"]["parameters"]["cache"] == "off"
+
+
+def test_no_cache_turns_the_cache_parameter_off_for_that_run_only(compiled, kfp_server, capsys):
+    """--no-cache keeps the version reference: the run parameter cache=off makes the fingerprint
+    task salt its output, so the ingest's cache key is new (tested below with the task)."""
+    from deblur import cli
+
+    cfg, job, _, path = compiled["gke"]
+    assert job["runtimeConfig"]["parameterValues"]["cache"] == "on"
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host", kfp_server.url,
+                     "--no-cache"]) == 0
+    assert "parameters: cache=off" in capsys.readouterr().out
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host",
+                     kfp_server.url]) == 0
+    first, second = kfp_server.bodies("POST", "/apis/v2beta1/runs")
+    assert first["runtime_config"]["parameters"]["cache"] == "off"
+    assert second["runtime_config"]["parameters"]["cache"] == "on"
+    assert first["pipeline_version_reference"] == second["pipeline_version_reference"]
+
+
+def test_submit_schedule_follows_the_newest_version(compiled, kfp_server):
+    """A recurring run names the pipeline, not a version (KFP >= 2.5.0 runs its newest version
+    each time), and sends only the overrides, so each version's own defaults fill the rest."""
     cfg, job, _, path = compiled["vertex"]
-    r = kr.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1")
-    assert r["kind"] == "recurring_run" and r["id"] == "rr-1"
-    assert r["url"] == f"{kfp_server.url}/#/recurringrun/details/rr-1"
+    r = kr.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1",
+                  params={"train_steps": "5000"})
+    assert r["kind"] == "recurring_run" and r["follows"] == "newest"
+    assert r["url"] == f"{kfp_server.url}/#/recurringrun/details/{r['id']}"
     rr, = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")
     assert rr["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
     assert rr["mode"] == "ENABLE" and int(rr["max_concurrency"]) == 1 and rr["no_catchup"] is True
-    assert rr["experiment_id"] == "exp-1"
-    assert [b["display_name"] for b in kfp_server.bodies("POST", "/apis/v2beta1/experiments")] == [
-        "deblur"]
-    assert rr["runtime_config"]["pipeline_root"] == cfg.kubeflow.pipeline_root
-    spec = rr["pipeline_spec"].get("pipeline_spec", rr["pipeline_spec"])
-    assert spec["root"] == job["pipelineSpec"]["root"]
+    assert rr["pipeline_version_reference"] == {"pipeline_id": r["pipeline_version"]["pipeline_id"]}
+    assert rr.get("pipeline_spec") is None
+    assert rr["runtime_config"] == {"pipeline_root": cfg.kubeflow.pipeline_root,
+                                    "parameters": {"train_steps": 5000}}
+    assert rr["display_name"] == "deblur-icdpm (newest version) train_steps=5000 0 0 3 * * 1"
+    # pinned: the version's id
+    r2 = kr.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True)
+    rr2 = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")[1]
+    assert rr2["pipeline_version_reference"]["pipeline_version_id"] == \
+        r2["pipeline_version"]["version_id"]
+    assert r2["follows"] == "pinned"
+
+
+def test_schedule_list_pause_resume_delete(compiled, kfp_server, capsys):
+    from deblur import cli
+
+    cfg, _, _, path = compiled["gke"]
+    a = kr.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1")
+    b = kr.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True,
+                  params={"train_steps": "7"})
+    kr.submit(cfg, path, kfp_server.url, schedule="@weekly", experiment="elsewhere")
+    host = ["--config", EXAMPLE, "--host", kfp_server.url]
+    assert cli.main(["schedule", "list", *host]) == 0
+    out = capsys.readouterr().out
+    assert a["id"] in out and b["id"] in out and out.count("enabled") == 2  # not "elsewhere"'s
+    assert "version: the pipeline's newest" in out
+    assert f"version: {b['pipeline_version']['version_name']}; parameters: train_steps=7" in out
+    assert cli.main(["schedule", "pause", a["id"], *host]) == 0
+    assert f"{a['id']}  paused" in capsys.readouterr().out
+    assert kfp_server.recurring_runs[a["id"]]["status"] == "DISABLED"
+    assert ("POST", f"/apis/v2beta1/recurringruns/{a['id']}:disable") in kfp_server.calls()
+    assert cli.main(["schedule", "resume", a["id"], *host]) == 0
+    assert f"{a['id']}  enabled" in capsys.readouterr().out
+    assert ("POST", f"/apis/v2beta1/recurringruns/{a['id']}:enable") in kfp_server.calls()
+    assert cli.main(["schedule", "delete", b["id"], *host]) == 0
+    assert capsys.readouterr().out.strip() == f"deleted recurring run {b['id']}"
+    assert b["id"] not in kfp_server.recurring_runs
+    assert cli.main(["schedule", "list", "--all", "--json", *host]) == 0
+    listed = json.loads(capsys.readouterr().out)["schedules"]
+    assert sorted(s["id"] for s in listed) == sorted(set(kfp_server.recurring_runs))
+    # one line for a mistake: no id, an unknown id
+    assert cli.main(["schedule", "pause", *host]) == 2
+    assert "name the recurring run id" in capsys.readouterr().err
+    assert cli.main(["schedule", "delete", "rr-404", *host]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "404" in err[0] and "rr-404" in err[0]
 
 
 def test_submit_errors_are_one_liners(compiled, kfp_server):
@@ -503,7 +581,9 @@ def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, c
     assert cli.main(["submit", "--config", EXAMPLE, "--spec", path,
                      "--host", kfp_server.url]) == 0
     out = capsys.readouterr().out
-    assert "run run-1 in experiment deblur" in out and "/#/runs/details/run-1" in out
+    run_id = next(iter(kfp_server.runs))
+    assert f"run {run_id} in experiment deblur: deblur-icdpm " in out
+    assert f"/#/runs/details/{run_id}" in out and "(uploaded)" in out
     assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host", kfp_server.url,
                      "--schedule", "0 3 * * 1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -654,6 +734,16 @@ def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):
     ("train_steps=0", "training.steps must be an integer >= 1"),
     ("gate_ood_lpips_max=-1", "ood_lpips_max must be > 0"),
     ("train_steps", "expected NAME=VALUE"),
+    ("warm_start=latest", "allowed: none or latest_blessed"),
+    ("gate_input_psnr_tolerance=nan", "allowed: a finite number (dB, e.g. 0.0)"),
+    ("data_sources=notjson", "data_sources=notjson: not JSON (Expecting value at character 0); "
+                             "expected a non-empty JSON list of sources"),
+    ("data_sources=[]", "data_sources: the list is empty"),
+    ('data_sources=[{"layout": "gopro", "root": "/data/GOPRO_Large"}]',
+     "data_sources[0].root /data/GOPRO_Large: not a gs:// URI"),
+    ('data_sources=[{"layout": "gopro", "root": "gs://b/g", "colour": "red"}]',
+     "data_sources[0]: "),
+    ('data_sources={"layout": "gopro"}', "a JSON dict, not a list"),
 ])
 def test_submit_bad_params_are_one_line_errors_before_any_request(compiled, kfp_server, capsys,
                                                                    param, message):
@@ -665,3 +755,173 @@ def test_submit_bad_params_are_one_line_errors_before_any_request(compiled, kfp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert kfp_server.requests == []
+
+
+# ---- the first task checks the run parameters ---------------------------------------------------
+def _check_executor_input(spec, values, tmp_path):
+    """The DeblurRunCheck task's ExecutorInput as the driver builds it: its root parameters
+    (here `values` over the compiled defaults) and the constant config."""
+    task = spec["root"]["dag"]["tasks"][kr.CHECK_TASK]
+    defaults = kr.compiled_defaults(spec)
+    params = {}
+    for key, p in task["inputs"]["parameters"].items():
+        params[key] = (p["runtimeValue"]["constant"] if "runtimeValue" in p
+                       else values.get(p["componentInputParameter"],
+                                       defaults[p["componentInputParameter"]]))
+    return {"inputs": {"parameterValues": params},
+            "outputs": {"artifacts": {"report": {"artifacts": [{
+                "uri": str(tmp_path / "DeblurRunCheck" / "report"),
+                "type": {"schemaTitle": "system.Markdown"}}]}},
+                "parameters": {"problems": {"outputFile": str(tmp_path / "out" / "problems")}},
+                "outputFile": str(tmp_path / "out" / "executor_output.json")}}
+
+
+class _Blobs:
+    """A google.cloud.storage.Client stand-in for list_blobs: {bucket: [object names]}."""
+
+    def __init__(self, buckets):
+        self.buckets = buckets
+        self.calls = []
+
+    def list_blobs(self, bucket, prefix="", max_results=None):
+        from google.api_core import exceptions
+
+        self.calls.append((bucket, prefix))
+        if bucket not in self.buckets:
+            raise exceptions.NotFound(f"bucket {bucket}")
+        return [n for n in self.buckets[bucket] if n.startswith(prefix)][:max_results]
+
+
+def test_the_check_task_comes_first_and_gates_the_fingerprint(compiled):
+    for platform in ("gke", "vertex"):
+        cfg, job, docs, _ = compiled[platform]
+        for spec in (job["pipelineSpec"], docs[0]):
+            tasks = spec["root"]["dag"]["tasks"]
+            check, fp = tasks[kr.CHECK_TASK], tasks[kr.FINGERPRINT_TASK]
+            assert check.get("dependentTasks", []) == [] and check["cachingOptions"] == {}
+            assert fp["dependentTasks"] == [kr.CHECK_TASK]
+            assert fp["inputs"]["parameters"]["problems"] == {"taskOutputParameter": {
+                "producerTask": kr.CHECK_TASK, "outputParameterKey": "problems"}}
+            # every run parameter reaches the check, the compiled config as a constant
+            root = set(spec["root"]["inputDefinitions"]["parameters"])
+            assert root == set(run_params_names()) | {"cache"}
+            assert {k for k, v in check["inputs"]["parameters"].items()
+                    if "componentInputParameter" in v} == root
+            config = json.loads(check["inputs"]["parameters"]["config"]["runtimeValue"]["constant"])
+            assert config_lib.from_dict(config).gate == cfg.gate
+            comp = spec["components"][kr.CHECK_TASK]
+            assert comp["outputDefinitions"]["artifacts"]["report"]["artifactType"][
+                "schemaTitle"] == "system.Markdown"
+            _, ex = _executor(spec, kr.CHECK_TASK)
+            assert ex["container"]["command"] == kr.CHECK_COMMAND
+            assert ex["container"]["args"] == ["--executor-input", "{{$}}"]
+            # the cache switch: a root parameter, default on
+            assert spec["root"]["inputDefinitions"]["parameters"]["cache"]["defaultValue"] == "on"
+            assert fp["inputs"]["parameters"]["cache"] == {"componentInputParameter": "cache"}
+        # every task depends on the check, through the fingerprint, but ImportSchemaGen
+        deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
+        after = {kr.CHECK_TASK}
+        changed = True
+        while changed:
+            changed = False
+            for n, d in deps.items():
+                if n not in after and d & after:
+                    after.add(n)
+                    changed = True
+        assert set(tasks) - after == {"ImportSchemaGen"}
+
+
+def run_params_names():
+    from pipelines import run_params
+
+    return list(run_params.BY_NAME)
+
+
+def test_check_task_refuses_a_bad_value_in_one_line_with_a_report(compiled, tmp_path, capsys):
+    from pipelines import kfp_check, kfp_fingerprint
+
+    spec = _spec(compiled)
+    ei = _check_executor_input(spec, {"train_steps": 0, "warm_start": "latest"}, tmp_path)
+    client = _Blobs({"my-deblur-bucket": ["data/GOPRO_Large/train/a.png",
+                                          "data/incoming/2025-01-31/blur/1.png",
+                                          "data/RealBlur/RealBlur-J/x.png"]})
+    assert kfp_check.main(["--executor-input", json.dumps(ei)], client=client) == 0
+    line = (tmp_path / "out" / "problems").read_text()
+    assert line == ("run parameters refused: train_steps=0: training: training.steps must be an "
+                    "integer >= 1, got 0 (allowed: an integer >= 1); warm_start=latest: training: "
+                    "training.warm_start must be one of none, latest_blessed, got 'latest' "
+                    "(allowed: none or latest_blessed)")
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+    md = (tmp_path / "DeblurRunCheck" / "report").read_text()
+    assert md.startswith("## Run parameters: 2 refused, the run stops here")
+    assert "- **train_steps** = `0`: " in md and "Allowed: an integer >= 1." in md
+    assert "| warm_start | `latest` | none or latest_blessed | **REFUSED** |" in md
+    assert "| gate_input_psnr_tolerance | `0.0` | a finite number (dB, e.g. 0.0) | ok |" in md
+    out = json.loads((tmp_path / "out" / "executor_output.json").read_text())
+    assert out["parameterValues"]["problems"] == line
+    assert out["artifacts"]["report"]["artifacts"][0]["metadata"]["display_name"] == \
+        "run parameters"
+    # the fingerprint task fails on it at once, in that one line, listing nothing
+    assert kfp_fingerprint.main(["--sources", "[]", "--options", "{}", "--fingerprint-file",
+                                 str(tmp_path / "fp"), "--problems", line]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert not (tmp_path / "fp").exists()
+
+
+def test_check_task_checks_the_data_sources_exist(compiled, tmp_path, capsys):
+    from pipelines import kfp_check
+
+    spec = _spec(compiled)
+    sources = json.loads(kr.compiled_defaults(spec)["data_sources"])
+    good = {"my-deblur-bucket": ["data/GOPRO_Large/train/a.png",
+                                 "data/incoming/2025-01-31/blur/1.png",
+                                 "data/RealBlur/RealBlur-J/x.png"]}
+    ei = _check_executor_input(spec, {}, tmp_path)
+    client = _Blobs(good)
+    assert kfp_check.main(["--executor-input", json.dumps(ei)], client=client) == 0
+    assert (tmp_path / "out" / "problems").read_text() == ""
+    assert capsys.readouterr().err.strip() == "run parameters: all 8 good"
+    assert [c[1] for c in client.calls] == [s["root"].split("/", 3)[3] + "/" for s in sources]
+    assert (tmp_path / "DeblurRunCheck" / "report").read_text().startswith(
+        "## Run parameters: all good")
+    # an empty root and a missing bucket
+    moved = sources[:1] + [{**sources[1], "root": "gs://other-bucket/data"}]
+    ei = _check_executor_input(spec, {"data_sources": json.dumps(moved)}, tmp_path)
+    assert kfp_check.main(["--executor-input", json.dumps(ei)],
+                          client=_Blobs({"my-deblur-bucket": []})) == 0
+    line = (tmp_path / "out" / "problems").read_text()
+    assert line == ("run parameters refused: data_sources[0].root gs://my-deblur-bucket/data/"
+                    "GOPRO_Large: no object under it (missing or empty); data_sources[1].root "
+                    "gs://other-bucket/data: bucket other-bucket does not exist")
+    # no credentials: not checked, said so, not refused
+    ei = _check_executor_input(spec, {}, tmp_path)
+
+    class NoAccess(_Blobs):
+        def list_blobs(self, *a, **k):
+            from google.api_core import exceptions
+
+            raise exceptions.Forbidden("no storage.objects.list")
+
+    assert kfp_check.main(["--executor-input", json.dumps(ei)], client=NoAccess({})) == 0
+    assert (tmp_path / "out" / "problems").read_text() == ""
+    assert "not checked, no read access" in capsys.readouterr().err
+    assert "not checked, no read access" in (tmp_path / "DeblurRunCheck" / "report").read_text()
+
+
+def test_cache_off_salts_the_fingerprint_the_ingest_still_checks(tmp_path):
+    from components.ingest.beam_ingest import IngestOptions, IngestSource, input_fingerprint
+    from pipelines import kfp_fingerprint
+    from tests import fixtures as fx
+
+    fx.write_pair(str(tmp_path / "d" / "train" / "blur" / "0.png"),
+                  str(tmp_path / "d" / "train" / "sharp" / "0.png"), (16, 16), seed=0)
+    sources = json.dumps([IngestSource("folder", str(tmp_path / "d")).to_json()])
+    want = input_fingerprint([IngestSource("folder", str(tmp_path / "d"))], IngestOptions())
+    outs = []
+    for i, cache in enumerate(("on", "off", "off")):
+        assert kfp_fingerprint.main(["--sources", sources, "--options", "{}", "--cache", cache,
+                                     "--fingerprint-file", str(tmp_path / f"fp{i}")]) == 0
+        outs.append((tmp_path / f"fp{i}").read_text())
+    assert outs[0] == want
+    assert outs[1].split(" ")[0] == outs[2].split(" ")[0] == want
+    assert outs[1] != outs[2] and " no-cache " in outs[1]  # a new cache key each time

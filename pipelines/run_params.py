@@ -44,27 +44,35 @@ class RunParam:
     key: Optional[str]  # a key of the exec property's JSON; None: the exec property itself
     ptype: type  # int | float | str
     help: str
+    allowed: str = ""  # what the value may be, for the one-line errors and the run page
 
 
 PARAMS: Sequence[RunParam] = (
     RunParam("data_sources", "data.sources", "DeblurIngest", "sources", None, str,
-             "JSON list of ingest sources ({layout, root, subsets, dataset, domain, ...})"),
+             "JSON list of ingest sources ({layout, root, subsets, dataset, domain, ...})",
+             'a non-empty JSON list of sources, each {"layout": gopro|realblur|hide|reds|folder, '
+             '"root": "gs://...", ...}, every root on gs:// and not empty'),
     RunParam("train_steps", "training.steps", "Trainer", "train_args", "num_steps", int,
-             "training steps (after a warm start: steps more than the parent's)"),
+             "training steps (after a warm start: steps more than the parent's)",
+             "an integer >= 1"),
     RunParam("warm_start", "training.warm_start", "Trainer", "custom_config", "warm_start", str,
              "none: random weights; latest_blessed: start from the weights and step of the "
-             "registry's newest (blessed) model"),
+             "registry's newest (blessed) model", "none or latest_blessed"),
     RunParam("gate_ood_lpips_max", "gate.ood_lpips_max", "DeblurEvaluator", "gate_config",
-             "ood_lpips_max", float, "out-of-domain LPIPS a blessed model must be at or under"),
+             "ood_lpips_max", float, "out-of-domain LPIPS a blessed model must be at or under",
+             "a number > 0 (LPIPS, e.g. 0.2)"),
     RunParam("gate_input_lpips_margin", "gate.input_lpips_margin", "DeblurEvaluator",
              "gate_config", "input_lpips_margin", float,
-             "LPIPS a blessed model must be under its blurry input's, in every domain"),
+             "LPIPS a blessed model must be under its blurry input's, in every domain",
+             "a finite number (LPIPS; negative lets a model worse than its input pass)"),
     RunParam("gate_input_psnr_tolerance", "gate.input_psnr_tolerance", "DeblurEvaluator",
              "gate_config", "input_psnr_tolerance", float,
-             "dB of PSNR a blessed model may be under its blurry input's"),
+             "dB of PSNR a blessed model may be under its blurry input's",
+             "a finite number (dB, e.g. 0.0)"),
     RunParam("gate_regression_tolerance", "gate.regression_tolerance", "DeblurEvaluator",
              "gate_config", "regression_tolerance", float,
-             "out-of-domain LPIPS a new model may be worse than the latest blessed one"),
+             "out-of-domain LPIPS a new model may be worse than the latest blessed one",
+             "a finite number (LPIPS, e.g. 0.005)"),
 )
 BY_NAME: Dict[str, RunParam] = {p.name: p for p in PARAMS}
 
@@ -156,3 +164,113 @@ def fold(values: Dict[str, Any]) -> List[str]:
             values[p.exec_property] = json.dumps(target, sort_keys=True)
         folded.append(p.name)
     return folded
+
+
+# ---- checks: `deblur submit --param` and the run's first task (pipelines/kfp_check.py) ---------
+# Not a config field: a root parameter of the compiled Kubeflow pipeline. "off" makes the
+# fingerprint task salt its output, so the ingest and everything downstream run again
+# (pipelines/kubeflow_runner.py add_cache_parameter; `deblur submit --no-cache`).
+CACHE = "cache"
+CACHE_VALUES = ("on", "off")
+CACHE_HELP = ("on: reuse the tasks whose inputs did not change; off: this run computes "
+              "everything again (the KFP cache is keyed on the inputs' fingerprint)")
+
+
+def allowed(name: str) -> str:
+    if name == CACHE:
+        return " or ".join(CACHE_VALUES)
+    p = BY_NAME.get(name)
+    return p.allowed if p is not None else "any value"
+
+
+def check_data_sources(text: Any, gcs_only: bool = True) -> List[Any]:
+    """The data_sources run parameter as IngestSources; a ConfigError naming the parameter and
+    what is allowed when it is not a non-empty JSON list of valid sources whose roots are on
+    gs:// (the pods cannot read this machine's paths)."""
+    from components.ingest.beam_ingest import IngestSource
+
+    want = f"expected {BY_NAME['data_sources'].allowed}"
+    if isinstance(text, str):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise ConfigError(f"data_sources={shown}: not JSON ({e.msg} at character {e.pos}); "
+                              f"{want}") from None
+    else:
+        value = text
+    if not isinstance(value, list):
+        raise ConfigError(f"data_sources: a JSON {type(value).__name__}, not a list; {want}")
+    if not value:
+        raise ConfigError(f"data_sources: the list is empty, so there is nothing to ingest; "
+                          f"{want}")
+    sources = []
+    for i, s in enumerate(value):
+        if not isinstance(s, dict):
+            raise ConfigError(f"data_sources[{i}]: {json.dumps(s)[:60]} is not a JSON object; "
+                              f"{want}")
+        try:
+            src = IngestSource(**s)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"data_sources[{i}]: {e}") from None
+        if gcs_only and not str(src.root).startswith("gs://"):
+            raise ConfigError(f"data_sources[{i}].root {src.root}: not a gs:// URI (the "
+                              f"pipeline's pods cannot read a path of another machine)")
+        sources.append(src)
+    return sources
+
+
+def check_value(name: str, value: Any, config_dict: Optional[Dict[str, Any]] = None,
+                ptype: Optional[type] = None, gcs_only: bool = True) -> Any:
+    """One run parameter's value (text or typed) as its type, after the checks `--param` makes:
+    the type, then what the config refuses (training.steps 0, a negative LPIPS threshold...)
+    on `config_dict` with this value set. A ConfigError names the parameter on failure."""
+    if name == CACHE:
+        if value not in CACHE_VALUES:
+            raise ConfigError(f"{CACHE}={value}: expected {allowed(CACHE)}")
+        return value
+    if name not in BY_NAME:
+        raise unknown(name, list(BY_NAME) + [CACHE])
+    p = BY_NAME[name]
+    ptype = ptype or p.ptype
+    if ptype is not str and not isinstance(value, str):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                ptype is int and float(value) != int(value)):
+            raise ConfigError(f"{name}={value}: expected {p.allowed}")
+        typed = ptype(value)
+    else:
+        text = value if isinstance(value, str) else json.dumps(value)
+        if ptype is int and isinstance(value, str):  # the launcher may write 5000 as 5000.0
+            try:
+                f = float(text)
+                text = str(int(f)) if f.is_integer() else text
+            except ValueError:
+                pass
+        try:
+            typed = convert(name, text, ptype)
+        except ConfigError:
+            raise ConfigError(f"{name}={text}: expected {p.allowed}") from None
+    if name == "data_sources":
+        check_data_sources(typed, gcs_only=gcs_only)
+    if config_dict is not None:
+        from pipelines import config as config_lib
+
+        text = typed if isinstance(typed, str) else repr(typed)
+        try:
+            config_lib.from_dict(config_lib.apply_overrides(config_dict, [f"{p.field}={text}"]))
+        except ConfigError as e:
+            raise ConfigError(f"{name}={text}: {e} (allowed: {p.allowed})") from None
+    return typed
+
+
+def check_values(values: Mapping[str, Any], config_dict: Optional[Dict[str, Any]] = None,
+                 types: Optional[Mapping[str, type]] = None,
+                 gcs_only: bool = True) -> Dict[str, str]:
+    """{name: one-line problem} for every value that check_value refuses ({}: all good)."""
+    problems = {}
+    for name, value in values.items():
+        try:
+            check_value(name, value, config_dict, (types or {}).get(name), gcs_only)
+        except ConfigError as e:
+            problems[name] = str(e)
+    return problems

@@ -1,0 +1,371 @@
+"""A loopback fake of the KFP v2beta1 REST API, for the tests of `deblur pipeline upload`,
+`deblur submit` and `deblur schedule` (pipelines/kubeflow_runner_test.py).
+
+It answers the endpoints kfp's Client calls (paths from kfp_server_api's generated API
+classes): healthz; experiments list/create; pipelines create, list (filter on display_name),
+get; pipeline versions upload (multipart, as PipelineUploadService sends it), list (filter),
+get; runs create; recurring runs create, list, get, enable, disable, delete.
+
+Every request body is checked against the kfp_server_api model of its endpoint
+(V2beta1Experiment, V2beta1Pipeline, V2beta1Run, V2beta1RecurringRun), recursively: a key that
+is not a field of the model (its attribute_map), a value of the wrong JSON type, or an enum
+value outside the model's allowable_values is answered 400 and recorded in `errors`, which
+the `kfp_server` fixture asserts empty at teardown. An uploaded package must parse as a KFP
+PipelineSpec (its first YAML document, strictly: unknown fields refused) and, when present,
+a PlatformSpec. A run or recurring run that names a pipeline version must name one that
+exists, and its runtime parameters must be root inputs of that version's spec, as the API
+server checks; a run that sends a spec inline is recorded as such (`inline`).
+
+What it does not model: authentication and namespaces (multi-user KFP), pagination beyond one
+page, the scheduling itself (a recurring run here never starts a run), the backend's own
+validation of the pipeline spec beyond the proto parse.
+"""
+from __future__ import annotations
+
+import email.parser
+import http.server
+import itertools
+import json
+import threading
+import urllib.parse
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+BASE = "/apis/v2beta1"
+
+
+class BodyError(ValueError):
+    pass
+
+
+def _models():
+    import kfp_server_api
+
+    return kfp_server_api.models
+
+
+def check_model(model: str, value: Any, path: str = "") -> None:
+    """`value` (parsed JSON) is a valid instance of kfp_server_api model `model`."""
+    cls = getattr(_models(), model)
+    allowable = getattr(cls, "allowable_values", None)
+    if allowable is not None and not cls.openapi_types:  # an enum
+        if value not in allowable:
+            raise BodyError(f"{path or model}: {value!r} is not one of {allowable}")
+        return
+    if not isinstance(value, dict):
+        raise BodyError(f"{path or model}: expected an object ({model}), got "
+                        f"{type(value).__name__}")
+    fields = {v: k for k, v in cls.attribute_map.items()}
+    for key, v in value.items():
+        if key not in fields:
+            raise BodyError(f"{path}.{key}".lstrip(".") + f": not a field of {model} "
+                            f"(fields: {', '.join(sorted(fields))})")
+        check_type(cls.openapi_types[fields[key]], v, f"{path}.{key}".lstrip("."))
+
+
+def check_type(t: str, v: Any, path: str) -> None:
+    if v is None:
+        return
+    if t.startswith("list["):
+        if not isinstance(v, list):
+            raise BodyError(f"{path}: expected a list, got {type(v).__name__}")
+        for i, x in enumerate(v):
+            check_type(t[5:-1], x, f"{path}[{i}]")
+        return
+    if t.startswith("dict("):
+        if not isinstance(v, dict):
+            raise BodyError(f"{path}: expected an object, got {type(v).__name__}")
+        inner = t[5:-1].split(",", 1)[1].strip()
+        for k, x in v.items():
+            check_type(inner, x, f"{path}.{k}")
+        return
+    if t == "object":
+        return
+    if t in ("str", "datetime", "date"):
+        # int64 fields are strings in the OpenAPI models; grpc-gateway also takes numbers
+        if not isinstance(v, str) and not (isinstance(v, int) and not isinstance(v, bool)):
+            raise BodyError(f"{path}: expected a string, got {type(v).__name__}")
+        return
+    if t == "bool":
+        if not isinstance(v, bool):
+            raise BodyError(f"{path}: expected a boolean, got {type(v).__name__}")
+        return
+    if t in ("int", "float"):
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise BodyError(f"{path}: expected a number, got {type(v).__name__}")
+        return
+    check_model(t, v, path)
+
+
+def check_package(data: bytes) -> Dict[str, Any]:
+    """The uploaded package's documents as the API server stores them: the pipeline spec, and
+    the platform spec when there is one (both parsed strictly as KFP's protos)."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    docs = [d for d in yaml.safe_load_all(data.decode("utf-8")) if d is not None]
+    if not docs:
+        raise BodyError("the uploaded file holds no YAML document")
+    try:
+        json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+        if len(docs) > 1:
+            json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+    except json_format.ParseError as e:
+        raise BodyError(f"the uploaded package is not a KFP pipeline spec: {e}") from None
+    if len(docs) > 2:
+        raise BodyError("more than a pipeline spec and a platform spec")
+    return {"pipeline_spec": docs[0], "platform_spec": docs[1] if len(docs) > 1 else None}
+
+
+class FakeKFP(http.server.ThreadingHTTPServer):
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: List[Dict[str, Any]] = []
+        self.errors: List[str] = []
+        self.experiments: Dict[str, Dict[str, Any]] = {}
+        self.pipelines: Dict[str, Dict[str, Any]] = {}
+        self.versions: Dict[str, Dict[str, Any]] = {}  # version id -> version (+ "_spec")
+        self.runs: Dict[str, Dict[str, Any]] = {}
+        self.recurring_runs: Dict[str, Dict[str, Any]] = {}
+        self.ids = itertools.count(1)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def bodies(self, method, path):
+        return [r["body"] for r in self.requests if (r["method"], r["path"]) == (method, path)]
+
+    def calls(self):
+        return [(r["method"], r["path"]) for r in self.requests]
+
+    def version_spec(self, version_id: str) -> Dict[str, Any]:
+        return self.versions[version_id]["_spec"]
+
+
+def _filter_name(query) -> Optional[str]:
+    if "filter" not in query:
+        return None
+    preds = json.loads(query["filter"][0]).get("predicates") or []
+    for p in preds:
+        if p.get("key") in ("display_name", "name"):
+            return p.get("stringValue", p.get("string_value"))
+    return None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _reply(self, code, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, code, message):
+        return self._reply(code, {"error": message, "message": message,
+                                  "code": {400: 3, 404: 5, 409: 6}.get(code, 2)})
+
+    @staticmethod
+    def _public(obj):
+        return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+    def _handle(self, method):
+        srv: FakeKFP = self.server
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        ctype = self.headers.get("Content-Type") or ""
+        body = None
+        if raw and ctype.startswith("application/json"):
+            body = json.loads(raw)
+        record = {"method": method, "path": url.path, "query": query, "body": body}
+        srv.requests.append(record)
+        try:
+            return self._route(srv, method, url.path, query, body, raw, ctype, record)
+        except BodyError as e:
+            srv.errors.append(f"{method} {url.path}: {e}")
+            return self._error(400, str(e))
+
+    def _route(self, srv, method, path, query, body, raw, ctype, record):
+        if not path.startswith(BASE):
+            return self._error(404, f"no {method} {path}")
+        p = path[len(BASE):]
+        if (method, p) == ("GET", "/healthz"):
+            return self._reply(200, {"multi_user": False})
+        # ---- experiments
+        if (method, p) == ("GET", "/experiments"):
+            name = _filter_name(query)
+            found = [e for e in srv.experiments.values()
+                     if name is None or e["display_name"] == name]
+            return self._reply(200, {"experiments": found, "total_size": len(found)}
+                               if found else {})
+        if (method, p) == ("POST", "/experiments"):
+            check_model("V2beta1Experiment", body)
+            exp = {"experiment_id": f"exp-{next(srv.ids)}", "display_name": body["display_name"],
+                   "storage_state": "AVAILABLE"}
+            srv.experiments[exp["experiment_id"]] = exp
+            return self._reply(200, exp)
+        # ---- pipelines and versions
+        if (method, p) == ("POST", "/pipelines"):
+            check_model("V2beta1Pipeline", body)
+            if any(x["display_name"] == body.get("display_name")
+                   for x in srv.pipelines.values()):
+                return self._error(409, f"pipeline {body.get('display_name')} already exists")
+            pipe = {"pipeline_id": f"pipe-{next(srv.ids)}", "display_name": body["display_name"],
+                    "description": body.get("description", ""),
+                    "created_at": "2026-01-01T00:00:00Z"}
+            srv.pipelines[pipe["pipeline_id"]] = pipe
+            return self._reply(200, pipe)
+        if (method, p) == ("GET", "/pipelines"):
+            name = _filter_name(query)
+            found = [x for x in srv.pipelines.values() if name is None or x["display_name"] == name]
+            return self._reply(200, {"pipelines": found, "total_size": len(found)}
+                               if found else {})
+        if (method, p) == ("POST", "/pipelines/upload_version"):
+            pid = (query.get("pipelineid") or [""])[0]
+            vname = (query.get("name") or [""])[0]
+            if pid not in srv.pipelines:
+                return self._error(404, f"pipeline {pid!r} not found")
+            if not vname:
+                raise BodyError("upload_version without a name")
+            if any(v["pipeline_id"] == pid and v["display_name"] == vname
+                   for v in srv.versions.values()):
+                return self._error(409, f"pipeline version {vname} already exists")
+            record["file"] = self._upload_file(raw, ctype)
+            docs = check_package(record["file"])
+            ver = {"pipeline_id": pid, "pipeline_version_id": f"ver-{next(srv.ids)}",
+                   "display_name": vname,
+                   "description": (query.get("description") or [""])[0],
+                   "created_at": "2026-01-01T00:00:00Z",
+                   "pipeline_spec": (docs if docs["platform_spec"] else docs["pipeline_spec"]),
+                   "_spec": docs["pipeline_spec"]}
+            srv.versions[ver["pipeline_version_id"]] = ver
+            return self._reply(200, self._public(ver))
+        parts = p.strip("/").split("/")
+        if method == "GET" and len(parts) == 2 and parts[0] == "pipelines":
+            pipe = srv.pipelines.get(parts[1])
+            return self._reply(200, pipe) if pipe else self._error(404, f"no pipeline {parts[1]}")
+        if method == "GET" and len(parts) == 3 and parts[0] == "pipelines" and parts[2] == "versions":
+            name = _filter_name(query)
+            found = [self._public(v) for v in srv.versions.values() if v["pipeline_id"] == parts[1]
+                     and (name is None or v["display_name"] == name)]
+            return self._reply(200, {"pipeline_versions": found, "total_size": len(found)}
+                               if found else {})
+        if method == "GET" and len(parts) == 4 and parts[0] == "pipelines":
+            v = srv.versions.get(parts[3])
+            if v is None or v["pipeline_id"] != parts[1]:
+                return self._error(404, f"no pipeline version {parts[3]}")
+            return self._reply(200, self._public(v))
+        # ---- runs
+        if (method, p) == ("POST", "/runs"):
+            check_model("V2beta1Run", body)
+            self._check_reference(srv, body, record)
+            run = {**body, "run_id": f"run-{next(srv.ids)}", "state": "PENDING"}
+            srv.runs[run["run_id"]] = run
+            return self._reply(200, run)
+        # ---- recurring runs
+        if (method, p) == ("POST", "/recurringruns"):
+            check_model("V2beta1RecurringRun", body)
+            self._check_reference(srv, body, record)
+            if not (body.get("trigger") or {}).get("cron_schedule") and not (
+                    body.get("trigger") or {}).get("periodic_schedule"):
+                raise BodyError("a recurring run needs a trigger")
+            rr = {**body, "recurring_run_id": f"rr-{next(srv.ids)}",
+                  "status": "ENABLED" if body.get("mode") != "DISABLE" else "DISABLED",
+                  "created_at": "2026-01-01T00:00:00Z"}
+            srv.recurring_runs[rr["recurring_run_id"]] = rr
+            return self._reply(200, rr)
+        if (method, p) == ("GET", "/recurringruns"):
+            exp = (query.get("experiment_id") or [None])[0]
+            found = [r for r in srv.recurring_runs.values()
+                     if exp is None or r.get("experiment_id") == exp]
+            return self._reply(200, {"recurringRuns": found,
+                                     "total_size": len(found)} if found else {})
+        if len(parts) == 2 and parts[0] == "recurringruns":
+            rid, _, verb = parts[1].partition(":")
+            rr = srv.recurring_runs.get(rid)
+            if rr is None:
+                return self._error(404, f"recurring run {rid} not found")
+            if method == "GET" and not verb:
+                return self._reply(200, rr)
+            if method == "DELETE" and not verb:
+                del srv.recurring_runs[rid]
+                return self._reply(200, {})
+            if method == "POST" and verb in ("enable", "disable"):
+                rr["status"] = "ENABLED" if verb == "enable" else "DISABLED"
+                rr["mode"] = "ENABLE" if verb == "enable" else "DISABLE"
+                return self._reply(200, {})
+        return self._error(404, f"no {method} {p}")
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
+    @staticmethod
+    def _upload_file(raw: bytes, ctype: str) -> bytes:
+        if not ctype.startswith("multipart/form-data"):
+            raise BodyError(f"upload: expected multipart/form-data, got {ctype}")
+        msg = email.parser.BytesParser().parsebytes(
+            b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
+        for part in msg.get_payload():
+            if part.get_param("name", header="content-disposition") == "uploadfile":
+                return part.get_payload(decode=True)
+        raise BodyError("upload: no uploadfile part")
+
+    @staticmethod
+    def _check_reference(srv, body, record):
+        ref = body.get("pipeline_version_reference")
+        spec = None
+        if ref:
+            if ref.get("pipeline_id") not in srv.pipelines:
+                raise BodyError(f"pipeline {ref.get('pipeline_id')!r} not found")
+            vid = ref.get("pipeline_version_id")
+            if vid:
+                if vid not in srv.versions or srv.versions[vid]["pipeline_id"] != ref["pipeline_id"]:
+                    raise BodyError(f"pipeline version {vid!r} not found")
+                spec = srv.versions[vid]["_spec"]
+            else:  # "always the newest version" (KFP backend >= 2.5.0): its newest at this time
+                versions = [v for v in srv.versions.values()
+                            if v["pipeline_id"] == ref["pipeline_id"]]
+                if not versions:
+                    raise BodyError(f"pipeline {ref['pipeline_id']} has no version")
+                spec = versions[-1]["_spec"]
+            if body.get("pipeline_spec"):
+                raise BodyError("both pipeline_spec and pipeline_version_reference")
+            record["inline"] = False
+        elif body.get("pipeline_spec"):
+            sent = body["pipeline_spec"]
+            spec = sent.get("pipeline_spec", sent)
+            record["inline"] = True
+        else:
+            raise BodyError("neither a pipeline version nor a pipeline spec")
+        known = set(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+        sent_params = set(((body.get("runtime_config") or {}).get("parameters") or {}))
+        unknown = sorted(sent_params - known)
+        if unknown:
+            raise BodyError(f"runtime parameters {unknown} are not inputs of the pipeline")
+
+
+def start() -> FakeKFP:
+    srv = FakeKFP()
+    srv.thread.start()
+    return srv
+
+
+def stop(srv: FakeKFP) -> None:
+    srv.shutdown()
+    srv.server_close()
