@@ -86,8 +86,28 @@ class TrainingConfig:
     # (found when the Trainer runs, where the gate finds its baseline), then `steps` more
     # steps (trainer/warm_start.py says what is kept and why)
     warm_start: str = "none"
+    # The weights a training starts from when it does not warm-start from a blessed model:
+    # "auto": the base model the repository ships for the experiment (models/<experiment>/,
+    # today only "local": models/README.md), random weights for the others; "none": random
+    # weights; or a SavedModel folder exported by this project, of the experiment's architecture
+    base_model: str = "auto"
+
+    def resolved_base_model(self) -> Optional[str]:
+        """The base model's SavedModel folder, or None for random weights."""
+        from trainer.warm_start import base_model_dir
+
+        return base_model_dir(self.base_model_setting(), self.experiment)
+
+    def base_model_setting(self) -> str:
+        """base_model as the Trainer gets it: auto, none, or an absolute path / URI."""
+        if self.base_model in ("auto", "none") or "://" in self.base_model:
+            return self.base_model
+        return os.path.abspath(self.base_model)
 
     def __post_init__(self):
+        if not isinstance(self.base_model, str) or not self.base_model:
+            raise ValueError(f"training.base_model must be auto, none or a SavedModel folder, "
+                             f"got {self.base_model!r}")
         if self.warm_start not in WARM_START_MODES:
             raise ValueError(f"training.warm_start must be one of {', '.join(WARM_START_MODES)}, "
                              f"got {self.warm_start!r}")

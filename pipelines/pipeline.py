@@ -43,6 +43,7 @@ def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
     if config.gate.baseline == "ml-metadata" and not placement.on_kubeflow(config):
         source.update(metadata_path=os.path.abspath(config.runner.resolved_metadata_path()),
                       pipeline_name=config.runner.pipeline_name)
+    source["base_model"] = config.training.base_model_setting()  # resolved in the Trainer
     return {"warm_start": config.training.warm_start, "warm_start_source": source}
 
 

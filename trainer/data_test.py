@@ -74,3 +74,40 @@ def test_bad_config_and_missing_split(examples_dir):
         D.DataConfig(crop_size=20)
     with pytest.raises(ValueError, match="no TFRecord files for split 'nope'"):
         D.training_dataset(D.DataConfig(examples_dir=examples_dir, train_split="nope", crop_size=16), 2)
+
+
+def test_degraded_crops_keep_their_pyramids_and_the_sharp_crop_clean(examples_dir, monkeypatch):
+    """data.degrade: the pyramid levels are those of the degraded crops (as phi_k is computed
+    from the input at inference); the sharp crop only ever changes by the exposure, which maps
+    each value through one increasing curve (no noise, no JPEG: its order of values is kept)."""
+    from trainer import degrade
+
+    monkeypatch.setattr(degrade, "PROBABILITY", 1.0)  # every degradation, every crop
+    cfg = D.DataConfig(examples_dir=examples_dir, crop_size=16, degrade=True)
+    plain = next(iter(D.training_dataset(D.DataConfig(examples_dir=examples_dir, crop_size=16),
+                                         batch_size=4, seed=3)))
+    batch = next(iter(D.training_dataset(cfg, batch_size=4, seed=3)))
+    for i in range(4):
+        x = (batch["x"][i].numpy() + 1) / 2
+        y = (batch["y"][i].numpy() + 1) / 2
+        for k in (2, 4, 8):
+            np.testing.assert_allclose((batch["target"][k][i].numpy()[..., 0] + 1) / 2,
+                                       _luma_box(x, k), atol=2e-6)
+            np.testing.assert_allclose((batch["phi"][k][i].numpy()[..., 0] + 1) / 2,
+                                       _luma_box(y, k), atol=2e-6)
+        # the same crop (same seed) undegraded: the exposure darkens it through one curve
+        x0 = (plain["x"][i].numpy() + 1) / 2
+        assert x.mean() < x0.mean()
+        order = np.argsort(x0.ravel(), kind="stable")
+        assert np.all(np.diff(x.ravel()[order]) >= -1e-6)
+        # the blurry crop carries noise and JPEG on top: not one curve of the clean one
+        y0 = (plain["y"][i].numpy() + 1) / 2
+        order = np.argsort(y0.ravel(), kind="stable")
+        assert np.any(np.diff(y.ravel()[order]) < -1e-3)
+
+
+def test_degradation_is_off_in_the_paper_presets():
+    from trainer import experiments
+
+    for name in experiments.PRESETS:
+        assert experiments.get(name).data.degrade is (name == "local"), name

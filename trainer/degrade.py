@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-PROBABILITY = 0.5
+PROBABILITY = 0.3
 ALPHA, BETA, EXPOSURE_GAMMA = (0.9, 1.0), (0.5, 1.0), (1.5, 5.0)
 LOG_SHOT = (-9.2103404, -4.4228486)  # log 1e-4, log 1.2e-2
 READ_SLOPE, READ_INTERCEPT, READ_STD = 2.18, 1.20, 0.26

@@ -171,7 +171,7 @@ TINY_TRAIN = TrainConfig(
 # regression-only start, an EMA that follows a run of a few thousand steps.
 LOCAL_TRAIN = TrainConfig(
     steps=2000, global_batch_size=8, learning_rate=1e-3, lr_warmup_steps=50,
-    dpm_warmup_steps=100, ema_decay=0.995, checkpoint_every=250, log_every=25,
+    dpm_warmup_steps=100, ema_decay=0.999, checkpoint_every=250, log_every=25,
     image_summary_every=500, mixed_precision="auto")
 
 PRESETS = ("tiny", "local", "icDPM-S", "icDPM-L", "S+Guide-S", "S+Guide-L", "L+Guide-S", "L+Guide-L")
@@ -186,7 +186,8 @@ def get(name: str, **overrides) -> Experiment:
         exp = Experiment(name, preset("tiny"), data=DataSection(crop_size=64, shuffle_buffer=64),
                          train=TINY_TRAIN)
     elif name == "local":
-        exp = Experiment(name, preset("local"), data=DataSection(crop_size=128, shuffle_buffer=64),
+        exp = Experiment(name, preset("local"),
+                         data=DataSection(crop_size=128, shuffle_buffer=64, degrade=True),
                          train=LOCAL_TRAIN)
     else:
         exp = Experiment(name, preset(name))

@@ -46,8 +46,11 @@ def run_fn(fn_args: FnArgs, find_parent=None) -> None:
     marker = resume_interrupted(exp, examples, fn_args.model_run_dir) if chief else None
     # after the copy of an interrupted training's files: its warm-start record comes along.
     # Only the chief writes it; every worker makes the same decision (the same registry)
+    base_dir = warm_start.base_model_dir(
+        (cfg.get("warm_start_source") or {}).get("base_model") or "none", exp.name)
+    base = warm_start.Parent(base_dir, f"the base model {base_dir}") if base_dir else None
     record = warm_start.decide(fn_args.model_run_dir, cfg.get("warm_start") or "none",
-                               exp.train.steps, find_parent, write=chief)
+                               exp.train.steps, find_parent, write=chief, base=base)
     if record["parent"]:
         logging.getLogger(PROGRESS_LOGGER).info(
             "Trainer: warm start from %s (step %d), %d more steps", record["parent"]["name"],

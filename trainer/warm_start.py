@@ -44,6 +44,23 @@ MODES = ("none", "latest_blessed")
 MODEL_INFO_FILE = "deblur.json"
 
 
+# base models the repository ships, one folder per experiment (models/README.md)
+SHIPPED_MODELS = posixpath.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "models")
+
+
+def base_model_dir(setting: str, experiment: str) -> Optional[str]:
+    """training.base_model -> a SavedModel folder or None (random weights): "auto" is the
+    shipped models/<experiment>/ when there is one, "none" is None, anything else is a folder
+    (resolved where the Trainer runs, so "auto" finds the copy inside the container image)."""
+    if setting == "none":
+        return None
+    if setting == "auto":
+        shipped = posixpath.join(SHIPPED_MODELS, experiment)
+        return shipped if os.path.exists(posixpath.join(shipped, "saved_model.pb")) else None
+    return setting
+
+
 class WarmStartError(ValueError):
     """The parent cannot initialise this training (another architecture, no weights)."""
 
@@ -111,13 +128,14 @@ def check_parent(saved_model_dir: str) -> Optional[str]:
 
 def decide(model_run_dir: str, mode: str, steps: int,
            find_parent: Optional[Callable[[], Optional[Parent]]] = None,
-           write: bool = True) -> dict:
+           write: bool = True, base: Optional[Parent] = None) -> dict:
     """The warm-start record of a training into model_run_dir: {"mode", "parent" (Parent as
     JSON, or None), "start_step", "steps", "target_step", "reason"}. An existing record (a retry)
     is returned as it is; otherwise the parent is looked up (mode latest_blessed), checked
     (check_parent: a missing or damaged parent is a WarmStartError naming it) and the record
     written before training starts (unless write is False: a multi-worker job's other workers,
-    which must not write into the chief's folder)."""
+    which must not write into the chief's folder). base: the base model (training.base_model),
+    the parent when the mode is none or no blessed model exists yet (else random weights)."""
     if mode not in MODES:
         raise WarmStartError(f"warm_start must be one of {', '.join(MODES)}, got {mode!r}")
     gfile = _gfile()
@@ -128,16 +146,18 @@ def decide(model_run_dir: str, mode: str, steps: int,
     parent = find_parent() if mode == "latest_blessed" and find_parent else None
     record = {"mode": mode, "parent": None, "start_step": 0, "steps": int(steps),
               "target_step": int(steps)}
-    if mode == "none":
-        record["reason"] = "training.warm_start is none"
-    elif parent is None:
-        record["reason"] = "no blessed model yet"
+    why_not = "training.warm_start is none" if mode == "none" else "no blessed model yet"
+    instead = "training.warm_start: none starts from random weights"
+    if parent is None and base is not None:  # the base model, when no blessed one serves
+        parent = dataclasses.replace(base, name=f"{base.name} ({why_not})")
+        instead = "training.base_model: none starts from random weights"
+    if parent is None:
+        record["reason"] = why_not
     else:
         problem = check_parent(parent.saved_model_dir)
         if problem:
             raise WarmStartError(f"cannot warm-start from {parent.name}: {problem}; nothing was "
-                                 "trained (training.warm_start: none starts from random "
-                                 "weights)")
+                                 f"trained ({instead})")
         parent.step = parent_step(model_info(parent.saved_model_dir))
         record.update(parent=parent.to_json(), start_step=parent.step,
                       target_step=parent.step + int(steps), reason=f"from {parent.name}")

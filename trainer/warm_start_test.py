@@ -109,6 +109,33 @@ def test_a_retry_keeps_its_decision(tmp_path):
         warm_start.decide(str(tmp_path / "c"), "latest", 5)
 
 
+def test_the_base_model_serves_when_no_blessed_model_does(parent, tmp_path):
+    """training.base_model: the parent of a training that has no blessed model to start from
+    (warm_start none, or latest_blessed before the first blessing); a blessed one wins."""
+    model_dir = os.path.join(parent[0], "saved_model")
+    base = warm_start.Parent(model_dir, "the base model B")
+    for mode, why in (("none", "training.warm_start is none"),
+                      ("latest_blessed", "no blessed model yet")):
+        rec = warm_start.decide(str(tmp_path / mode), mode, 5, lambda: None, base=base)
+        assert rec["parent"]["saved_model_dir"] == model_dir
+        assert rec["reason"] == f"from the base model B ({why})"
+        assert (rec["start_step"], rec["target_step"]) == (PARENT_STEPS, PARENT_STEPS + 5)
+    blessed = warm_start.Parent(model_dir, "registry version 2")
+    rec = warm_start.decide(str(tmp_path / "b"), "latest_blessed", 5, lambda: blessed, base=base)
+    assert rec["reason"] == "from registry version 2"
+
+
+def test_base_model_auto_is_the_shipped_model_of_the_experiment(tmp_path, monkeypatch):
+    shipped = tmp_path / "models"
+    (shipped / "local").mkdir(parents=True)
+    (shipped / "local" / "saved_model.pb").write_bytes(b"")
+    monkeypatch.setattr(warm_start, "SHIPPED_MODELS", str(shipped))
+    assert warm_start.base_model_dir("auto", "local") == str(shipped / "local")
+    assert warm_start.base_model_dir("auto", "tiny") is None  # none shipped: random weights
+    assert warm_start.base_model_dir("none", "local") is None
+    assert warm_start.base_model_dir("/m/x", "tiny") == "/m/x"
+
+
 def test_a_worker_that_is_not_the_chief_decides_without_writing(tmp_path):
     """A multi-worker Trainer's other workers share the chief's ModelRun folder: they make the
     same decision but leave the record to the chief; once it exists they read it."""
