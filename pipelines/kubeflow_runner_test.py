@@ -706,6 +706,36 @@ def test_run_page_artifacts_in_the_spec(compiled):
     assert titles("DeblurIngest") == {"examples": "tfx.Examples", "counts": "system.Metrics"}
     assert titles("DomainDriftReport") == {"report": "deblur.DomainDrift",
                                            "drift_table": "system.Markdown"}
+    # the Trainer's outcome (TFX's Trainer has fixed outputs: a task after it), the push, the run
+    assert titles("TrainingReport") == {"curves": "system.HTML", "metrics": "system.Metrics"}
+    assert titles("RegistryPusher") == {"pushed_model": "tfx.PushedModel",
+                                        "report": "system.Markdown"}
+    assert titles("RunSummary") == {"summary": "system.Markdown"}
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["TrainingReport"]["dependentTasks"] == ["Trainer"]
+    assert tasks["TrainingReport"]["cachingOptions"] == {"enableCache": True}  # with the Trainer
+    assert tasks["RunSummary"]["cachingOptions"] == {}  # never cached: it reports this run
+    assert set(tasks["RunSummary"]["dependentTasks"]) >= {"RegistryPusher", "DeblurIngest",
+                                                         "DomainDriftReport"}
+    assert spec["components"][kr.CHECK_TASK]["outputDefinitions"]["artifacts"]["report"][
+        "artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_run_summary_tells_cached_tasks_by_their_outputs_folder():
+    from pipelines import run_summary_component as rs
+
+    run = "gs://b/root/deblur-icdpm/run-2"
+    assert rs.run_folder(f"{run}/RunSummary/summary") == run
+    states = rs.task_states(run, {
+        "examples": "gs://b/root/deblur-icdpm/run-1/DeblurIngest/examples",
+        "model": f"{run}/Trainer/model", "model_run": f"{run}/Trainer/model_run",
+        "pushed_model": f"{run}/RegistryPusher/pushed_model"})
+    assert states == {"DeblurRunCheck": "COMPLETE", "DeblurInputFingerprint": "COMPLETE",
+                      "DeblurIngest": "CACHED", "Trainer": "COMPLETE",
+                      "RegistryPusher": "COMPLETE"}
+    # a prefix of another run's id is not this run (run-2 vs run-20)
+    assert rs.task_states(run, {"examples": f"{run}0/DeblurIngest/examples"})[
+        "DeblurIngest"] == "CACHED"
 
 
 def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):

@@ -119,13 +119,29 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         registry_uri=registry_uri,
         model_name=config.registry.model_name,
     )
+    # On Kubeflow, the run page's account of the Trainer (TFX's Trainer has fixed outputs the
+    # frontend does not draw) and of the whole run (never cached: pipelines/kubeflow_runner.py);
+    # locally `deblur run-local` prints the same from ML Metadata.
+    training_report = run_summary = None
+    if placement.on_kubeflow(config):
+        from components.training_report import TrainingReport
+        from pipelines.run_summary_component import RunSummary
+
+        training_report = TrainingReport(model_run=trainer.outputs["model_run"])
+        run_summary = RunSummary(
+            examples=ingest.outputs["examples"], statistics=statistics.outputs["statistics"],
+            schema=schema.outputs["schema"], anomalies=validator.outputs["anomalies"],
+            drift=drift.outputs["report"], model=trainer.outputs["model"],
+            model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["evaluation"],
+            blessing=evaluator.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"])
     return tfx_pipeline.Pipeline(
         pipeline_name=config.runner.pipeline_name,
         pipeline_root=root,
         # place(): on Kubeflow, each component's resources from config.kubeflow.resources
         components=placement.place(
             config, [c for c in (ingest, statistics, schema, validator, gate, drift, trainer,
-                                 latest_blessed, evaluator, pusher) if c is not None]),
+                                 training_report, latest_blessed, evaluator, pusher, run_summary)
+                     if c is not None]),
         enable_cache=config.runner.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.runner.beam_args),

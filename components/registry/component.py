@@ -15,6 +15,9 @@ Output: pushed_model (PushedModel) with custom properties
                       cached Trainer hands a run on unchanged data)
   already_registered  that N
 and <pushed_model.uri>/push.json holding the same plus the stored manifest.
+Output: report (system.Markdown, components/run_page.py): the Kubeflow run page's account of
+the push: the registered version, its URI, its sampling setting and warm-start parent, or the
+reason nothing was registered.
 
 A model that is not blessed is recorded as not pushed; the execution succeeds, so the run
 shows the reason instead of a failure. The executor is a custom class (not a @component
@@ -37,6 +40,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
+from components import run_page
 from components.registry import pusher
 from components.registry.registry import DEFAULT_MODEL_NAME, Registry
 
@@ -46,6 +50,7 @@ EVALUATION_KEY = "evaluation"
 EXAMPLES_KEY = "examples"
 PUSHED_MODEL_KEY = "pushed_model"
 PUSH_RECORD_FILE = "push.json"
+REPORT_KEY = "report"
 
 
 class RegistryPusherSpec(types.ComponentSpec):
@@ -59,7 +64,34 @@ class RegistryPusherSpec(types.ComponentSpec):
         EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
         EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
-    OUTPUTS = {PUSHED_MODEL_KEY: ChannelParameter(type=standard_artifacts.PushedModel)}
+    OUTPUTS = {PUSHED_MODEL_KEY: ChannelParameter(type=standard_artifacts.PushedModel),
+               REPORT_KEY: ChannelParameter(type=run_page.Markdown)}
+
+
+def report_markdown(result: "pusher.PushResult", model_name: str) -> str:
+    """The run page's Markdown of a push result."""
+    if result.pushed:
+        m = result.manifest or {}
+        lines = [f"## Registered: {model_name} version {result.version}", "",
+                 f"- URI: `{result.destination}`"]
+        sampling = m.get("serving_default") or m.get("sampling")
+        if sampling:
+            lines.append(f"- serving setting: `{(sampling or {}).get('key', sampling)}`")
+        warm = m.get("warm_start")
+        if isinstance(warm, dict) and warm.get("parent"):
+            p = warm["parent"]
+            lines.append(f"- trained from: {p.get('name')} (step {warm.get('start_step')}), "
+                         f"to step {warm.get('target_step')}")
+        elif warm is not None:
+            lines.append("- trained from: random weights")
+        reason = (m.get("blessing") or {}).get("reason")
+        if reason:
+            lines.append(f"- blessed: {reason}")
+        return "\n".join(lines) + "\n"
+    if result.already_registered is not None:
+        return (f"## Nothing new registered: already {model_name} version "
+                f"{result.already_registered}\n\n{result.reason}\n")
+    return f"## Nothing registered\n\n{result.reason}\n"
 
 
 def _single(input_dict: Dict[str, List[types.Artifact]], key: str) -> Optional[types.Artifact]:
@@ -120,6 +152,11 @@ class Executor(base_executor.BaseExecutor):
         fileio.makedirs(out.uri)
         with fileio.open(os.path.join(out.uri, PUSH_RECORD_FILE), "w") as f:
             f.write(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        report = output_dict.get(REPORT_KEY) or []
+        if report:
+            name = exec_properties.get("model_name") or DEFAULT_MODEL_NAME
+            run_page.write_text(report[0], f"registry: {name}",
+                                report_markdown(result, name))
 
 
 class RegistryPusher(base_component.BaseComponent):
@@ -136,5 +173,6 @@ class RegistryPusher(base_component.BaseComponent):
         spec = RegistryPusherSpec(
             model=model, model_blessing=model_blessing, evaluation=evaluation,
             examples=examples, registry_uri=registry_uri, model_name=model_name,
-            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+            report=types.Channel(type=run_page.Markdown))
         super().__init__(spec=spec)

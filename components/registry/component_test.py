@@ -224,3 +224,34 @@ def test_component_wires_channels_and_checks_the_name():
     assert set(p.inputs) == {C.MODEL_KEY, C.BLESSING_KEY}
     with pytest.raises(ValueError, match="model name"):
         C.RegistryPusher(model=model, model_blessing=blessing, registry_uri="/r", model_name="7")
+
+
+def _run_with_report(tmp: Path, inputs, registry: Path):
+    from components import run_page
+
+    out = _artifact(standard_artifacts.PushedModel, tmp / "RegistryPusher" / "pushed_model" / "9", 0)
+    report = run_page.Markdown()
+    report.uri = str(tmp / "RegistryPusher" / "report" / "9" / "value")
+    C.Executor(base_executor.BaseExecutor.Context(tmp_dir=str(tmp / "tmp"), unique_id="9")).Do(
+        inputs, {C.PUSHED_MODEL_KEY: [out], C.REPORT_KEY: [report]},
+        {"registry_uri": str(registry), "model_name": "deblur-icdpm"})
+    return report, Path(report.uri).read_text()
+
+
+def test_the_run_page_report_names_the_version_and_its_uri(tmp_path):
+    """The pusher's system.Markdown output (components/run_page.py): what the Kubeflow run page
+    shows for the push."""
+    registry = tmp_path / "registry"
+    report, md = _run_with_report(tmp_path, make_inputs(tmp_path, blessed=True), registry)
+    assert report.TYPE_NAME == "system.Markdown"
+    assert report.get_string_custom_property("display_name") == "registry: deblur-icdpm"
+    assert md.splitlines()[0] == "## Registered: deblur-icdpm version 1"
+    assert f"- URI: `{registry / 'deblur-icdpm' / '1'}`" in md
+    assert "- blessed: r" in md
+
+
+def test_the_run_page_report_gives_the_reason_nothing_was_registered(tmp_path):
+    report, md = _run_with_report(tmp_path, make_inputs(tmp_path, blessed=False),
+                                  tmp_path / "registry")
+    assert md.splitlines()[0] == "## Nothing registered"
+    assert "model not blessed" in md
