@@ -12,4 +12,10 @@ export IMAGE="${IMAGE:-$REGION-docker.pkg.dev/$PROJECT/$REPO/deblur-pipeline:0.1
 export GSA="${GSA:-deblur-pipeline}"                 # Google service account (name)
 export KSA="${KSA:-deblur-pipeline}"                 # Kubernetes service account = kubeflow.service_account
 export KFP_NAMESPACE="${KFP_NAMESPACE:-kubeflow}"
-export KFP_VERSION="${KFP_VERSION:-2.0.5}"           # backend matching the kfp 2.5 SDK (v2beta1 API)
+# KFP backend 2.5.0 (2025-04): its run form shows a default of 0 (2.0.5's treats 0 as missing and
+# blocks Start until gate_input_psnr_tolerance is typed), and a recurring run may name the
+# pipeline without a version, running its newest one (deblur submit --schedule). The kfp 2.5.0
+# SDK's v2beta1 client talks to it (infra/README.md "Versions").
+export KFP_VERSION="${KFP_VERSION:-2.5.0}"
+export UI_GSA="${UI_GSA:-deblur-kfp-ui}"              # Google SA the KFP UI server reads gs:// as
+export UI_KSA="${UI_KSA:-ml-pipeline-ui}"             # the KFP UI's Kubernetes service account

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Kubeflow Pipelines standalone, backend $KFP_VERSION (2.0.5: the v2beta1 API of the kfp 2.5 SDK;
-# it runs only pipeline specs of schemaVersion 2.1.0, which `deblur compile` writes).
+# Kubeflow Pipelines standalone, backend $KFP_VERSION (2.5.0: the v2beta1 API of the kfp 2.5 SDK,
+# a run form that shows 0 defaults, recurring runs that follow the pipeline's newest version;
+# `deblur compile` writes schemaVersion 2.1.0, which it runs).
 # The manifests are the pinned kustomize bases of infra/gke/kfp/ (env/dev: in-cluster MySQL and
 # MinIO for KFP's own metadata; the pipeline's artifacts go to gs:// via the pipeline root).
 set -euo pipefail
