@@ -271,7 +271,8 @@ def test_warm_start_looks_in_the_registry_on_kubeflow(compiled):
         assert _task_param(spec, "Trainer", "warm_start") == {
             "componentInputParameter": "warm_start"}
         assert custom["warm_start_source"] == {"registry_uri": "gs://my-deblur-bucket/registry",
-                                               "model_name": "deblur-icdpm"}
+                                               "model_name": "deblur-icdpm",
+                                               "base_model": "auto"}  # training.base_model
         assert _param(spec, "Trainer", "run_fn") == "components.training.run_fn"
 
 

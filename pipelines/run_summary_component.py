@@ -91,9 +91,7 @@ def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
             s["ingest"] = ingest
     if "anomalies" in arts:
         try:
-            splits = json.loads(arts["anomalies"].get_string_custom_property("split_names")
-                                or "[]") or artifact_utils.decode_split_names(
-                arts["anomalies"].split_names)
+            splits = artifact_utils.decode_split_names(arts["anomalies"].split_names)
             s["anomalies"] = validation.anomalies_by_split(arts["anomalies"].uri, splits)
         except Exception:  # noqa: BLE001 - the summary goes on without it
             pass

@@ -118,7 +118,7 @@ class Run:
     def __init__(self, job: Dict[str, Any], pipeline_root: str, run_id: str = "run-1",
                  arguments: Optional[Dict[str, Any]] = None, python: str = sys.executable,
                  env: Optional[Dict[str, str]] = None, timeout: float = 3600,
-                 cwd: Optional[str] = None):
+                 cwd: Optional[str] = None, send_defaults: bool = True):
         self.spec = job["pipelineSpec"]
         self.pipeline_name = self.spec["pipelineInfo"]["name"]
         self.run_root = f"{pipeline_root.rstrip('/')}/{self.pipeline_name}/{run_id}"
@@ -128,8 +128,23 @@ class Run:
         # the image's WORKDIR (/opt/deblur, the repository): not the task's folder, whose
         # output folders (e.g. `metrics`) would shadow packages of the same name
         self.cwd = cwd
-        params = dict((job.get("runtimeConfig") or {}).get("parameterValues") or {})
-        params.update(arguments or {})
+        if send_defaults:
+            # the run carries every value: the compiled defaults with the arguments over them
+            params = dict((job.get("runtimeConfig") or {}).get("parameterValues") or {})
+            params.update(arguments or {})
+        else:
+            # the run carries only `arguments` (a run of an uploaded pipeline version, or a
+            # recurring run, started with overrides): the root DAG's inputs missing from the
+            # runtime config take the defaultValue of the spec's root inputDefinitions (what
+            # the KFP UI's form pre-fills, and what the driver falls back to for optional
+            # inputs from backend 2.5.0, "Handle optional pipeline inputs in the driver")
+            params = dict(arguments or {})
+            for key, d in self.spec["root"].get("inputDefinitions", {}).get(
+                    "parameters", {}).items():
+                if key not in params:
+                    if "defaultValue" not in d:
+                        raise TaskFailed(f"root input {key!r} has no value and no default")
+                    params[key] = d["defaultValue"]
         self.root_params = params
         self.mlmd: Dict[int, Dict[str, Any]] = {}  # artifact id -> record
         self.outputs: Dict[str, Dict[str, Any]] = {}  # task -> {"artifacts": {key: id}, ...}

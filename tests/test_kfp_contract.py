@@ -32,11 +32,12 @@ from pipelines import config as config_lib
 from pipelines import kubeflow_runner as kr
 from pipelines.config import REPO_ROOT
 from tests.gcs_emulator import fake_gcs
-from tests.kfp_v2_launcher import Run, topological
+from tests.kfp_v2_launcher import Run, TaskFailed, topological
 
 BUCKET = "deblur-kfp-contract"
-TASKS = ["DeblurInputFingerprint", "DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
-         "DomainDriftReport", "Trainer", "DeblurEvaluator", "RegistryPusher"]
+TASKS = ["DeblurRunCheck", "DeblurInputFingerprint", "DeblurIngest", "StatisticsGen",
+         "ImportSchemaGen", "ExampleValidator", "ValidationGate", "DomainDriftReport", "Trainer",
+         "TrainingReport", "DeblurEvaluator", "RegistryPusher", "RunSummary"]
 
 
 def compile_config(tmp_path) -> config_lib.PipelineConfig:
@@ -66,15 +67,27 @@ def compile_config(tmp_path) -> config_lib.PipelineConfig:
     })
 
 
-def synthetic_sources(tmp_path):
+def synthetic_sources(tmp_path, gcs):
+    """The synthetic sets, copied to gs://BUCKET/synth/ in the emulator: the run's check task
+    accepts gs:// sources only, and looks for objects under each root."""
     from core import synth
 
     root = tmp_path / "data"
     # 192: NIQE needs two 96-pixel blocks per side
     synth.generate(str(root), pairs=3, size=(192, 192), seed=1, test_pairs=2, progress=False)
+    bucket = gcs.client.bucket(BUCKET)
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"synth/{path.relative_to(root).as_posix()}").upload_from_filename(
+                str(path))
     cfg = config_lib.PipelineConfig()
     cfg.runner.work_dir = str(tmp_path)  # synthetic_root() = <work_dir>/data
-    return [s.to_json() for s in cfg.ingest_sources()]
+    out = []
+    for s in cfg.ingest_sources():
+        j = s.to_json()
+        j["root"] = f"gs://{BUCKET}/synth/{os.path.relpath(s.root, root)}"
+        out.append(j)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +96,16 @@ def contract_run(tmp_path_factory):
     cfg = compile_config(tmp)
     spec_file = kr.compile_pipeline(cfg, str(tmp / "deblur-icdpm.json"))
     job = kr.load_job(spec_file)
-    arguments = kr.run_arguments(cfg, job["pipelineSpec"], {
-        "data_sources": json.dumps(synthetic_sources(tmp)),
-        "train_steps": "3",
-        "gate_ood_lpips_max": "0.99", "gate_input_lpips_margin": "-1",
-        "gate_input_psnr_tolerance": "100"})
     scratch = tmp / "tmp"
     scratch.mkdir()
     with fake_gcs(tmp) as gcs:
         gcs.create_bucket(BUCKET)
+        sources = json.dumps(synthetic_sources(tmp, gcs))
+        arguments = kr.run_arguments(cfg, job["pipelineSpec"], {
+            "data_sources": sources,
+            "train_steps": "3",
+            "gate_ood_lpips_max": "0.99", "gate_input_lpips_margin": "-1",
+            "gate_input_psnr_tolerance": "100"})
         env = {**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}
         run = Run(job, str(tmp / "pipeline_root"), run_id="run-1", arguments=arguments,
                   python=sys.executable, env=env, timeout=1800, cwd=REPO_ROOT)
@@ -99,17 +113,34 @@ def contract_run(tmp_path_factory):
         from components.registry.registry import Registry
 
         latest = Registry(f"gs://{BUCKET}/registry", "deblur-icdpm").latest()
-    return run, job, cfg, latest
+        # a value typed in the UI form that KFP's type check lets through: the run stops at
+        # once, before the ingest
+        bad = Run(job, str(tmp / "pipeline_root"), run_id="run-bad",
+                  arguments={**arguments, "train_steps": 0, "warm_start": "newest"},
+                  python=sys.executable, env=env, timeout=600, cwd=REPO_ROOT)
+        try:
+            bad.execute()
+            bad_error = None
+        except TaskFailed as e:
+            bad_error = e
+        # a run that sends only overrides: the compiled defaults fill the rest (up to the
+        # fingerprint: what follows is the run above)
+        lean = Run(job, str(tmp / "pipeline_root"), run_id="run-lean",
+                   arguments={"data_sources": sources, "train_steps": 3},
+                   python=sys.executable, env=env, timeout=600, cwd=REPO_ROOT,
+                   send_defaults=False)
+        lean.execute(stop_after="DeblurInputFingerprint")
+    return run, job, cfg, latest, bad, bad_error, lean
 
 
 def test_every_task_runs_in_dependency_order(contract_run):
-    run, job, _, _ = contract_run
+    run, job = contract_run[:2]
     order = topological(job["pipelineSpec"]["root"]["dag"]["tasks"])
     assert sorted(order) == sorted(TASKS) and list(run.outputs) == order
 
 
 def test_the_executor_input_is_what_the_driver_builds(contract_run):
-    run, job, _, _ = contract_run
+    run, job = contract_run[:2]
     ei = run.executor_inputs["DeblurEvaluator"]
     examples, = ei["inputs"]["artifacts"]["examples"]["artifacts"]
     # as ML Metadata hands it back: id as name, no schema, properties as metadata
@@ -132,7 +163,7 @@ def cfg_gate(job):
 def test_the_ingest_checks_the_fingerprint_the_run_computed(contract_run):
     """The DeblurInputFingerprint task's output parameter is the ingest's input_fingerprint
     (what KFP's cache key sees); the ingest listed the same inputs (it fails otherwise)."""
-    run, _, _, _ = contract_run
+    run = contract_run[0]
     fingerprint = run.outputs["DeblurInputFingerprint"]["parameters"]["fingerprint"]
     params = run.executor_inputs["DeblurIngest"]["inputs"]["parameterValues"]
     assert params["input_fingerprint"] == fingerprint and len(fingerprint) == 64
@@ -144,8 +175,8 @@ def test_the_ingest_checks_the_fingerprint_the_run_computed(contract_run):
 
 
 def test_run_parameters_reached_the_executors(contract_run):
-    run, _, cfg, _ = contract_run
-    # ingest read the local synthetic sets named by data_sources, not the compiled gs:// roots
+    run, _, cfg = contract_run[:3]
+    # ingest read the synthetic sets named by data_sources, not the compiled gs:// roots
     counts = run.scalars("DeblurIngest", "counts")
     assert counts["inputs"] == counts["written"] == 3 + 2 + 2
     # the Trainer trained train_steps (3), not the compiled 50
@@ -160,7 +191,7 @@ def test_run_parameters_reached_the_executors(contract_run):
 
 
 def test_the_model_is_blessed_and_registered(contract_run):
-    run, _, _, latest = contract_run
+    run, latest = contract_run[0], contract_run[3]
     blessing = run.artifact("DeblurEvaluator", "blessing")
     # the executor output carried `blessed`; ML Metadata keeps it as a double; the pusher read it
     assert blessing["custom_properties"]["blessed"] == {"double": 1.0}
@@ -173,7 +204,7 @@ def test_the_model_is_blessed_and_registered(contract_run):
 
 
 def test_executor_outputs_carry_what_the_next_task_reads(contract_run):
-    run, _, _, _ = contract_run
+    run = contract_run[0]
     ingest = run.outputs["DeblurIngest"]["executor_output"]["artifacts"]["examples"]["artifacts"][0]
     # split_names is what StatisticsGen, the Trainer and the evaluator iterate over
     assert json.loads(ingest["metadata"]["split_names"]) == ["test", "test_ood", "train"]
@@ -185,7 +216,7 @@ def test_executor_outputs_carry_what_the_next_task_reads(contract_run):
 
 
 def test_run_page_artifacts_are_recorded_as_the_frontend_wants_them(contract_run):
-    run, _, _, _ = contract_run
+    run = contract_run[0]
     types = {(m["task"], m["key"]): m["type"] for m in run.mlmd.values()}
     assert types[("DeblurEvaluator", "metrics")] == "system.Metrics"
     assert types[("DeblurEvaluator", "input_metrics")] == "system.Metrics"
@@ -203,3 +234,76 @@ def test_run_page_artifacts_are_recorded_as_the_frontend_wants_them(contract_run
     assert verdict.startswith("## Blessed: YES") and "| beats_input |" in verdict
     page = open(run.artifact("DeblurEvaluator", "report")["uri"]).read()
     assert page.count("data:image/png;base64,") == 1 + 2  # the plot, test and test_ood grids
+
+
+def test_the_check_task_ran_first_and_found_every_value_good(contract_run):
+    run = contract_run[0]
+    assert run.outputs["DeblurRunCheck"]["parameters"]["problems"] == ""
+    report = run.artifact("DeblurRunCheck", "report")
+    assert report["type"] == "system.Markdown"
+    assert report["custom_properties"]["display_name"] == {"string": "run parameters"}
+    md = open(report["uri"]).read()
+    assert md.startswith("## Run parameters: all good")
+    assert "| train_steps | `3` | an integer >= 1 | ok |" in md
+    # it looked under each gs:// root in the emulator (found objects: no note)
+    assert "not checked" not in md
+
+
+def test_a_bad_value_stops_the_run_first_in_one_line(contract_run):
+    """train_steps 0 and warm_start newest typed in the UI (the types are right, so KFP lets
+    them through): DeblurRunCheck reports them on the run page, DeblurInputFingerprint fails in
+    one line, nothing else starts."""
+    bad, error = contract_run[4], contract_run[5]
+    assert error is not None and "DeblurInputFingerprint: the command exited 1" in str(error)
+    # ImportSchemaGen depends on nothing, so it may run beside the check; nothing else ran
+    assert set(bad.outputs) <= {"DeblurRunCheck", "ImportSchemaGen"}
+    assert "DeblurRunCheck" in bad.outputs and "DeblurIngest" not in bad.outputs
+    log = open(f"{bad.run_root}/DeblurInputFingerprint/launcher.log").read().strip().splitlines()
+    assert len(log) == 1, log
+    assert log[0].startswith("run parameters refused: train_steps=0: ") and \
+        "warm_start=newest: " in log[0] and "(allowed: none or latest_blessed)" in log[0]
+    md = open(bad.artifact("DeblurRunCheck", "report")["uri"]).read()
+    assert md.startswith("## Run parameters: 2 refused, the run stops here")
+    assert "- **warm_start** = `newest`:" in md and "Allowed: none or latest_blessed." in md
+
+
+def test_a_run_with_only_overrides_gets_the_compiled_defaults(contract_run):
+    job, lean = contract_run[1], contract_run[6]
+    defaults = job["runtimeConfig"]["parameterValues"]
+    params = lean.executor_inputs["DeblurRunCheck"]["inputs"]["parameterValues"]
+    assert params["train_steps"] == 3
+    for name in ("gate_ood_lpips_max", "gate_input_psnr_tolerance", "warm_start", "cache"):
+        assert params[name] == defaults[name], name
+    assert params["gate_input_psnr_tolerance"] == 0.0  # the 0 default reaches the run
+    assert lean.outputs["DeblurRunCheck"]["parameters"]["problems"] == ""
+    assert len(lean.outputs["DeblurInputFingerprint"]["parameters"]["fingerprint"]) == 64
+
+
+def test_the_trainer_and_the_pusher_show_their_outcome(contract_run):
+    run = contract_run[0]
+    curves = run.artifact("TrainingReport", "curves")
+    assert curves["type"] == "system.HTML"
+    page = open(curves["uri"]).read()
+    assert page.count("data:image/png;base64,") == 1 and "from random weights" in page
+    m = run.scalars("TrainingReport", "metrics")
+    assert run.artifact("TrainingReport", "metrics")["type"] == "system.Metrics"
+    assert m["final step"] == 3.0 and m["steps this run"] == 3.0
+    assert m["warm-start parent step"] == 0.0 and "final loss_dpm" in m
+    assert "tfx_version" not in m
+    report = run.artifact("RegistryPusher", "report")
+    assert report["type"] == "system.Markdown"
+    md = open(report["uri"]).read()
+    assert md.splitlines()[0] == "## Registered: deblur-icdpm version 1"
+    assert f"- URI: `gs://{BUCKET}/registry/deblur-icdpm/1`" in md
+
+
+def test_the_run_summary_lists_what_ran(contract_run):
+    run = contract_run[0]
+    summary = run.artifact("RunSummary", "summary")
+    assert summary["type"] == "system.Markdown"
+    md = open(summary["uri"]).read()
+    assert md.startswith("## Run summary: 10 task(s) ran, 0 cached")
+    assert "TFDV validation against schemas/schema.pbtxt: no anomalies" in md
+    assert "| DeblurIngest | ran |" in md and "| ValidationGate | (no output to tell by) |" in md
+    assert "what this run did:" in md and "registered: version 1 at gs://" in md
+    assert "inputs: 7 decoded now, 0 reused from the unit store" in md
