@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import posixpath
 from typing import Any, Dict, List, Optional, Tuple
@@ -33,20 +32,17 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 
 from components import run_page
+from core import artifacts
+from core.artifacts import HISTORY_FILE, RESUMED_FILE, WARM_START_FILE
 
 MODEL_RUN_KEY = "model_run"
 CURVES_KEY = "curves"
 METRICS_KEY = "metrics"
-HISTORY_FILE = "history.json"
-WARM_START_FILE = "warm_start.json"  # = trainer.warm_start.WARM_START_FILE (no TF import here)
-RESUMED_FILE = "resumed.json"  # = trainer.train.RESUMED_FILE
+_read_text = artifacts.text_reader(fileio)
 
 
 def _read_json(path: str) -> Optional[Any]:
-    if not fileio.exists(path):
-        return None
-    with fileio.open(path, "r") as f:
-        return json.load(f)
+    return artifacts.read_json(path, _read_text)
 
 
 def read_model_run(uri: str) -> Tuple[List[Dict[str, Any]], Optional[dict], Optional[list]]:

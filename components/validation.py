@@ -16,6 +16,7 @@ import os
 from typing import Dict, List, Sequence
 
 from core import example_format as ef
+from core.artifacts import split_dir
 
 STATS_FILE = "FeatureStats.pb"
 ANOMALIES_FILE = "SchemaDiff.pb"
@@ -31,7 +32,7 @@ def load_schema(path: str):
 def split_statistics(statistics_uri: str, split: str):
     import tensorflow_data_validation as tfdv
 
-    return tfdv.load_stats_binary(os.path.join(statistics_uri, f"Split-{split}", STATS_FILE))
+    return tfdv.load_stats_binary(os.path.join(split_dir(statistics_uri, split), STATS_FILE))
 
 
 def anomalies_by_split(anomalies_uri: str, splits: Sequence[str]) -> Dict[str, List[str]]:
@@ -41,7 +42,7 @@ def anomalies_by_split(anomalies_uri: str, splits: Sequence[str]) -> Dict[str, L
 
     out = {}
     for split in splits:
-        path = os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE)
+        path = os.path.join(split_dir(anomalies_uri, split), ANOMALIES_FILE)
         anomalies = anomalies_pb2.Anomalies()
         with fileio.open(path, "rb") as f:
             anomalies.ParseFromString(f.read())

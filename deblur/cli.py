@@ -18,6 +18,8 @@ import time
 import warnings
 from typing import List, Optional, Sequence
 
+from core.artifacts import SPLIT_PREFIX
+
 EXIT_USAGE = 2  # bad arguments / inputs
 EXIT_FAILED = 1  # the work ran and its result is not acceptable
 EXIT_TERMINATED = 143  # SIGTERM ended the work (128 + 15, as a process killed by it)
@@ -100,7 +102,7 @@ def _ingest_file_names() -> dict:
 
     return {"summary": bi.SUMMARY_FILE, "quarantine": bi.QUARANTINE_DIR,
             "counts": bi.COUNTS_DIR, "store": bi.PRIVATE_STORE, "unit": bi.UNIT_FILE,
-            "done": bi.UNIT_DONE}
+            "done": bi.UNIT_DONE, "split": SPLIT_PREFIX}
 
 
 def _ingest_output_files(summary: dict):
@@ -121,11 +123,11 @@ def _ingest_output_files(summary: dict):
         re.escape(n["summary"]),
         f"{re.escape(n['quarantine'])}/(?:quarantine|ingested)\\.jsonl",
         f"{re.escape(n['counts'])}/counts[^/]*\\.jsonl",
-        f"Split-(?:{split_re})/{tagged}{shard}",
+        f"{re.escape(n['split'])}(?:{split_re})/{tagged}{shard}",
     ]
     if fingerprints:  # a private unit store left behind
         fp = "|".join(map(re.escape, fingerprints))
-        patterns.append(f"{re.escape(n['store'])}/(?:{fp})/(?:Split-(?:{split_re})/{shard}|"
+        patterns.append(f"{re.escape(n['store'])}/(?:{fp})/(?:{re.escape(n['split'])}(?:{split_re})/{shard}|"
                         f"quarantine\\.jsonl|{re.escape(n['unit'])}|{re.escape(n['done'])})")
     owned = re.compile("(?:" + "|".join(patterns) + ")")
     return lambda rel: owned.fullmatch(rel) is not None

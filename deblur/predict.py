@@ -20,9 +20,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from core.artifacts import IMAGE_EXTENSIONS, model_info_path
 from trainer.setting import NON_FINITE_OUTPUT, SamplingSetting
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
         problem = verify_folder(d)
         if problem:
             raise ValueError(f"{problem}; use another --version or --model")
-        info = os.path.join(d, "deblur.json")
+        info = model_info_path(d)
         setting = None
         if tf.io.gfile.exists(info):
             with tf.io.gfile.GFile(info) as f:
@@ -103,10 +103,10 @@ def plan(src: str, dst: str) -> List[Tuple[str, str]]:
     inputs never share an output (x.jpg and x.png -> OUT/x.png); a single image into an
     existing folder goes to OUT/<name>.png; an output file name has an extension Pillow writes."""
     if os.path.isdir(src):
-        names = sorted(n for n in os.listdir(src) if n.lower().endswith(IMAGE_EXTS)
+        names = sorted(n for n in os.listdir(src) if n.lower().endswith(IMAGE_EXTENSIONS)
                        and os.path.isfile(os.path.join(src, n)))
         if not names:
-            raise ValueError(f"{src} holds no image files ({', '.join(IMAGE_EXTS)})")
+            raise ValueError(f"{src} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         if os.path.exists(dst) and not os.path.isdir(dst):
             raise ValueError(f"IN is a folder, so OUT must be a folder; {dst} is a file")
         if os.path.isdir(dst) and os.path.samefile(src, dst):
@@ -133,8 +133,8 @@ def plan(src: str, dst: str) -> List[Tuple[str, str]]:
         if os.path.exists(o) and os.path.samefile(i, o):
             raise ValueError(f"OUT {o} is the input image: it would be overwritten; choose "
                              "another output path")
-        if not o.lower().endswith(IMAGE_EXTS):
-            raise ValueError(f"OUT {o} has no image file extension ({', '.join(IMAGE_EXTS)})")
+        if not o.lower().endswith(IMAGE_EXTENSIONS):
+            raise ValueError(f"OUT {o} has no image file extension ({', '.join(IMAGE_EXTENSIONS)})")
     return pairs
 
 

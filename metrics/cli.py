@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from core.artifacts import IMAGE_EXTENSIONS
+
 
 def add_arguments(p) -> None:
     p.add_argument("a", metavar="A", help="image to score (any format Pillow reads)")
@@ -66,9 +68,6 @@ def run(args) -> int:
 
 
 # ---- deblur fid ------------------------------------------------------------------------------
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-
 def add_fid_arguments(p) -> None:
     p.add_argument("dir_a", metavar="DIR_A", help="a folder of images (not searched recursively)")
     p.add_argument("dir_b", metavar="DIR_B", help="another folder of images")

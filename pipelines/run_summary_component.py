@@ -19,7 +19,6 @@ every task it depends on succeeded); the failed task's own page then tells why.
 """
 from __future__ import annotations
 
-import json
 import posixpath
 from typing import Any, Dict, List, Optional
 
@@ -31,6 +30,9 @@ from tfx.types.component_spec import ChannelParameter
 
 from components import run_page
 from components.validation_component import DomainDrift
+from core import artifacts
+from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, HISTORY_FILE, PUSH_RECORD_FILE,
+                            RESUMED_FILE, SUMMARY_FILE, WARM_START_FILE)
 
 SUMMARY_KEY = "summary"
 # input key -> (the task that produces it, artifact type)
@@ -69,16 +71,12 @@ def task_states(run_dir: str, uris: Dict[str, str]) -> Dict[str, str]:
 
 
 def _json(path: str) -> Optional[Any]:
-    if not fileio.exists(path):
-        return None
-    with fileio.open(path, "r") as f:
-        return json.load(f)
+    return artifacts.read_json(path, artifacts.text_reader(fileio))
 
 
 def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
     """The dict of pipelines/summary.py build_summary, read from the input artifacts."""
     from components import validation
-    from components.ingest.beam_ingest import SUMMARY_FILE
     from pipelines import summary as summary_lib
 
     uris = {k: a.uri for k, a in arts.items()}
@@ -101,17 +99,17 @@ def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
             s["drift"] = drift
     if "model_run" in arts:
         uri = arts["model_run"].uri
-        history = _json(posixpath.join(uri, "history.json"))
+        history = _json(posixpath.join(uri, HISTORY_FILE))
         if history:
             s["training"] = {"first": history[0], "last": history[-1]}
-        for key, name in (("warm_start", "warm_start.json"), ("resumed", "resumed.json")):
+        for key, name in (("warm_start", WARM_START_FILE), ("resumed", RESUMED_FILE)):
             value = _json(posixpath.join(uri, name))
             if value is not None:
                 s[key] = value
     if "model" in arts:
         s["model_uri"] = arts["model"].uri
     if "evaluation" in arts:
-        ev = _json(posixpath.join(arts["evaluation"].uri, "evaluation.json"))
+        ev = _json(posixpath.join(arts["evaluation"].uri, EVALUATION_FILE))
         if ev:
             s["evaluation"] = {"uri": arts["evaluation"].uri, "domains": ev["domains"],
                                "best_setting": ev["best_setting"], "best": ev["best"],
@@ -120,12 +118,12 @@ def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
                                "domain_gap": ev.get("domain_gap")}
     if "blessing" in arts:
         b = arts["blessing"]
-        s["blessing"] = _json(posixpath.join(b.uri, "blessing.json")) or {}
+        s["blessing"] = _json(posixpath.join(b.uri, BLESSING_FILE)) or {}
         if b.has_custom_property("blessed"):
             s["blessing"]["blessed"] = bool(b.get_int_custom_property("blessed"))
     if "pushed_model" in arts:
         p = arts["pushed_model"]
-        record = _json(posixpath.join(p.uri, "push.json")) or {}
+        record = _json(posixpath.join(p.uri, PUSH_RECORD_FILE)) or {}
         s["push"] = {"pushed": int(bool(record.get("pushed"))),
                      "pushed_version": (str(record["version"]) if record.get("version") is not None
                                         else None),

@@ -13,8 +13,10 @@ from components import validation
 from components.evaluator.domain_gap import format_domain_gap
 from components.evaluator.evaluate import fid_kid_text
 from components.evaluator.gate import domain_name, format_value
-from components.ingest.beam_ingest import SUMMARY_FILE, unlabelled_lines
-from trainer.warm_start import WARM_START_FILE
+from components.ingest.beam_ingest import unlabelled_lines
+from core import artifacts
+from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, HISTORY_FILE, RESUMED_FILE,
+                            SUMMARY_FILE, WARM_START_FILE)
 
 
 def _store(metadata_path: str):
@@ -80,8 +82,7 @@ def run_executions(metadata_path: str, run_name: str) -> Dict[str, str]:
 
 
 def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return artifacts.read_json(path, required=True)
 
 
 def _split_names(artifact) -> List[str]:
@@ -100,22 +101,20 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
         an = arts["ExampleAnomalies"][-1]
         summary["anomalies"] = validation.anomalies_by_split(an.uri, _split_names(an))
     if "ModelRun" in arts:
-        history_path = os.path.join(arts["ModelRun"][-1].uri, "history.json")
+        history_path = os.path.join(arts["ModelRun"][-1].uri, HISTORY_FILE)
         if os.path.exists(history_path):
             history = _read_json(history_path)
             summary["training"] = {"first": history[0], "last": history[-1]} if history else {}
         warm_path = os.path.join(arts["ModelRun"][-1].uri, WARM_START_FILE)
         if os.path.exists(warm_path):
             summary["warm_start"] = _read_json(warm_path)
-        from trainer.train import RESUMED_FILE  # TensorFlow: only where a training ran
-
         resumed_path = os.path.join(arts["ModelRun"][-1].uri, RESUMED_FILE)
         if os.path.exists(resumed_path):  # the training went on from an interrupted run's
             summary["resumed"] = _read_json(resumed_path)
     if "Model" in arts:
         summary["model_uri"] = arts["Model"][-1].uri
     if "ModelEvaluation" in arts:
-        path = os.path.join(arts["ModelEvaluation"][-1].uri, "evaluation.json")
+        path = os.path.join(arts["ModelEvaluation"][-1].uri, EVALUATION_FILE)
         if os.path.exists(path):
             ev = _read_json(path)
             summary["evaluation"] = {"uri": arts["ModelEvaluation"][-1].uri,
@@ -125,7 +124,7 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
                                      "domain_gap": ev.get("domain_gap")}
     if "ModelBlessing" in arts:
         b = arts["ModelBlessing"][-1]
-        path = os.path.join(b.uri, "blessing.json")
+        path = os.path.join(b.uri, BLESSING_FILE)
         summary["blessing"] = _read_json(path) if os.path.exists(path) else {}
         summary["blessing"]["blessed"] = bool(b.custom_properties["blessed"].int_value) \
             if "blessed" in b.custom_properties else summary["blessing"].get("blessed")

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from core import artifacts
 from core import example_format as ef
 
 
@@ -53,7 +54,7 @@ FEATURE_SPEC = {
 
 
 def split_files(examples_dir: str, split: str) -> Sequence[str]:
-    files = sorted(tf.io.gfile.glob(f"{examples_dir.rstrip('/')}/Split-{split}/*.gz"))
+    files = sorted(tf.io.gfile.glob(f"{artifacts.split_dir(examples_dir, split)}/*.gz"))
     if not files:
         raise ValueError(f"no TFRecord files for split {split!r} under {examples_dir}")
     return files

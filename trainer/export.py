@@ -18,11 +18,11 @@ phi_k(y) is the box-averaged BT.601 luma of the padded image, as in training (no
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import tensorflow as tf
 
+from core.artifacts import model_info_path
 from trainer import sampling
 
 DEFAULT_SAMPLING = {"sampler": "ddpm", "steps": 50, "max_noise": 1.0, "samples": 1}
@@ -143,23 +143,24 @@ def set_serving_setting(src: str, dst: str, setting: dict) -> str:
     tf.saved_model.save(loaded, dst, signatures={"serving_default": loaded.serve,
                                                   "deblur": loaded.deblur})
     info = {}
-    if tf.io.gfile.exists(os.path.join(src, "deblur.json")):
-        with tf.io.gfile.GFile(os.path.join(src, "deblur.json")) as f:
+    if tf.io.gfile.exists(model_info_path(src)):
+        with tf.io.gfile.GFile(model_info_path(src)) as f:
             info = json.load(f)
     info["default_sampling"] = s.to_dict()
-    with tf.io.gfile.GFile(os.path.join(dst, "deblur.json"), "w") as f:
+    with tf.io.gfile.GFile(model_info_path(dst), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
     return dst
 
 
 def export_saved_model(trainer, path: str, defaults: Optional[dict] = None,
                        info: Optional[dict] = None) -> str:
-    """deblur.json beside the SavedModel: the experiment, the step it was trained to (what a
-    warm start from it continues), the UNet's multiple, the default sampling, and `info`."""
+    """MODEL_INFO_FILE (deblur.json) beside the SavedModel: the experiment, the step it was
+    trained to (what a warm start from it continues), the UNet's multiple, the default
+    sampling, and `info`."""
     module = DeblurModule(ema_model(trainer), defaults)
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve,
                                                   "deblur": module.deblur})
-    with tf.io.gfile.GFile(os.path.join(path, "deblur.json"), "w") as f:
+    with tf.io.gfile.GFile(model_info_path(path), "w") as f:
         json.dump({**(info or {}), "experiment": trainer.exp.to_dict(),
                    "step": int(trainer.step.numpy()), "multiple": module._multiple,
                    "default_sampling": module.default_setting.to_dict()},

@@ -14,6 +14,7 @@ import posixpath
 
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from core.artifacts import HISTORY_FILE, SUMMARY_FILE, WARM_START_FILE
 from trainer import experiments, train, warm_start
 
 PROGRESS_LOGGER = "deblur.progress"
@@ -87,7 +88,7 @@ def tf_gfile():
     return tf.io.gfile
 
 
-RESUME_FILES = ("checkpoints", "history.json", "tensorboard", warm_start.WARM_START_FILE)
+RESUME_FILES = ("checkpoints", HISTORY_FILE, "tensorboard", WARM_START_FILE)
 
 
 def resume_interrupted(exp, examples_dir: str, model_run_dir: str) -> str:
@@ -105,7 +106,7 @@ def resume_interrupted(exp, examples_dir: str, model_run_dir: str) -> str:
     import json
 
     gfile = tf_gfile()
-    with gfile.GFile(posixpath.join(examples_dir, "summary.json")) as f:
+    with gfile.GFile(posixpath.join(examples_dir, SUMMARY_FILE)) as f:
         fingerprint = json.load(f).get("fingerprint") or examples_dir
     key = hashlib.sha256(json.dumps({"data": fingerprint, "experiment": exp.to_dict()},
                                     sort_keys=True).encode()).hexdigest()[:24]

@@ -56,6 +56,7 @@ import tensorflow as tf
 from tensorflow.io import gfile
 
 from core import example_format as ef
+from core.artifacts import EXPERIMENT_FILE, HISTORY_FILE, RESUMED_FILE
 from trainer import data as data_lib
 from trainer import diffusion
 from trainer.experiments import Experiment
@@ -717,10 +718,10 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
         if resumed >= t.steps:
             raise ValueError(f"the warm-start model {warm_start} is trained to step {resumed}, "
                              f"not under the requested {t.steps} steps")
-    history_path = os.path.join(out_dir, "history.json")
+    history_path = os.path.join(out_dir, HISTORY_FILE)
     history = []
     if chief:
-        with gfile.GFile(os.path.join(out_dir, "experiment.json"), "w") as f:
+        with gfile.GFile(os.path.join(out_dir, EXPERIMENT_FILE), "w") as f:
             json.dump(exp.to_dict(), f, indent=2, sort_keys=True)
         writer = tf.summary.create_file_writer(tb_dir)
         if gfile.exists(history_path):
@@ -887,9 +888,6 @@ def _check_workers_agree(trainer: Trainer, ckpt_dir: str) -> None:
             f"the workers restored different steps (this one {int(trainer.step.numpy())}, the "
             f"mean {total / n:g}) from {ckpt_dir}: every worker must get the same --out, on a "
             "file system all of them see (e.g. gs://)")
-
-
-RESUMED_FILE = "resumed.json"
 
 
 def _record_resume(out_dir: str, checkpoint: str, step: int) -> None:

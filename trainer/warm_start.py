@@ -37,11 +37,11 @@ import os
 import posixpath
 from typing import Callable, Optional
 
+from core.artifacts import MODEL_INFO_FILE, WARM_START_FILE
+
 log = logging.getLogger(__name__)
 
-WARM_START_FILE = "warm_start.json"
 MODES = ("none", "latest_blessed")
-MODEL_INFO_FILE = "deblur.json"
 
 
 # base models the repository ships, one folder per experiment (models/README.md)

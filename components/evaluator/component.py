@@ -25,14 +25,12 @@ from components import run_page
 from components.evaluator import evaluate as ev
 from components.evaluator import report as report_lib
 from components.evaluator.gate import GateConfig
+from core import artifacts
 from trainer.setting import SamplingSetting
 
 
 def _read_json(path):
-    if not fileio.exists(path):
-        return None
-    with fileio.open(path) as f:
-        return json.load(f)
+    return artifacts.read_json(path, artifacts.text_reader(fileio))
 
 
 def _registry_baseline(uri: str, model_name: str):

@@ -47,12 +47,11 @@ import numpy as np
 from components.evaluator import domain_gap as dg
 from components.evaluator.gate import (PASS, GateConfig, beats_input, decide, domain_name,
                                       format_value)
+from core import artifacts
+from core.artifacts import BLESSING_FILE, DOMAIN_GAP_FILE, EVALUATION_FILE
 from trainer.setting import SamplingSetting
 
 METRICS = ("psnr", "ssim", "lpips", "niqe")
-EVALUATION_FILE = "evaluation.json"
-BLESSING_FILE = "blessing.json"
-DOMAIN_GAP_FILE = "domain_gap.json"
 FID_KID_NOTE = ("FID and KID of the outputs (and of the blurry inputs) against the domain's "
                 "sharp images, n images each. FID is biased upwards at small n (compare FIDs "
                 "only at equal n); KID is unbiased but noisy at small n. Reported, not gated.")
@@ -102,8 +101,7 @@ class EvalConfig:
 def split_names(examples_dir: str) -> List[str]:
     import tensorflow as tf
 
-    return sorted(d[len("Split-"):].rstrip("/") for d in tf.io.gfile.listdir(examples_dir)
-                  if d.startswith("Split-"))
+    return artifacts.split_names(tf.io.gfile.listdir(examples_dir))
 
 
 def load_split(examples_dir: str, split: str, max_images: int) -> List[dict]:

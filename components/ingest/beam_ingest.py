@@ -59,14 +59,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from components.ingest import decode
 from components.ingest import layouts as L
 from components.ingest.spans import SpanPattern
+from core import artifacts
+from core.artifacts import COUNTS_DIR, QUARANTINE_DIR, SUMMARY_FILE, UNIT_FILE, split_dir
 
 log = logging.getLogger(__name__)
 MB = 1 << 20
-SUMMARY_FILE = "summary.json"
-QUARANTINE_DIR = "quarantine"
-COUNTS_DIR = "counts"
 PRIVATE_STORE = ".units"  # under out_dir when the ingest has no unit store
-UNIT_FILE = "unit.json"
 UNIT_DONE = "COMPLETE"  # written last: a unit folder without it is not reused
 # Bump when what a stored unit holds changes (example format, decoding, shard naming): every
 # stored unit then has another fingerprint and is ingested again.
@@ -402,10 +400,9 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _read_json(path: str) -> Optional[dict]:
-    if not _exists(path):
-        return None
+    """The JSON at path, or None when it is missing or damaged (the unit is then redone)."""
     try:
-        return json.loads(read_text(path))
+        return artifacts.read_json(path, lambda p: read_text(p) if _exists(p) else None)
     except ValueError:
         return None
 
@@ -534,10 +531,6 @@ def quarantine_record(split: str, c: L.Candidate) -> str:
     return json.dumps({"pair_id": c.pair_id, "split": split, "dataset": c.dataset,
                        "domain": c.domain, "blurry": c.blurry, "sharp": c.sharp,
                        "reason": c.reason, "detail": c.detail, "unit": c.unit}, sort_keys=True)
-
-
-def split_dir(out_dir: str, split: str) -> str:
-    return f"{out_dir.rstrip('/')}/Split-{split}"
 
 
 def expand_ingest(p: beam.Pipeline, run: IngestRun) -> None:

@@ -43,13 +43,13 @@ from tfx.utils import path_utils
 from components import run_page
 from components.registry import pusher
 from components.registry.registry import DEFAULT_MODEL_NAME, Registry
+from core.artifacts import PUSH_RECORD_FILE
 
 MODEL_KEY = "model"
 BLESSING_KEY = "model_blessing"
 EVALUATION_KEY = "evaluation"
 EXAMPLES_KEY = "examples"
 PUSHED_MODEL_KEY = "pushed_model"
-PUSH_RECORD_FILE = "push.json"
 REPORT_KEY = "report"
 
 

@@ -33,11 +33,9 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from components.registry.registry import Registry
+from core import artifacts
+from core.artifacts import BLESSING_FILE, EVALUATION_FILE, MODEL_INFO_FILE, SUMMARY_FILE
 
-BLESSING_FILE = "blessing.json"
-EVALUATION_FILE = "evaluation.json"
-SUMMARY_FILE = "summary.json"
-MODEL_INFO_FILE = "deblur.json"
 PACKAGE = "deblur-pipeline"
 GIT_SHA_ENV = "DEBLUR_GIT_SHA"  # set at image build time, where there is no .git
 FAILING_VERDICTS = ("false", "fail", "failed")
@@ -93,15 +91,7 @@ def list_sizes(uri: str) -> List[Tuple[str, int]]:
 
 
 def _read_json(uri: str, what: str, required: bool) -> Optional[Dict[str, Any]]:
-    text = read_text(uri)
-    if text is None:
-        if required:
-            raise ValueError(f"{what} {uri} does not exist")
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {uri} is not valid JSON: {e}") from None
+    return artifacts.read_json(uri, read_text, what, required)
 
 
 # ------------------------------------------------------------------------------- pieces

@@ -1,0 +1,97 @@
+"""The file contract between the pipeline's steps: the names of the files each step writes into
+its artifact folder, the paths built from them, and the image file extensions the command line
+reads and writes.
+
+Every producer and every consumer takes its names from here, so a name is spelled once. No
+TensorFlow and no Beam: a path may be local or gs://, and a caller that reads gs:// passes its
+own `read_text` to `read_json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterable, List, Optional
+
+# An ingest output (an Examples artifact): <uri>/Split-<split>/*.gz and these files.
+SPLIT_PREFIX = "Split-"
+SUMMARY_FILE = "summary.json"          # the ingest summary (counts, units, fingerprint)
+QUARANTINE_DIR = "quarantine"
+COUNTS_DIR = "counts"
+UNIT_FILE = "unit.json"                # a unit store entry's record
+
+# A training output (a ModelRun): history, the experiment, the warm start and resumes.
+HISTORY_FILE = "history.json"
+EXPERIMENT_FILE = "experiment.json"
+WARM_START_FILE = "warm_start.json"
+RESUMED_FILE = "resumed.json"
+SAVED_MODEL_DIR = "saved_model"
+
+# An exported model: the SavedModel folder holds the model's record next to saved_model.pb.
+MODEL_INFO_FILE = "deblur.json"
+
+# The evaluator's outputs (ModelEvaluation, ModelBlessing) and the pusher's record.
+EVALUATION_FILE = "evaluation.json"
+BLESSING_FILE = "blessing.json"
+DOMAIN_GAP_FILE = "domain_gap.json"
+PUSH_RECORD_FILE = "push.json"
+
+# Image files the command line reads (folders of images) and writes (predict's OUT).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def join(uri: str, *names: str) -> str:
+    """uri/names..., for a local path or a gs:// URI (never a backslash, one slash each)."""
+    return "/".join([uri.rstrip("/")] + [n.strip("/") for n in names])
+
+
+def split_dir(examples_uri: str, split: str) -> str:
+    """<examples uri>/Split-<split>: the folder of one split's shards (TFX's layout)."""
+    return join(examples_uri, f"{SPLIT_PREFIX}{split}")
+
+
+def split_names(entries: Iterable[str]) -> List[str]:
+    """The split names of an Examples folder's listing (entries such as 'Split-train/')."""
+    return sorted(e.rstrip("/")[len(SPLIT_PREFIX):] for e in entries
+                  if e.startswith(SPLIT_PREFIX))
+
+
+def model_info_path(saved_model_dir: str) -> str:
+    return join(saved_model_dir, MODEL_INFO_FILE)
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _read_local_text(path: str) -> Optional[str]:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
+def text_reader(fs) -> Callable[[str], Optional[str]]:
+    """read_text over a file system module with exists(path) and open(path), such as TFX's
+    fileio (local, gs:// and every file system TensorFlow knows)."""
+    def read_text(path: str) -> Optional[str]:
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "r") as f:
+            return f.read()
+    return read_text
+
+
+def read_json(path: str, read_text: Callable[[str], Optional[str]] = _read_local_text,
+              what: str = "file", required: bool = False) -> Optional[Any]:
+    """The parsed JSON at `path`; None when it does not exist (ValueError when `required`).
+    A file that is not valid JSON is a ValueError naming it. `read_text(path)` returns the
+    text or None when there is no such file (the default reads local paths)."""
+    text = read_text(path)
+    if text is None:
+        if required:
+            raise ValueError(f"{what} {path} does not exist")
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
