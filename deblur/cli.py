@@ -183,21 +183,9 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
     _clear_output(args.out, args.overwrite)
     t0 = time.time()
     print(f"listing {args.root} ({args.layout} layout)...", file=sys.stderr)
-    plan = bi.plan_ingest([source], options)
-    print(f"{len(plan.candidates)} inputs in split(s) {', '.join(plan.splits)}; "
-          f"running the Beam pipeline...", file=sys.stderr)
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    run = bi.start_ingest(plan, args.out, args.unit_store)
-    if run.reused:
-        print(f"{len(run.reused)} of {len(plan.units)} unit(s) unchanged in {args.unit_store}: "
-              f"reused", file=sys.stderr)
-    if run.todo:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-            bi.expand_ingest(p, run)
     try:
-        summary = bi.finalize_ingest(run)
+        summary = bi.run_ingest([source], args.out, options, beam_args, args.unit_store,
+                                progress=lambda line: print(line, file=sys.stderr))
     except bi.IngestError as e:
         print(f"deblur: error: {e}", file=sys.stderr)
         return EXIT_FAILED

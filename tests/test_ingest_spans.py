@@ -208,3 +208,31 @@ def test_a_stored_unit_without_shard_checksums_is_ingested_again(tmp_path, caplo
     again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
     assert again["units"][0]["status"] == "ingested" and again["written"] == 1
     assert "has no shard checksums" in caplog.text
+
+
+def test_the_driver_checks_the_fingerprint_and_runs_no_pipeline_without_work(tmp_path):
+    """run_ingest is the one driver (the TFX executor and the CLI call it): inputs changed
+    since the run computed their fingerprint stop it before anything is written; a store that
+    holds every unit means no Beam pipeline at all."""
+    from components.ingest.beam_ingest import IngestError
+
+    root, store = tmp_path / "shots", str(tmp_path / "store")
+    write_span(root, "span-1", ["a.png"])
+    fingerprint = plan_ingest([source(root)], SMALL).fingerprint()
+    with pytest.raises(IngestError, match="inputs changed after the run computed"):
+        run_ingest([source(root)], str(tmp_path / "out0"), SMALL, store=store,
+                   expected_fingerprint="0" * 64)
+    assert not (tmp_path / "out0").exists()
+    lines = []
+    run_ingest([source(root)], str(tmp_path / "out1"), SMALL, store=store,
+               expected_fingerprint=fingerprint, progress=lines.append)
+    assert lines == ["1 inputs in split(s) train; running the Beam pipeline..."]
+
+    def no_pipeline():
+        raise AssertionError("a pipeline was built with nothing to ingest")
+
+    lines.clear()
+    again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store,
+                       make_pipeline=no_pipeline, progress=lines.append)
+    assert again["reused"] == {"units": 1, "inputs": 1} and again["written"] == 1
+    assert lines[1] == f"1 of 1 unit(s) unchanged in {store}: reused"

@@ -7,9 +7,10 @@
     summary = finalize_ingest(run)               # driver: publish every unit into out_dir,
                                                  # summary.json, quarantine bound
 
-run_ingest() does the four with a pipeline built from Beam options (DirectRunner by
-default; Dataflow / Flink / Spark through the standard options). The TFX component calls the
-same functions with the pipeline TFX makes from its beam_pipeline_args.
+run_ingest() is the only driver of the four: with a pipeline built from Beam options
+(DirectRunner by default; Dataflow / Flink / Spark through the standard options), or with the
+pipeline TFX makes from its beam_pipeline_args (the TFX component), and checking the
+fingerprint the run computed when given one. `deblur ingest` and the component call it.
 
 Units and the store (new data without redoing the old)
     A unit is one source, or one span folder of a source with a span_pattern (spans.py). Its
@@ -50,7 +51,7 @@ import shutil
 import time
 import uuid
 from collections import Counter, defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -670,11 +671,12 @@ def _shard_damage(path: str, want: dict) -> Optional[str]:
     return None
 
 
-def _store_units(run: IngestRun) -> List[str]:
+def _store_units(run: IngestRun) -> Tuple[Dict[str, Tuple[dict, List[str]]], List[str]]:
     """After Beam: each unit ingested now gets its quarantine, unit.json (counts, and per
     shard its size, SHA-256 and record count) and, last, COMPLETE in its store folder, unless
     its counts do not add up or a shard does not read back whole (returned as problems: such
-    a unit is never reused)."""
+    a unit is never reused). Returns ({unit key: (unit.json's record, quarantine lines)} of
+    the units stored now, problems)."""
     written: Dict[str, Counter] = defaultdict(Counter)
     bad: Dict[str, Counter] = defaultdict(Counter)
     reasons: Dict[str, Counter] = defaultdict(Counter)
@@ -689,6 +691,7 @@ def _store_units(run: IngestRun) -> List[str]:
                 reasons[unit][rest[0]] += rec["n"]
     lines: Dict[str, List[str]] = defaultdict(list)
     problems: List[str] = []
+    stored: Dict[str, Tuple[dict, List[str]]] = {}
     ingested = f"{run.out_dir}/{QUARANTINE_DIR}/ingested.jsonl"
     if _exists(ingested):
         for line in _read_lines(ingested):
@@ -719,6 +722,7 @@ def _store_units(run: IngestRun) -> List[str]:
         record["shards"] = shards
         _write_text(f"{folder}/quarantine.jsonl", "".join(ln + "\n" for ln in lines[u.key]))
         _write_text(f"{folder}/{UNIT_FILE}", json.dumps(record, indent=1, sort_keys=True))
+        stored[u.key] = (record, lines[u.key])
         if record["written"] + record["quarantined"] != record["inputs"]:
             problems.append(f"{u.key}: {record['written']} written + {record['quarantined']} "
                             f"quarantined != {record['inputs']} inputs")
@@ -734,7 +738,7 @@ def _store_units(run: IngestRun) -> List[str]:
                 in short.items()))
             continue
         _write_text(f"{folder}/{UNIT_DONE}", u.fingerprint + "\n")
-    return problems
+    return stored, problems
 
 
 def _changes(run: IngestRun, u: Unit) -> dict:
@@ -790,23 +794,26 @@ def finalize_ingest(run: IngestRun) -> dict:
     subsets are not inputs: they are listed under unlabelled_skipped with their file counts.
     """
     plan, out_dir = run.plan, run.out_dir
-    problems = _store_units(run)
-    fresh = {u.key for u in run.todo}
+    stored, problems = _store_units(run)
     units, quarantine_lines = [], []
     written, quarantined, inputs, by_reason = Counter(), Counter(), Counter(), Counter()
     for u in plan.units:
-        rec = _read_json(f"{run.unit_dir(u)}/{UNIT_FILE}")
-        if rec is None:
-            raise IngestError(f"unit {u.key} ({u.fingerprint[:12]}) has no {UNIT_FILE} in "
-                              f"{run.store}")
+        if u.key in stored:  # ingested now: its record and quarantine are at hand
+            rec, unit_quarantine = stored[u.key]
+        else:  # reused from the store
+            rec = _read_json(f"{run.unit_dir(u)}/{UNIT_FILE}")
+            if rec is None:
+                raise IngestError(f"unit {u.key} ({u.fingerprint[:12]}) has no {UNIT_FILE} "
+                                  f"in {run.store}")
+            unit_quarantine = _read_lines(f"{run.unit_dir(u)}/quarantine.jsonl")
         _publish(run, u)
-        quarantine_lines += _read_lines(f"{run.unit_dir(u)}/quarantine.jsonl")
+        quarantine_lines += unit_quarantine
         for s, c in rec["splits"].items():
             written[s] += c["written"]
             quarantined[s] += c["quarantined"]
             inputs[s] += c["inputs"]
         by_reason.update(rec["quarantine_by_reason"])
-        entry = {**u.describe(), "status": "ingested" if u.key in fresh else "reused",
+        entry = {**u.describe(), "status": "ingested" if u.key in stored else "reused",
                  **{k: rec[k] for k in ("inputs", "written", "quarantined")}}
         if not run.private:
             entry.update(_changes(run, u))
@@ -869,13 +876,43 @@ def unlabelled_lines(summary: dict) -> List[str]:
             for u in summary.get("unlabelled_skipped", [])]
 
 
+def check_fingerprint(plan: IngestPlan, expected: str) -> None:
+    """The inputs must be those whose fingerprint the run computed before it started (the
+    cache key holds it): examples are never recorded under the key of other data."""
+    if expected and expected != plan.fingerprint():
+        raise IngestError(
+            f"the inputs changed after the run computed their fingerprint ({expected[:12]} "
+            f"then, {plan.fingerprint()[:12]} now: files added, removed or rewritten "
+            f"meanwhile); start the run again once the data is in place")
+
+
 def run_ingest(sources: Sequence[IngestSource], out_dir: str,
                options: IngestOptions = IngestOptions(),
-               beam_args: Optional[Sequence[str]] = None, store: Optional[str] = None) -> dict:
-    """Plan, run the Beam pipeline over the units `store` lacks (all without a store) to
-    completion, and summarize. Returns the summary dict."""
-    run = start_ingest(plan_ingest(sources, options), out_dir, store)
+               beam_args: Optional[Sequence[str]] = None, store: Optional[str] = None, *,
+               make_pipeline: Optional[Callable[[], "beam.Pipeline"]] = None,
+               expected_fingerprint: str = "",
+               progress: Optional[Callable[[str], None]] = None) -> dict:
+    """The ingest driver, the one copy of plan -> Beam if there is work -> finalize, which the
+    TFX executor and `deblur ingest` call.
+
+    Plans (lists and pairs the roots), checks the plan against `expected_fingerprint` when one
+    is given, runs a Beam pipeline over the units `store` lacks (all of them without a store;
+    none, and no pipeline, when the store holds them all) and finalizes. `make_pipeline()`
+    returns the pipeline (the TFX executor passes its own); by default one is built from
+    `beam_args`. `progress(line)` is told what it does. Returns the summary (what summary.json
+    holds); raises IngestError past the quarantine bound or when the inputs changed."""
+    say = progress or (lambda line: None)
+    plan = plan_ingest(sources, options)
+    check_fingerprint(plan, expected_fingerprint)
+    say(f"{len(plan.candidates)} inputs in split(s) {', '.join(plan.splits)}; "
+        f"running the Beam pipeline...")
+    run = start_ingest(plan, out_dir, store)
+    if run.reused:
+        say(f"{len(run.reused)} of {len(plan.units)} unit(s) unchanged in {store}: reused")
     if run.todo:
-        with beam.Pipeline(options=PipelineOptions(list(beam_args or []))) as p:
+        if make_pipeline is None:
+            def make_pipeline():
+                return beam.Pipeline(options=PipelineOptions(list(beam_args or [])))
+        with make_pipeline() as p:
             expand_ingest(p, run)
     return finalize_ingest(run)

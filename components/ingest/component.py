@@ -32,9 +32,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components import run_page
-from components.ingest.beam_ingest import (
-    SUMMARY_FILE, IngestError, IngestOptions, IngestSource, expand_ingest, finalize_ingest,
-    plan_ingest, start_ingest)
+from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+from core.artifacts import SUMMARY_FILE
 
 EXAMPLES_KEY = "examples"
 COUNTS_KEY = "counts"
@@ -66,25 +65,20 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
         sources = [IngestSource.from_json(s) for s in json.loads(exec_properties["sources"])]
         options = IngestOptions(**json.loads(exec_properties["options"]))
-        plan = plan_ingest(sources, options)
         # "<fingerprint> no-cache <nonce>" on Kubeflow for a run with caching off
         # (pipelines/kfp_fingerprint.py): the nonce is for KFP's cache key only
         expected = (exec_properties.get("input_fingerprint") or "").split(" ", 1)[0]
-        if expected and expected != plan.fingerprint():
-            raise IngestError(
-                f"the inputs changed after the run computed their fingerprint ({expected[:12]} "
-                f"then, {plan.fingerprint()[:12]} now: files added, removed or rewritten "
-                f"meanwhile); start the run again once the data is in place")
-        # without a store, every unit is decoded (into a private one, moved into place)
-        run = start_ingest(plan, examples.uri, exec_properties.get("unit_store") or None)
-        if run.todo:  # every unit may come from the store: no Beam pipeline at all then
-            with self._make_beam_pipeline() as p:
-                expand_ingest(p, run)
-        summary = finalize_ingest(run)  # raises past the quarantine bound
-        examples.split_names = artifact_utils.encode_split_names(plan.splits)
+        # without a store, every unit is decoded (into a private one, moved into place); every
+        # unit may come from the store: no Beam pipeline at all then. Raises past the
+        # quarantine bound, or when the inputs changed since the run computed `expected`.
+        summary = run_ingest(sources, examples.uri, options,
+                             store=exec_properties.get("unit_store") or None,
+                             make_pipeline=self._make_beam_pipeline,
+                             expected_fingerprint=expected)
+        examples.split_names = artifact_utils.encode_split_names(list(summary["splits"]))
         examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
-        spans = [u.span for u in plan.units if u.span is not None]
+        spans = [u["span"] for u in summary["units"] if u["span"] is not None]
         examples.span = max(spans) if spans else 0  # TFX's span: the newest one ingested
         for key in ("inputs", "written", "quarantined"):
             examples.set_int_custom_property(key, summary[key])
