@@ -83,18 +83,13 @@ def intact(parent: Parent, registry_uri: Optional[str], model_name: Optional[str
 def latest_blessed_in_metadata(metadata_path: str, pipeline_name: str,
                                registry_uri: Optional[str] = None,
                                model_name: Optional[str] = None) -> Optional[Parent]:
-    import os
-
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
     from tfx.utils import path_utils
 
-    if not os.path.exists(metadata_path):
+    from components.metadata_store import open_store
+
+    store = open_store(metadata_path)
+    if store is None:
         return None
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(cfg)
     pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
     if pipeline is None:
         return None

@@ -1,2 +1,5 @@
-"""deblur: the guided-icDPM deblurring pipeline (library code shared by the CLI and components)."""
+"""deblur: the `deblur` command line (argument parsing and printing) and `deblur predict`.
+
+The top layer: it calls the library functions of the layers below (core, metrics, trainer,
+components, pipelines) and nothing imports it (tests/test_layering.py)."""
 __version__ = "0.1.0"

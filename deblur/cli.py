@@ -8,17 +8,13 @@ that need them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
 from typing import List, Optional, Sequence
-
-from core.artifacts import SPLIT_PREFIX
 
 EXIT_USAGE = 2  # bad arguments / inputs
 EXIT_FAILED = 1  # the work ran and its result is not acceptable
@@ -67,89 +63,6 @@ def cmd_synth_data(args) -> int:
     return 0
 
 
-def _clear_output(out: str, overwrite: bool) -> None:
-    """An existing ingest output is replaced only with --overwrite, and only what that ingest
-    wrote is deleted: its summary.json (with ingest counts), the shards its summary names
-    (Split-<split>/<unit tag>-data_tfrecord-SSSSS-of-NNNNN.gz of its splits and units), its
-    quarantine and counts files. A folder holding anything else (a run-local work dir, a
-    user's file, even one placed inside Split-<split>/ or quarantine/) is refused in one line
-    and nothing is deleted, even with --overwrite."""
-    from apache_beam.io.filesystems import FileSystems
-
-    root = out.rstrip("/")
-    existing = [m.path for m in FileSystems.match([root + "/**"])[0].metadata_list]
-    if not existing:
-        return
-    summary = _ingest_summary(f"{root}/{_ingest_file_names()['summary']}")
-    owned = _ingest_output_files(summary) if summary is not None else (lambda rel: False)
-    foreign = [p for p in existing if not owned(p[len(root) + 1:])]
-    if foreign:
-        raise UserError(f"{out} is not empty and holds files that are not part of an ingest "
-                        f"output ({', '.join(sorted(foreign)[:3])}"
-                        f"{', ...' if len(foreign) > 3 else ''}); choose an empty --out or move "
-                        "them away (nothing was deleted)")
-    if not overwrite:
-        raise UserError(f"{out} already holds an ingest output; pass --overwrite to replace it")
-    FileSystems.delete(existing)
-    if "://" not in root:  # the ingest's own folders, once empty (never the output folder)
-        for dirpath, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
-            if dirpath != root.rstrip(os.sep) and not os.listdir(dirpath):
-                os.rmdir(dirpath)
-
-
-def _ingest_file_names() -> dict:
-    from components.ingest import beam_ingest as bi
-
-    return {"summary": bi.SUMMARY_FILE, "quarantine": bi.QUARANTINE_DIR,
-            "counts": bi.COUNTS_DIR, "store": bi.PRIVATE_STORE, "unit": bi.UNIT_FILE,
-            "done": bi.UNIT_DONE, "split": SPLIT_PREFIX}
-
-
-def _ingest_output_files(summary: dict):
-    """A predicate on paths relative to an ingest output: whether the ingest whose summary
-    this is wrote that file (its names: beam_ingest's module doc)."""
-    import re
-
-    n = _ingest_file_names()
-    splits = [str(s) for s in (summary.get("splits") or {})]
-    fingerprints = [str(u.get("fingerprint", "")) for u in summary.get("units") or []
-                    if isinstance(u, dict) and u.get("fingerprint")]
-    tags = [f[:16] for f in fingerprints]
-    shard = r"data_tfrecord-\d{5}-of-\d{5}\.gz"
-    split_re = "|".join(map(re.escape, splits)) or "(?!)"
-    # an output written before units had tags named its shards without one
-    tagged = f"(?:{'|'.join(map(re.escape, tags))})-" if tags else ""
-    patterns = [
-        re.escape(n["summary"]),
-        f"{re.escape(n['quarantine'])}/(?:quarantine|ingested)\\.jsonl",
-        f"{re.escape(n['counts'])}/counts[^/]*\\.jsonl",
-        f"{re.escape(n['split'])}(?:{split_re})/{tagged}{shard}",
-    ]
-    if fingerprints:  # a private unit store left behind
-        fp = "|".join(map(re.escape, fingerprints))
-        patterns.append(f"{re.escape(n['store'])}/(?:{fp})/(?:{re.escape(n['split'])}(?:{split_re})/{shard}|"
-                        f"quarantine\\.jsonl|{re.escape(n['unit'])}|{re.escape(n['done'])})")
-    owned = re.compile("(?:" + "|".join(patterns) + ")")
-    return lambda rel: owned.fullmatch(rel) is not None
-
-
-def _ingest_summary(path: str) -> Optional[dict]:
-    """The ingest summary at path (with its counts), or None."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(path):
-        return None
-    try:
-        with FileSystems.open(path) as f:
-            summary = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(summary, dict) and {"inputs", "written", "quarantined", "splits"} <= set(summary) \
-            and isinstance(summary["splits"], dict):
-        return summary
-    return None
-
-
 def _check_writable(path: str, flag: str) -> None:
     """A local output folder must be a folder (or creatable) in a place we may write: said in
     one line, before Beam or TensorFlow print a page of traceback about it."""
@@ -180,7 +93,9 @@ def cmd_ingest(args, beam_args: List[str]) -> int:
         beam_args = [f"--direct_num_workers={args.workers}",
                      "--direct_running_mode=multi_processing"] + beam_args
     _check_writable(args.out, "--out")
-    _clear_output(args.out, args.overwrite)
+    from components.ingest.overwrite import clear_output
+
+    clear_output(args.out, args.overwrite)
     t0 = time.time()
     print(f"listing {args.root} ({args.layout} layout)...", file=sys.stderr)
     try:
@@ -286,27 +201,6 @@ class _ComponentProgress(logging.Filter):
             # checks `blessed` itself, so nothing is lost: not the user's concern
             return False
         return record.levelno >= logging.WARNING
-
-
-def _ensure_synthetic_data(cfg) -> None:
-    from core import synth
-
-    root = cfg.synthetic_root()
-    s = cfg.data.synthetic
-    marker = os.path.join(root, "synth.json")
-    want = {"pairs": s.pairs, "test_pairs": s.test_pairs, "size": list(s.size), "seed": s.seed}
-    if os.path.exists(marker):
-        with open(marker) as f:
-            if json.load(f).get("params") == want:
-                print(f"synthetic data: reusing {root}", file=sys.stderr)
-                return
-    print(f"synthetic data: generating {s.pairs} train + {s.test_pairs} test in-domain and "
-          f"{s.test_pairs} out-of-domain test pairs of {s.size[0]}x{s.size[1]} in {root}",
-          file=sys.stderr)
-    summary = synth.generate(root, pairs=s.pairs, size=tuple(s.size), seed=s.seed,
-                             test_pairs=s.test_pairs, progress=True)
-    with open(marker, "w") as f:
-        json.dump({"params": want, "summary": summary}, f, indent=2)
 
 
 def _setting(text: str):
@@ -423,57 +317,8 @@ def cmd_predict(args) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _work_dir_lock(work_dir: str):
-    """One run-local per work dir at a time: two would share one SQLite ML Metadata store, one
-    registry and one summary.json. An flock, so a killed run's lock goes with its process."""
-    import fcntl
-
-    os.makedirs(work_dir, exist_ok=True)
-    f = open(os.path.join(work_dir, ".run-local.lock"), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise UserError(f"another deblur run-local is running on work dir {work_dir} "
-                        f"({holder}); wait for it to end, or pass another --work-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
-
-@contextlib.contextmanager
-def _private_tmpdir():
-    """A temporary folder of the run's own for what libraries leave in $TMPDIR (TFX builds an
-    ephemeral package of ~98 MB for every Beam-based component run: tmp*/build/tfx), removed
-    when the run ends, however it ends."""
-    import tempfile
-
-    private = tempfile.mkdtemp(prefix="deblur-run-local-")
-    saved_env, saved_module = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"], tempfile.tempdir = private, private
-    try:
-        yield private
-    finally:
-        tempfile.tempdir = saved_module
-        if saved_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved_env
-        shutil.rmtree(private, ignore_errors=True)
-
-
 def cmd_run_local(args) -> int:
     from pipelines import config as config_lib
-
     from pipelines import run_params
 
     t0 = time.time()  # the wall time the summary reports: data, pipeline, summary
@@ -484,35 +329,20 @@ def cmd_run_local(args) -> int:
         cfg.runner.work_dir = args.work_dir
     cfg.training.build_experiment()  # the whole config is valid before anything runs
     _check_writable(cfg.runner.work_dir, "runner.work_dir")
-    with _work_dir_lock(cfg.runner.work_dir):
-        if not cfg.data.sources:
-            _ensure_synthetic_data(cfg)
-        from pipelines import local_runner, summary
+    from pipelines import local_runner, summary
 
-        logging.getLogger().addFilter(_ComponentProgress())
-        for h in logging.getLogger().handlers:
-            h.addFilter(_ComponentProgress())
-        logging.getLogger().setLevel(logging.INFO)
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..."
-        metadata_path = os.path.abspath(cfg.runner.resolved_metadata_path())
-        # a killed earlier run left its executions RUNNING: under the lock, they are dead
-        for kind, eid in local_runner.cancel_abandoned_executions(metadata_path):
-            print(f"ML Metadata: {kind} execution {eid} of an interrupted run marked CANCELED",
-                  file=sys.stderr)
-        before = set(summary.pipeline_run_names(metadata_path))
-        try:
-            with _private_tmpdir():
-                local_runner.run(cfg)
-        finally:
-            logging.getLogger().setLevel(logging.WARNING)
-        # this process's own run (the lock makes it the only new one), not the store's newest
-        ours = [r for r in summary.pipeline_run_names(metadata_path) if r not in before]
-        s = summary.build_summary(metadata_path, cfg.runner.pipeline_name,
-                                  ours[-1] if ours else None)
-        s["seconds"] = round(time.time() - t0, 1)
-        out = os.path.join(cfg.runner.work_dir, "summary.json")
-        with open(out, "w") as f:
-            json.dump(s, f, indent=2, sort_keys=True)
+    # LocalDagRunner's "Component X is running/finished" lines, as progress
+    logging.getLogger().addFilter(_ComponentProgress())
+    for h in logging.getLogger().handlers:
+        h.addFilter(_ComponentProgress())
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..."
+    try:
+        s, out = local_runner.run_local(cfg, started=t0)
+    except local_runner.LocalRunError as e:
+        raise UserError(str(e)) from None
+    finally:
+        logging.getLogger().setLevel(logging.WARNING)
     print(summary.format_summary(s))
     print(f"summary written to {out}")
     return 0

@@ -1,23 +1,52 @@
-"""Runs create_pipeline() with LocalDagRunner and SQLite ML Metadata (the embedded default)."""
+"""Local running: `deblur run-local`'s whole job on the embedded default, the pipeline under
+LocalDagRunner with SQLite ML Metadata, and what surrounds it.
+
+run_local(config) holds the work dir's lock (one run-local per work dir), generates the
+synthetic data when the config names no sources, marks the executions a killed earlier run
+left RUNNING as CANCELED, runs the pipeline in a private $TMPDIR, and builds the summary of
+this process's own pipeline run from ML Metadata (written to <work_dir>/summary.json). A run
+that cannot start is a LocalRunError. Nothing here is specific to an orchestrator but the
+local one; the CLI only parses arguments and prints.
+"""
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Callable, Optional, Tuple
 
-from tfx.orchestration import metadata
-from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-
+from components.metadata_store import open_store, sqlite_config
 from pipelines.config import PipelineConfig
 from pipelines.pipeline import create_pipeline
+
+LOCK_FILE = ".run-local.lock"
+RUN_SUMMARY_FILE = "summary.json"  # <work_dir>/summary.json: the run's summary
+SYNTH_MARKER = "synth.json"
+
+
+class LocalRunError(Exception):
+    """A run-local that cannot start (another one holds the work dir): one line, exit 2."""
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def run(config: PipelineConfig) -> str:
     """Lists the inputs for their fingerprint (the ingest's cache key sees it), then runs the
     pipeline. Returns the fingerprint."""
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
     from components.ingest.beam_ingest import plan_ingest
 
     work = config.runner
-    os.makedirs(os.path.dirname(os.path.abspath(work.resolved_metadata_path())), exist_ok=True)
+    metadata_path = os.path.abspath(work.resolved_metadata_path())
+    os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
     plan = plan_ingest(config.ingest_sources(), config.ingest)
     fingerprint = plan.fingerprint()
     logging.getLogger("deblur.progress").info(  # deblur run-local prints these
@@ -25,13 +54,110 @@ def run(config: PipelineConfig) -> str:
         len(plan.units), fingerprint[:12], "on" if work.enable_cache else "off")
     pipeline = create_pipeline(
         config,
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(
-            os.path.abspath(work.resolved_metadata_path())),
+        metadata_connection_config=sqlite_config(metadata_path),
         pipeline_root=os.path.abspath(work.resolved_pipeline_root()),
         input_fingerprint=fingerprint,
     )
     LocalDagRunner().run(pipeline)
     return fingerprint
+
+
+def run_local(config: PipelineConfig, started: Optional[float] = None,
+              say: Callable[[str], None] = _stderr) -> Tuple[dict, str]:
+    """The whole local run (the module doc); `say(line)` hears its progress. Returns (the
+    summary, the path it was written to). `started`: when the wall time the summary reports
+    began (default: now)."""
+    from pipelines import summary as summary_lib
+
+    t0 = time.time() if started is None else started
+    work_dir = config.runner.work_dir
+    with work_dir_lock(work_dir):
+        if not config.data.sources:
+            ensure_synthetic_data(config, say)
+        metadata_path = os.path.abspath(config.runner.resolved_metadata_path())
+        # a killed earlier run left its executions RUNNING: under the lock, they are dead
+        for kind, eid in cancel_abandoned_executions(metadata_path):
+            say(f"ML Metadata: {kind} execution {eid} of an interrupted run marked CANCELED")
+        before = set(summary_lib.pipeline_run_names(metadata_path))
+        with private_tmpdir():
+            run(config)
+        # this process's own run (the lock makes it the only new one), not the store's newest
+        ours = [r for r in summary_lib.pipeline_run_names(metadata_path) if r not in before]
+        s = summary_lib.build_summary(metadata_path, config.runner.pipeline_name,
+                                      ours[-1] if ours else None)
+        s["seconds"] = round(time.time() - t0, 1)
+        out = os.path.join(work_dir, RUN_SUMMARY_FILE)
+        with open(out, "w") as f:
+            json.dump(s, f, indent=2, sort_keys=True)
+    return s, out
+
+
+@contextlib.contextmanager
+def work_dir_lock(work_dir: str):
+    """One run-local per work dir at a time: two would share one SQLite ML Metadata store, one
+    registry and one summary.json. An flock, so a killed run's lock goes with its process."""
+    import fcntl
+
+    os.makedirs(work_dir, exist_ok=True)
+    f = open(os.path.join(work_dir, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise LocalRunError(f"another deblur run-local is running on work dir {work_dir} "
+                            f"({holder}); wait for it to end, or pass another --work-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+@contextlib.contextmanager
+def private_tmpdir():
+    """A temporary folder of the run's own for what libraries leave in $TMPDIR (TFX builds an
+    ephemeral package of ~98 MB for every Beam-based component run: tmp*/build/tfx), removed
+    when the run ends, however it ends."""
+    private = tempfile.mkdtemp(prefix="deblur-run-local-")
+    saved_env, saved_module = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = private, private
+    try:
+        yield private
+    finally:
+        tempfile.tempdir = saved_module
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def ensure_synthetic_data(config: PipelineConfig, say: Callable[[str], None] = _stderr) -> None:
+    """The config's synthetic data sets, generated unless its folder holds them already (a
+    marker records the parameters they were made with)."""
+    from core import synth
+
+    root = config.synthetic_root()
+    s = config.data.synthetic
+    marker = os.path.join(root, SYNTH_MARKER)
+    want = {"pairs": s.pairs, "test_pairs": s.test_pairs, "size": list(s.size), "seed": s.seed}
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f).get("params") == want:
+                say(f"synthetic data: reusing {root}")
+                return
+    say(f"synthetic data: generating {s.pairs} train + {s.test_pairs} test in-domain and "
+        f"{s.test_pairs} out-of-domain test pairs of {s.size[0]}x{s.size[1]} in {root}")
+    summary = synth.generate(root, pairs=s.pairs, size=tuple(s.size), seed=s.seed,
+                             test_pairs=s.test_pairs, progress=True)
+    with open(marker, "w") as f:
+        json.dump({"params": want, "summary": summary}, f, indent=2)
 
 
 ABANDONED = "abandoned: its run-local process ended without finishing it (killed?)"
@@ -44,12 +170,9 @@ def cancel_abandoned_executions(metadata_path: str):
     lock when it calls this. Returns [(execution type, id)] of those it marked."""
     if not os.path.exists(metadata_path):
         return []
-    from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = metadata_path
-    store = metadata_store.MetadataStore(cfg)
+    store = open_store(metadata_path, readonly=False)
     live = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
     types = {t.id: t.name for t in store.get_execution_types()}
     dead = [e for e in store.get_executions() if e.last_known_state in live]

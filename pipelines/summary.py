@@ -6,10 +6,9 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components import validation
+from components import metadata_store, validation
 from components.evaluator.domain_gap import format_domain_gap
 from components.evaluator.evaluate import fid_kid_text
 from components.evaluator.gate import domain_name, format_value
@@ -19,26 +18,17 @@ from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, HISTORY_FILE, RESUME
                             SUMMARY_FILE, WARM_START_FILE)
 
 
-def _store(metadata_path: str):
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(cfg)
-
-
 def pipeline_run_names(metadata_path: str) -> List[str]:
     """The names of every pipeline_run context in the store ([] before the first run): taken
     before a run, they tell which run is this process's own afterwards."""
-    if not os.path.exists(metadata_path):
-        return []
-    return [c.name for c in _store(metadata_path).get_contexts_by_type("pipeline_run")]
+    store = metadata_store.open_store(metadata_path)
+    return [] if store is None else [c.name for c in store.get_contexts_by_type("pipeline_run")]
 
 
-def latest_run_artifacts(metadata_path: str, pipeline_name: str,
+def latest_run_artifacts(store, metadata_path: str, pipeline_name: str,
                          run_name: Optional[str] = None) -> Dict[str, List]:
     """{artifact type name: [artifacts]} of the pipeline_run context run_name, or of the
-    newest pipeline_run context of the pipeline."""
-    store = _store(metadata_path)
+    newest pipeline_run context of the pipeline (metadata_path: for the errors)."""
     pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
     if pipeline_ctx is None:
         raise RuntimeError(f"no run of pipeline {pipeline_name} in {metadata_path}")
@@ -61,12 +51,9 @@ def latest_run_artifacts(metadata_path: str, pipeline_name: str,
     return out
 
 
-def run_executions(metadata_path: str, run_name: str) -> Dict[str, str]:
+def run_executions(store, run_name: str) -> Dict[str, str]:
     """{node id: state of its execution in the pipeline run}: COMPLETE (it ran), CACHED (an
     earlier run's outputs were reused), FAILED, CANCELED, ... Resolver nodes are left out."""
-    from ml_metadata.proto import metadata_store_pb2
-
-    store = _store(metadata_path)
     run = next((c for c in store.get_contexts_by_type("pipeline_run") if c.name == run_name), None)
     if run is None:
         return {}
@@ -90,9 +77,12 @@ def _split_names(artifact) -> List[str]:
 
 
 def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str] = None) -> dict:
-    arts = latest_run_artifacts(metadata_path, pipeline_name, run_name)
+    store = metadata_store.open_store(metadata_path)  # one connection for the whole summary
+    if store is None:
+        raise RuntimeError(f"no run of pipeline {pipeline_name} in {metadata_path}")
+    arts = latest_run_artifacts(store, metadata_path, pipeline_name, run_name)
     summary = {"pipeline_run": arts["_run"][0].name}
-    summary["executions"] = run_executions(metadata_path, arts["_run"][0].name)
+    summary["executions"] = run_executions(store, arts["_run"][0].name)
     if "Examples" in arts:
         ex = arts["Examples"][-1]
         summary["examples_uri"] = ex.uri
