@@ -14,7 +14,7 @@ the title must match ^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$, which "
 does. The KFP launcher records an output artifact under the schema title as its MLMD type name,
 so these classes land in ML Metadata as system.Metrics / system.Markdown / system.HTML, the
 types the frontend looks for. At run time TFX's container entrypoint imports an artifact class
-by its schema title, which for these is no import path: pipelines/kfp_entrypoint.py maps the
+by its schema title, which for these is no import path: pipelines/kubeflow/entrypoint.py maps the
 titles to the classes below. Under LocalDagRunner they are ordinary custom
 types in the SQLite store.
 

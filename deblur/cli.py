@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run parameter, named as on Kubeflow (pipelines/run_params.py), e.g. "
                         "--param train_steps=300 (repeatable)")
 
-    from pipelines import kubeflow_cli
+    from pipelines.kubeflow import cli as kubeflow_cli
 
     kubeflow_cli.add_parsers(sub)  # compile, submit, pipeline upload, schedule
 
@@ -541,7 +541,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train":
             return cmd_train(args)
         if args.command in ("compile", "submit", "pipeline", "schedule"):
-            from pipelines import kubeflow_cli
+            from pipelines.kubeflow import cli as kubeflow_cli
 
             return kubeflow_cli.run(args)
         if args.command == "registry":

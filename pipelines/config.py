@@ -23,7 +23,7 @@ from components.evaluator.evaluate import EvalConfig
 from components.evaluator.gate import GateConfig
 from components.ingest.beam_ingest import IngestOptions, IngestSource
 from core.fields import check_scalar
-from pipelines.kubeflow_config import KubeflowConfig
+from pipelines.kubeflow.config import KubeflowConfig
 from trainer.warm_start import MODES as WARM_START_MODES  # imports no TensorFlow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,8 +155,8 @@ class RunnerConfig:
     beam_args: List[str] = dataclasses.field(
         default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
     enable_cache: bool = False
-    # "local" or "kubeflow": pipelines/kubeflow_runner.py sets "kubeflow" on its copy of the
-    # config, and only then does create_pipeline place components per the `kubeflow` section
+    # "local" or "kubeflow": pipelines/kubeflow/runner.py sets "kubeflow" on its copy of the
+    # config, and only its placement places components per the `kubeflow` section
     # (LocalDagRunner rejects Kubeflow resource specs).
     orchestrator: str = "local"
 

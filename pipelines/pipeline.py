@@ -29,8 +29,28 @@ from components.evaluator.component import DeblurEvaluator
 from components.ingest.component import DeblurIngest, unit_store
 from components.registry.component import RegistryPusher
 from components.validation_component import DomainDriftReport, ValidationGate
-from pipelines import placement
 from pipelines.config import ConfigError, PipelineConfig
+
+
+def _on_kubeflow(config: PipelineConfig) -> bool:
+    """Kubeflow's pods have no SQLite ML Metadata, and its run page draws only its own
+    artifact types: what the pipeline needs to know of its orchestrator."""
+    return config.runner.orchestrator == "kubeflow"
+
+
+class LocalPlacement:
+    """Where components run when the runner says nothing: TFX's standard Trainer, no
+    resources. The Kubeflow runner passes its own (pipelines/kubeflow/placement.py)."""
+
+    @staticmethod
+    def trainer(config: PipelineConfig, custom_config: dict, **kwargs):
+        from tfx.v1.components import Trainer
+
+        return Trainer(custom_config=custom_config, **kwargs)
+
+    @staticmethod
+    def place(config: PipelineConfig, components: list) -> list:
+        return components
 
 
 def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
@@ -40,7 +60,7 @@ def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
     Kubeflow, whose pods have no SQLite store). Written for `none` too, so that a run can
     switch the mode alone (a run parameter) and still find the parent."""
     source = {"registry_uri": registry_uri, "model_name": config.registry.model_name}
-    if config.gate.baseline == "ml-metadata" and not placement.on_kubeflow(config):
+    if config.gate.baseline == "ml-metadata" and not _on_kubeflow(config):
         source.update(metadata_path=os.path.abspath(config.runner.resolved_metadata_path()),
                       pipeline_name=config.runner.pipeline_name)
     source["base_model"] = config.training.base_model_setting()  # resolved in the Trainer
@@ -49,11 +69,14 @@ def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     pipeline_root: Optional[str] = None,
-                    input_fingerprint: str = "") -> tfx_pipeline.Pipeline:
+                    input_fingerprint: str = "", placement=None) -> tfx_pipeline.Pipeline:
     """input_fingerprint: components.ingest.beam_ingest.input_fingerprint of the sources, which
     the runner computes (this function reads nothing): the DeblurIngest's exec property, so the
     cache key of the ingest, and of everything downstream of it, changes exactly when the data
-    do. Caching without it would reuse the ingest of whatever the roots held before."""
+    do. Caching without it would reuse the ingest of whatever the roots held before.
+    placement: where components run, the runner's own (trainer(config, custom_config,
+    **kwargs) and place(config, components)); default LocalPlacement."""
+    placement = placement or LocalPlacement
     # the Trainer's experiment (preset, overrides, steps) is checked now, not hours later in
     # the Trainer: a ConfigError before any component runs
     config.training.build_experiment()
@@ -75,7 +98,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                               schema=schema.outputs["schema"],
                               baseline_split=config.validation.drift_baseline_split)
     registry_uri = config.registry.resolved_uri(config.runner.work_dir)
-    trainer = placement.trainer(  # TFX's Trainer, or its Vertex AI one (config.kubeflow)
+    trainer = placement.trainer(  # TFX's Trainer, or on Kubeflow its Vertex AI one
         config,
         # the installed package, not a module_file: trainer.tfx_trainer.run_fn, with the warm
         # start's parent looked up when it runs (not part of the cache key)
@@ -120,10 +143,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         model_name=config.registry.model_name,
     )
     # On Kubeflow, the run page's account of the Trainer (TFX's Trainer has fixed outputs the
-    # frontend does not draw) and of the whole run (never cached: pipelines/kubeflow_runner.py);
+    # frontend does not draw) and of the whole run (never cached: pipelines/kubeflow/runner.py);
     # locally `deblur run-local` prints the same from ML Metadata.
     training_report = run_summary = None
-    if placement.on_kubeflow(config):
+    if _on_kubeflow(config):
         from components.training_report import TrainingReport
         from pipelines.run_summary_component import RunSummary
 
@@ -137,7 +160,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     return tfx_pipeline.Pipeline(
         pipeline_name=config.runner.pipeline_name,
         pipeline_root=root,
-        # place(): on Kubeflow, each component's resources from config.kubeflow.resources
+        # the Kubeflow placement sets each component's resources from config.kubeflow
         components=placement.place(
             config, [c for c in (ingest, statistics, schema, validator, gate, drift, trainer,
                                  training_report, latest_blessed, evaluator, pusher, run_summary)

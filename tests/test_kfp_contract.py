@@ -29,7 +29,7 @@ import sys
 import pytest
 
 from pipelines import config as config_lib
-from pipelines import kubeflow_runner as kr
+from pipelines.kubeflow import runner as kr
 from pipelines.config import REPO_ROOT
 from tests.gcs_emulator import fake_gcs
 from tests.kfp_v2_launcher import Run, TaskFailed, topological

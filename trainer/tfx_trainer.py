@@ -3,7 +3,7 @@
 The pipeline points Trainer(run_fn="trainer.tfx_trainer.run_fn") at this installed module
 instead of a module_file, so nothing is packaged and pip-installed at run time.
 custom_config carries {"experiment": name, "overrides": {section: {field: value}}} and, when
-the Kubeflow placement (pipelines/placement.py) puts the Trainer on a TPU, "tpu": "local" (a TPU
+the Kubeflow placement (pipelines/kubeflow/placement.py) puts the Trainer on a TPU, "tpu": "local" (a TPU
 VM: GKE TPU node pools, Vertex ct* machine types), "env" (Vertex AI cloud-tpu workers, whose
 TPU TPUClusterResolver() finds through the TPU_CONFIG variable Vertex sets) or a TPU name.
 """

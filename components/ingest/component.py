@@ -10,7 +10,7 @@ artifact, `counts` (components/run_page.py), the table the Kubeflow run page dra
 Caching: `input_fingerprint` is the fingerprint of the inputs (beam_ingest.input_fingerprint:
 the listing's names, sizes and modification times per unit) computed by whoever starts the
 run: `deblur run-local` before the pipeline, a task of the run itself on Kubeflow
-(pipelines/kubeflow_runner.py). As an exec property it is part of the cache key (TFX's local
+(pipelines/kubeflow/runner.py). As an exec property it is part of the cache key (TFX's local
 one and KFP's), so a cached ingest is reused exactly while the inputs are unchanged. The
 executor lists the inputs again and fails if they changed since: examples must never be
 recorded under the key of other data. Unchanged units (one per source, or per span folder)
@@ -66,7 +66,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         sources = [IngestSource.from_json(s) for s in json.loads(exec_properties["sources"])]
         options = IngestOptions(**json.loads(exec_properties["options"]))
         # "<fingerprint> no-cache <nonce>" on Kubeflow for a run with caching off
-        # (pipelines/kfp_fingerprint.py): the nonce is for KFP's cache key only
+        # (pipelines/kubeflow/fingerprint.py): the nonce is for KFP's cache key only
         expected = (exec_properties.get("input_fingerprint") or "").split(" ", 1)[0]
         # without a store, every unit is decoded (into a private one, moved into place); every
         # unit may come from the store: no Beam pipeline at all then. Raises past the

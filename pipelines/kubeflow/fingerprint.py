@@ -6,16 +6,16 @@ KFP's cache key holds input parameter *values* (kubeflow/pipelines backend/src/v
 so the ingest, and every task downstream of its Examples artifact, is reused from the cache
 exactly while the fingerprint is unchanged. The task itself is never cached: it runs in every
 run, including each run of a recurring (cron) run and runs started from the KFP UI, whose
-parameters are fixed when the schedule or run is created. pipelines/kubeflow_runner.py adds
+parameters are fixed when the schedule or run is created. pipelines/kubeflow/runner.py adds
 the task to the compiled spec:
 
-    python -m pipelines.kfp_fingerprint --sources JSON --options JSON [--data-sources JSON]
+    python -m pipelines.kubeflow.fingerprint --sources JSON --options JSON [--data-sources JSON]
         --fingerprint-file {{$.outputs.parameters['fingerprint'].output_file}}
 
 --data-sources is the `data_sources` run parameter when the pipeline has one (it replaces the
 compiled sources, as in the DeblurIngest task); empty means the compiled sources.
 
---problems is the DeblurRunCheck task's verdict on the run parameters (pipelines/kfp_check.py):
+--problems is the DeblurRunCheck task's verdict on the run parameters (pipelines/kubeflow/check.py):
 when it is not empty the task prints it, one line, and exits 1 before listing anything, so a
 bad value typed in the KFP UI stops the run within a minute. --cache off (the `cache` run
 parameter, `deblur submit --no-cache`) appends a fresh nonce to the fingerprint: the ingest's
@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.kfp_fingerprint",
+    p = argparse.ArgumentParser(prog="python -m pipelines.kubeflow.fingerprint",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--sources", required=True, help="JSON list of IngestSource")
     p.add_argument("--options", required=True, help="JSON of IngestOptions")

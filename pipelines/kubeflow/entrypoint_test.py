@@ -1,4 +1,4 @@
-"""pipelines/kfp_entrypoint.py and pipelines/run_params.py without running an executor (the
+"""pipelines/kubeflow/entrypoint.py and pipelines/run_params.py without running an executor (the
 whole contract runs in tests/test_kfp_contract.py)."""
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pipelines import kfp_entrypoint, run_params
+from pipelines import run_params
+from pipelines.kubeflow import entrypoint as kfp_entrypoint
 from pipelines.config import ConfigError
 
 EXAMPLES_SCHEMA = "title: tfx.Examples\ntype: object\n"

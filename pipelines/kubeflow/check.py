@@ -3,7 +3,7 @@ the checks `deblur submit --param` makes (pipelines/run_params.py check_value: t
 what the config refuses), that every data source is a gs:// URI and, where the pod's
 credentials can read it, that it holds objects. Never cached; a few seconds.
 
-    python -m pipelines.kfp_check --executor-input '{{$}}'
+    python -m pipelines.kubeflow.check --executor-input '{{$}}'
 
 Outputs:
   report    system.Markdown, on the run page: every parameter with its value, what it may be,
@@ -14,7 +14,7 @@ The task itself succeeds either way: KFP records the output artifacts of a task 
 command exits 0 (backend/src/v2/component/launcher_v2.go: executeV2 returns before
 uploadOutputArtifacts on a failed command, and publish() gets none), so a task that failed
 could not show the report. DeblurInputFingerprint, the next task, takes `problems` and fails
-at once, in that one line, before it lists anything (pipelines/kfp_fingerprint.py); nothing
+at once, in that one line, before it lists anything (pipelines/kubeflow/fingerprint.py); nothing
 after it starts.
 """
 from __future__ import annotations
@@ -123,7 +123,7 @@ def report(values: Dict[str, Any], problems: Dict[str, str], notes: List[str]) -
 
 
 def main(argv: Optional[Sequence[str]] = None, client=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.kfp_check",
+    p = argparse.ArgumentParser(prog="python -m pipelines.kubeflow.check",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--executor-input", required=True, help="KFP's {{$}}: the ExecutorInput JSON")
     args = p.parse_args(argv)

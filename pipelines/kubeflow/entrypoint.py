@@ -1,7 +1,7 @@
 """The container command of every compiled task: TFX's KFP v2 entrypoint, with what it needs to
 run under the open-source KFP v2 driver/launcher contract.
 
-    python -m pipelines.kfp_entrypoint --executor_class_path C \
+    python -m pipelines.kubeflow.entrypoint --executor_class_path C \
         --json_serialized_invocation_args '{{$}}' --json_serialized_inputs_spec_args '{...}' \
         [beam args]
 

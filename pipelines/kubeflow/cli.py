@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-DEFAULT_OUT = "deblur-icdpm.json"  # = kubeflow_runner.DEFAULT_OUT (imported only when run)
+DEFAULT_OUT = "deblur-icdpm.json"  # = runner.DEFAULT_OUT (imported only when run)
 
 
 def add_parsers(sub) -> None:
@@ -72,7 +72,7 @@ def add_parsers(sub) -> None:
 
 
 def _compile(cfg, out: str):
-    from pipelines import kubeflow_runner as kr
+    from pipelines.kubeflow import runner as kr
 
     kr.kubeflow_config(cfg)  # one-line config errors first
     print(f"compiling {cfg.runner.pipeline_name} (TFX KubeflowV2DagRunner)...", file=sys.stderr)
@@ -84,7 +84,7 @@ def _compile(cfg, out: str):
     if unsupported:
         print(f"warning: {', '.join(unsupported)}: resolver executors run on Vertex AI Pipelines, "
               f"not on the open-source KFP backend; there, set gate.baseline: registry "
-              f"(pipelines/kubeflow_runner.py)", file=sys.stderr)
+              f"(pipelines/kubeflow/runner.py)", file=sys.stderr)
     print(f"pipeline spec: {os.path.abspath(path)}")
     print(f"KFP package:   {os.path.abspath(kr.package_path(path))}")
     return path
@@ -92,7 +92,7 @@ def _compile(cfg, out: str):
 
 def run(args) -> int:
     from pipelines import config as config_lib
-    from pipelines import kubeflow_runner as kr
+    from pipelines.kubeflow import runner as kr
 
     cfg = config_lib.load(args.config, args.set or ())
     if args.command == "compile":
@@ -140,7 +140,7 @@ def run(args) -> int:
 def _schedule(cfg, args) -> int:
     import json
 
-    from pipelines import kubeflow_runner as kr
+    from pipelines.kubeflow import runner as kr
 
     r = kr.schedules(cfg, args.host, args.action, args.ids, experiment=args.experiment,
                      all_experiments=args.all)

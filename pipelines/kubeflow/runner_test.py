@@ -13,12 +13,12 @@ import pytest
 import yaml
 
 from pipelines import config as config_lib
-from pipelines import kubeflow_runner as kr
+from pipelines.kubeflow import runner as kr
 from pipelines.config import REPO_ROOT, ConfigError
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
 # TFX's KFP v2 entrypoint with the project's fixes for the open-source launcher
-ENTRYPOINT = ["python", "-m", "pipelines.kfp_entrypoint"]
+ENTRYPOINT = ["python", "-m", "pipelines.kubeflow.entrypoint"]
 # the components of create_pipeline today; later ones are covered through create_pipeline()
 TODAY = ["DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
          "DomainDriftReport", "Trainer"]
@@ -239,8 +239,8 @@ def test_vertex_trainer_runs_a_custom_job_on_a_tpu_pool(compiled):
 def test_vertex_gpu_workers_get_a_chief_pool_and_a_worker_pool():
     """vertex.workers: one chief replica and workers - 1 more of the same machine (Vertex sets
     TF_CONFIG; train() runs MultiWorkerMirroredStrategy); refused for TPUs in one line."""
-    from pipelines import placement
-    from pipelines.kubeflow_config import VertexTrainerConfig
+    from pipelines.kubeflow import placement
+    from pipelines.kubeflow.config import VertexTrainerConfig
     from tfx.extensions.google_cloud_ai_platform.trainer import executor
 
     cfg = _example()
@@ -267,7 +267,7 @@ def test_warm_start_looks_in_the_registry_on_kubeflow(compiled):
         custom = json.loads(_param(spec, "Trainer", "custom_config"))
         assert custom["warm_start"] == "latest_blessed"
         # a run parameter (KFP UI form, deblur submit --param warm_start=none), folded into
-        # custom_config in the pod by pipelines/kfp_entrypoint.py
+        # custom_config in the pod by pipelines/kubeflow/entrypoint.py
         assert _task_param(spec, "Trainer", "warm_start") == {
             "componentInputParameter": "warm_start"}
         assert custom["warm_start_source"] == {"registry_uri": "gs://my-deblur-bucket/registry",
@@ -320,7 +320,7 @@ def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
     """The task's container, its placeholders resolved as KFP's launcher resolves them, writes
     the fingerprint of the sources to its output parameter file."""
     from components.ingest.beam_ingest import IngestOptions, IngestSource, input_fingerprint
-    from pipelines import kfp_fingerprint
+    from pipelines.kubeflow import fingerprint as kfp_fingerprint
     from tests import fixtures as fx
 
     for i in range(2):
@@ -343,7 +343,7 @@ def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
               "{{$.inputs.parameters['problems']}}": "", "{{$.inputs.parameters['cache']}}": "on"}
     args = [values.get(a, a) for a in ex["container"]["args"]]
     assert not [a for a in args if "{{" in a]
-    assert ex["container"]["command"][-1] == "pipelines.kfp_fingerprint"
+    assert ex["container"]["command"][-1] == "pipelines.kubeflow.fingerprint"
     assert kfp_fingerprint.main(args) == 0
     want = input_fingerprint(sources, IngestOptions(**json.loads(options)))
     assert (tmp_path / "out" / "fp").read_text() == want
@@ -869,7 +869,8 @@ def run_params_names():
 
 
 def test_check_task_refuses_a_bad_value_in_one_line_with_a_report(compiled, tmp_path, capsys):
-    from pipelines import kfp_check, kfp_fingerprint
+    from pipelines.kubeflow import check as kfp_check
+    from pipelines.kubeflow import fingerprint as kfp_fingerprint
 
     spec = _spec(compiled)
     ei = _check_executor_input(spec, {"train_steps": 0, "warm_start": "latest"}, tmp_path)
@@ -900,7 +901,7 @@ def test_check_task_refuses_a_bad_value_in_one_line_with_a_report(compiled, tmp_
 
 
 def test_check_task_checks_the_data_sources_exist(compiled, tmp_path, capsys):
-    from pipelines import kfp_check
+    from pipelines.kubeflow import check as kfp_check
 
     spec = _spec(compiled)
     sources = json.loads(kr.compiled_defaults(spec)["data_sources"])
@@ -941,7 +942,7 @@ def test_check_task_checks_the_data_sources_exist(compiled, tmp_path, capsys):
 
 def test_cache_off_salts_the_fingerprint_the_ingest_still_checks(tmp_path):
     from components.ingest.beam_ingest import IngestOptions, IngestSource, input_fingerprint
-    from pipelines import kfp_fingerprint
+    from pipelines.kubeflow import fingerprint as kfp_fingerprint
     from tests import fixtures as fx
 
     fx.write_pair(str(tmp_path / "d" / "train" / "blur" / "0.png"),

@@ -7,12 +7,12 @@
     submit(config, spec_file, host, schedule="0 0 3 * * 1")   # kfp.Client: a run or a cron run
 
 The pipeline is the same pure create_pipeline() the local runner uses, built from a copy of the
-config with runner.orchestrator = "kubeflow" (component placement, pipelines/placement.py), the
+config with runner.orchestrator = "kubeflow" (component placement, pipelines/kubeflow/placement.py), the
 Dataflow Beam arguments of config.kubeflow, and the schema path as seen inside the image.
 Compiling adds the run parameters of pipelines/run_params.py (root input parameters with the
 config's values as defaults: runtimeConfig.parameterValues of the PipelineJob, defaultValue in
 the root inputDefinitions of both documents) and makes every task's command
-pipelines/kfp_entrypoint.py, TFX's entrypoint with what the open-source KFP v2 launcher needs.
+pipelines/kubeflow/entrypoint.py, TFX's entrypoint with what the open-source KFP v2 launcher needs.
 
 KFP facts this relies on (kfp SDK 2.5.0 sources here; KFP backend sources at tag 2.0.5):
 - the backend accepts only pipeline specs of schemaVersion 2.1.0, so the runner compiles with
@@ -38,12 +38,13 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from pipelines import placement, run_params
+from pipelines import run_params
+from pipelines.kubeflow import placement
 from pipelines.config import REPO_ROOT, ConfigError, PipelineConfig
 
 DEFAULT_OUT = "deblur-icdpm.json"
 # every task's container command (the image's python; infra/Dockerfile installs the package)
-ENTRYPOINT = ["python", "-m", "pipelines.kfp_entrypoint"]
+ENTRYPOINT = ["python", "-m", "pipelines.kubeflow.entrypoint"]
 
 
 class SubmitError(ValueError):
@@ -111,7 +112,7 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
     kf = cfg.kubeflow
     pipeline = create_pipeline(cfg, metadata_connection_config=None,
                                pipeline_root=kf.pipeline_root,
-                               input_fingerprint=FINGERPRINT_PLACEHOLDER)
+                               input_fingerprint=FINGERPRINT_PLACEHOLDER, placement=placement)
     defaults = run_params.attach(pipeline.components)
     images = {c.id: kf.image_for(c.id) for c in pipeline.components}
     runner = v2.KubeflowV2DagRunner(
@@ -187,12 +188,12 @@ INGEST_TASK = "DeblurIngest"
 FINGERPRINT_TASK = "DeblurInputFingerprint"
 # create_pipeline's input_fingerprint on Kubeflow: replaced by the fingerprint task's output
 FINGERPRINT_PLACEHOLDER = "computed in the run by the DeblurInputFingerprint task"
-FINGERPRINT_COMMAND = ["python", "-m", "pipelines.kfp_fingerprint"]
+FINGERPRINT_COMMAND = ["python", "-m", "pipelines.kubeflow.fingerprint"]
 
 
 def add_input_fingerprint_task(job: Dict[str, Any], image: str) -> None:
     """A task before DeblurIngest that lists its sources and outputs their fingerprint
-    (pipelines/kfp_fingerprint.py); DeblurIngest's `input_fingerprint` input parameter becomes
+    (pipelines/kubeflow/fingerprint.py); DeblurIngest's `input_fingerprint` input parameter becomes
     that output parameter. KFP's cache key holds parameter values, not the files under a
     gs:// root, so this is what makes the ingest's key change exactly when the data do. The
     task is never cached; it runs in every run, recurring and UI-started ones included, where
@@ -238,14 +239,14 @@ def add_input_fingerprint_task(job: Dict[str, Any], image: str) -> None:
 
 
 CHECK_TASK = "DeblurRunCheck"
-CHECK_COMMAND = ["python", "-m", "pipelines.kfp_check"]
+CHECK_COMMAND = ["python", "-m", "pipelines.kubeflow.check"]
 # tasks that report on this run, so must run in every run (the summary reads the others')
 NEVER_CACHED = ("RunSummary",)
 
 
 def add_run_check_task(job: Dict[str, Any], image: str, config_dict: Dict[str, Any]) -> None:
     """The `cache` run parameter (on/off), and a first task that checks every run parameter
-    (pipelines/kfp_check.py) with the compiled config as a constant: its `report` Markdown is
+    (pipelines/kubeflow/check.py) with the compiled config as a constant: its `report` Markdown is
     on the run page, and its `problems` output goes to DeblurInputFingerprint, which fails in
     that one line when it is not empty (a failed task's outputs are not recorded by KFP, so the
     check itself succeeds). Never cached, like the fingerprint task it precedes."""
@@ -256,7 +257,7 @@ def add_run_check_task(job: Dict[str, Any], image: str, config_dict: Dict[str, A
     job.setdefault("runtimeConfig", {}).setdefault("parameterValues", {})[run_params.CACHE] = "on"
     tasks = spec["root"]["dag"]["tasks"]
     label = f"{CHECK_TASK}_executor"
-    from pipelines import kfp_check
+    from pipelines.kubeflow import check as kfp_check
 
     spec["components"][CHECK_TASK] = {
         "executorLabel": label,
@@ -341,7 +342,7 @@ def write_package(job: Dict[str, Any], config: PipelineConfig, path: str) -> str
     with open(path, "w") as f:
         f.write(f"# KFP package of {spec['pipelineInfo']['name']}: the pipeline spec compiled by "
                 f"TFX {spec.get('sdkVersion', '')}\n# and a Kubernetes platform spec with the "
-                f"node selectors (pipelines/kubeflow_runner.py)\n")
+                f"node selectors (pipelines/kubeflow/runner.py)\n")
         yaml.safe_dump_all(docs, f, sort_keys=True)
     return path
 

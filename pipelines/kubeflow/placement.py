@@ -1,13 +1,15 @@
-"""Where components run, from config.kubeflow; create_pipeline calls these two functions.
+"""Where components run on Kubeflow, from config.kubeflow: the Kubeflow runner passes this
+module to create_pipeline as its `placement`, which calls these two functions (the local run
+uses pipelines.pipeline.LocalPlacement and never reads the `kubeflow` section).
 
-- trainer(config, **kwargs): the Trainer component. Locally, and on Kubeflow with
-  trainer_platform=gke, TFX's standard Trainer (on GKE its pod gets the accelerator through
-  place()); with trainer_platform=vertex, TFX's google_cloud_ai_platform Trainer, which runs the
-  same run_fn as a Vertex AI CustomJob on the configured TPU/GPU worker pool.
+- trainer(config, **kwargs): the Trainer component. With trainer_platform=gke, TFX's standard
+  Trainer (on GKE its pod gets the accelerator through place()); with trainer_platform=vertex,
+  TFX's google_cloud_ai_platform Trainer, which runs the same run_fn as a Vertex AI CustomJob
+  on the configured TPU/GPU worker pool.
 - place(config, components): on Kubeflow, sets each component's KFP v2 ResourceSpec (cpu,
   memory, accelerator) from config.kubeflow.resources[component.id]; components that do not
   exist (e.g. DeblurEvaluator before it is added) are skipped. Node selectors cannot ride on
-  the component: pipelines/kubeflow_runner.py writes them into the package's PlatformSpec.
+  the component: pipelines/kubeflow/runner.py writes them into the package's PlatformSpec.
 
 Nothing changes for config.runner.orchestrator == "local" (LocalDagRunner rejects ResourceSpec
 platform configs), so the local pipeline stays exactly what it was.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from pipelines.kubeflow_config import PodResources
+from pipelines.kubeflow.config import PodResources
 
 TRAINER_ID = "Trainer"
 
