@@ -1,5 +1,6 @@
-"""The pipeline's Trainer run_fn: trainer.tfx_trainer.run_fn with the warm start's parent found
-where the gate finds its baseline, the latest blessed model:
+"""The pipeline's Trainer run_fn (TFX's GenericExecutor): the same trainer.train.train() the CLI
+calls, with the warm start's parent found where the gate finds its baseline, the latest
+blessed model:
 
 - registry (open-source KFP, which cannot run Resolver nodes; or gate.baseline: registry): its
   newest whole version, which only ever holds blessed models (Registry.latest, local_path: a
@@ -13,21 +14,169 @@ after that training's own model was blessed (the next changed data warm-starts f
 
 custom_config["warm_start_source"]: {"registry_uri", "model_name"} or {"metadata_path",
 "pipeline_name", "registry_uri", "model_name"} (pipelines/pipeline.py writes it).
+
+The pipeline points Trainer(run_fn="components.training.run_fn") at this installed module
+instead of a module_file, so nothing is packaged and pip-installed at run time. custom_config
+also carries {"experiment": name, "overrides": {section: {field: value}}} and, when the
+Kubeflow placement (pipelines/kubeflow/placement.py) puts the Trainer on a TPU, "tpu": "local"
+(a TPU VM: GKE TPU node pools, Vertex ct* machine types), "env" (Vertex AI cloud-tpu workers,
+whose TPU TPUClusterResolver() finds through the TPU_CONFIG variable Vertex sets) or a TPU
+name. trainer/ itself imports no TFX.
 """
 from __future__ import annotations
 
 import logging
+import posixpath
 from typing import Any, Dict, Optional
 
-from trainer import tfx_trainer
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from core.artifacts import HISTORY_FILE, SUMMARY_FILE, WARM_START_FILE
+from trainer import experiments, train, warm_start
 from trainer.warm_start import Parent
 
 log = logging.getLogger(__name__)
+PROGRESS_LOGGER = "deblur.progress"
 
 
 def run_fn(fn_args) -> None:
     source = dict((fn_args.custom_config or {}).get("warm_start_source") or {})
-    tfx_trainer.run_fn(fn_args, find_parent=lambda: latest_blessed(source))
+    train_from_fn_args(fn_args, find_parent=lambda: latest_blessed(source))
+
+
+def examples_uri(train_files) -> str:
+    """<examples uri>/Split-<split>/* -> <examples uri>."""
+    if not train_files:
+        raise ValueError("the Trainer received no train files")
+    return posixpath.dirname(posixpath.dirname(train_files[0].rstrip("/")))
+
+
+def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
+    """custom_config["warm_start"]: "none" or "latest_blessed" (trainer/warm_start.py);
+    find_parent() returns the latest blessed model (a warm_start.Parent) or None: run_fn
+    passes one that looks in the registry or ML Metadata. The training goes to the parent's step + train_steps."""
+    cfg = dict(fn_args.custom_config or {})
+    overrides = {k: dict(v) for k, v in (cfg.get("overrides") or {}).items()}
+    if fn_args.train_steps:
+        overrides.setdefault("train", {})["steps"] = int(fn_args.train_steps)
+    tpu = cfg.get("tpu")
+    if tpu:  # as `deblur train --tpu`: TPUStrategy, bfloat16 unless the overrides say otherwise
+        overrides.setdefault("train", {})["tpu"] = tpu
+        overrides["train"].setdefault("mixed_precision", "bfloat16")
+    exp = experiments.get(cfg.get("experiment", "tiny"), **overrides)
+    strategy = tpu_strategy_from_environment() if tpu == "env" else None
+    examples = examples_uri(fn_args.train_files)
+    chief = train.is_chief_task()
+    marker = resume_interrupted(exp, examples, fn_args.model_run_dir) if chief else None
+    # after the copy of an interrupted training's files: its warm-start record comes along.
+    # Only the chief writes it; every worker makes the same decision (the same registry)
+    base_dir = warm_start.base_model_dir(
+        (cfg.get("warm_start_source") or {}).get("base_model") or "none", exp.name)
+    base = warm_start.Parent(base_dir, f"the base model {base_dir}") if base_dir else None
+    record = warm_start.decide(fn_args.model_run_dir, cfg.get("warm_start") or "none",
+                               exp.train.steps, find_parent, write=chief, base=base)
+    if record["parent"]:
+        logging.getLogger(PROGRESS_LOGGER).info(
+            "Trainer: warm start from %s (step %d), %d more steps", record["parent"]["name"],
+            record["start_step"], record["steps"])
+    exp, warm = warm_start.training_arguments(exp, record)
+    total, first = exp.train.steps, record["start_step"]
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    every = max(1, (total - first) // 10)
+    last = [first]
+
+    def on_step(step, row):  # about 10 lines a run; `deblur run-local` prints them
+        if step - last[0] >= every or step == total:
+            last[0] = step
+            progress.info("Trainer: step %d/%d, loss %.4f, %.0f s", step, total, row["loss"],
+                          row["seconds"])
+
+    # Multi-worker (TF_CONFIG, e.g. Vertex AI worker pools: every replica runs this executor
+    # with the same artifact URIs): the chief alone records and resumes; train() returns on
+    # every worker once the chief has exported, so TFX's check for the export passes on all
+    train.train(exp, examples, fn_args.model_run_dir,
+                strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step, **warm)
+    if chief:
+        training_finished(marker)
+
+
+def training_finished(marker: str) -> None:
+    """The record of a training in progress goes once it finished: nothing left to resume."""
+    tf_gfile().remove(marker)
+
+
+def tf_gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+RESUME_FILES = ("checkpoints", HISTORY_FILE, "tensorboard", WARM_START_FILE)
+
+
+def resume_interrupted(exp, examples_dir: str, model_run_dir: str) -> str:
+    """Lets a rerun go on from the checkpoints of an interrupted training of the same data and
+    experiment, instead of step 0 (at the paper's scale a restart costs days).
+
+    A training in progress is recorded in <Trainer>/interrupted/<key>.json (key: the ingest
+    fingerprint of the examples and the experiment), removed when it finishes. A Trainer
+    execution that finds such a record of another ModelRun folder, and has no checkpoints of
+    its own, copies that folder's checkpoints, history and TensorBoard logs into its own
+    ModelRun before train() starts, and train() resumes from them. (A retried pod on Kubeflow
+    writes to the same ModelRun folder, where train() finds its checkpoints by itself.)
+    Returns the record's path."""
+    import hashlib
+    import json
+
+    gfile = tf_gfile()
+    with gfile.GFile(posixpath.join(examples_dir, SUMMARY_FILE)) as f:
+        fingerprint = json.load(f).get("fingerprint") or examples_dir
+    key = hashlib.sha256(json.dumps({"data": fingerprint, "experiment": exp.to_dict()},
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    records = posixpath.join(posixpath.dirname(posixpath.dirname(model_run_dir.rstrip("/"))),
+                             "interrupted")
+    marker = posixpath.join(records, f"{key}.json")
+    own = posixpath.join(model_run_dir, "checkpoints")
+    if gfile.exists(marker) and not gfile.exists(own):
+        with gfile.GFile(marker) as f:
+            previous = json.load(f)["model_run_dir"]
+        if previous != model_run_dir and gfile.exists(posixpath.join(previous, "checkpoints")):
+            logging.getLogger(PROGRESS_LOGGER).info(
+                "Trainer: resuming the interrupted training in %s (same data and experiment)",
+                previous)
+            for name in RESUME_FILES:
+                _copy_tree(posixpath.join(previous, name), posixpath.join(model_run_dir, name))
+    gfile.makedirs(records)
+    with gfile.GFile(marker + ".tmp", "w") as f:
+        json.dump({"model_run_dir": model_run_dir, "examples": examples_dir}, f)
+    gfile.rename(marker + ".tmp", marker, overwrite=True)
+    return marker
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    gfile = tf_gfile()
+    if not gfile.exists(src):
+        return
+    if not gfile.isdir(src):
+        gfile.makedirs(posixpath.dirname(dst))
+        gfile.copy(src, dst, overwrite=True)
+        return
+    for root, _, files in gfile.walk(src):
+        rel = root[len(src):].lstrip("/")
+        gfile.makedirs(posixpath.join(dst, rel))
+        for name in files:
+            gfile.copy(posixpath.join(root, name), posixpath.join(dst, rel, name), overwrite=True)
+
+
+def tpu_strategy_from_environment():
+    """TPUClusterResolver() without a name resolves TPU_CONFIG / KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS /
+    TPU_NAME (train.make_strategy passes train.tpu as the name, and "env" is none)."""
+    import tensorflow as tf
+
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def latest_blessed(source: Dict[str, Any]) -> Optional[Parent]:

@@ -100,7 +100,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     registry_uri = config.registry.resolved_uri(config.runner.work_dir)
     trainer = placement.trainer(  # TFX's Trainer, or on Kubeflow its Vertex AI one
         config,
-        # the installed package, not a module_file: trainer.tfx_trainer.run_fn, with the warm
+        # the installed package, not a module_file: components.training.run_fn, with the warm
         # start's parent looked up when it runs (not part of the cache key)
         run_fn="components.training.run_fn",
         examples=ingest.outputs["examples"],

@@ -8,7 +8,9 @@
     deblur      the command line (and predict, which it alone uses)
 
 A module may import from its own package and from lower layers; metrics and trainer are one
-layer and do not import each other. Every import statement counts, including those inside
+layer and do not import each other. The library layers import no orchestrator: core,
+metrics and trainer import no TFX and no KFP (the Trainer's TFX run_fn is
+components/training.py), and core imports neither TensorFlow nor Beam. Every import statement counts, including those inside
 functions (the CLI imports lazily). Test modules (*_test.py, test_*.py, tests/) and
 benchmarks/ exercise the whole stack and are not part of the layering.
 """
@@ -33,6 +35,18 @@ def _product_modules():
 
 
 def _imported_packages(path: str):
+    for line, name in _all_imports(path):
+        top = name.split(".")[0]
+        if top in LAYERS or top in ("tests", "benchmarks"):
+            yield line, name
+
+
+# third-party packages a layer must not import (lazily neither)
+FORBIDDEN = {"core": ("tfx", "kfp", "tensorflow", "apache_beam", "keras"),
+             "metrics": ("tfx", "kfp"), "trainer": ("tfx", "kfp")}
+
+
+def _all_imports(path: str):
     with open(path) as f:
         tree = ast.parse(f.read(), path)
     for node in ast.walk(tree):
@@ -43,9 +57,18 @@ def _imported_packages(path: str):
         else:
             continue
         for name in names:
-            top = name.split(".")[0]
-            if top in LAYERS or top in ("tests", "benchmarks"):
-                yield node.lineno, name
+            yield node.lineno, name
+
+
+def forbidden_imports():
+    """["module:line imports name (package)"] for every import a layer must not make."""
+    found = []
+    for module, path in _product_modules():
+        banned = FORBIDDEN.get(module.split(".")[0], ())
+        for line, name in _all_imports(path):
+            if name.split(".")[0] in banned:
+                found.append(f"{module}:{line} imports {name}")
+    return found
 
 
 def import_edges():
@@ -70,6 +93,21 @@ def test_no_module_imports_from_above():
     edges = import_edges()
     assert len(edges) > 50  # the walk found the project's imports
     assert upward_imports(edges) == []
+
+
+def test_the_library_imports_no_orchestrator():
+    """trainer/ imports no TFX (its run_fn lives in components/training.py), core/ no
+    TensorFlow or Beam."""
+    assert forbidden_imports() == []
+
+
+def test_the_check_sees_a_forbidden_import(tmp_path, monkeypatch):
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "bad.py").write_text(
+        "import os\ndef f():\n    from tfx.components.trainer import fn_args_utils\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", str(tmp_path))
+    assert forbidden_imports() == [
+        "trainer.bad:3 imports tfx.components.trainer"]
 
 
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):

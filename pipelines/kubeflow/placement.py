@@ -61,7 +61,7 @@ def trainer(config, custom_config: Optional[Dict[str, Any]] = None, **kwargs):
     kf = config.kubeflow
     tpu = kf.resolved_trainer_tpu()
     if tpu:
-        custom["tpu"] = tpu  # trainer/tfx_trainer.py: TPUStrategy with bfloat16
+        custom["tpu"] = tpu  # components/training.py: TPUStrategy with bfloat16
     if kf.trainer_platform == "vertex":
         from tfx.extensions.google_cloud_ai_platform.trainer import component as vertex
 

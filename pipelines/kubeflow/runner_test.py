@@ -596,7 +596,7 @@ def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, c
 def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, env_strategy):
     from types import SimpleNamespace
 
-    from trainer import tfx_trainer
+    from components import training as tfx_trainer
 
     seen = {}
     monkeypatch.setattr(tfx_trainer.train, "train",
@@ -609,7 +609,7 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
         "mode": mode, "parent": None, "start_step": 0, "steps": steps, "target_step": steps})
     monkeypatch.setattr(tfx_trainer, "training_finished", lambda marker: seen.update(done=marker))
     custom = {"experiment": "tiny", "overrides": {}, **({"tpu": tpu} if tpu else {})}
-    tfx_trainer.run_fn(SimpleNamespace(
+    tfx_trainer.train_from_fn_args(SimpleNamespace(
         custom_config=custom, train_steps=5, train_files=["gs://b/examples/Split-train/*"],
         model_run_dir="gs://b/run", serving_model_dir="gs://b/model"))
     t = seen["exp"].train
