@@ -3,9 +3,9 @@
     exp = experiments.get("tiny"); exp = exp.replace_train(steps=200)
     train(exp, examples_dir="...", out_dir="...")      # the CLI and the TFX run_fn call this
 
-- Strategy (make_strategy): TPUStrategy when train.tpu is set; MultiWorkerMirroredStrategy when
-  TF_CONFIG names several workers (GPU pools: one process per machine, each with the same
-  command); MirroredStrategy when several GPUs are visible (or strategy="mirrored"); the
+- Strategy (trainer/distribute.py, make_strategy): TPUStrategy when train.tpu is set;
+  MultiWorkerMirroredStrategy when TF_CONFIG (parsed once: distribute.cluster) names several
+  workers (GPU pools: one process per machine, each with the same command); MirroredStrategy when several GPUs are visible (or strategy="mirrored"); the
   default strategy otherwise. Each process logs its strategy, workers and replicas at start.
 - Per-example losses are summed and divided by the GLOBAL batch (tf.nn.compute_average_loss),
   so gradients are the same whatever the number of replicas or workers.
@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -59,6 +59,9 @@ from core import example_format as ef
 from core.artifacts import EXPERIMENT_FILE, HISTORY_FILE, RESUMED_FILE
 from trainer import data as data_lib
 from trainer import diffusion
+from trainer.distribute import (  # noqa: F401 - train.<name> for the CLI, the run_fn, tests
+    TrainingStopped, TrainingTerminated, cluster, describe_strategy, device_type, is_chief,
+    is_chief_task, make_strategy, num_workers, tf_config_cluster, wait_for_peers)
 from trainer.experiments import Experiment
 from trainer.model import dtype_policy, policy_name
 
@@ -70,14 +73,6 @@ log = logging.getLogger(__name__)
 # GPU: not measured here (no GPU); XLA fuses the normalisations, activations and the
 # optimizer's elementwise updates, which run as separate kernels otherwise.
 JIT_COMPILE_DEFAULT = {"CPU": False, "GPU": True}
-
-
-class TrainingStopped(RuntimeError):
-    """Training ended on its own rule (a non-finite loss, a lost worker); one line."""
-
-
-class TrainingTerminated(TrainingStopped):
-    """SIGTERM ended training (Kubernetes sends it before SIGKILL; a preemption; `timeout`)."""
 
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a process ended by SIGTERM reports
@@ -174,219 +169,6 @@ class TermGuard:
         signal.signal(signal.SIGTERM, self._previous if self._previous is not None
                       else signal.SIG_DFL)
         self._close()
-
-
-def _tf_config_tasks() -> Tuple[List[Tuple[str, int, str]], Optional[Tuple[str, int]]]:
-    """([(type, index, address)] of TF_CONFIG's chief and worker tasks, this task)."""
-    cfg = json.loads(os.environ["TF_CONFIG"])
-    cluster = cfg.get("cluster") or {}
-    tasks = [(kind, i, str(addr)) for kind in ("chief", "worker")
-             for i, addr in enumerate(cluster.get(kind) or ())]
-    return tasks, tf_config_cluster()["task"]
-
-
-def _host_port(address: str) -> Tuple[str, int]:
-    address = address.split("://", 1)[-1]
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "localhost", int(port)
-
-
-def _answers(address: str, timeout: float) -> bool:
-    try:
-        with socket.create_connection(_host_port(address), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-class _PortAnswer:
-    """Accepts (and drops) TCP connections on this task's TF_CONFIG port while it waits for
-    its peers, so that they see it before its gRPC server exists; closed before the strategy
-    binds the port. None of it when the port is taken (TensorFlow then says so)."""
-
-    def __init__(self, address: str):
-        self._stop = threading.Event()
-        self._sock = None
-        try:
-            sock = socket.socket(socket.AF_INET6 if ":" in _host_port(address)[0] else socket.AF_INET)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("", _host_port(address)[1]))
-            sock.listen(16)
-            sock.settimeout(0.2)
-        except (OSError, ValueError):
-            return
-        self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="peer-wait", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            with conn:  # the prober closes first (no TIME_WAIT on this port)
-                conn.settimeout(1.0)
-                try:
-                    conn.recv(1)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._stop.set()
-            self._thread.join(timeout=5)
-            self._sock.close()
-
-
-def wait_for_peers(timeout_s: float, poll_s: float = 0.5) -> None:
-    """Before MultiWorkerMirroredStrategy exists: waits until every other TF_CONFIG task
-    answers on its port (its gRPC server, or this same wait there), else raises
-    TrainingStopped naming the missing tasks after timeout_s (train.peer_timeout_s).
-
-    The strategy's constructor waits for its peers inside TensorFlow's C++ code, holding the
-    GIL (measured: worker 0 alone prints "Coordination agent has successfully connected" and
-    waits for ever; no Python thread or signal handler runs meanwhile, and the coordination
-    service's register timeout does not end the leader's wait), so the wait happens here,
-    in Python, where the timeout and SIGTERM work. A peer that answers and dies before its own
-    strategy exists still leaves the others waiting in TensorFlow."""
-    tasks, me = _tf_config_tasks()
-    own = next((a for k, i, a in tasks if (k, i) == me), None)
-    peers = [(k, i, a) for k, i, a in tasks if (k, i) != me]
-    if not peers:
-        return
-    answer = _PortAnswer(own) if own else None
-    t0 = time.monotonic()
-    deadline = t0 + timeout_s
-    missing = peers
-    logged = False
-    try:
-        while True:
-            missing = [p for p in missing
-                       if not _answers(p[2], max(0.1, min(2.0, deadline - time.monotonic())))]
-            if not missing:
-                log.info("all %d workers in TF_CONFIG answer (%.1f s)", len(tasks),
-                         time.monotonic() - t0)
-                return
-            now = time.monotonic()
-            if now >= deadline:
-                who = f"{me[0]} {me[1]}" if me else "this task"
-                raise TrainingStopped(
-                    f"{who} waited {timeout_s:g} s (train.peer_timeout_s) for the other "
-                    f"workers in TF_CONFIG; missing: "
-                    + ", ".join(f"{k} {i} ({a})" for k, i, a in missing)
-                    + "; nothing was trained (start every task, or check their addresses)")
-            if not logged and now - t0 > 10:
-                log.warning("waiting up to %g s for %s", timeout_s,
-                            ", ".join(f"{k} {i} ({a})" for k, i, a in missing))
-                logged = True
-            time.sleep(min(poll_s, max(0.0, deadline - now)))
-    finally:
-        if answer is not None:
-            answer.close()
-
-
-# ---- strategy --------------------------------------------------------------------------------
-
-def tf_config_cluster() -> Dict[str, object]:
-    """{"workers": chief + worker tasks in TF_CONFIG, "task": (type, index) or None}."""
-    text = os.environ.get("TF_CONFIG", "").strip()
-    if not text:
-        return {"workers": 1, "task": None}
-    try:
-        cfg = json.loads(text)
-        cluster = cfg.get("cluster") or {}
-        task = cfg.get("task") or {}
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"TF_CONFIG is not a JSON object with cluster and task: {e}") from None
-    unsupported = sorted(set(cluster) - {"chief", "worker"})
-    if unsupported:
-        raise ValueError(f"TF_CONFIG names {', '.join(unsupported)} tasks; training runs only "
-                         "chief and worker tasks (MultiWorkerMirroredStrategy), no parameter "
-                         "servers or side-car evaluators")
-    workers = sum(len(cluster.get(k) or ()) for k in ("chief", "worker"))
-    kind = task.get("type") if isinstance(task, dict) else None
-    if workers and kind not in ("chief", "worker"):
-        raise ValueError(f"TF_CONFIG's task must be a chief or a worker, got {task!r}")
-    return {"workers": max(1, workers), "task": (kind, int(task.get("index", 0))) if workers else None}
-
-
-def is_chief_task() -> bool:
-    """Whether this process is the chief by TF_CONFIG, before any strategy exists: the chief
-    task, or worker 0 when there is none (MultiWorkerMirroredStrategy's rule); no TF_CONFIG or
-    a single worker: the only process."""
-    cluster = tf_config_cluster()
-    if cluster["workers"] == 1:
-        return True
-    kind, index = cluster["task"]
-    has_chief = bool(json.loads(os.environ["TF_CONFIG"])["cluster"].get("chief"))
-    return kind == "chief" or (not has_chief and kind == "worker" and index == 0)
-
-
-def make_strategy(tcfg) -> tf.distribute.Strategy:
-    if tcfg.tpu:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tcfg.tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    cluster = tf_config_cluster()
-    workers = cluster["workers"]
-    if tcfg.strategy == "multi_worker" or (tcfg.strategy == "auto" and workers > 1):
-        # RING on CPUs, NCCL on GPUs; a lost peer is found by the coordination service's
-        # heartbeats, which fail the collectives that wait for it
-        options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
-        if cluster["workers"] > 1:
-            wait_for_peers(tcfg.peer_timeout_s)
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        except tf.errors.UnknownError as e:  # "Could not start gRPC server"
-            if cluster["task"] is None:
-                raise
-            kind, index = cluster["task"]
-            address = json.loads(os.environ["TF_CONFIG"])["cluster"][kind][index]
-            raise ValueError(f"this worker ({kind} {index}) could not serve on {address} from "
-                             f"TF_CONFIG ({e.message.strip()}): the port is taken or the address "
-                             "is not this machine's") from None
-    if workers > 1:
-        raise ValueError(f"TF_CONFIG names {workers} workers but train.strategy is "
-                         f"{tcfg.strategy!r}; use auto or multi_worker")
-    if tcfg.strategy == "mirrored" or (tcfg.strategy == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return tf_config_cluster()["workers"]
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return int(strategy.extended.num_hosts)
-    return 1
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """The process that writes the outputs (the only process, except under multi-worker)."""
-    return bool(strategy.extended.should_checkpoint)
-
-
-def device_type(strategy: tf.distribute.Strategy) -> str:
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "TPU"
-    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-
-
-def describe_strategy(strategy: tf.distribute.Strategy, jit_compile: bool) -> str:
-    task = tf_config_cluster()["task"] if isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy) else None
-    who = f"; task {task[0]} {task[1]}" if task else ""
-    role = "" if is_chief(strategy) else " (not the chief: writes only to a temporary folder)"
-    name = ("MultiWorkerMirroredStrategy"
-            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            else "default (one device)" if type(strategy).__name__.startswith("_Default")
-            else type(strategy).__name__)
-    return (f"strategy {name}: {num_workers(strategy)} worker(s), "
-            f"{strategy.num_replicas_in_sync} replica(s) in sync on {device_type(strategy)}, "
-            f"XLA {'on' if jit_compile else 'off'}{who}{role}")
 
 
 class WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
