@@ -181,10 +181,10 @@ def training_arguments(exp, record: dict):
 
 def restore(trainer, saved_model_dir: str) -> int:
     """Loads the parent's weights into the trainer's model and EMA and its step into the global
-    step (the optimizer stays fresh, see the module doc). Returns the step."""
+    step (the optimizer stays fresh, see the module doc). Returns the step. The weights are
+    read by object path straight into the trainer's own model (no second model is built),
+    then copied into the EMA."""
     import tensorflow as tf
-
-    from trainer.model import GuidedDenoiser
 
     info = model_info(saved_model_dir)
     want = dataclasses.asdict(trainer.exp.model)
@@ -200,20 +200,19 @@ def restore(trainer, saved_model_dir: str) -> int:
                 + "; train this architecture from scratch once (training.warm_start: none)")
     variables = posixpath.join(saved_model_dir, "variables", "variables")
     names = [n for n, _ in tf.train.list_variables(variables) if n.startswith("model/")]
-    parent = GuidedDenoiser(trainer.exp.model)
-    if len(names) != len(parent.variables):
+    model = trainer.model
+    if len(names) != len(model.variables):
         raise WarmStartError(f"cannot warm-start from {saved_model_dir}: it holds {len(names)} "
-                             f"model variables, this model has {len(parent.variables)}")
-    tf.train.Checkpoint(model=parent).read(variables).expect_partial() \
-        .assert_existing_objects_matched()
-    weights = parent.trainable_variables
-    if len(weights) != len(trainer.variables):
-        raise WarmStartError("the parent's and this model's trainable variables differ in number")
-    for v, e, w in zip(trainer.variables, trainer.ema, weights):
-        if v.shape != w.shape:
-            raise WarmStartError(f"variable {v.name}: shape {v.shape} here, {w.shape} in the parent")
-        v.assign(tf.cast(w, v.dtype))
-        e.assign(tf.cast(w, e.dtype))
+                             f"model variables, this model has {len(model.variables)}")
+    try:
+        tf.train.Checkpoint(model=model).read(variables).expect_partial() \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WarmStartError(f"cannot warm-start from {saved_model_dir}: its variables do not "
+                             f"fit this model ({detail[:300]})") from None
+    for v, e in zip(trainer.variables, trainer.ema):
+        e.assign(tf.cast(v, e.dtype))
     step = parent_step(info)
     trainer.step.assign(step)
     return step
