@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -451,9 +451,35 @@ def train(exp: Experiment, examples_dir: str, out_dir: str,
                 shutil.rmtree(work_dir, ignore_errors=True)
 
 
+@dataclasses.dataclass
+class _Start:
+    """Where a training starts, as _restore leaves it for _loop and _export."""
+    iterator: object  # the distributed input iterator
+    manager: tf.train.CheckpointManager  # this process's checkpoints
+    ckpt_dir: str  # OUT/checkpoints, the chief's
+    restored: Optional[str]  # the checkpoint resumed from
+    resumed: int  # the step training starts at
+    history: List[Dict]  # the history rows up to that step
+    history_path: str
+    writer: object  # TensorBoard's (a no-op writer on other workers than the chief)
+    chief: bool
+
+
 def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, described: str,
            progress: bool, on_step, export_dir, warm_start, export_info,
            term: TermGuard) -> dict:
+    """Restore (checkpoint, or warm start), the loop, the export; each worker runs all three."""
+    start = _restore(trainer, examples_dir, out_dir, work_dir, described, progress, warm_start)
+    step, skipped, last_checkpoint = _loop(trainer, start, examples_dir, progress, on_step, term)
+    return _export(trainer, start, step, skipped, last_checkpoint, described, out_dir,
+                   export_dir, export_info)
+
+
+def _restore(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, described: str,
+             progress: bool, warm_start: Optional[str]) -> _Start:
+    """The input, the checkpoint manager, and the state training starts from: the newest
+    readable checkpoint (the workers checked to agree), else the warm-start parent, else
+    random weights; the experiment and the history as far as that step (the chief's)."""
     exp, t = trainer.exp, trainer.exp.train
     chief = work_dir == out_dir
     ds = trainer.dataset(examples_dir)  # fails on bad examples before out_dir exists
@@ -512,6 +538,20 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
     else:
         writer = tf.summary.create_noop_writer()
     history = [h for h in history if h["step"] <= resumed]
+    return _Start(iterator=iterator, manager=manager, ckpt_dir=ckpt_dir, restored=restored,
+                  resumed=resumed, history=history, history_path=history_path, writer=writer,
+                  chief=chief)
+
+
+def _loop(trainer: Trainer, start: _Start, examples_dir: str, progress: bool, on_step,
+          term: TermGuard) -> Tuple[int, int, Optional[int]]:
+    """Trains from start.resumed to train.steps: logs, TensorBoard, image summaries,
+    checkpoints, and the three ways a loop stops early (a non-finite step, a lost worker,
+    SIGTERM). Returns (step, skipped steps, the last checkpointed step)."""
+    t = trainer.exp.train
+    iterator, manager, ckpt_dir, writer = start.iterator, start.manager, start.ckpt_dir, start.writer
+    history, history_path, resumed, chief = (start.history, start.history_path, start.resumed,
+                                              start.chief)
     guided = trainer.model.guidance_net is not None
     preview = None
     bar, line_every = None, 0
@@ -523,7 +563,7 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
         line_every = max(1, t.steps // 20)
     t0 = time.time()
     step, skipped = resumed, int(trainer.skipped_steps.numpy())
-    last_checkpoint = resumed if restored else None
+    last_checkpoint = resumed if start.restored else None
 
     def save_checkpoint(step):
         _check_ema_finite(trainer, step, last_checkpoint)
@@ -602,7 +642,15 @@ def _train(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, des
     if bar:
         bar.close()
     writer.flush()
-    result = {"history": history, "step": step, "skipped": skipped, "chief": chief,
+    return step, skipped, last_checkpoint
+
+
+def _export(trainer: Trainer, start: _Start, step: int, skipped: int, last_checkpoint,
+            described: str, out_dir: str, export_dir: Optional[str],
+            export_info: Optional[Dict]) -> dict:
+    """The chief exports the SavedModel (never non-finite weights); the workers end together."""
+    chief = start.chief
+    result = {"history": start.history, "step": step, "skipped": skipped, "chief": chief,
               "strategy": described}
     _check_ema_finite(trainer, step, last_checkpoint)  # never export non-finite weights
     if chief:
