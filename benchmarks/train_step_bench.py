@@ -133,42 +133,50 @@ def run(args) -> dict:
     crops = dict(zip(models, _per_model(args.crop, models)))
     batches = dict(zip(models, _per_model(args.batch, models)))
     jits = {"both": [False, True], "off": [False], "on": [True]}.get(args.jit)
+    precision = "bfloat16" if args.bf16 else args.precision
+    dtypes = ["float32", "bfloat16"] if precision == "both" else [precision]
     setup = {}
     for name in models:
-        exp = experiments.get(name, data={"crop_size": crops[name]}, train={
-            "global_batch_size": batches[name], "steps_per_loop": args.loops,
-            "mixed_precision": "bfloat16" if args.bf16 else "float32", "lr_warmup_steps": 1,
-            "dpm_warmup_steps": 1})
-        data = random_batches(exp, crops[name], batches[name])
-        device = train_lib.device_type(train_lib.make_strategy(exp.train))
-        default_jit = train_lib.JIT_COMPILE_DEFAULT.get(device, False)
-        for jit in (jits if jits is not None else [default_jit]):
-            log(f"{name}: building and compiling (XLA {'on' if jit else 'off'}) ...")
-            trainer, iterator = make_trainer(exp, jit, data)
-            t0 = time.perf_counter()
-            time_steps(trainer, iterator, 1, 1)  # trace (+ compile) and one step
-            first = time.perf_counter() - t0
-            time_steps(trainer, iterator, args.loops, args.loops)  # warm: one call of K,
-            time_steps(trainer, iterator, 2, 1)  # and two calls of one step
-            setup[(name, jit)] = {"trainer": trainer, "iterator": iterator, "first_call_s": first,
-                                  "exp": exp, "device": device, "default_jit": default_jit}
-            log(f"  first call {first:.1f} s")
+        for dtype in dtypes:
+            exp = experiments.get(name, data={"crop_size": crops[name]}, train={
+                "global_batch_size": batches[name], "steps_per_loop": args.loops,
+                "mixed_precision": dtype, "lr_warmup_steps": 1, "dpm_warmup_steps": 1})
+            data = random_batches(exp, crops[name], batches[name])
+            device = train_lib.device_type(train_lib.make_strategy(exp.train))
+            default_jit = train_lib.JIT_COMPILE_DEFAULT.get(device, False)
+            for jit in (jits if jits is not None else [default_jit]):
+                log(f"{name} {dtype}: building and compiling (XLA {'on' if jit else 'off'}) ...")
+                trainer, iterator = make_trainer(exp, jit, data)
+                t0 = time.perf_counter()
+                time_steps(trainer, iterator, 1, 1)  # trace (+ compile) and one step
+                first = time.perf_counter() - t0
+                time_steps(trainer, iterator, args.loops, args.loops)  # warm: one call of K,
+                time_steps(trainer, iterator, 2, 1)  # and two calls of one step
+                setup[(name, jit, dtype)] = {
+                    "trainer": trainer, "iterator": iterator, "first_call_s": first,
+                    "exp": exp, "device": device, "default_jit": default_jit}
+                log(f"  first call {first:.1f} s")
     timings = {key: {1: [], args.loops: []} for key in setup}
-    loads, matmul = [], []
-    dtype = "bfloat16" if args.bf16 else "float32"
-    matmul_rate(args.matmul_size, dtype, 0.5)  # warm
+    loads = []
+    matmul = {d: [] for d in dtypes}
+    for d in dtypes:
+        matmul_rate(args.matmul_size, d, 0.5)  # warm
     for rep in range(args.repeats):
         loads.append(os.getloadavg()[0])
-        matmul.append(matmul_rate(args.matmul_size, dtype))
-        log(f"repeat {rep + 1}/{args.repeats}: matmul {matmul[-1] / 1e9:.1f} GFLOP/s, load {loads[-1]:.2f}")
+        for d in dtypes:
+            matmul[d].append(matmul_rate(args.matmul_size, d))
+        log(f"repeat {rep + 1}/{args.repeats}: matmul "
+            + ", ".join(f"{d} {matmul[d][-1] / 1e9:.1f}" for d in dtypes)
+            + f" GFLOP/s, load {loads[-1]:.2f}")
         for key, s in setup.items():
             for k in (1, args.loops):
                 sec = time_steps(s["trainer"], s["iterator"], args.steps, k)
                 timings[key][k].append(sec)
-                log(f"  {key[0]} XLA {'on' if key[1] else 'off'} K={k}: {args.steps / sec:.2f} steps/s")
+                log(f"  {key[0]} {key[2]} XLA {'on' if key[1] else 'off'} K={k}: "
+                    f"{args.steps / sec:.2f} steps/s")
     rows = []
-    for (name, jit), s in setup.items():
-        t = timings[(name, jit)]
+    for (name, jit, dtype), s in setup.items():
+        t = timings[(name, jit, dtype)]
         sps = {k: statistics.median(args.steps / x for x in v) for k, v in t.items()}
         row = {"model": name, "crop": crops[name], "batch": batches[name], "xla": jit,
                "device": s["device"], "dtype": dtype, "first_call_s": round(s["first_call_s"], 1),
@@ -179,18 +187,31 @@ def run(args) -> dict:
         ex_s = sps[args.loops] * batches[name]
         achieved = ex_s * row["flops_per_example"]
         row.update(examples_per_s=round(ex_s, 3), achieved_flops=achieved,
-                   mfu_vs_matmul=round(achieved / statistics.median(matmul), 4))
+                   matmul_flops=statistics.median(matmul[dtype]),
+                   mfu_vs_matmul=round(achieved / statistics.median(matmul[dtype]), 4))
         rows.append(row)
-    for name in models:  # XLA over no XLA, paired per repeat, at K
-        on = next((r for r in rows if r["model"] == name and r["xla"]), None)
-        off = next((r for r in rows if r["model"] == name and not r["xla"]), None)
-        if on and off:
-            on["xla_speedup"] = round(statistics.median(
-                b / a for a, b in zip(on["raw_seconds"][str(args.loops)],
-                                      off["raw_seconds"][str(args.loops)])), 3)
+
+    def paired(a, b):  # b's seconds over a's, per repeat, at K: a's speed-up over b
+        return round(statistics.median(y / x for x, y in zip(a["raw_seconds"][str(args.loops)],
+                                                             b["raw_seconds"][str(args.loops)])), 3)
+
+    for name in models:
+        for dtype in dtypes:  # XLA over no XLA
+            on = next((r for r in rows if (r["model"], r["dtype"]) == (name, dtype) and r["xla"]),
+                      None)
+            off = next((r for r in rows if (r["model"], r["dtype"]) == (name, dtype)
+                        and not r["xla"]), None)
+            if on and off:
+                on["xla_speedup"] = paired(on, off)
+        for r in rows:  # bfloat16 over float32 at the same XLA setting
+            if r["model"] == name and r["dtype"] == "bfloat16":
+                f32 = next((o for o in rows if o["model"] == name and o["xla"] == r["xla"]
+                            and o["dtype"] == "float32"), None)
+                if f32:
+                    r["bf16_speedup"] = paired(r, f32)
     return {"machine": machine_info(tensorflow=tf.__version__, keras=keras.__version__),
             "config": {"models": models, "crop": crops, "batch": batches, "steps": args.steps,
-                       "loops": args.loops, "repeats": args.repeats, "dtype": dtype,
+                       "loops": args.loops, "repeats": args.repeats, "dtype": precision,
                        "matmul_size": args.matmul_size, "jit": args.jit},
             "matmul_flops": matmul, "loadavg": loads, "rows": rows}
 
@@ -205,19 +226,23 @@ def _per_model(text: str, models):
 
 def render(res: dict) -> str:
     c, m = res["config"], res["machine"]
-    mm = statistics.median(res["matmul_flops"])
+    mf = res["matmul_flops"]  # {dtype: [...]} (a list: results of one dtype, before 'both')
+    mm = {d: statistics.median(v) for d, v in mf.items()} if isinstance(mf, dict) else {
+        c["dtype"]: statistics.median(mf)}
     k = c["loops"]
     lines = [f"# Train step: steps per host call, XLA, achieved FLOP/s ({m['date']})", "",
              f"{m['cpu_model']}, {m['nproc']} CPUs ({m['nproc_available']} available), "
              f"TF {m['tensorflow']}, Keras {m['keras']}; 1-min load {', '.join(f'{x:.2f}' for x in res['loadavg'])} "
              f"before the repeats. {c['repeats']} interleaved repeats of {c['steps']} steps per row; "
              f"K = {k}; {c['dtype']}; random batches cached in tf.data. Matmul "
-             f"{c['matmul_size']}x{c['matmul_size']} {c['dtype']}: {mm / 1e9:.1f} GFLOP/s (median).", "",
+             f"{c['matmul_size']}x{c['matmul_size']}: "
+             + ", ".join(f"{d} {v / 1e9:.1f}" for d, v in mm.items()) + " GFLOP/s (median).", "",
              "## Steps per host call", "",
-             f"| model | crop x batch | XLA | steps/s K=1 | steps/s K={k} | K={k} over K=1 (paired) |",
-             "|---|---|---|---|---|---|"]
+             f"| model | crop x batch | dtype | XLA | steps/s K=1 | steps/s K={k} | "
+             f"K={k} over K=1 (paired) |", "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['model']} | {r['crop']}x{r['crop']} x {r['batch']} | "
+                     f"{r.get('dtype', c['dtype'])} | "
                      f"{'on' if r['xla'] else 'off'} | {r['steps_per_s']['1']:.3f} | "
                      f"{r['steps_per_s'][str(k)]:.3f} | {r['loop_ratio']:.3f} |")
     if any("xla_speedup" in r for r in res["rows"]):
@@ -227,7 +252,8 @@ def render(res: dict) -> str:
         for r in res["rows"]:
             if "xla_speedup" not in r:
                 continue
-            off = next(o for o in res["rows"] if o["model"] == r["model"] and not o["xla"])
+            off = next(o for o in res["rows"] if o["model"] == r["model"] and not o["xla"]
+                       and o.get("dtype") == r.get("dtype"))
             lines.append(f"| {r['model']} | {1 / off['steps_per_s'][str(k)]:.3f} | "
                          f"{1 / r['steps_per_s'][str(k)]:.3f} | {r['xla_speedup']:.3f} | "
                          f"{off['first_call_s']:.0f} / {r['first_call_s']:.0f} |")
@@ -238,7 +264,21 @@ def render(res: dict) -> str:
         lines.append(f"| {r['model']} | {r['device']} | {r['dtype']} | {'on' if r['xla'] else 'off'}"
                      f"{' (default)' if r['xla'] == r['default_xla'] else ''} | "
                      f"{r['examples_per_s']:.2f} | {r['flops_per_example'] / 1e9:.2f} | "
-                     f"{r['achieved_flops'] / 1e9:.1f} | {mm / 1e9:.1f} | {r['mfu_vs_matmul']:.3f} |")
+                     f"{r['achieved_flops'] / 1e9:.1f} | "
+                     f"{r.get('matmul_flops', mm.get(r['dtype'], 0)) / 1e9:.1f} | "
+                     f"{r['mfu_vs_matmul']:.3f} |")
+    if any("bf16_speedup" in r for r in res["rows"]):
+        lines += ["", "## Mixed bfloat16 against float32 (train.mixed_precision)", "",
+                  f"| model | crop x batch | XLA | step s, float32 | step s, bfloat16 | "
+                  f"bfloat16 speed-up (paired, K={k}) |", "|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            if "bf16_speedup" not in r:
+                continue
+            f32 = next(o for o in res["rows"] if o["model"] == r["model"]
+                       and o["xla"] == r["xla"] and o.get("dtype") == "float32")
+            lines.append(f"| {r['model']} | {r['crop']}x{r['crop']} x {r['batch']} | "
+                         f"{'on' if r['xla'] else 'off'} | {1 / f32['steps_per_s'][str(k)]:.3f} | "
+                         f"{1 / r['steps_per_s'][str(k)]:.3f} | {r['bf16_speedup']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -253,6 +293,8 @@ def main(argv=None) -> int:
     p.add_argument("--jit", choices=("both", "on", "off", "default"), default="both",
                    help="XLA settings to time (default: the device type's default only)")
     p.add_argument("--bf16", action="store_true", help="mixed bfloat16 (and a bfloat16 matmul)")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "both"), default="float32",
+                   help="both: every model in float32 and in mixed bfloat16, timed side by side")
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--name", default="train_step")
     p.add_argument("--results-dir", default=RESULTS_DIR)
