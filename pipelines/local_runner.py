@@ -75,16 +75,20 @@ def run_local(config: PipelineConfig, started: Optional[float] = None,
         if not config.data.sources:
             ensure_synthetic_data(config, say)
         metadata_path = os.path.abspath(config.runner.resolved_metadata_path())
-        # a killed earlier run left its executions RUNNING: under the lock, they are dead
-        for kind, eid in cancel_abandoned_executions(metadata_path):
+        # one connection before the run (none before the first): a killed earlier run left
+        # its executions RUNNING, under the lock they are dead; and the runs so far
+        store = open_store(metadata_path, readonly=False) \
+            if os.path.exists(metadata_path) else None
+        for kind, eid in cancel_abandoned_executions(store):
             say(f"ML Metadata: {kind} execution {eid} of an interrupted run marked CANCELED")
-        before = set(summary_lib.pipeline_run_names(metadata_path))
+        before = set(summary_lib.pipeline_run_names(store))
+        del store
         with private_tmpdir():
             run(config)
-        # this process's own run (the lock makes it the only new one), not the store's newest
-        ours = [r for r in summary_lib.pipeline_run_names(metadata_path) if r not in before]
+        # one after it: this process's own run (the lock makes it the only new one), not the
+        # store's newest
         s = summary_lib.build_summary(metadata_path, config.runner.pipeline_name,
-                                      ours[-1] if ours else None)
+                                      runs_before=before)
         s["seconds"] = round(time.time() - t0, 1)
         out = os.path.join(work_dir, RUN_SUMMARY_FILE)
         with open(out, "w") as f:
@@ -163,16 +167,16 @@ def ensure_synthetic_data(config: PipelineConfig, say: Callable[[str], None] = _
 ABANDONED = "abandoned: its run-local process ended without finishing it (killed?)"
 
 
-def cancel_abandoned_executions(metadata_path: str):
+def cancel_abandoned_executions(store):
     """Marks executions left NEW or RUNNING by a run-local that died (SIGKILL, power loss) as
     CANCELED, with the reason in the custom property `deblur_abandoned`, so ML Metadata does not
     keep a zombie. Only safe while no other run uses the store: run-local holds the work dir's
-    lock when it calls this. Returns [(execution type, id)] of those it marked."""
-    if not os.path.exists(metadata_path):
+    lock when it calls this. `store`: a read-write MetadataStore, or None (no store yet).
+    Returns [(execution type, id)] of those it marked."""
+    if store is None:
         return []
     from ml_metadata.proto import metadata_store_pb2
 
-    store = open_store(metadata_path, readonly=False)
     live = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
     types = {t.id: t.name for t in store.get_execution_types()}
     dead = [e for e in store.get_executions() if e.last_known_state in live]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from ml_metadata.proto import metadata_store_pb2
 
@@ -18,10 +18,9 @@ from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, HISTORY_FILE, RESUME
                             SUMMARY_FILE, WARM_START_FILE)
 
 
-def pipeline_run_names(metadata_path: str) -> List[str]:
-    """The names of every pipeline_run context in the store ([] before the first run): taken
-    before a run, they tell which run is this process's own afterwards."""
-    store = metadata_store.open_store(metadata_path)
+def pipeline_run_names(store) -> List[str]:
+    """The names of every pipeline_run context in the store ([] without a store, before the
+    first run): taken before a run, they tell which run is this process's own afterwards."""
     return [] if store is None else [c.name for c in store.get_contexts_by_type("pipeline_run")]
 
 
@@ -76,10 +75,17 @@ def _split_names(artifact) -> List[str]:
     return json.loads(artifact.properties["split_names"].string_value)
 
 
-def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str] = None) -> dict:
-    store = metadata_store.open_store(metadata_path)  # one connection for the whole summary
+def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str] = None,
+                  runs_before: Optional[Set[str]] = None) -> dict:
+    """The summary of the pipeline run run_name, or with runs_before (the run names before
+    this process started its run) of the newest run not among them, else of the newest run.
+    One ML Metadata connection for all of it."""
+    store = metadata_store.open_store(metadata_path)
     if store is None:
         raise RuntimeError(f"no run of pipeline {pipeline_name} in {metadata_path}")
+    if runs_before is not None and run_name is None:
+        ours = [r for r in pipeline_run_names(store) if r not in runs_before]
+        run_name = ours[-1] if ours else None
     arts = latest_run_artifacts(store, metadata_path, pipeline_name, run_name)
     summary = {"pipeline_run": arts["_run"][0].name}
     summary["executions"] = run_executions(store, arts["_run"][0].name)
