@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.5.31
 
-.PHONY: setup setup-test run-local test bench lock clean
+.PHONY: setup setup-test run-local test test-fast bench lock clean
 
 $(UV):
 	@test -x "$(PY310)" || { echo "error: Python 3.10 not found (looked for python3.10 and pyenv's 3.10.13); install it with 'pyenv install 3.10.13'" >&2; exit 1; }
@@ -37,6 +37,11 @@ run-local: setup
 ## The test suite (what CI runs).
 test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## The fast lane for every change: the suite less the tests marked slow (multi-process
+## training, whole run-locals, the KFP launcher contract, the retraining runs, the races).
+test-fast: setup-test
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks (not tests): results go to benchmarks/results/.
 bench: setup-test

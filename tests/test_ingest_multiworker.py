@@ -12,11 +12,15 @@ import json
 import os
 from collections import Counter
 
+import pytest
+
 from components.ingest import layouts as L
 from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
 from core import example_format as ef
 from tests import fixtures as fx
 from tests.tfrecords import read_records
+
+pytestmark = pytest.mark.slow  # Beam multi-process workers
 
 SMALL = IngestOptions(train_crop_size=16, max_quarantine_fraction=1.0, tiny_num_shards=2)
 MULTI = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]

@@ -34,6 +34,8 @@ from pipelines.config import REPO_ROOT
 from tests.gcs_emulator import fake_gcs
 from tests.kfp_v2_launcher import Run, TaskFailed, topological
 
+pytestmark = pytest.mark.slow  # the whole compiled pipeline through the KFP launcher model
+
 BUCKET = "deblur-kfp-contract"
 TASKS = ["DeblurRunCheck", "DeblurInputFingerprint", "DeblurIngest", "StatisticsGen",
          "ImportSchemaGen", "ExampleValidator", "ValidationGate", "DomainDriftReport", "Trainer",

@@ -68,6 +68,7 @@ def execution_states(metadata_path):
     return out
 
 
+@pytest.mark.slow
 def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     d = tiny_config(tmp_path)
     d["training"]["steps"] = 5  # --param train_steps (the Kubeflow run parameter) sets 3
@@ -251,6 +252,7 @@ sys.exit(cli.main(["run-local", "--config", sys.argv[1]]))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_local_resumes_its_training_and_leaves_no_zombie(tmp_path, capsys, caplog):
     """SIGKILL during training left the Trainer RUNNING in ML Metadata for good, and the rerun
     trained from step 0. Now the rerun marks the dead execution CANCELED and its Trainer goes

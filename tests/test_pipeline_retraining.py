@@ -16,11 +16,14 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from deblur import cli
 from tests import fixtures as fx
 from tests.test_pipeline_local import execution_states, write_config
+
+pytestmark = pytest.mark.slow  # four whole run-locals in one work dir
 
 FAST_MODEL = {"guidance": "input", "channel_multipliers": [1], "num_middle_blocks": 0}
 PIPELINE = ("DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",

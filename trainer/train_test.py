@@ -640,6 +640,7 @@ def _assert_matches_one_device(r: dict) -> None:
     assert np.linalg.norm(updates[0] - updates[1]) <= 1e-4 * np.linalg.norm(updates[1])
 
 
+@pytest.mark.slow
 def test_mirrored_step_matches_the_default_strategy(jobs):
     """Two replicas do what one device does, each part compared where the comparison is sound.
 
@@ -677,6 +678,7 @@ def test_mirrored_step_matches_the_default_strategy(jobs):
     assert all(step["copies_per_variable"] == 2 for step in r["steps"])
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_process(jobs):
     """Two processes under MultiWorkerMirroredStrategy (TF_CONFIG, RING all-reduce over gRPC
     on localhost), each feeding its half of every global batch, do what one device does: the
@@ -689,6 +691,7 @@ def test_two_workers_match_one_process(jobs):
         np.testing.assert_array_equal(a, b, err_msg=f"state {j}")
 
 
+@pytest.mark.slow
 def test_two_workers_write_once_stop_on_a_lost_worker_and_resume(jobs):
     """`deblur train` on two workers with the same --out: each logs its strategy, workers and
     replicas; only the chief writes --out (the other one's checkpoints go to its TMPDIR and are
@@ -720,6 +723,7 @@ def test_two_workers_write_once_stop_on_a_lost_worker_and_resume(jobs):
     assert os.path.exists(os.path.join(out, "saved_model", "deblur.json"))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(jobs, ingested):
     import tensorflow as tf
 
@@ -781,6 +785,7 @@ def _assert_same_final_checkpoint(out_a: str, out_b: str, ignore=()) -> None:
     assert int(readers[0].get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == STEPS
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(jobs, ingested, tmp_path, caplog,
                                                             monkeypatch):
     """The newest checkpoint's data file truncated (a disk full, a killed copy): training warns,
@@ -818,6 +823,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(jobs, ingested, tmp
         train_lib.train(exp, ingested[1], run)
 
 
+@pytest.mark.slow
 def test_saved_model_deblurs_without_the_project(jobs):
     r = jobs["export"].result(timeout=3 * TIMEOUT)
     assert r["signatures"] == ["deblur", "serving_default"]
@@ -887,6 +893,7 @@ def test_progress_in_a_log_file_is_a_plain_line_every_5_percent(ingested, tmp_pa
     assert "\r" not in err and "it/s" not in err and "step/s" not in err
 
 
+@pytest.mark.slow
 def test_steps_per_loop_ends_with_the_one_step_weights(jobs):
     """steps_per_loop 4 (calls of 4, 1 and 1 steps: cut at the image summary at 4 and the log at
     5) ends with the state of one step per call, bit for bit: the same step graph on the same
@@ -900,6 +907,7 @@ def test_steps_per_loop_ends_with_the_one_step_weights(jobs):
     assert rows == [ref_rows[5], ref_rows[6]]
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_and_exports_the_float32_interface(jobs):
     """Mixed bfloat16 on this CPU (AVX512_BF16): finite losses, and an export whose signatures
     and functions take and return exactly what the float32 one's do (the export builds the EMA
@@ -1189,6 +1197,7 @@ def test_sigterm_ends_a_process_blocked_in_a_step_within_30_s(ingested, tmp_path
         procs.kill_all()
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_loop_saves_a_checkpoint_and_ends(ingested, tmp_path):
     """Kubernetes sends SIGTERM before SIGKILL: training stops after the current loop call,
     saves the checkpoint that is due (steps since the last one) and ends in one line."""
