@@ -39,7 +39,8 @@ test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## The fast lane for every change: the suite less the tests marked slow (multi-process
-## training, whole run-locals, the KFP launcher contract, the retraining runs, the races).
+## training, whole run-locals, the KFP launcher contract, the retraining runs, the SIGTERM
+## and peer-timeout races; the registry's push races take seconds and stay in).
 test-fast: setup-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
