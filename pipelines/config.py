@@ -87,8 +87,8 @@ class TrainingConfig:
     # steps (trainer/warm_start.py says what is kept and why)
     warm_start: str = "none"
     # The weights a training starts from when it does not warm-start from a blessed model:
-    # "auto": the base model the repository ships for the experiment (models/<experiment>/,
-    # today only "local": models/README.md), random weights for the others; "none": random
+    # "auto": the base model the repository ships for the experiment (models/<experiment>/
+    # with a saved_model.pb; none ships yet), random weights for the others; "none": random
     # weights; or a SavedModel folder exported by this project, of the experiment's architecture
     base_model: str = "auto"
 
