@@ -92,12 +92,6 @@ class TrainingConfig:
     # weights; or a SavedModel folder exported by this project, of the experiment's architecture
     base_model: str = "auto"
 
-    def resolved_base_model(self) -> Optional[str]:
-        """The base model's SavedModel folder, or None for random weights."""
-        from trainer.warm_start import base_model_dir
-
-        return base_model_dir(self.base_model_setting(), self.experiment)
-
     def base_model_setting(self) -> str:
         """base_model as the Trainer gets it: auto, none, or an absolute path / URI."""
         if self.base_model in ("auto", "none") or "://" in self.base_model:

@@ -18,8 +18,7 @@ import tensorflow as tf
 
 from components.evaluator.evaluate import EvalConfig
 from trainer import experiments, export
-from trainer.sampling import call_deblur_batch
-from trainer.sampling import Sampler, phi_from_image
+from trainer.sampling import Sampler, call_deblur_batch, phi_from_image
 from trainer.setting import SamplingSetting
 from trainer.train import Trainer, add_diffusion_noise
 

@@ -79,6 +79,13 @@ def parse_full(serialized: tf.Tensor, scales: Sequence[int] = ef.PYRAMID_FACTORS
     return out
 
 
+def luma_levels(img01: tf.Tensor, scales: Sequence[int]) -> Dict[int, tf.Tensor]:
+    """{k: (B, H/k, W/k, 1)}: the k x k box averages of the BT.601 luma of a (B, H, W, 3) image
+    in [0, 1], the example format's pyramid (core/example_format.py) computed in the graph."""
+    luma = tf.reduce_sum(img01 * tf.constant(ef.LUMA_WEIGHTS, img01.dtype), -1, keepdims=True)
+    return {k: tf.nn.avg_pool2d(luma, k, k, "VALID") for k in scales}
+
+
 def _to_signed(x: tf.Tensor) -> tf.Tensor:
     return x * 2.0 - 1.0
 
@@ -123,10 +130,8 @@ def training_element(ex: Dict[str, tf.Tensor], cfg: DataConfig, seed: tf.Tensor)
 
         c["sharp"], c["blurry"] = degrade_pair(c["sharp"], c["blurry"], s[3])
         for key in ef.IMAGE_KEYS:
-            luma = tf.reduce_sum(c[key] * tf.constant(ef.LUMA_WEIGHTS, tf.float32), -1,
-                                 keepdims=True)
-            for k in cfg.scales:
-                c[f"{key}_x{k}"] = tf.nn.avg_pool2d(luma[None], k, k, "VALID")[0]
+            for k, level in luma_levels(c[key][None], cfg.scales).items():
+                c[f"{key}_x{k}"] = level[0]
     x, y = _to_signed(c["sharp"]), _to_signed(c["blurry"])
     phi, target = {}, {}
     noise_seeds = tf.random.experimental.stateless_split(s[2], len(cfg.scales))

@@ -247,6 +247,12 @@ class NoiseLevelEmbedding(layers.Layer):
         return {**super().get_config(), "dim": self.dim, "scale": self.scale}
 
 
+def edm_q(gamma, sigma_data: float):
+    """q = 1 - gamma + gamma sd^2 = gamma (sigma^2 + sd^2), sigma^2 = (1 - gamma) / gamma: the
+    variance of r_t (PreconditionedNoise); c_in = 1 / sqrt(q)."""
+    return 1.0 - gamma + gamma * sigma_data ** 2
+
+
 @keras.saving.register_keras_serializable(package="deblur")
 class PreconditionedNoise(layers.Layer):
     """[F, x_t, y, gamma] -> eps_hat, the EDM preconditioning (Karras et al. 2022, Table 1) in the
@@ -269,8 +275,7 @@ class PreconditionedNoise(layers.Layer):
         f, x_t, y, gamma = (ops.cast(v, "float32") for v in inputs)
         g = ops.reshape(ops.clip(gamma, 0.0, 1.0), (-1, 1, 1, 1))
         r_t = x_t - ops.sqrt(g) * y if self.residual else x_t
-        sd2 = self.sigma_data ** 2
-        q = 1.0 - g + g * sd2
+        q = edm_q(g, self.sigma_data)
         return ops.sqrt(1.0 - g) * r_t / q - self.sigma_data * ops.sqrt(g) * f / ops.sqrt(q)
 
     def compute_output_shape(self, input_shapes):
@@ -428,7 +433,7 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
         x_t = layers.Subtract(name="input_residual")([x_t, signal * inputs["y"]])
     if cfg.output == "preconditioned":  # c_in: r_t / sqrt(q) has unit variance at every gamma
         g = ops.reshape(ops.cast(inputs["gamma"], "float32"), (-1, 1, 1, 1))
-        c_in = 1.0 / ops.sqrt(1.0 - g + g * cfg.sigma_data ** 2)
+        c_in = 1.0 / ops.sqrt(edm_q(g, cfg.sigma_data))
         x_t = layers.Multiply(name="c_in")([x_t, ops.cast(c_in, x_t.dtype)])
     x = [x_t] + ([inputs["y"]] if cfg.input_concat else [])
     if cfg.guidance == "input":

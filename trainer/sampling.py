@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from core import example_format as ef
+from trainer.data import luma_levels
 from trainer.setting import (NON_FINITE_OUTPUT, PAPER_MAX_NOISE, PAPER_STEPS, SAMPLERS,  # noqa: F401
                             SamplingSetting)
 
@@ -113,9 +113,7 @@ class InferenceSchedule:
 def phi_from_image(img01: tf.Tensor, scales) -> dict:
     """{k: (B, H/k, W/k, 1)} box-averaged BT.601 luma in [-1, 1] of a (B, H, W, 3) image in
     [0, 1]: the guidance input phi_k(y), as in the example format's pyramid."""
-    w = tf.constant(ef.LUMA_WEIGHTS, img01.dtype)
-    y = tf.reduce_sum(img01 * w, axis=-1, keepdims=True)
-    return {k: tf.nn.avg_pool2d(y, k, k, "VALID") * 2.0 - 1.0 for k in scales}
+    return {k: v * 2.0 - 1.0 for k, v in luma_levels(img01, scales).items()}
 
 
 def symmetric_pad_end(x: tf.Tensor, size, axis: int) -> tf.Tensor:
