@@ -137,12 +137,19 @@ def cmd_model_stats(args) -> int:
 
 
 def train_experiment(args):
-    """The experiment of `deblur train`: the preset, its flags (--steps, --batch-size, --tpu,
-    --strategy), then every --set SECTION.FIELD=VALUE (parsed as run-local's --set: VALUE is
-    YAML; a --set wins over a flag), e.g. --set train.steps_per_loop=10 --set model.dropout=0.1"""
+    """The experiment of `deblur train`: the preset (--experiment), its flags (--steps,
+    --batch-size, --tpu, --strategy: shorthands of train.steps, train.global_batch_size,
+    train.tpu + train.mixed_precision, train.strategy), then every --set SECTION.FIELD=VALUE
+    (parsed as run-local's --set: VALUE is YAML; a --set wins over a flag), e.g. --set
+    train.steps_per_loop=10 --set model.dropout=0.1: the paths of the pipeline config's
+    training.SECTION.FIELD (docs/configuration.md)."""
     from pipelines.config import apply_overrides
     from trainer import experiments
 
+    if args.config is not None:
+        raise UserError(f"--config {args.config}: deblur train names its preset with "
+                        f"--experiment {args.config} (training.experiment in the pipeline "
+                        f"config); --config is a pipeline config file in the other commands")
     flags = {}  # 0 is not "unset": TrainConfig refuses it in one line
     if args.steps is not None:
         flags["steps"] = args.steps
@@ -153,7 +160,41 @@ def train_experiment(args):
     if args.strategy:
         flags["strategy"] = args.strategy
     sections = apply_overrides({"train": flags} if flags else {}, args.set or ())
-    return experiments.get(args.config, **sections)
+    _check_trainer_sets(sections)
+    return experiments.get(args.experiment, **sections)
+
+
+def _check_trainer_sets(sections: dict) -> None:
+    """A --set whose first part is not a trainer section, said with the spelling that works
+    here: the pipeline config's training.train.steps (or its old training.steps) ->
+    train.steps, a bare steps -> train.steps, experiment -> --experiment."""
+    from pipelines.config import TRAINER_SECTIONS, old_spellings, trainer_section_of
+
+    for key, value in sections.items():
+        if key in TRAINER_SECTIONS or key == "name":
+            continue
+        if key == "training":  # the pipeline config's spelling, prefix and all
+            path, node = "training", value
+            while isinstance(node, dict) and node:
+                first = next(iter(node))
+                path, node = f"{path}.{first}", node[first]
+            new = dict(old_spellings({"training": value})).get(path, path).split(".")
+            if new[1:2] == ["experiment"]:
+                raise UserError(f"--set {path}: the pipeline config's spelling; deblur train "
+                                f"names its preset with --experiment NAME")
+            if new[1:2] and new[1] in TRAINER_SECTIONS:
+                raise UserError(f"--set {path}: the pipeline config's spelling; deblur train "
+                                f"takes --set {'.'.join(new[1:])}")
+            raise UserError(f"--set {path}: a field of the pipeline config; deblur train takes "
+                            f"the trainer's sections model, diffusion, data, train (e.g. --set "
+                            f"train.steps=300)")
+        if key == "experiment":
+            raise UserError("--set experiment: deblur train names its preset with --experiment "
+                            "NAME (training.experiment in the pipeline config)")
+        section = trainer_section_of(key)
+        if section:
+            raise UserError(f"--set {key}: a field of the {section} section: --set "
+                            f"{section}.{key}")
 
 
 def cmd_train(args) -> int:
@@ -242,6 +283,8 @@ def _evaluation_config(args):
         changes["max_images_per_split"] = args.max_images
     if args.splits:
         changes["splits"] = args.splits.split(",")
+    # the split left out when --splits is not given: the one training trains on
+    changes["train_split"] = cfg.training.build_experiment().data.train_split
     if not os.path.isdir(args.examples) and "://" not in args.examples:
         raise UserError(f"--examples {args.examples} is not a directory")
     return cfg, dataclasses.replace(cfg.evaluation, **changes)
@@ -364,7 +407,8 @@ def cmd_registry(args) -> int:
 def _config_arguments(parser: argparse.ArgumentParser, text: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help=text)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set training.steps=300 (repeatable)")
+                        help="override a config field, e.g. --set training.train.steps=300 "
+                             "(repeatable)")
     return parser
 
 
@@ -430,17 +474,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--examples", required=True, help="an ingest output folder (Split-<split>/*.gz)")
     s.add_argument("--out", required=True, help="checkpoints, tensorboard, saved_model go here; "
                                                 "re-running resumes from its checkpoints")
-    s.add_argument("--config", default="tiny",
-                   help="tiny, icDPM-S, icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    s.add_argument("--experiment", default="tiny",
+                   help="the preset (training.experiment in the pipeline config): tiny, local, "
+                        "icDPM-S, icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
+    s.add_argument("--config", default=None, help=argparse.SUPPRESS)  # now --experiment
+    s.add_argument("--steps", type=int, default=None, help="= --set train.steps=N")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="= --set train.global_batch_size=B")
     s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker"),
-                   default=None, help="auto: multi_worker when TF_CONFIG names several workers, "
-                                      "mirrored over several GPUs, else default")
-    s.add_argument("--tpu", default=None, help="TPU name or grpc:// address (TPUStrategy, bfloat16)")
+                   default=None, help="= --set train.strategy=S; auto: multi_worker when "
+                                      "TF_CONFIG names several workers, mirrored over several "
+                                      "GPUs, else default")
+    s.add_argument("--tpu", default=None, help="TPU name or grpc:// address (TPUStrategy, "
+                                               "bfloat16): --set train.tpu=NAME, and "
+                                               "train.mixed_precision=bfloat16")
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                   help="override an experiment field, e.g. --set train.steps_per_loop=10 "
-                        "(sections: model, diffusion, data, train; repeatable)")
+                   help="an experiment field, e.g. --set train.steps_per_loop=10 (sections: "
+                        "model, diffusion, data, train; the pipeline config's training.SECTION."
+                        "FIELD; repeatable)")
     s.add_argument("--warm-start", default=None, metavar="SAVED_MODEL",
                    help="start from this exported model's weights and step (e.g. a registry "
                         "version folder) and train --steps more steps")

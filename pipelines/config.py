@@ -13,9 +13,11 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
+import re
 import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -62,7 +64,7 @@ class DataConfig:
     # Real data: a list of IngestSource. Empty = the synthetic in/out-of-domain sets.
     sources: List[IngestSource] = dataclasses.field(default_factory=list)
     synthetic: SyntheticData = dataclasses.field(default_factory=SyntheticData)
-    train_split: str = "train"
+    # (the split the Trainer trains on is the trainer's own field: training.data.train_split)
 
 
 @dataclasses.dataclass
@@ -71,19 +73,32 @@ class ValidationConfig:
     drift_baseline_split: str = "train"
 
 
+# The trainer's sections (trainer/experiments.py's Experiment), spelled in the pipeline config
+# exactly as `deblur train --set` spells them, under `training.`: training.train.steps here is
+# --set train.steps there (docs/configuration.md).
+TRAINER_SECTIONS = ("model", "diffusion", "data", "train")
+
+
 @dataclasses.dataclass
 class TrainingConfig:
-    """The Trainer stage: an experiment preset of trainer/experiments.py plus overrides."""
+    """The Trainer stage: an experiment preset of trainer/experiments.py (`deblur train
+    --experiment`) and the fields that differ from it, one mapping per trainer section, each
+    field spelled as `deblur train --set SECTION.FIELD`. A section in a file or a --set is
+    merged over the default below: a field not named keeps the pipeline's default, else the
+    preset's."""
 
     experiment: str = "tiny"
-    # 1500 steps of the tiny model (~5-9 min on 2 CPU cores) is the least measured to beat the
-    # blurry input out-of-domain (LPIPS 0.465 vs 0.518; 300 steps: 0.597), so the local run's
-    # model passes the gate on merit (docs/evaluation.md)
-    steps: int = 1500
-    # {section: {field: value}}, e.g. {"train": {"global_batch_size": 16}, "model": {...}}
-    overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    model: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.model.ModelConfig
+    diffusion: Dict[str, Any] = dataclasses.field(default_factory=dict)  # DiffusionConfig
+    # DataSection; data.train_split is the split the Trainer trains on and the evaluator leaves out
+    data: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # TrainConfig. 1500 steps of the tiny model (~5-9 min on 2 CPU cores) is the least measured
+    # to beat the blurry input out-of-domain (LPIPS 0.465 vs 0.518; 300 steps: 0.597), so the
+    # pipeline's default steps, whatever the preset's (tiny: 800) (docs/evaluation.md). After a
+    # warm start: this many more steps.
+    train: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"steps": 1500})
     # none: random weights; latest_blessed: the weights and step of the latest blessed model
-    # (found when the Trainer runs, where the gate finds its baseline), then `steps` more
+    # (found when the Trainer runs, where the gate finds its baseline), then train.steps more
     # steps (trainer/warm_start.py says what is kept and why)
     warm_start: str = "none"
     # The weights a training starts from when it does not warm-start from a blessed model:
@@ -91,6 +106,9 @@ class TrainingConfig:
     # with a saved_model.pb; none ships yet), random weights for the others; "none": random
     # weights; or a SavedModel folder exported by this project, of the experiment's architecture
     base_model: str = "auto"
+
+    # sections whose mapping in a file or a --set is merged over the default, not replacing it
+    MERGED = TRAINER_SECTIONS
 
     def base_model_setting(self) -> str:
         """base_model as the Trainer gets it: auto, none, or an absolute path / URI."""
@@ -105,25 +123,57 @@ class TrainingConfig:
         if self.warm_start not in WARM_START_MODES:
             raise ValueError(f"training.warm_start must be one of {', '.join(WARM_START_MODES)}, "
                              f"got {self.warm_start!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"training.steps must be an integer >= 1, got {self.steps!r}")
-        if not isinstance(self.overrides, dict) or not all(
-                isinstance(v, dict) for v in self.overrides.values()):
-            raise ValueError("training.overrides must map sections to {field: value} mappings, "
-                             f"got {self.overrides!r}")
+        for name in TRAINER_SECTIONS:
+            section = getattr(self, name)
+            if not isinstance(section, dict) or not all(isinstance(k, str) for k in section):
+                raise ValueError(f"training.{name} must map {name} fields to values, e.g. "
+                                 f"{{{_EXAMPLE_FIELD[name]}}}, got {section!r}")
+        # checked here, without TensorFlow: the train_steps run parameter's check
+        # (pipelines/run_params.py) applies it to the config alone
+        steps = self.train.get("steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"training.train.steps must be an integer >= 1, got {steps!r}")
+
+    def experiment_overrides(self) -> Dict[str, Dict[str, Any]]:
+        """{section: {field: value}} of the sections that name a field: the arguments of
+        trainer.experiments.get(experiment, **...), as `deblur train --set` builds them."""
+        return {s: dict(getattr(self, s)) for s in TRAINER_SECTIONS if getattr(self, s)}
 
     def build_experiment(self):
-        """The trainer's Experiment (preset + overrides + steps): the check that the preset
-        name and every override are valid, run before a pipeline starts (a typo otherwise
+        """The trainer's Experiment (the preset with these fields): the check that the preset
+        name and every field are valid, run before a pipeline starts (a typo otherwise
         surfaced only in the Trainer, after ingest and validation). Imports TensorFlow."""
         from trainer import experiments
 
-        overrides = {k: dict(v) for k, v in self.overrides.items()}
-        overrides.setdefault("train", {})["steps"] = self.steps
+        overrides = self.experiment_overrides()
         try:
             return experiments.get(self.experiment, **overrides)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"training: {e}") from e
+            raise ConfigError(_training_error(self.experiment, overrides, e)) from e
+
+
+_EXAMPLE_FIELD = {"model": "diffusion_channels: 32", "diffusion": "num_train_steps: 1000",
+                  "data": "crop_size: 128", "train": "steps: 1500"}
+
+
+def _training_error(experiment: str, overrides: Dict[str, Dict[str, Any]], e: Exception) -> str:
+    """The trainer's error as a path of the pipeline config: "train.steps: expected int" ->
+    "training.train.steps: expected int"; "unknown experiment 'x'" -> "training.experiment:
+    ..."; a message naming no section gets the section whose fields alone raise it."""
+    from trainer import experiments
+
+    text = str(e)
+    if text.startswith("unknown experiment '") or text.startswith('unknown experiment "'):
+        return f"training.experiment: {text}"
+    head = re.split(r"[:. ]", text, maxsplit=1)[0]
+    if head in TRAINER_SECTIONS:
+        return f"training.{text}"
+    for section, fields in overrides.items():
+        try:
+            experiments.get(experiment, **{section: fields})
+        except (TypeError, ValueError):
+            return f"training.{section}: {text}"
+    return f"training: {text}"
 
 
 @dataclasses.dataclass
@@ -192,7 +242,12 @@ class PipelineConfig:
         ]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as from_dict reads it back (the Kubeflow runner compiles it into the run's
+        parameter check). evaluation.train_split is not a field of the pipeline config: the
+        pipeline sets it to training.data.train_split (pipelines/pipeline.py)."""
+        d = dataclasses.asdict(self)
+        d["evaluation"].pop("train_split", None)
+        return d
 
 
 def _build(cls, value: Any, path: str):
@@ -207,12 +262,15 @@ def _build(cls, value: Any, path: str):
         unknown = sorted(set(value) - set(fields))
         if unknown:
             raise ConfigError(f"{path or 'config'}: unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(fields)}")
+                              f"known: {', '.join(fields)}{_elsewhere(path, unknown, value)}")
         kwargs = {}
         hints = typing.get_type_hints(cls)
+        merged = getattr(cls, "MERGED", ())
         for name, v in value.items():
             where = f"{path}.{name}" if path else name
             check_scalar(hints[name], v, where, ConfigError)
+            if name in merged and isinstance(v, dict):  # over the default, field by field
+                v = {**fields[name].default_factory(), **v}
             kwargs[name] = _build(_field_type(cls, name), v, where)
         try:
             return cls(**kwargs)
@@ -226,7 +284,128 @@ def _field_type(cls, name):
     return t if dataclasses.is_dataclass(t) else None
 
 
+# ---- one spelling per knob (docs/configuration.md) -------------------------------------------
+# Old spellings of a knob -> its one spelling. A config that uses one fails in one line naming
+# the new spelling (no alias period: two spellings of one knob are what issue 23 removed, and
+# every config is read, and refused, before any work starts). respell() moves them, for the
+# configs that packages compiled by an earlier release carry into their run's check task.
+RENAMED = {
+    "training.steps": "training.train.steps",
+    "data.train_split": "training.data.train_split",
+    "evaluation.train_split": "training.data.train_split",
+    "kubeflow.experiment": "kubeflow.kfp_experiment",
+}
+# and training.overrides.SECTION.FIELD -> training.SECTION.FIELD
+
+
+def old_spellings(d: Any) -> List[Tuple[str, str]]:
+    """[(old path, new path)] for every old spelling a config dict uses."""
+    out: List[Tuple[str, str]] = []
+    if not isinstance(d, dict):
+        return out
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        if isinstance(d.get(section), dict) and key in d[section]:
+            out.append((old, new))
+    training = d.get("training")
+    if isinstance(training, dict) and "overrides" in training:
+        overrides = training["overrides"]
+        pairs = [(f"training.overrides.{s}.{f}", f"training.{s}.{f}")
+                 for s, fields in overrides.items() if isinstance(fields, dict)
+                 for f in fields] if isinstance(overrides, dict) else []
+        out += pairs or [("training.overrides.SECTION.FIELD", "training.SECTION.FIELD (e.g. "
+                                                               "training.train.global_batch_size)")]
+    return out
+
+
+def _trainer_spelling(path: str) -> str:
+    """", as deblur train --set train.steps" for training.train.steps."""
+    parts = path.split(".")
+    if len(parts) == 3 and parts[0] == "training" and parts[1] in TRAINER_SECTIONS:
+        return f", as deblur train --set {parts[1]}.{parts[2]}"
+    return ""
+
+
+def _refuse_old_spellings(d: Any) -> None:
+    found = old_spellings(d)
+    if found:
+        raise ConfigError("; ".join(f"{old} is now {new}{_trainer_spelling(new)}"
+                                    for old, new in found) + " (docs/configuration.md)")
+
+
+def respell(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of config dict `d` with every old spelling moved to its new one (a value given in
+    both places keeps the new spelling's); evaluation.train_split, now set from
+    training.data.train_split, is dropped."""
+    d = copy.deepcopy(d)
+    training = d.get("training") if isinstance(d.get("training"), dict) else None
+    if training is not None:
+        overrides = training.pop("overrides", None) or {}
+        if "steps" in training:
+            overrides.setdefault("train", {})["steps"] = training.pop("steps")
+        for section, fields in overrides.items():
+            training[section] = {**fields, **(training.get(section) or {})}
+    if isinstance(d.get("data"), dict) and "train_split" in d["data"]:
+        split = d["data"].pop("train_split")
+        section = d.setdefault("training", {}).setdefault("data", {})
+        section.setdefault("train_split", split)
+    if isinstance(d.get("evaluation"), dict):
+        d["evaluation"].pop("train_split", None)
+    if isinstance(d.get("kubeflow"), dict) and "experiment" in d["kubeflow"]:
+        d["kubeflow"].setdefault("kfp_experiment", d["kubeflow"].pop("experiment"))
+    return d
+
+
+def _trainer_fields() -> Dict[str, Tuple[str, ...]]:
+    """{section: its field names} of the trainer's sections (imports TensorFlow: error paths)."""
+    from trainer import experiments
+    from trainer.diffusion import DiffusionConfig
+    from trainer.model import ModelConfig
+
+    classes = {"model": ModelConfig, "diffusion": DiffusionConfig,
+               "data": experiments.DataSection, "train": experiments.TrainConfig}
+    return {s: tuple(f.name for f in dataclasses.fields(c)) for s, c in classes.items()}
+
+
+def trainer_section_of(name: str) -> Optional[str]:
+    """The trainer section that has field `name` (no two sections share a field name)."""
+    try:
+        fields = _trainer_fields()
+    except ImportError:  # pragma: no cover - the error then says less, nothing else changes
+        return None
+    return next((s for s, names in fields.items() if name in names), None)
+
+
+def _first_leaf(value: Any) -> str:
+    """"steps" for {"steps": 3}: the first field a --set or a file named under a section."""
+    return next(iter(value)) if isinstance(value, dict) and value else "FIELD"
+
+
+def _elsewhere(path: str, unknown: Sequence[str], value: Dict[str, Any]) -> str:
+    """For an unknown key that is another place's spelling of a knob, where it is here:
+    `deblur train`'s train.steps at the top -> training.train.steps; a trainer field directly
+    under training -> its section; a trainer data field in the pipeline's data section."""
+    hints = []
+    for key in unknown:
+        if path == "" and key in ("model", "diffusion", "train"):
+            leaf = _first_leaf(value.get(key))
+            hints.append(f"{key}.{leaf} is deblur train's spelling; the pipeline config's is "
+                         f"training.{key}.{leaf}")
+        elif path == "" and key == "experiment":
+            hints.append("the experiment preset is training.experiment")
+        elif path == "training":
+            section = trainer_section_of(key)
+            if section:
+                hints.append(f"{key} is a field of the trainer's {section} section: "
+                             f"training.{section}.{key} (as deblur train --set {section}.{key})")
+        elif path == "data" and trainer_section_of(key) == "data":
+            hints.append(f"{key} is the trainer's: training.data.{key} (as deblur train "
+                         f"--set data.{key})")
+    return "".join(f"; {h}" for h in hints)
+
+
 def from_dict(d: Optional[Dict[str, Any]]) -> PipelineConfig:
+    _refuse_old_spellings(d)
     cfg = _build(PipelineConfig, d or {}, "")
     srcs = []
     if not isinstance(cfg.data.sources, (list, tuple)):
@@ -250,7 +429,7 @@ def from_dict(d: Optional[Dict[str, Any]]) -> PipelineConfig:
 
 
 def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """KEY=VALUE overrides (`deblur run-local --set training.steps=300`) on a config dict.
+    """KEY=VALUE overrides (`deblur run-local --set training.train.steps=300`) on a config dict.
 
     KEY is a dotted path of sections and fields; VALUE is read as YAML, so numbers, booleans,
     lists ([1, 2]) and mappings ({a: 1}) keep their types. Unknown keys fail later, in
@@ -261,7 +440,7 @@ def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, An
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.steps=300")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.train.steps=300")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:

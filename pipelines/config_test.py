@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -10,11 +11,12 @@ from pipelines import config as C
 
 def test_overrides_keep_types_and_nest(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"training": {"steps": 10}, "registry": {"model_name": "m"}}))
-    cfg = C.load(str(path), ["training.steps=300", "gate.ood_lpips_max=0.4",
+    path.write_text(json.dumps({"training": {"train": {"steps": 10}},
+                                "registry": {"model_name": "m"}}))
+    cfg = C.load(str(path), ["training.train.steps=300", "gate.ood_lpips_max=0.4",
                              "runner.enable_cache=true", "training.warm_start=latest_blessed",
                              "evaluation.grid=[{sampler: ddim, steps: 5, max_noise: 0.5}]"])
-    assert cfg.training.steps == 300 and cfg.registry.model_name == "m"
+    assert cfg.training.train == {"steps": 300} and cfg.registry.model_name == "m"
     assert cfg.gate.ood_lpips_max == 0.4 and cfg.runner.enable_cache is True
     assert cfg.training.warm_start == "latest_blessed"
     assert cfg.evaluation.settings()[0].key == "ddim-T5-n0.5-K1"
@@ -24,7 +26,8 @@ def test_overrides_keep_types_and_nest(tmp_path):
     ("training.stepz=3", "training: unknown key(s) stepz"),
     ("training", "expected KEY=VALUE"),
     ("runner.work_dir.x=1", "runner.work_dir: expected str, got dict"),
-    ("training.steps=many", "training.steps: expected int, got str"),
+    ("training.train.steps=many", "training.train.steps must be an integer >= 1, got 'many'"),
+    ("training.train=5", "training.train must map train fields to values, e.g. {steps: 1500}"),
     ("gate.ood_lpips_max=yes", "gate.ood_lpips_max: expected float, got bool"),
     ("gate.baseline=mlmd", "baseline must be 'ml-metadata' or 'registry'"),
     ("evaluation.grid=[{max_noise: 2}]", "max_noise must be in (0, 1]"),
@@ -40,3 +43,109 @@ def test_override_errors(override, message):
     with pytest.raises(C.ConfigError, match=None) as e:
         C.load(None, [override])
     assert message in str(e.value)
+
+
+# ---- one spelling per knob (issue 23.5, docs/configuration.md) ----------------------------------
+EXAMPLE = os.path.join(C.REPO_ROOT, "infra", "kubeflow.example.yaml")
+
+
+@pytest.mark.parametrize("override,message", [
+    # the old spellings: one line naming the new one
+    ("training.steps=300", "training.steps is now training.train.steps, as deblur train --set "
+                           "train.steps (docs/configuration.md)"),
+    ("training.overrides.train.global_batch_size=2", "training.overrides.train.global_batch_size "
+     "is now training.train.global_batch_size, as deblur train --set train.global_batch_size"),
+    ("training.overrides={}", "training.overrides.SECTION.FIELD is now training.SECTION.FIELD"),
+    ("data.train_split=big", "data.train_split is now training.data.train_split, as deblur "
+                             "train --set data.train_split"),
+    ("evaluation.train_split=big", "evaluation.train_split is now training.data.train_split"),
+    ("kubeflow.experiment=deblur", "kubeflow.experiment is now kubeflow.kfp_experiment"),
+    # `deblur train --set`'s spelling, or a trainer field in the wrong place: where it is
+    ("train.steps=300", "train.steps is deblur train's spelling; the pipeline config's is "
+                        "training.train.steps"),
+    ("model.dropout=0.1", "the pipeline config's is training.model.dropout"),
+    ("experiment=local", "the experiment preset is training.experiment"),
+    ("training.global_batch_size=2", "global_batch_size is a field of the trainer's train "
+     "section: training.train.global_batch_size (as deblur train --set train.global_batch_size)"),
+    ("data.crop_size=64", "crop_size is the trainer's: training.data.crop_size"),
+])
+def test_a_knob_in_another_spelling_is_refused_naming_the_right_one(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, [override])
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_an_old_config_file_fails_naming_every_new_spelling(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("training:\n  experiment: tiny\n  steps: 50\n"
+                    "  overrides: {train: {global_batch_size: 2}, model: {dropout: 0.1}}\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(str(path))
+    assert str(e.value) == (
+        "training.steps is now training.train.steps, as deblur train --set train.steps; "
+        "training.overrides.train.global_batch_size is now training.train.global_batch_size, as "
+        "deblur train --set train.global_batch_size; training.overrides.model.dropout is now "
+        "training.model.dropout, as deblur train --set model.dropout (docs/configuration.md)")
+
+
+def test_trainer_sections_merge_over_the_defaults():
+    """A section named in a file or a --set keeps the fields it does not name: the pipeline's
+    1500 steps stay when only the batch size is set."""
+    cfg = C.load(None, ["training.train.global_batch_size=2", "training.model.dropout=0.1"])
+    assert cfg.training.train == {"steps": 1500, "global_batch_size": 2}
+    assert cfg.training.experiment_overrides() == {
+        "model": {"dropout": 0.1}, "train": {"steps": 1500, "global_batch_size": 2}}
+    assert C.from_dict(cfg.to_dict()) == cfg  # what the Kubeflow runner compiles reads back
+    assert "train_split" not in cfg.to_dict()["evaluation"]
+
+
+def test_the_same_path_with_one_prefix_in_both_commands():
+    """--set SECTION.FIELD in `deblur train` is --set training.SECTION.FIELD in run-local, and
+    builds the same experiment."""
+    from deblur import cli
+
+    sets = ["train.steps=7", "train.global_batch_size=2", "model.dropout=0.1",
+            "data.crop_size=32", "diffusion.num_train_steps=100"]
+    args = cli.build_parser().parse_args(
+        ["train", "--examples", "e", "--out", "o", "--experiment", "local"]
+        + [a for s in sets for a in ("--set", s)])
+    cfg = C.load(None, ["training.experiment=local"] + [f"training.{s}" for s in sets])
+    assert cli.train_experiment(args) == cfg.training.build_experiment()
+
+
+def test_the_example_kubeflow_config_has_the_new_spellings():
+    cfg = C.load(EXAMPLE)
+    assert cfg.training.train["steps"] == 100000 and cfg.kubeflow.kfp_experiment == "deblur"
+
+
+def test_respell_moves_the_old_spellings_of_a_compiled_config():
+    """A package compiled by the previous release carries its config in the run's check task
+    (pipelines/kubeflow/check.py), where nobody can edit it."""
+    old = {"data": {"sources": [], "train_split": "train"},
+           "training": {"experiment": "tiny", "steps": 50, "warm_start": "none",
+                        "overrides": {"train": {"global_batch_size": 2},
+                                      "model": {"dropout": 0.1}}},
+           "evaluation": {"max_images_per_split": 2, "train_split": "train"},
+           "kubeflow": {"experiment": "deblur"}}
+    cfg = C.from_dict(C.respell(old))
+    assert cfg.training.train == {"steps": 50, "global_batch_size": 2}
+    assert cfg.training.model == {"dropout": 0.1} and cfg.training.data == {"train_split": "train"}
+    assert cfg.evaluation.max_images_per_split == 2 and cfg.kubeflow.kfp_experiment == "deblur"
+    assert C.respell(cfg.to_dict()) == cfg.to_dict()  # a current config is left as it is
+
+
+def test_the_training_split_is_one_knob():
+    """training.data.train_split is what the Trainer trains on (its TFX train_args too), and
+    what the evaluator leaves out; train.steps travels in train_args, not in the overrides."""
+    from pipelines.pipeline import create_pipeline
+
+    cfg = C.load(None, ["training.data.train_split=big", "training.train.steps=7",
+                        "training.train.global_batch_size=2"])
+    p = create_pipeline(cfg)
+    by_id = {c.id: c for c in p.components}
+    trainer = by_id["Trainer"].exec_properties
+    assert json.loads(trainer["train_args"]) == {"splits": ["big"], "num_steps": 7}
+    custom = json.loads(trainer["custom_config"])
+    assert custom["overrides"] == {"data": {"train_split": "big"},
+                                   "train": {"global_batch_size": 2}}
+    assert json.loads(by_id["DeblurEvaluator"].exec_properties["eval_config"])["train_split"] == "big"

@@ -67,6 +67,14 @@ def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
     return {"warm_start": config.training.warm_start, "warm_start_source": source}
 
 
+def trainer_overrides(config: PipelineConfig) -> dict:
+    """custom_config["overrides"] of the Trainer (components/training.py): training.model/
+    diffusion/data/train, {section: {field: value}}, less train.steps (in train_args)."""
+    overrides = config.training.experiment_overrides()
+    train = {k: v for k, v in overrides.pop("train", {}).items() if k != "steps"}
+    return {**overrides, **({"train": train} if train else {})}
+
+
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     pipeline_root: Optional[str] = None,
                     input_fingerprint: str = "", placement=None) -> tfx_pipeline.Pipeline:
@@ -77,9 +85,12 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     placement: where components run, the runner's own (trainer(config, custom_config,
     **kwargs) and place(config, components)); default LocalPlacement."""
     placement = placement or LocalPlacement
-    # the Trainer's experiment (preset, overrides, steps) is checked now, not hours later in
-    # the Trainer: a ConfigError before any component runs
-    config.training.build_experiment()
+    # the Trainer's experiment (the preset and training.model/diffusion/data/train) is checked
+    # now, not hours later in the Trainer: a ConfigError before any component runs
+    experiment = config.training.build_experiment()
+    # training.data.train_split, the one place of the training split: the Trainer's TFX
+    # train_args, and the split the evaluator leaves out
+    train_split = experiment.data.train_split
     if config.runner.enable_cache and not input_fingerprint:
         raise ConfigError("runner.enable_cache needs the fingerprint of the inputs (their roots "
                           "may hold other files than last time): start the run with `deblur "
@@ -104,11 +115,12 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         # start's parent looked up when it runs (not part of the cache key)
         run_fn="components.training.run_fn",
         examples=ingest.outputs["examples"],
-        train_args=TrainArgs(splits=[config.data.train_split], num_steps=config.training.steps),
+        # train.steps travels as train_args.num_steps, which the train_steps run parameter sets
+        train_args=TrainArgs(splits=[train_split], num_steps=experiment.train.steps),
         # evaluation is the DeblurEvaluator's job; TFX still wants an existing split here
-        eval_args=EvalArgs(splits=[config.data.train_split], num_steps=0),
+        eval_args=EvalArgs(splits=[train_split], num_steps=0),
         custom_config={"experiment": config.training.experiment,
-                       "overrides": config.training.overrides,
+                       "overrides": trainer_overrides(config),
                        **warm_start_config(config, registry_uri)},
     )
     trainer.add_upstream_node(gate)  # never train on data that failed validation
@@ -130,7 +142,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     evaluator = DeblurEvaluator(
         examples=ingest.outputs["examples"],
         model=trainer.outputs["model"],
-        eval_config=json.dumps(dataclasses.asdict(config.evaluation)),
+        eval_config=json.dumps(dataclasses.asdict(
+            dataclasses.replace(config.evaluation, train_split=train_split))),
         gate_config=json.dumps(dataclasses.asdict(config.gate)),
         **baseline,
     )

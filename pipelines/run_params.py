@@ -7,7 +7,7 @@ property's JSON). Adding a parameter is adding a row.
 
     name                       config field               lands in
     data_sources               data.sources               DeblurIngest.sources (JSON list)
-    train_steps                training.steps             Trainer.train_args["num_steps"]
+    train_steps                training.train.steps       Trainer.train_args["num_steps"]
     warm_start                 training.warm_start        Trainer.custom_config["warm_start"]
     gate_ood_lpips_max         gate.ood_lpips_max         DeblurEvaluator.gate_config[...]
     gate_input_lpips_margin    gate.input_lpips_margin    DeblurEvaluator.gate_config[...]
@@ -25,6 +25,9 @@ How each runner uses the rows:
 - Local (run-local): a parameter is the `--set FIELD=VALUE` of its field (as_overrides()).
 TFX's RuntimeParameter takes int, float and str under KubeflowV2DagRunner (bool is refused),
 so every parameter is one of those; a list (data_sources) travels as JSON text.
+The names are an interface of their own (the KFP UI's form, schedules, scripts): they stay
+when a config field is renamed, as train_steps did when training.steps became
+training.train.steps (docs/configuration.md).
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ PARAMS: Sequence[RunParam] = (
              "JSON list of ingest sources ({layout, root, subsets, dataset, domain, ...})",
              'a non-empty JSON list of sources, each {"layout": gopro|realblur|hide|reds|folder, '
              '"root": "gs://...", ...}, every root on gs:// and not empty'),
-    RunParam("train_steps", "training.steps", "Trainer", "train_args", "num_steps", int,
+    RunParam("train_steps", "training.train.steps", "Trainer", "train_args", "num_steps", int,
              "training steps (after a warm start: steps more than the parent's)",
              "an integer >= 1"),
     RunParam("warm_start", "training.warm_start", "Trainer", "custom_config", "warm_start", str,
@@ -223,8 +226,8 @@ def check_data_sources(text: Any, gcs_only: bool = True) -> List[Any]:
 def check_value(name: str, value: Any, config_dict: Optional[Dict[str, Any]] = None,
                 ptype: Optional[type] = None, gcs_only: bool = True) -> Any:
     """One run parameter's value (text or typed) as its type, after the checks `--param` makes:
-    the type, then what the config refuses (training.steps 0, a negative LPIPS threshold...)
-    on `config_dict` with this value set. A ConfigError names the parameter on failure."""
+    the type, then what the config refuses (train_steps 0, a negative LPIPS threshold...) on
+    `config_dict` with this value set. A ConfigError names the parameter on failure."""
     if name == CACHE:
         if value not in CACHE_VALUES:
             raise ConfigError(f"{CACHE}={value}: expected {allowed(CACHE)}")

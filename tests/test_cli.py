@@ -137,30 +137,64 @@ def test_overwrite_deletes_only_what_the_ingest_wrote(tmp_path, capsys):
 
 
 def test_zero_is_refused_not_ignored(tmp_path, capsys):
-    """--steps 0 trained the preset's 800 steps, --batch-size 0 used 8, training.steps=0 800."""
+    """--steps 0 trained the preset's 800 steps, --batch-size 0 used 8, training.steps=0 800
+    (now training.train.steps)."""
     for flag in ("--steps", "--batch-size"):
         assert cli.main(["train", "--examples", str(tmp_path), "--out", str(tmp_path / "o"),
                          flag, "0"]) == cli.EXIT_USAGE
         err = capsys.readouterr().err
         assert err == "deblur: error: steps and global_batch_size must be >= 1\n", err
     assert cli.main(["run-local", "--work-dir", str(tmp_path / "w"),
-                     "--set", "training.steps=0"]) == cli.EXIT_USAGE
+                     "--set", "training.train.steps=0"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "training.steps must be an integer >= 1, got 0" in err, err
+    assert err.count("\n") == 1 and "training.train.steps must be an integer >= 1, got 0" in err, err
     assert not (tmp_path / "w").exists()
 
 
-def test_a_typo_in_the_training_overrides_stops_run_local_before_anything_runs(tmp_path, capsys):
+def test_a_typo_in_the_trainer_fields_stops_run_local_before_anything_runs(tmp_path, capsys):
     work = tmp_path / "w"
-    for override, message in (("training.overrides={model: {diffusion_chanels: 16}}",
-                               "model: unknown field(s) diffusion_chanels"),
-                              ("training.overrides={trian: {steps: 5}}",
-                               "unknown experiment section 'trian'"),
-                              ("training.experiment=S+Guide-M", "unknown experiment 'S+Guide-M'")):
+    for override, message in (("training.model={diffusion_chanels: 16}",
+                               "training.model: unknown field(s) diffusion_chanels"),
+                              ("training.trian.steps=5", "training: unknown key(s) trian"),
+                              ("training.train.steps_per_lop=5",
+                               "training.train: unknown field(s) steps_per_lop"),
+                              ("training.experiment=S+Guide-M",
+                               "training.experiment: unknown experiment 'S+Guide-M'")):
         assert cli.main(["run-local", "--work-dir", str(work), "--set", override]) == cli.EXIT_USAGE
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not work.exists()  # no synthetic data, no ingest, no ML Metadata
+
+
+def test_each_command_names_the_spelling_it_takes(tmp_path, capsys):
+    """One spelling per knob (issue 23.5): the other command's spelling, or an old one, fails in
+    one line naming the right one, before any work."""
+    train = ["train", "--examples", str(tmp_path), "--out", str(tmp_path / "o")]
+    work = ["run-local", "--work-dir", str(tmp_path / "w")]
+    for argv, message in (
+            (train + ["--config", "S+Guide-S"], "--config S+Guide-S: deblur train names its "
+             "preset with --experiment S+Guide-S (training.experiment in the pipeline config)"),
+            (train + ["--set", "training.train.steps=5"], "--set training.train.steps: the "
+             "pipeline config's spelling; deblur train takes --set train.steps"),
+            (train + ["--set", "training.steps=5"], "deblur train takes --set train.steps"),
+            (train + ["--set", "training.overrides.model.dropout=0.1"],
+             "deblur train takes --set model.dropout"),
+            (train + ["--set", "training.experiment=local"], "--experiment NAME"),
+            (train + ["--set", "steps=5"], "--set steps: a field of the train section: --set "
+                                           "train.steps"),
+            (train + ["--set", "experiment=local"], "names its preset with --experiment NAME"),
+            (work + ["--set", "train.steps=5"], "train.steps is deblur train's spelling; the "
+                                                "pipeline config's is training.train.steps"),
+            (work + ["--set", "training.steps=5"], "training.steps is now training.train.steps"),
+            (work + ["--set", "data.train_split=big"],
+             "data.train_split is now training.data.train_split"),
+            (["submit", "--experiment", "deblur-test"], "--experiment deblur-test: the KFP "
+             "experiment is --kfp-experiment deblur-test (kubeflow.kfp_experiment)"),
+            (["schedule", "list", "--experiment", "x"], "--kfp-experiment x")):
+        assert cli.main(argv) == cli.EXIT_USAGE, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("deblur: error: ") and message in err, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
 
 
 def test_outputs_that_cannot_be_written_are_one_line_errors(tmp_path, capsys):

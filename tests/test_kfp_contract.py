@@ -52,8 +52,7 @@ def compile_config(tmp_path) -> config_lib.PipelineConfig:
             {"layout": "realblur", "root": f"gs://{BUCKET}/data/realblur", "subsets": ["test"],
              "split_names": {"test": "test_ood"}, "dataset": "realblur_synth", "domain": "out"}]},
         "ingest": {"train_crop_size": 64},
-        "training": {"experiment": "tiny", "steps": 50,
-                     "overrides": {"train": {"global_batch_size": 2}}},
+        "training": {"experiment": "tiny", "train": {"steps": 50, "global_batch_size": 2}},
         "evaluation": {"grid": [{"sampler": "ddim", "steps": 2, "max_noise": 0.05}],
                        "max_images_per_split": 2},
         "gate": {"baseline": "registry"},  # the open-source backend runs no Resolver
@@ -182,7 +181,7 @@ def test_run_parameters_reached_the_executors(contract_run):
     counts = run.scalars("DeblurIngest", "counts")
     assert counts["inputs"] == counts["written"] == 3 + 2 + 2
     # the Trainer trained train_steps (3), not the compiled 50
-    assert cfg.training.steps == 50
+    assert cfg.training.train["steps"] == 50
     model_run = run.artifact("Trainer", "model_run")["uri"]
     history = json.loads(open(os.path.join(model_run, "history.json")).read())
     assert history[-1]["step"] == 3

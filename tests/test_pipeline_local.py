@@ -16,8 +16,7 @@ def tiny_config(tmp_path, **runner):
         # 192: NIQE needs two 96-pixel blocks per side
         "data": {"synthetic": {"pairs": 3, "test_pairs": 2, "size": [192, 192], "seed": 1}},
         "ingest": {"train_crop_size": 64},
-        "training": {"experiment": "tiny", "steps": 3,
-                     "overrides": {"train": {"global_batch_size": 2}}},
+        "training": {"experiment": "tiny", "train": {"steps": 3, "global_batch_size": 2}},
         "evaluation": {"grid": [{"sampler": "ddpm", "steps": 2, "max_noise": 0.05},
                                 {"sampler": "ddim", "steps": 2, "max_noise": 0.05}],
                        "max_images_per_split": 2},
@@ -71,7 +70,7 @@ def execution_states(metadata_path):
 @pytest.mark.slow
 def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     d = tiny_config(tmp_path)
-    d["training"]["steps"] = 5  # --param train_steps (the Kubeflow run parameter) sets 3
+    d["training"]["train"]["steps"] = 5  # --param train_steps (the Kubeflow run parameter) sets 3
     path = write_config(tmp_path, d)
     scratch = tmp_path / "tmp"  # the run's $TMPDIR: TFX left ~98 MB per run in it
     scratch.mkdir()
@@ -263,8 +262,7 @@ def test_a_killed_run_local_resumes_its_training_and_leaves_no_zombie(tmp_path, 
     import sys
 
     d = tiny_config(tmp_path)
-    d["training"]["steps"] = 20
-    d["training"]["overrides"]["train"].update(checkpoint_every=10, log_every=1)
+    d["training"]["train"].update(steps=20, checkpoint_every=10, log_every=1)
     path = write_config(tmp_path, d)
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -54,9 +54,8 @@ def config(tmp_path):
             {"layout": "realblur", "root": str(tests / "realblur_synth"), "subsets": ["test"],
              "split_names": {"test": "test_ood"}, "dataset": "realblur_synth", "domain": "out"}]},
         "ingest": {"train_crop_size": 32},
-        "training": {"experiment": "tiny", "steps": 3, "overrides": {
-            "model": FAST_MODEL, "data": {"crop_size": 32},
-            "train": {"global_batch_size": 2, "log_every": 1}}},
+        "training": {"experiment": "tiny", "model": FAST_MODEL, "data": {"crop_size": 32},
+                     "train": {"steps": 3, "global_batch_size": 2, "log_every": 1}},
         "evaluation": {"grid": [{"sampler": "ddim", "steps": 2, "max_noise": 0.05}],
                        "max_images_per_split": 1},
         "gate": {"ood_lpips_max": 0.99, "regression_tolerance": 1.0, "input_lpips_margin": -1.0,

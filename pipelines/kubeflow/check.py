@@ -131,6 +131,12 @@ def main(argv: Optional[Sequence[str]] = None, client=None) -> int:
     params = dict((ei.get("inputs") or {}).get("parameterValues") or {})
     config_text = params.pop(CONFIG_PARAM, None)
     config_dict = json.loads(config_text) if config_text else None
+    if config_dict is not None:
+        # a package compiled by an earlier release carries that release's spellings
+        # (training.steps, training.overrides...), which its user cannot edit in the package
+        from pipelines.config import respell
+
+        config_dict = respell(config_dict)
     values = {k: v for k, v in params.items() if k in run_params.BY_NAME or k == run_params.CACHE}
     problems, notes = check(values, config_dict, client)
     line = one_line(problems)

@@ -2,6 +2,7 @@
 list|pause|resume|delete` (deblur/cli.py adds these parsers and dispatches here)."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -14,7 +15,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--config", default=None,
                    help="JSON or YAML config with a kubeflow section (infra/kubeflow.example.yaml)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set training.steps=1000 (repeatable)")
+                   help="override a config field, e.g. --set training.train.steps=1000 "
+                        "(repeatable)")
     s.add_argument("--out", default=DEFAULT_OUT,
                    help=f"PipelineJob JSON (default {DEFAULT_OUT}); the KFP package is written "
                         f"beside it as .yaml")
@@ -23,14 +25,17 @@ def add_parsers(sub) -> None:
                        help="start a run, or a recurring (cron) run, on Kubeflow Pipelines")
     s.add_argument("--config", default=None, help="JSON or YAML config with a kubeflow section")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set training.steps=1000 (repeatable)")
+                   help="override a config field, e.g. --set training.train.steps=1000 "
+                        "(repeatable)")
     s.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host), e.g. "
                                                 "http://localhost:8080 after kubectl port-forward")
     s.add_argument("--schedule", default=None,
                    help="cron with 6 fields, seconds first (KFP's format), e.g. '0 0 3 * * 1' = "
                         "Mondays 03:00 UTC; or @daily, @every 24h")
-    s.add_argument("--experiment", default=None,
-                   help="KFP experiment (default kubeflow.experiment)")
+    s.add_argument("--kfp-experiment", default=None,
+                   help="the KFP experiment to file the run under (default "
+                        "kubeflow.kfp_experiment)")
+    s.add_argument("--experiment", default=None, help=argparse.SUPPRESS)  # old_flags()
     s.add_argument("--run-name", default=None)
     s.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="a run parameter for this run (repeatable), e.g. --param train_steps=5000 "
@@ -65,9 +70,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field (repeatable)")
     s.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host)")
-    s.add_argument("--experiment", default=None,
-                   help="list this experiment's schedules (default kubeflow.experiment)")
-    s.add_argument("--all", action="store_true", help="list the schedules of every experiment")
+    s.add_argument("--kfp-experiment", default=None,
+                   help="list this KFP experiment's schedules (default kubeflow.kfp_experiment)")
+    s.add_argument("--experiment", default=None, help=argparse.SUPPRESS)  # old_flags()
+    s.add_argument("--all", action="store_true",
+                   help="list the schedules of every KFP experiment")
     s.add_argument("--json", action="store_true")
 
 
@@ -90,10 +97,23 @@ def _compile(cfg, out: str):
     return path
 
 
+def old_flags(args) -> None:
+    """`--experiment` was the KFP experiment here and is the training preset in `deblur train`
+    (training.experiment): one spelling per knob, so the KFP one is --kfp-experiment."""
+    if getattr(args, "experiment", None) is not None:
+        from pipelines.config import ConfigError
+
+        raise ConfigError(f"--experiment {args.experiment}: the KFP experiment is "
+                          f"--kfp-experiment {args.experiment} (kubeflow.kfp_experiment); "
+                          f"--experiment is the training preset of deblur train, "
+                          f"training.experiment in the config")
+
+
 def run(args) -> int:
     from pipelines import config as config_lib
     from pipelines.kubeflow import runner as kr
 
+    old_flags(args)
     cfg = config_lib.load(args.config, args.set or ())
     if args.command == "compile":
         _compile(cfg, args.out)
@@ -116,7 +136,7 @@ def run(args) -> int:
                                      "version it names)")
     params = run_params.parse(args.param or (), list(run_params.BY_NAME))  # likewise
     spec = args.spec or _compile(cfg, DEFAULT_OUT)
-    r = kr.submit(cfg, spec, args.host, schedule=args.schedule, experiment=args.experiment,
+    r = kr.submit(cfg, spec, args.host, schedule=args.schedule, experiment=args.kfp_experiment,
                   run_name=args.run_name, params=params, no_cache=args.no_cache,
                   pin_version=args.pin_version, version=args.version_name)
     ver = r["pipeline_version"]
@@ -125,10 +145,10 @@ def run(args) -> int:
     if r["kind"] == "recurring_run":
         follows = ("the pipeline's newest version at each run" if r["follows"] == "newest"
                    else f"version {ver['version_name']}")
-        print(f"recurring run {r['id']} ({r['schedule']}) in experiment {r['experiment']}: "
+        print(f"recurring run {r['id']} ({r['schedule']}) in KFP experiment {r['experiment']}: "
               f"{r['name']}; runs {follows}")
     else:
-        print(f"run {r['id']} in experiment {r['experiment']}: {r['name']}")
+        print(f"run {r['id']} in KFP experiment {r['experiment']}: {r['name']}")
     print(f"  {r['url']}")
     shown = {k: r["parameters"][k] for k in list(params) + (
         [run_params.CACHE] if args.no_cache else []) if k in r["parameters"]}
@@ -142,7 +162,7 @@ def _schedule(cfg, args) -> int:
 
     from pipelines.kubeflow import runner as kr
 
-    r = kr.schedules(cfg, args.host, args.action, args.ids, experiment=args.experiment,
+    r = kr.schedules(cfg, args.host, args.action, args.ids, experiment=args.kfp_experiment,
                      all_experiments=args.all)
     if args.json:
         print(json.dumps(r, indent=2, sort_keys=True, default=str))
@@ -153,7 +173,7 @@ def _schedule(cfg, args) -> int:
         return 0
     rows = r["schedules"]
     if args.action == "list" and not rows:
-        where = "any experiment" if args.all else f"experiment {r['experiment']}"
+        where = "any KFP experiment" if args.all else f"KFP experiment {r['experiment']}"
         print(f"no recurring runs in {where}")
         return 0
     for s in rows:

@@ -176,7 +176,8 @@ class KubeflowConfig:
     image_repo_root: str = "/opt/deblur"
     # `deblur submit` defaults (the command line overrides them).
     host: Optional[str] = None  # KFP API endpoint, e.g. http://localhost:8080 (port-forward)
-    experiment: str = "deblur"
+    # the KFP experiment the runs are filed under (not the training preset: training.experiment)
+    kfp_experiment: str = "deblur"
     service_account: Optional[str] = None  # Kubernetes service account of the run's pods
     dataflow: DataflowConfig = dataclasses.field(default_factory=DataflowConfig)
     trainer_platform: str = "gke"  # gke: the Trainer pod holds the accelerator; vertex: CustomJob

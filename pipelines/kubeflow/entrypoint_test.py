@@ -98,7 +98,7 @@ def test_fold_warm_start_into_the_trainers_custom_config():
 
 def test_params_locally_are_config_overrides():
     assert run_params.as_overrides({"train_steps": "7", "gate_ood_lpips_max": "0.3"}) == [
-        "training.steps=7", "gate.ood_lpips_max=0.3"]
+        "training.train.steps=7", "gate.ood_lpips_max=0.3"]
     with pytest.raises(ConfigError, match="no such run parameter"):
         run_params.parse(["steps=3"], list(run_params.BY_NAME))
     for p in run_params.PARAMS:  # TFX's RuntimeParameter under KubeflowV2DagRunner

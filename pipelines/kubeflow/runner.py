@@ -165,7 +165,7 @@ _PTYPES = {"NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "STRING": str}
 def run_arguments(config: PipelineConfig, spec: Dict[str, Any],
                   values: Dict[str, str]) -> Dict[str, Any]:
     """`--param NAME=VALUE` texts as typed run arguments of this spec. A name the spec does not
-    have, a value of the wrong type, or one the config refuses (training.steps 0, a negative
+    have, a value of the wrong type, or one the config refuses (train_steps 0, a negative
     LPIPS threshold, data_sources that are not a non-empty JSON list of gs:// sources...) is a
     one-line ConfigError, before anything is sent: the checks of the run's DeblurRunCheck task
     (run_params.check_value), which also meets the values typed in the KFP UI."""
@@ -757,7 +757,7 @@ def submit(config: PipelineConfig, spec_file: str, host: Optional[str],
         values[run_params.CACHE] = "off"
     overrides = run_arguments(config, spec, values)  # before any request
     host = _host(config, host)
-    experiment = experiment or kf.experiment
+    experiment = experiment or kf.kfp_experiment
     name = config.runner.pipeline_name
     defaults = compiled_defaults(spec)
     changed = {k: v for k, v in overrides.items() if defaults.get(k) != v}
@@ -833,7 +833,7 @@ def schedules(config: PipelineConfig, host: Optional[str], action: str = "list",
         raise ConfigError(f"schedule {action}: name the recurring run id(s) (deblur schedule "
                           f"list shows them)")
     host = _host(config, host)
-    experiment = experiment or config.kubeflow.experiment
+    experiment = experiment or config.kubeflow.kfp_experiment
     out: Dict[str, Any] = {"host": host, "action": action, "experiment": experiment}
     with _kfp(host) as client:
         if action == "list":

@@ -583,7 +583,7 @@ def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, c
                      "--host", kfp_server.url]) == 0
     out = capsys.readouterr().out
     run_id = next(iter(kfp_server.runs))
-    assert f"run {run_id} in experiment deblur: deblur-icdpm " in out
+    assert f"run {run_id} in KFP experiment deblur: deblur-icdpm " in out
     assert f"/#/runs/details/{run_id}" in out and "(uploaded)" in out
     assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host", kfp_server.url,
                      "--schedule", "0 3 * * 1"]) == 2
@@ -762,7 +762,7 @@ def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):
 @pytest.mark.parametrize("param, message", [
     ("train_stepz=5", "no such run parameter; known: data_sources, gate_input_lpips_margin"),
     ("train_steps=many", "expected an integer"),
-    ("train_steps=0", "training.steps must be an integer >= 1"),
+    ("train_steps=0", "training.train.steps must be an integer >= 1"),
     ("gate_ood_lpips_max=-1", "ood_lpips_max must be > 0"),
     ("train_steps", "expected NAME=VALUE"),
     ("warm_start=latest", "allowed: none or latest_blessed"),
@@ -879,8 +879,8 @@ def test_check_task_refuses_a_bad_value_in_one_line_with_a_report(compiled, tmp_
                                           "data/RealBlur/RealBlur-J/x.png"]})
     assert kfp_check.main(["--executor-input", json.dumps(ei)], client=client) == 0
     line = (tmp_path / "out" / "problems").read_text()
-    assert line == ("run parameters refused: train_steps=0: training: training.steps must be an "
-                    "integer >= 1, got 0 (allowed: an integer >= 1); warm_start=latest: training: "
+    assert line == ("run parameters refused: train_steps=0: training: training.train.steps must be "
+                    "an integer >= 1, got 0 (allowed: an integer >= 1); warm_start=latest: training: "
                     "training.warm_start must be one of none, latest_blessed, got 'latest' "
                     "(allowed: none or latest_blessed)")
     assert capsys.readouterr().err.strip().splitlines() == [line]
