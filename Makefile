@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.5.31
 
-.PHONY: setup setup-test run-local test test-fast bench lock clean
+.PHONY: setup setup-test run-local test test-fast bench kfp-venv kfp-roundtrip lock clean
 
 $(UV):
 	@test -x "$(PY310)" || { echo "error: Python 3.10 not found (looked for python3.10 and pyenv's 3.10.13); install it with 'pyenv install 3.10.13'" >&2; exit 1; }
@@ -39,8 +39,9 @@ test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## The fast lane for every change: the suite less the tests marked slow (multi-process
-## training, whole run-locals, the KFP launcher contract, the retraining runs, the SIGTERM
-## and peer-timeout races; the registry's push races take seconds and stay in).
+## training, whole run-locals, the KFP launcher contract, the kfp 2.5 / 2.17 round trips, the
+## retraining runs, the SIGTERM and peer-timeout races; the registry's push races take seconds
+## and stay in).
 test-fast: setup-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
@@ -48,11 +49,42 @@ test-fast: setup-test
 bench: setup-test
 	$(PY) -m benchmarks.ingest_bench
 
+## The compiled KFP package read back, compiled into a kfp pipeline and submitted by another
+## kfp SDK (tests/kfp_roundtrip.py; infra/README.md "Versions"): `make kfp-roundtrip KFP=2.17`
+## (the default) in its own venv .venv-kfp217 from requirements/kfp217.lock, built when
+## missing (kfp 2.17 needs protobuf >= 6, TFX 1.16 pins 3.20.3); KFP=2.5 is .venv's own kfp.
+## ARGS: --spec X.json (a compiled spec instead of infra/kubeflow.example.yaml), --out DIR, --json.
+KFP ?= 2.17
+ifeq ($(KFP),2.5)
+KFP_PY := $(PY)
+KFP_ENV := $(VENV)/.main.stamp
+else
+KFP_VENV := .venv-kfp$(subst .,,$(KFP))
+KFP_PY := $(KFP_VENV)/bin/python
+KFP_ENV := $(KFP_VENV)/.stamp
+endif
+
+.venv-kfp%/.stamp: requirements/kfp%.lock | $(UV)
+	@test -x "$(PY310)" || { echo "error: Python 3.10 not found (see make setup)" >&2; exit 1; }
+	rm -rf .venv-kfp$*
+	$(UV) venv --quiet --python "$(PY310)" .venv-kfp$*
+	$(UV) pip install --python .venv-kfp$*/bin/python --quiet --compile-bytecode -r $<
+	@touch $@
+
+requirements/kfp%.lock:
+	@echo "error: no $@ for KFP=$(KFP): name the version in requirements/kfp$*.in and run make lock (KFP=2.17 and KFP=2.5 are set up)" >&2; exit 1
+
+kfp-venv: $(KFP_ENV)
+
+kfp-roundtrip: setup $(KFP_ENV)
+	$(PY) -m tests.kfp_roundtrip --kfp-python $(KFP_PY) $(ARGS)
+
 ## Re-resolve the locks from requirements/*.in within the measured reference set.
 lock: $(UV)
 	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/main.in -o requirements/main.lock
 	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/test.in -o requirements/test.lock
 	$(UV) pip compile --quiet --python-version 3.10 --python-platform x86_64-manylinux_2_28 -c requirements/main.lock requirements/gpu.in -o requirements/gpu.lock
+	$(UV) pip compile --quiet --python-version 3.10 requirements/kfp217.in -o requirements/kfp217.lock
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-kfp* build *.egg-info
