@@ -17,7 +17,9 @@ custom_config["warm_start_source"]: {"registry_uri", "model_name"} or {"metadata
 
 The pipeline points Trainer(run_fn="components.training.run_fn") at this installed module
 instead of a module_file, so nothing is packaged and pip-installed at run time. custom_config
-also carries {"experiment": name, "overrides": {section: {field: value}}} and, when the
+also carries {"experiment": name, "overrides": {section: {field: value}}} (the config's
+training.model/diffusion/data/train less train.steps, which comes as train_args.num_steps, the
+train_steps run parameter's target: pipelines/pipeline.py trainer_overrides) and, when the
 Kubeflow placement (pipelines/kubeflow/placement.py) puts the Trainer on a TPU, "tpu": "local"
 (a TPU VM: GKE TPU node pools, Vertex ct* machine types), "env" (Vertex AI cloud-tpu workers,
 whose TPU TPUClusterResolver() finds through the TPU_CONFIG variable Vertex sets) or a TPU
