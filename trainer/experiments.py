@@ -32,6 +32,7 @@ class DataSection:
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 ON_NONFINITE = ("stop", "skip")
+DPM_LOSS_WEIGHTINGS = ("eps", "unit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,10 @@ class TrainConfig:
     learning_rate: float = 1e-4
     lr_warmup_steps: int = 20_000
     dpm_warmup_steps: int = 60_000  # w(step): 0 -> 1 (regression-only warm start)
+    # L_DPM per noise level: "eps", the paper's L1 of eps (eq. 2); "unit", the L1 of the
+    # preconditioned output F against its target, every level weighing F's error alike (EDM's
+    # lambda(sigma); model.output must be "preconditioned"; model.unit_loss_weight)
+    dpm_loss_weighting: str = "eps"
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     ema_decay: float = 0.9999
@@ -85,6 +90,9 @@ class TrainConfig:
             raise ValueError("mixed_precision must be float32, bfloat16 or auto")
         if min(self.checkpoint_every, self.log_every, self.image_summary_every) < 1:
             raise ValueError("checkpoint_every, log_every and image_summary_every must be >= 1")
+        if self.dpm_loss_weighting not in DPM_LOSS_WEIGHTINGS:
+            raise ValueError(f"dpm_loss_weighting must be one of {', '.join(DPM_LOSS_WEIGHTINGS)}, "
+                             f"got {self.dpm_loss_weighting!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, "
                              f"got {self.strategy!r}")
@@ -110,6 +118,12 @@ class Experiment:
     diffusion: DiffusionConfig = DiffusionConfig()
     data: DataSection = DataSection()
     train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        output = getattr(self.model, "output", None)
+        if self.train.dpm_loss_weighting == "unit" and output != "preconditioned":
+            raise ValueError(f"train.dpm_loss_weighting 'unit' weighs the preconditioned output's "
+                             f"error; it needs model.output 'preconditioned', got {output!r}")
 
     def data_config(self, examples_dir: str) -> data_lib.DataConfig:
         m = self.model

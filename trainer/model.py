@@ -253,6 +253,15 @@ def edm_q(gamma, sigma_data: float):
     return 1.0 - gamma + gamma * sigma_data ** 2
 
 
+def unit_loss_weight(gamma, sigma_data: float):
+    """1 / (sd sqrt(gamma / q)): |eps_hat - eps| times this is |F - F*|, the error of the
+    preconditioned network output itself (PreconditionedNoise), which EDM's loss weighting
+    lambda(sigma) = 1 / c_out^2 makes equal at every noise level (Karras et al. 2022, sec. 5).
+    The plain L1 of eps weighs F's error by sd sqrt(gamma / q): about 1e-3 at the pure-noise
+    end, where F alone is the estimate of the sharp image."""
+    return ops.sqrt(edm_q(gamma, sigma_data) / gamma) / sigma_data
+
+
 @keras.saving.register_keras_serializable(package="deblur")
 class PreconditionedNoise(layers.Layer):
     """[F, x_t, y, gamma] -> eps_hat, the EDM preconditioning (Karras et al. 2022, Table 1) in the

@@ -63,7 +63,7 @@ from trainer.distribute import (  # noqa: F401 - train.<name> for the CLI, the r
     TrainingStopped, TrainingTerminated, cluster, describe_strategy, device_type, is_chief,
     is_chief_task, make_strategy, num_workers, tf_config_cluster, wait_for_peers)
 from trainer.experiments import Experiment
-from trainer.model import dtype_policy, policy_name
+from trainer.model import dtype_policy, policy_name, unit_loss_weight
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,8 @@ class Trainer:
         with tf.GradientTape() as tape:
             eps_pred, regressions = self.model(x_t, batch["y"], batch["gamma"], batch["phi"], training=True)
             l_dpm = diffusion.l1_per_example(eps_pred, batch["eps"])
+            if t.dpm_loss_weighting == "unit":
+                l_dpm = l_dpm * unit_loss_weight(batch["gamma"], self.exp.model.sigma_data)
             if regressions:
                 l_guid = tf.add_n([diffusion.mse_per_example(regressions[k], batch["target"][k])
                                    for k in sorted(regressions)]) / float(len(regressions))
