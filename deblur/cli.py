@@ -347,8 +347,12 @@ def cmd_predict(args) -> int:
                if v is not None}
     setting = dataclasses.replace(model.setting, **changes)
     if not args.json:
-        print(f"model: {model.source}; sampling {setting.key}"
-              f"{' (its default)' if not changes else ''}", file=sys.stderr)
+        default = ""
+        if not changes:
+            default = (" (the export's default: no evaluation chose it; the registered copy "
+                       "samples with the evaluator's choice)" if model.unevaluated
+                       else " (its default)")
+        print(f"model: {model.source}; sampling {setting.key}{default}", file=sys.stderr)
     records = pr.predict(args.input, args.output, model, setting, seed=args.seed,
                          progress=not args.json, tile=args.tile, overlap=args.overlap)
     if args.json:

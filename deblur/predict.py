@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from core.artifacts import IMAGE_EXTENSIONS, model_info_path
-from trainer.setting import NON_FINITE_OUTPUT, SamplingSetting
+from trainer.setting import EXPORT_DEFAULT, NON_FINITE_OUTPUT, SamplingSetting
 
 
 
@@ -30,6 +30,8 @@ class ResolvedModel:
     path: str  # local SavedModel folder
     setting: SamplingSetting  # the defaults before CLI overrides
     source: str  # what was loaded, for the user
+    # the setting is the export's default: no evaluation chose it (a Trainer's output)
+    unevaluated: bool = False
 
 
 def _setting_from(d: Optional[dict]) -> Optional[SamplingSetting]:
@@ -62,11 +64,14 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
         if problem:
             raise ValueError(f"{problem}; use another --version or --model")
         info = model_info_path(d)
-        setting = None
+        setting, chosen_by = None, None
         if tf.io.gfile.exists(info):
             with tf.io.gfile.GFile(info) as f:
-                setting = _setting_from(json.load(f).get("default_sampling"))
-        return ResolvedModel(d, setting or SamplingSetting(), f"SavedModel {d}")
+                described = json.load(f)
+            setting = _setting_from(described.get("default_sampling"))
+            chosen_by = described.get("sampling_chosen_by")
+        return ResolvedModel(d, setting or SamplingSetting(), f"SavedModel {d}",
+                             unevaluated=chosen_by == EXPORT_DEFAULT)
     from components.registry.registry import Registry
 
     registry = Registry(spec, model_name)

@@ -104,3 +104,19 @@ def test_the_exported_saved_model_gives_them_back_too(trained, tmp_path):
     inp = np.mean([_psnr(b, s) for b, s in zip(blurry8, sharp8)])
     got = np.mean([_psnr(o, s) for o, s in zip(out, sharp8)])
     assert got > inp + 3.0, f"{got:.2f} dB against the input's {inp:.2f} dB"
+
+
+def test_its_serving_default_is_a_setting_that_works_and_says_it_was_not_evaluated(trained, tmp_path):
+    """The export's serving setting of a preconditioned model samples from pure noise (the
+    paper's eps-output default would too, but that one returns noise for an eps model), and
+    deblur predict tells the user no evaluation chose it."""
+    from deblur.predict import resolve_model
+
+    trainer, sharp8, blurry8, _ = trained
+    path = export.export_saved_model(trainer, str(tmp_path / "saved_model"))
+    model = resolve_model(path, "unused")
+    assert model.setting == SamplingSetting("ddpm", 20, 1.0, 4) and model.unevaluated
+    loaded = tf.saved_model.load(path)
+    out = loaded.signatures["serving_default"](image=tf.constant(blurry8[0]))["image"].numpy()
+    assert _psnr(out, sharp8[0]) > _psnr(blurry8[0], sharp8[0]) + 3.0
+

@@ -2,8 +2,9 @@
 
 Signatures (load with tf.saved_model.load in a process that never imported this project):
   serving_default(image: uint8 [H, W, 3]) -> {"image": uint8 [H, W, 3]}
-      samples with the setting held in the default_* variables: DEFAULT_SAMPLING at export;
-      in a registered copy, the evaluator's choice (set_serving_setting, run by the pusher)
+      samples with the setting held in the default_* variables: default_sampling(model) at
+      export; in a registered copy, the evaluator's choice (set_serving_setting, run by the
+      pusher). deblur.json's sampling_chosen_by says which ("export default" / "evaluator")
   deblur(image, steps: int32, max_noise: float32, samples: int32, seed: int64 [2],
          deterministic: bool) -> {"image": uint8 [H, W, 3]}
       the sampling settings as inputs (trainer/sampling.py); samples > 1 averages K
@@ -24,8 +25,22 @@ import tensorflow as tf
 
 from core.artifacts import model_info_path
 from trainer import sampling
+from trainer.setting import EVALUATOR, EXPORT_DEFAULT
 
+# The serving setting of a model no evaluation has seen yet (a Trainer's output; `deblur
+# predict` on it says so). The paper's (section C.2) for its eps-output models; for the
+# preconditioned output, the evaluator's usual pick on the local preset (docs/evaluation.md):
+# from pure noise, DDPM T20, the mean of 4 samples. The eps-output tiny model from pure noise
+# returns noise, whatever the setting's T (docs/evaluation.md): run it through the evaluator.
 DEFAULT_SAMPLING = {"sampler": "ddpm", "steps": 50, "max_noise": 1.0, "samples": 1}
+PRECONDITIONED_SAMPLING = {"sampler": "ddpm", "steps": 20, "max_noise": 1.0, "samples": 4}
+
+
+def default_sampling(model_cfg) -> dict:
+    """The export-time serving setting of a model of this ModelConfig."""
+    return dict(PRECONDITIONED_SAMPLING if getattr(model_cfg, "output", "eps") == "preconditioned"
+                else DEFAULT_SAMPLING)
+
 # The sampling inputs of deblur_batch and the deblur signature, after the image(s).
 _SETTING_SPECS = (tf.TensorSpec([], tf.int32, name="steps"),
                   tf.TensorSpec([], tf.float32, name="max_noise"),
@@ -39,7 +54,7 @@ class DeblurModule(tf.Module):
         super().__init__()
         self.model = model
         self._multiple = int(model.multiple)
-        d = sampling.SamplingSetting(**{**DEFAULT_SAMPLING, **(defaults or {})})
+        d = sampling.SamplingSetting(**{**default_sampling(model.cfg), **(defaults or {})})
         # serving_default's setting, as variables: set_serving_setting() rewrites them in a
         # copy (the pusher stores the evaluator's choice), no model code needed
         self.default_steps = tf.Variable(d.steps, dtype=tf.int32, trainable=False)
@@ -147,6 +162,7 @@ def set_serving_setting(src: str, dst: str, setting: dict) -> str:
         with tf.io.gfile.GFile(model_info_path(src)) as f:
             info = json.load(f)
     info["default_sampling"] = s.to_dict()
+    info["sampling_chosen_by"] = EVALUATOR
     with tf.io.gfile.GFile(model_info_path(dst), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
     return dst
@@ -163,6 +179,7 @@ def export_saved_model(trainer, path: str, defaults: Optional[dict] = None,
     with tf.io.gfile.GFile(model_info_path(path), "w") as f:
         json.dump({**(info or {}), "experiment": trainer.exp.to_dict(),
                    "step": int(trainer.step.numpy()), "multiple": module._multiple,
-                   "default_sampling": module.default_setting.to_dict()},
+                   "default_sampling": module.default_setting.to_dict(),
+                   "sampling_chosen_by": EXPORT_DEFAULT},
                   f, indent=2, sort_keys=True)
     return path

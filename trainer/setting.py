@@ -43,6 +43,9 @@ class SamplingSetting:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
+# deblur.json's sampling_chosen_by: who set the SavedModel's serving setting (trainer/export.py)
+EXPORT_DEFAULT, EVALUATOR = "export default", "evaluator"
+
 # The message of the InvalidArgumentError the sampler raises when the model's output has a NaN
 # or an Inf (e.g. weights ruined by a diverged training run); the evaluator and predict match it.
 NON_FINITE_OUTPUT = "the model's output is not finite (NaN or Inf)"

@@ -144,7 +144,8 @@ def test_blessed_model_becomes_version_1_with_a_full_manifest(tmp_path):
     assert (int(pushed.default_steps.numpy()), float(pushed.default_max_noise.numpy()),
             int(pushed.default_samples.numpy()), bool(pushed.default_deterministic.numpy())) == \
         (20, pytest.approx(0.1), 1, False)
-    assert json.loads((Path(dest) / "deblur.json").read_text())["default_sampling"] == SETTING
+    described = json.loads((Path(dest) / "deblur.json").read_text())
+    assert described["default_sampling"] == SETTING and described["sampling_chosen_by"] == "evaluator"
 
     # the fingerprint follows the data: one more byte in a shard changes it
     ex = inputs[C.EXAMPLES_KEY][0].uri
