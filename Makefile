@@ -34,16 +34,21 @@ setup-test: $(VENV)/.test.stamp
 run-local: setup
 	$(VENV)/bin/deblur run-local $(ARGS)
 
-## The test suite (what CI runs).
+## The test suite (what CI runs), on TEST_WORKERS workers (pytest-xdist), a test module to a
+## worker: 2, the cores of these machines; TEST_WORKERS=0 runs it in one process. conftest.py
+## says how the modules are split and ordered.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 ## The fast lane for every change: the suite less the tests marked slow (multi-process
 ## training, whole run-locals, the KFP launcher contract, the kfp 2.5 / 2.17 round trips, the
 ## retraining runs, the SIGTERM and peer-timeout races; the registry's push races take seconds
 ## and stay in).
 test-fast: setup-test
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks (not tests): results go to benchmarks/results/.
 bench: setup-test
