@@ -2,10 +2,12 @@
 on the synthetic in-domain data, several seeds each, scored in and out of domain.
 
     .venv/bin/python -m benchmarks.guidance_ablation --examples DIR [--seeds 0,1,2] \
-        [--steps 1500] [--images 8] [--fixed ddpm:20:0.5:4] [--variants guided,none,input]
+        [--steps 1500] [--images 8] [--fixed ddpm:20:0.5:4] [--variants guided,none,input] \
+        [--experiment local] [--set train.dpm_loss_weighting=unit ...] [--name NAME]
 
 --examples: an ingest output with Split-train (in-domain), Split-test and Split-test_ood (the
-DeblurIngest artifact of `make run-local`). Variants are the tiny preset with guidance
+DeblurIngest artifact of `make run-local`). Variants are the --experiment preset (tiny by
+default; --set section.field=value overrides it for every variant) with guidance
 "latent" (the paper's guided residual blocks), "none" (plain icDPM) and, with --variants,
 "input" (Table 8 (b): the regression upsampled and concatenated at the input). Equal compute:
 the guided model trains --steps steps; every other variant trains as many steps as make the
@@ -16,7 +18,7 @@ Each run is scored on the first --images images of every evaluation split over t
 (--setting, repeatable; default the local pipeline's grid) and reported two ways: the best
 point of the grid per domain (by LPIPS), and one fixed setting (--fixed). The spread over
 seeds is the sample standard deviation. Writes benchmarks/results/guidance_ablation.{json,md}
-and guidance_ablation.png (PSNR vs LPIPS over the grid per variant and domain: the paper's
+and guidance_ablation.png (guidance_ablation_<name>.* with --name; PSNR vs LPIPS over the grid per variant and domain: the paper's
 Fig. 5).
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import statistics
 import tempfile
 import time
 
-from benchmarks.learning_curves import _setting
+from benchmarks.learning_curves import _overrides, _setting
 
 VARIANTS = {"guided": {"guidance": "latent"}, "none": {"guidance": "none"},
             "input": {"guidance": "input"}}
@@ -41,14 +43,21 @@ def step_flops(exp) -> int:
     return int(count_analytic(exp.model, c, c)["flops"])
 
 
-def run_variant(examples, variant, seed, steps, grid, images, work, fixed):
+def variant_experiment(name: str, overrides: dict, variant: str, **train):
+    from trainer import experiments
+
+    sections = {k: dict(v) for k, v in overrides.items()}
+    sections["model"] = {**sections.get("model", {}), **VARIANTS[variant]}
+    sections["train"] = {**sections.get("train", {}), **train}
+    return experiments.get(name, **sections)
+
+
+def run_variant(examples, exp, variant, seed, grid, images, work, fixed):
     from components.evaluator import evaluate as ev
     from components.evaluator.gate import GateConfig
-    from trainer import experiments
     from trainer import train as train_lib
 
-    exp = experiments.get("tiny", model=VARIANTS[variant],
-                          train={"steps": steps, "seed": seed})
+    steps = exp.train.steps
     t0 = time.time()
     train_lib.train(exp, examples, work)
     seconds = time.time() - t0
@@ -124,37 +133,43 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="guided,none")
     p.add_argument("--setting", action="append", type=_setting, default=None)
     p.add_argument("--fixed", type=_setting, default=_setting("ddpm:20:0.5:4"))
+    p.add_argument("--experiment", default="tiny", help="the preset every variant starts from")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="an override of the preset for every variant (repeatable)")
+    p.add_argument("--name", default=None, help="results go to guidance_ablation_<name>.*")
     p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from benchmarks.machine import machine_info
     from components.evaluator.evaluate import EvalConfig
-    from trainer import experiments
 
     grid = a.setting or EvalConfig().grid
     variants = a.variants.split(",")
-    guided_flops = step_flops(experiments.get("tiny", model=VARIANTS["guided"]))
+    overrides = _overrides(a.set)
+    guided_flops = step_flops(variant_experiment(a.experiment, overrides, "guided"))
     info = machine_info()
     runs = []
     for seed in (int(s) for s in a.seeds.split(",")):
         for variant in variants:  # interleaved: drift in the machine's load hits all alike
-            flops = step_flops(experiments.get("tiny", model=VARIANTS[variant]))
-            steps = round(a.steps * guided_flops / flops)
+            flops = step_flops(variant_experiment(a.experiment, overrides, variant))
+            exp = variant_experiment(a.experiment, overrides, variant, seed=seed,
+                                     steps=round(a.steps * guided_flops / flops))
             with tempfile.TemporaryDirectory(prefix=f"ablation_{variant}_{seed}_") as work:
-                r = run_variant(a.examples, variant, seed, steps, grid, a.images, work, a.fixed)
+                r = run_variant(a.examples, exp, variant, seed, grid, a.images, work, a.fixed)
             runs.append(r)
             print(json.dumps({k: r[k] for k in ("variant", "seed", "steps", "train_seconds")})
                   + " " + "; ".join(f"{d}: best {v['best']['setting']} PSNR {v['best']['psnr']:.2f}"
                                     f" LPIPS {v['best']['lpips']:.4f}"
                                     for d, v in r["domains"].items()), flush=True)
     os.makedirs(a.results_dir, exist_ok=True)
-    stem = os.path.join(a.results_dir, "guidance_ablation")
+    stem = os.path.join(a.results_dir, "guidance_ablation" + (f"_{a.name}" if a.name else ""))
     with open(stem + ".json", "w") as f:
         json.dump({"machine": info, "args": vars(a) | {"fixed": a.fixed}, "grid": grid,
                    "runs": runs}, f, indent=1, sort_keys=True, default=str)
     text = table(runs)
     with open(stem + ".md", "w") as f:
-        f.write(f"# Guided vs unguided at equal training compute (tiny preset)\n\n{text}\n")
+        f.write(f"# Guided vs unguided at equal training compute ({a.experiment} preset"
+                f"{', ' + ', '.join(a.set) if a.set else ''})\n\n{text}\n")
     plot(runs, stem + ".png")
     print(text)
     return 0
