@@ -21,11 +21,10 @@ from PIL import Image
 
 from deblur import cli
 from tests import fixtures as fx
-from tests.test_pipeline_local import execution_states, write_config
+from tests.test_pipeline_local import FAST_MODEL, execution_states, write_config
 
 pytestmark = pytest.mark.slow  # four whole run-locals in one work dir
 
-FAST_MODEL = {"guidance": "input", "channel_multipliers": [1], "num_middle_blocks": 0}
 PIPELINE = ("DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
             "ValidationGate", "DomainDriftReport", "Trainer", "DeblurEvaluator", "RegistryPusher")
 
