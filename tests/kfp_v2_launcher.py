@@ -318,10 +318,18 @@ class Run:
         return self.outputs[name]
 
     def execute(self, stop_after: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
-        for name in topological(self.spec["root"]["dag"]["tasks"]):
+        """Every task in dependency order; with stop_after, that task and the tasks it depends
+        on (directly or not) only, the part of the run that leads to it."""
+        tasks = self.spec["root"]["dag"]["tasks"]
+        order = topological(tasks)
+        if stop_after is not None:
+            needed = {stop_after}
+            for name in reversed(order):  # a task's dependencies come before it in the order
+                if name in needed:
+                    needed.update(tasks[name].get("dependentTasks", []))
+            order = [name for name in order if name in needed]
+        for name in order:
             self.execute_task(name)
-            if name == stop_after:
-                break
         return self.outputs
 
     # ---- what ML Metadata would hold -------------------------------------------------------

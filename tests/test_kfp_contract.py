@@ -115,12 +115,13 @@ def contract_run(tmp_path_factory):
 
         latest = Registry(f"gs://{BUCKET}/registry", "deblur-icdpm").latest()
         # a value typed in the UI form that KFP's type check lets through: the run stops at
-        # once, before the ingest
+        # once, before the ingest (the launcher model runs the path to the fingerprint task,
+        # where it must fail, and not ImportSchemaGen, which depends on nothing)
         bad = Run(job, str(tmp / "pipeline_root"), run_id="run-bad",
                   arguments={**arguments, "train_steps": 0, "warm_start": "newest"},
                   python=sys.executable, env=env, timeout=600, cwd=REPO_ROOT)
         try:
-            bad.execute()
+            bad.execute(stop_after="DeblurInputFingerprint")
             bad_error = None
         except TaskFailed as e:
             bad_error = e
