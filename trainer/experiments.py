@@ -182,10 +182,10 @@ TINY_TRAIN = TrainConfig(
 
 # The recipe meant for the quickstart (pipelines/config.py's default experiment is still tiny:
 # neither passes the gate yet; docs/evaluation.md has the measurements behind each choice):
-# mixed bfloat16 where the CPU has it, 128 px crops, a short regression-only start, an EMA that follows a run of a few thousand steps, and L_DPM weighing
-# the preconditioned output's error alike at every noise level (its posterior mean, the
-# one-step estimate, gained 0.21 dB over the input in 2000 steps against 0.09 dB in 4000 with
-# the paper's eps weighting).
+# mixed bfloat16 where the CPU has it, 128 px crops, a short regression-only start, an EMA
+# that follows a run of a few thousand steps, and L_DPM weighing the preconditioned output's
+# error alike at every noise level (its posterior mean, the one-step estimate, gained 0.21 dB
+# over the input in 2000 steps against 0.09 dB in 4000 with the paper's eps weighting).
 LOCAL_TRAIN = TrainConfig(
     steps=2000, global_batch_size=8, learning_rate=1e-3, lr_warmup_steps=50,
     dpm_warmup_steps=100, ema_decay=0.999, checkpoint_every=250, log_every=25,
