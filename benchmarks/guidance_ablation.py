@@ -18,8 +18,8 @@ Each run is scored on the first --images images of every evaluation split over t
 (--setting, repeatable; default the local pipeline's grid) and reported two ways: the best
 point of the grid per domain (by LPIPS), and one fixed setting (--fixed). The spread over
 seeds is the sample standard deviation. Writes benchmarks/results/guidance_ablation.{json,md}
-and guidance_ablation.png (guidance_ablation_<name>.* with --name; PSNR vs LPIPS over the grid per variant and domain: the paper's
-Fig. 5).
+and guidance_ablation.png (guidance_ablation_<name>.* with --name; PSNR vs LPIPS over the
+grid per variant and domain: the paper's Fig. 5).
 """
 from __future__ import annotations
 

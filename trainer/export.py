@@ -39,7 +39,7 @@ PRECONDITIONED_SAMPLING = {"sampler": "ddpm", "steps": 20, "max_noise": 1.0, "sa
 
 def default_sampling(model_cfg) -> dict:
     """The export-time serving setting of a model of this ModelConfig."""
-    return dict(PRECONDITIONED_SAMPLING if getattr(model_cfg, "output", "eps") == "preconditioned"
+    return dict(PRECONDITIONED_SAMPLING if model_cfg.output == "preconditioned"
                 else DEFAULT_SAMPLING)
 
 # The sampling inputs of deblur_batch and the deblur signature, after the image(s).
