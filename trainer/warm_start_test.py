@@ -96,6 +96,28 @@ def test_another_architecture_is_refused_in_one_line(parent):
     assert "\n" not in str(e.value) and "training.warm_start: none" in str(e.value)
 
 
+def test_a_parent_from_before_a_new_model_field_is_read_with_its_default(parent, tmp_path):
+    """model.normalization came after models were registered: a parent whose deblur.json has
+    no such field was built with the default (GroupNorm) and warm-starts; one that records
+    another value is refused like any other architecture."""
+    import shutil
+
+    from trainer.train import Trainer
+
+    old = str(tmp_path / "old")
+    shutil.copytree(os.path.join(parent[0], "saved_model"), old)
+    info_path = os.path.join(old, "deblur.json")
+    info = json.load(open(info_path))
+    assert info["experiment"]["model"].pop("normalization") == "group"
+    json.dump(info, open(info_path, "w"))
+    trainer = Trainer(_exp(PARENT_STEPS + 1), str(tmp_path / "unused"))
+    assert warm_start.restore(trainer, old) == PARENT_STEPS
+    info["experiment"]["model"]["normalization"] = "none"
+    json.dump(info, open(info_path, "w"))
+    with pytest.raises(warm_start.WarmStartError, match="differs in normalization"):
+        warm_start.restore(Trainer(_exp(PARENT_STEPS + 1), str(tmp_path / "unused2")), old)
+
+
 def test_a_retry_keeps_its_decision(tmp_path):
     """A retried Trainer (its own checkpoints) trains to the target it chose, even if another
     model was blessed meanwhile; no parent yet is a cold start that says so."""
