@@ -32,6 +32,7 @@ import numpy as np
 def build(width: int = 48, norm: str = "none", dilations=(1, 2, 4, 8)):
     """y in [-1, 1] (B, H, W, 3) -> y + f(y). H, W multiples of 4."""
     import keras
+    import tensorflow as tf
     from keras import layers
 
     def normalise(h):
@@ -46,7 +47,7 @@ def build(width: int = 48, norm: str = "none", dilations=(1, 2, 4, 8)):
         return layers.Add()([h, normalise(r)])
 
     y = keras.Input((None, None, 3))
-    h = layers.Lambda(lambda t: __import__("tensorflow").nn.space_to_depth(t, 2))(y)
+    h = layers.Lambda(lambda t: tf.nn.space_to_depth(t, 2))(y)
     h1 = layers.Conv2D(width, 3, padding="same")(h)
     for d in dilations[:2]:
         h1 = block(h1, width, d)
@@ -58,8 +59,7 @@ def build(width: int = 48, norm: str = "none", dilations=(1, 2, 4, 8)):
     for d in dilations[:2]:
         u = block(u, width, d)
     out = layers.Conv2D(12, 3, padding="same", dtype="float32")(u)
-    out = layers.Lambda(lambda t: __import__("tensorflow").nn.depth_to_space(t, 2),
-                        dtype="float32")(out)
+    out = layers.Lambda(lambda t: tf.nn.depth_to_space(t, 2), dtype="float32")(out)
     return keras.Model(y, layers.Add(dtype="float32")([y, out]))
 
 
