@@ -73,11 +73,6 @@ class ModelConfig:
     noise_embedding_scale: float = 5000.0  # sinusoidal embedding of scale * sqrt(gamma) (WaveGrad)
     dropout: float = 0.0
     norm_groups: int = 32  # GroupNorm groups (gcd with the channel count)
-    # "group": GroupNorm in every residual block (the paper's UNet); "none": no normalisation
-    # (EDSR's finding for restoration networks: a plain residual UNet without it denoised the
-    # out-of-domain test set to LPIPS 0.458, with GroupNorm 0.488, same data and steps:
-    # benchmarks/results/residual_baseline_*)
-    normalization: str = "group"
     norm_epsilon: float = 1e-5
 
     def __post_init__(self):
@@ -131,9 +126,6 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.guidance_noise_sigma < 0:
             raise ValueError(f"guidance_noise_sigma must be >= 0, got {self.guidance_noise_sigma!r}")
-        if self.normalization not in ("group", "none"):
-            raise ValueError(f"normalization must be 'group' or 'none', got "
-                             f"{self.normalization!r}")
         if self.noise_embedding_scale <= 0 or self.norm_epsilon <= 0:
             raise ValueError("noise_embedding_scale and norm_epsilon must be > 0")
 
@@ -352,8 +344,6 @@ class DepthToSpace(layers.Layer):
 
 
 def _norm(cfg: ModelConfig, ch: int, name: str):
-    if cfg.normalization == "none":
-        return layers.Identity(name=name)
     return layers.GroupNormalization(groups=math.gcd(cfg.norm_groups, ch),
                                      epsilon=cfg.norm_epsilon, name=name)
 

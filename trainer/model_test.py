@@ -149,8 +149,6 @@ def test_config_validation():
         M.ModelConfig(num_res_blocks=2, guided_blocks_per_level=3)
     with pytest.raises(ValueError, match="unknown model preset"):
         M.preset("XL")
-    with pytest.raises(ValueError, match="normalization must be 'group' or 'none'"):
-        M.ModelConfig(normalization="batch")
     # input-level guidance needs no UNet level at 1/8; the multiple still covers phi_8
     cfg = M.ModelConfig(channel_multipliers=(1, 2), guidance="input")
     assert cfg.multiple == 8
@@ -263,14 +261,3 @@ def test_patchify_round_trips_and_keeps_patches_together():
     np.testing.assert_array_equal(s2d[0, 0, 0].numpy(), want)
     np.testing.assert_array_equal(M.DepthToSpace(2)(s2d).numpy(), x.numpy())
 
-
-def test_normalization_none_builds_no_groupnorm_and_keeps_the_variables_named():
-    """model.normalization: none drops every GroupNorm (its scale and offset variables) and
-    nothing else: the other variables are the GroupNorm model's, by name and shape."""
-    group = M.GuidedDenoiser(M.preset("tiny"))
-    none = M.GuidedDenoiser(M.preset("tiny", normalization="none"))
-    shapes = {m: {v.path: tuple(v.shape) for v in model.variables}
-              for m, model in (("group", group), ("none", none))}
-    norm = {p: s for p, s in shapes["group"].items() if "_norm" in p}
-    assert norm and not any("_norm" in p for p in shapes["none"])
-    assert {p: s for p, s in shapes["group"].items() if p not in norm} == shapes["none"]

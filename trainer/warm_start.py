@@ -191,7 +191,7 @@ def restore(trainer, saved_model_dir: str) -> int:
     have = (info.get("experiment") or {}).get("model")
     if have is not None:
         # a field the parent's record lacks is one added since: the parent was built with its
-        # default (a model exported before `normalization` existed has GroupNorm)
+        # default (a model exported before the field existed)
         have = {**dataclasses.asdict(type(trainer.exp.model)()), **have}
         have = {k: list(v) if isinstance(v, tuple) else v for k, v in have.items()}
         want = {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}

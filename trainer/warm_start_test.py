@@ -97,9 +97,10 @@ def test_another_architecture_is_refused_in_one_line(parent):
 
 
 def test_a_parent_from_before_a_new_model_field_is_read_with_its_default(parent, tmp_path):
-    """model.normalization came after models were registered: a parent whose deblur.json has
-    no such field was built with the default (GroupNorm) and warm-starts; one that records
-    another value is refused like any other architecture."""
+    """A ModelConfig field added after models were registered: a parent whose deblur.json has
+    no such field was built with its default and warm-starts (here dropout, whose default the
+    tiny preset keeps); one that records another value is refused like any other
+    architecture."""
     import shutil
 
     from trainer.train import Trainer
@@ -108,14 +109,14 @@ def test_a_parent_from_before_a_new_model_field_is_read_with_its_default(parent,
     shutil.copytree(os.path.join(parent[0], "saved_model"), old)
     info_path = os.path.join(old, "deblur.json")
     info = json.load(open(info_path))
-    assert info["experiment"]["model"].pop("normalization") == "group"
+    assert info["experiment"]["model"].pop("dropout") == 0.0
     json.dump(info, open(info_path, "w"))
     trainer = Trainer(_exp(PARENT_STEPS + 1), str(tmp_path / "unused"))
     assert warm_start.restore(trainer, old) == PARENT_STEPS
-    info["experiment"]["model"]["normalization"] = "none"
+    info["experiment"]["model"]["dropout"] = 0.1
     json.dump(info, open(info_path, "w"))
-    with pytest.raises(warm_start.WarmStartError, match="differs in normalization"):
-        warm_start.restore(Trainer(_exp(PARENT_STEPS + 1), str(tmp_path / "unused2")), old)
+    with pytest.raises(warm_start.WarmStartError, match="differs in dropout"):
+        warm_start.restore(trainer, old)  # refused before any variable is read
 
 
 def test_a_retry_keeps_its_decision(tmp_path):
