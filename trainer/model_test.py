@@ -260,4 +260,3 @@ def test_patchify_round_trips_and_keeps_patches_together():
     want = np.concatenate([x[0, 0, 0], x[0, 0, 1], x[0, 1, 0], x[0, 1, 1]])
     np.testing.assert_array_equal(s2d[0, 0, 0].numpy(), want)
     np.testing.assert_array_equal(M.DepthToSpace(2)(s2d).numpy(), x.numpy())
-
