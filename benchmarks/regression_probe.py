@@ -28,7 +28,6 @@ import numpy as np
 def run(examples: str, config: str, overrides: dict, steps: int, images: int, log=print) -> dict:
     import tensorflow as tf
 
-    from components.evaluator import evaluate as ev
     from trainer import experiments
     from trainer import train as train_lib
     from trainer.sampling import phi_from_image
@@ -63,28 +62,58 @@ def run(examples: str, config: str, overrides: dict, steps: int, images: int, lo
     train_s = time.time() - t0
     for e, v in zip(trainer.ema, trainer.variables):  # evaluate the EMA, as the export does
         v.assign(e)
-    scorer = ev.Scorer()
     result = {"experiment": exp.to_dict(), "steps": steps, "train_seconds": round(train_s, 1),
-              "history": history, "domains": {}}
+              "history": history}
+
+    def predict(blurry_uint8):  # y + G([0, y], gamma_min, guidance), uint8
+        y01 = tf.constant(blurry_uint8[None].astype(np.float32) / 255.0)
+        y = y01 * 2.0 - 1.0
+        phi = phi_from_image(y01, exp.model.guidance_scales)
+        pred, _ = model(tf.zeros_like(y), y, tf.constant([gamma_min]), phi, training=False)
+        return np.clip((y + pred).numpy()[0] * 0.5 + 0.5, 0, 1)
+
+    result["domains"] = score_splits(examples, images, predict, "regression", log)
+    return result
+
+
+def score_splits(examples: str, images: int, predict, label: str, log=print) -> dict:
+    """{split: {"n", "domain", "input": PSNR/SSIM/LPIPS/NIQE of the blurry image, label: of
+    predict(blurry uint8) -> [0, 1] float image}} over the first `images` test images of every
+    evaluation split, scored as the evaluator scores (components/evaluator)."""
+    from components.evaluator import evaluate as ev
+
+    scorer = ev.Scorer()
     _, data, domain_of = ev.select_data(examples, ev.EvalConfig(max_images_per_split=images))
+    domains = {}
     for split, items in data.items():
         rows_in, rows_out = [], []
         for item in items:
-            y01 = tf.constant(item["blurry"][None].astype(np.float32) / 255.0)
-            y = y01 * 2.0 - 1.0
-            phi = phi_from_image(y01, exp.model.guidance_scales)
-            pred, _ = model(tf.zeros_like(y), y, tf.constant([gamma_min]), phi, training=False)
-            out = np.clip((y + pred).numpy()[0] * 0.5 + 0.5, 0, 1)
-            out = np.round(out * 255).astype(np.uint8)
+            out = np.round(predict(item["blurry"]) * 255).astype(np.uint8)
             rows_out.append(scorer(out, item["sharp"]))
             rows_in.append(scorer(item["blurry"], item["sharp"]))
-        result["domains"][split] = {"n": len(items), "domain": domain_of[split],
-                                    "input": ev._mean(rows_in), "regression": ev._mean(rows_out)}
-        d = result["domains"][split]
-        log(f"{split}: regression PSNR {d['regression']['psnr']:.2f} (input "
-            f"{d['input']['psnr']:.2f}), LPIPS {d['regression']['lpips']:.4f} (input "
-            f"{d['input']['lpips']:.4f})")
-    return result
+        d = domains[split] = {"n": len(items), "domain": domain_of[split],
+                              "input": ev._mean(rows_in), label: ev._mean(rows_out)}
+        log(f"{split}: {label} PSNR {d[label]['psnr']:.2f} (input {d['input']['psnr']:.2f}), "
+            f"LPIPS {d[label]['lpips']:.4f} (input {d['input']['lpips']:.4f})")
+    return domains
+
+
+def write_results(base: str, result: dict, heading: str, caption: str, label: str) -> None:
+    """base.json (the result) and base.md: heading, caption and the per-split table of the
+    input's and `label`'s PSNR and LPIPS (result["domains"], as score_splits returns it)."""
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    with open(base + ".json", "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    lines = [f"# {heading}", "", caption, "",
+             f"| split | n | input PSNR | {label} PSNR | input LPIPS | {label} LPIPS |",
+             "|---|---|---|---|---|---|"]
+    for split, d in result["domains"].items():
+        lines.append(f"| {split} | {d['n']} | {d['input']['psnr']:.2f} | "
+                     f"{d[label]['psnr']:.2f} | {d['input']['lpips']:.4f} | "
+                     f"{d[label]['lpips']:.4f} |")
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {base}.json, {base}.md")
 
 
 def main(argv=None) -> int:
@@ -100,22 +129,10 @@ def main(argv=None) -> int:
     p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
     a = p.parse_args(argv)
     result = run(a.examples, a.config, _overrides(a.set), a.steps, a.images)
-    os.makedirs(a.results_dir, exist_ok=True)
-    base = os.path.join(a.results_dir, f"regression_probe_{a.name}")
-    with open(base + ".json", "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-    lines = [f"# Regression probe: {a.name} ({a.steps} steps, {result['train_seconds']:.0f} s)", "",
-             "The experiment's UNet trained as a regressor of x - y from [0, y] (L1), same "
-             "guidance, data and batch; EMA weights; full test images.", "",
-             "| split | n | input PSNR | regression PSNR | input LPIPS | regression LPIPS |",
-             "|---|---|---|---|---|---|"]
-    for split, d in result["domains"].items():
-        lines.append(f"| {split} | {d['n']} | {d['input']['psnr']:.2f} | "
-                     f"{d['regression']['psnr']:.2f} | {d['input']['lpips']:.4f} | "
-                     f"{d['regression']['lpips']:.4f} |")
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {base}.json, {base}.md")
+    write_results(os.path.join(a.results_dir, f"regression_probe_{a.name}"), result,
+                  f"Regression probe: {a.name} ({a.steps} steps, {result['train_seconds']:.0f} s)",
+                  "The experiment's UNet trained as a regressor of x - y from [0, y] (L1), same "
+                  "guidance, data and batch; EMA weights; full test images.", "regression")
     return 0
 
 

@@ -21,7 +21,6 @@ Not a test: a measurement, written to benchmarks/results/residual_baseline_<name
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -68,7 +67,7 @@ def run(examples: str, config: str, overrides: dict, steps: int, images: int, no
     import keras
     import tensorflow as tf
 
-    from components.evaluator import evaluate as ev
+    from benchmarks.regression_probe import score_splits
     from trainer import experiments
     from trainer import train as train_lib
 
@@ -108,30 +107,21 @@ def run(examples: str, config: str, overrides: dict, steps: int, images: int, no
             history.append({"step": s, "loss": loss, "seconds": round(time.time() - t0, 1)})
             log(f"step {s}: L1 {loss:.4f}, {time.time() - t0:.0f} s")
     train_s = time.time() - t0
-    scorer = ev.Scorer()
     result = {"parameters": n_params, "policy": policy, "norm": norm, "beta1": beta1,
               "cosine": cosine, "width": width, "experiment_data": exp.to_dict()["data"],
-              "steps": steps, "train_seconds": round(train_s, 1), "history": history,
-              "domains": {}}
-    _, data, domain_of = ev.select_data(examples, ev.EvalConfig(max_images_per_split=images))
-    for split, items in data.items():
-        rows_in, rows_out = [], []
-        for item in items:
-            y = tf.constant(item["blurry"][None].astype(np.float32) / 127.5 - 1.0)
-            out = np.clip(model(y, training=False).numpy()[0] * 0.5 + 0.5, 0, 1)
-            rows_out.append(scorer(np.round(out * 255).astype(np.uint8), item["sharp"]))
-            rows_in.append(scorer(item["blurry"], item["sharp"]))
-        result["domains"][split] = {"n": len(items), "domain": domain_of[split],
-                                    "input": ev._mean(rows_in), "baseline": ev._mean(rows_out)}
-        d = result["domains"][split]
-        log(f"{split}: baseline PSNR {d['baseline']['psnr']:.2f} (input "
-            f"{d['input']['psnr']:.2f}), LPIPS {d['baseline']['lpips']:.4f} (input "
-            f"{d['input']['lpips']:.4f})")
+              "steps": steps, "train_seconds": round(train_s, 1), "history": history}
+
+    def predict(blurry_uint8):  # y + f(y), [0, 1]
+        y = tf.constant(blurry_uint8[None].astype(np.float32) / 127.5 - 1.0)
+        return np.clip(model(y, training=False).numpy()[0] * 0.5 + 0.5, 0, 1)
+
+    result["domains"] = score_splits(examples, images, predict, "baseline", log)
     return result
 
 
 def main(argv=None) -> int:
     from benchmarks.learning_curves import _overrides
+    from benchmarks.regression_probe import write_results
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--examples", required=True)
@@ -148,23 +138,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     result = run(a.examples, a.config, _overrides(a.set), a.steps, a.images, a.norm, a.beta1,
                  not a.constant_lr, a.width)
-    os.makedirs(a.results_dir, exist_ok=True)
-    base = os.path.join(a.results_dir, f"residual_baseline_{a.name}")
-    with open(base + ".json", "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-    lines = [f"# Residual UNet baseline: {a.name} ({a.steps} steps, "
-             f"{result['train_seconds']:.0f} s, {result['parameters']} parameters)", "",
-             f"norm {a.norm}, Adam beta1 {a.beta1}, cosine decay {not a.constant_lr}, width "
-             f"{a.width}; the {a.config} experiment's training input; full test images.", "",
-             "| split | n | input PSNR | baseline PSNR | input LPIPS | baseline LPIPS |",
-             "|---|---|---|---|---|---|"]
-    for split, d in result["domains"].items():
-        lines.append(f"| {split} | {d['n']} | {d['input']['psnr']:.2f} | "
-                     f"{d['baseline']['psnr']:.2f} | {d['input']['lpips']:.4f} | "
-                     f"{d['baseline']['lpips']:.4f} |")
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {base}.json, {base}.md")
+    write_results(os.path.join(a.results_dir, f"residual_baseline_{a.name}"), result,
+                  f"Residual UNet baseline: {a.name} ({a.steps} steps, "
+                  f"{result['train_seconds']:.0f} s, {result['parameters']} parameters)",
+                  f"norm {a.norm}, Adam beta1 {a.beta1}, cosine decay {not a.constant_lr}, width "
+                  f"{a.width}; the {a.config} experiment's training input; full test images.",
+                  "baseline")
     return 0
 
 
