@@ -33,7 +33,12 @@ def run(examples: str, config: str, overrides: dict, steps: int, images: int, lo
     from trainer.sampling import phi_from_image
 
     overrides = {k: dict(v) for k, v in overrides.items()}
-    overrides.setdefault("model", {})["input_residual"] = False  # G sees [0, y]
+    # G sees [0, y] and its last conv IS the estimate of x - y: model.output "eps" (the raw
+    # conv output). Under "preconditioned" the model's output is eps_hat = -sd sqrt(gamma_min)
+    # F / sqrt(q), about 0.0015 F for the local preset, and a probe fitting that to x - y asks
+    # F for values near 100 (regression_probe_local_2000 was taken so).
+    overrides.setdefault("model", {}).update(input_residual=False, output="eps")
+    overrides.setdefault("train", {})["dpm_loss_weighting"] = "eps"  # L_DPM is not trained here
     exp = experiments.get(config, **overrides).replace(train={"steps": steps})
     trainer = train_lib.Trainer(exp, "", None)  # nothing is written
     model = trainer.model
