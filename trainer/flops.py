@@ -86,6 +86,7 @@ def count_analytic(cfg: ModelConfig, height: int = 720, width: int = 1280) -> di
                              f"(the model's downsampling factor); pad the image first")
     by_type = {"Conv2D": 0, "Dense": 0}
     acc = {"params": 0, "flops": 0}
+    norm_params = 0 if cfg.norm == "none" else 2  # GroupNorm, LayerNorm: gamma, beta per channel
 
     def conv(h, w, k, cin, cout):
         acc["params"] += k * k * cin * cout + cout
@@ -99,7 +100,7 @@ def count_analytic(cfg: ModelConfig, height: int = 720, width: int = 1280) -> di
         by_type["Dense"] += 2 * cin * cout
 
     def res(h, w, cin, cout, emb_dim=None, guide_ch=None):
-        acc["params"] += 2 * cin + 2 * cout  # two GroupNorms (gamma, beta)
+        acc["params"] += norm_params * (cin + cout)  # two norms (gamma, beta), if any
         conv(h, w, 3, cin, cout)
         if guide_ch:
             conv(h, w, 1, guide_ch, cout)
@@ -143,7 +144,7 @@ def count_analytic(cfg: ModelConfig, height: int = 720, width: int = 1280) -> di
             c = chs[lvl]
         if lvl > 0:
             conv(h * 2, w * 2, 3, c, c)
-    acc["params"] += 2 * c  # output GroupNorm
+    acc["params"] += norm_params * c  # output norm
     conv(height, width, 3, c, 3 * p * p)
     height, width = height * p, width * p
     parts["unet"] = dict(acc)

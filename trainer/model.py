@@ -30,6 +30,7 @@ from keras import layers, ops
 GUIDANCE_MODES = ("none", "input", "latent")
 GUIDANCE_TARGETS = ("gray", "rgb")
 OUTPUTS = ("eps", "preconditioned")
+NORMS = ("group", "pixel", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,11 @@ class ModelConfig:
     patch_size: int = 1
     num_res_blocks: int = 3  # residual blocks per encoder level (decoder: +1, DDPM-style)
     num_middle_blocks: int = 1  # residual blocks at the bottleneck
+    # dilation of the first 3x3 conv of each residual block (a dilated residual block, as in
+    # the context aggregation of Yu & Koltun 2016): block i of an encoder or decoder level uses
+    # dilations[i % n], middle block i dilations[(num_res_blocks + i) % n], so (1, 2, 4, 8) with
+    # 2 encoder and 2 middle blocks grows the deepest level's receptive field 1, 2, 4, 8
+    dilations: Tuple[int, ...] = (1,)
     guidance: str = "latent"  # "none" | "input" | "latent"
     guidance_channels: int = 32  # base width G of H_k: Guide-S = 32, Guide-L = 64
     guidance_multiplier: int = 3  # H_k works at G * guidance_multiplier channels (96 / 192)
@@ -72,6 +78,9 @@ class ModelConfig:
     guidance_noise_sigma: float = 0.05  # sigma of n in phi_k(y), [-1, 1] scale (tf.data adds it)
     noise_embedding_scale: float = 5000.0  # sinusoidal embedding of scale * sqrt(gamma) (WaveGrad)
     dropout: float = 0.0
+    # "group": GroupNorm before each conv pair and the output conv (DDPM / SR3); "none": no
+    # normalisation layer at all (the residual baseline's plain residual blocks)
+    norm: str = "group"
     norm_groups: int = 32  # GroupNorm groups (gcd with the channel count)
     norm_epsilon: float = 1e-5
 
@@ -79,6 +88,10 @@ class ModelConfig:
         # tuples, also when built from lists (e.g. a JSON config)
         object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
         object.__setattr__(self, "guidance_scales", tuple(self.guidance_scales))
+        object.__setattr__(self, "dilations", tuple(self.dilations))
+        if not self.dilations or any(not isinstance(d, int) or isinstance(d, bool) or d < 1
+                                     for d in self.dilations):
+            raise ValueError(f"dilations must be positive integers, got {self.dilations!r}")
         for name in ("diffusion_channels", "num_res_blocks", "guidance_channels", "patch_size",
                      "guidance_multiplier", "guidance_blocks", "phi_channels", "norm_groups"):
             v = getattr(self, name)
@@ -118,6 +131,8 @@ class ModelConfig:
         if not self.input_concat and self.guidance == "none":
             raise ValueError("input_concat=False with guidance='none' would never show y "
                              "to the model")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if not (isinstance(self.sigma_data, (int, float)) and self.sigma_data > 0):
@@ -159,12 +174,15 @@ PRESETS: Dict[str, dict] = {
                  num_middle_blocks=1, guidance="latent", guidance_channels=8,
                  guidance_multiplier=1, guidance_blocks=1, norm_groups=4),
     # the quickstart's network (trainer/experiments.py "local"; docs/model.md): the UNet on 2x2
-    # patches (levels at 1/2, 1/4, 1/8, where phi_2, phi_4, phi_8 enter), the noised residual
+    # patches with levels at 1/2 and 1/4 (where phi_2 and phi_4 enter), dilated residual blocks
+    # (receptive field of the 1/4 level: dilations 1, 2, 4, 8), no normalisation layer (with
+    # GroupNorm it did not denoise out of domain, docs/evaluation.md), the noised residual
     # x - y as its input, preconditioned output
-    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                  num_middle_blocks=1, patch_size=2, guidance="latent", guidance_channels=16,
-                  guidance_multiplier=1, guidance_blocks=2, norm_groups=8,
-                  output="preconditioned", input_residual=True, sigma_data=0.15),
+    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2), num_res_blocks=2,
+                  num_middle_blocks=2, dilations=(1, 2, 4, 8), norm="none", patch_size=2,
+                  guidance="latent", guidance_channels=16, guidance_multiplier=1,
+                  guidance_blocks=2, guidance_scales=(2, 4), output="preconditioned",
+                  input_residual=True, sigma_data=0.15),
     "S": {**_S, **_NONE}, "L": {**_L, **_NONE},
     "icDPM-S": {**_S, **_NONE}, "icDPM-L": {**_L, **_NONE},
     "S+Guide-S": {**_S, **_GUIDE_S}, "S+Guide-L": {**_S, **_GUIDE_L},
@@ -344,6 +362,10 @@ class DepthToSpace(layers.Layer):
 
 
 def _norm(cfg: ModelConfig, ch: int, name: str):
+    if cfg.norm == "none":
+        return layers.Identity(name=name)
+    if cfg.norm == "pixel":  # over each pixel's channels: no statistic across the image
+        return layers.LayerNormalization(axis=-1, epsilon=cfg.norm_epsilon, name=name)
     return layers.GroupNormalization(groups=math.gcd(cfg.norm_groups, ch),
                                      epsilon=cfg.norm_epsilon, name=name)
 
@@ -352,12 +374,14 @@ def _conv(ch: int, k: int, name: str, dtype=None):
     return layers.Conv2D(ch, k, padding="same", name=name, dtype=dtype)
 
 
-def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None):
-    """GroupNorm-swish-conv, [+ conv1x1(guide)], GroupNorm, [FiLM(emb)], swish, dropout, conv;
-    plus the (1x1-projected if needed) input. emb: silu(noise-level embedding) (B, E) or None."""
+def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None,
+              dilation: int = 1):
+    """GroupNorm-swish-conv(dilated), [+ conv1x1(guide)], GroupNorm, [FiLM(emb)], swish, dropout,
+    conv; plus the (1x1-projected if needed) input. emb: silu(noise-level embedding) (B, E) or
+    None."""
     in_ch = x.shape[-1]
     h = layers.Activation("silu", name=f"{name}_act1")(_norm(cfg, in_ch, f"{name}_norm1")(x))
-    h = _conv(out_ch, 3, f"{name}_conv1")(h)
+    h = layers.Conv2D(out_ch, 3, padding="same", dilation_rate=dilation, name=f"{name}_conv1")(h)
     if guide is not None:  # the guided residual block (paper Fig. 12, middle)
         h = layers.Add(name=f"{name}_guided")([h, _conv(out_ch, 1, f"{name}_guide_proj")(guide)])
     h = _norm(cfg, out_ch, f"{name}_norm2")(h)
@@ -372,6 +396,10 @@ def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None)
     h = _conv(out_ch, 3, f"{name}_conv2")(h)
     skip = x if in_ch == out_ch else _conv(out_ch, 1, f"{name}_skip")(x)
     return layers.Add(name=f"{name}_out")([skip, h])
+
+
+def _dilation(cfg: ModelConfig, i: int) -> int:
+    return cfg.dilations[i % len(cfg.dilations)]
 
 
 def _check_size(cfg: ModelConfig, height, width):
@@ -460,17 +488,18 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
         for i in range(cfg.num_res_blocks):
             g = guide_in.get(p * 2 ** lvl) if (cfg.guidance == "latent"
                                            and i < cfg.guided_blocks_per_level) else None
-            h = res_block(cfg, h, ch, f"enc{lvl}_res{i}", emb, guide=g)
+            h = res_block(cfg, h, ch, f"enc{lvl}_res{i}", emb, guide=g, dilation=_dilation(cfg, i))
             skips.append(h)
         if lvl < len(chs) - 1:
             h = layers.AveragePooling2D(2, name=f"enc{lvl}_down")(h)
             skips.append(h)
     for i in range(cfg.num_middle_blocks):
-        h = res_block(cfg, h, chs[-1], f"mid_res{i}", emb)
+        h = res_block(cfg, h, chs[-1], f"mid_res{i}", emb,
+                      dilation=_dilation(cfg, cfg.num_res_blocks + i))
     for lvl in reversed(range(len(chs))):  # decoder
         for i in range(cfg.num_res_blocks + 1):
             h = layers.Concatenate(name=f"dec{lvl}_cat{i}")([h, skips.pop()])
-            h = res_block(cfg, h, chs[lvl], f"dec{lvl}_res{i}", emb)
+            h = res_block(cfg, h, chs[lvl], f"dec{lvl}_res{i}", emb, dilation=_dilation(cfg, i))
         if lvl > 0:
             h = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{lvl}_up")(h)
             h = _conv(chs[lvl], 3, f"dec{lvl}_up_conv")(h)

@@ -23,6 +23,9 @@ ABLATIONS = {
     # the quickstart's axes: the UNet on 2x2 patches, the residual input, preconditioned output
     "patch2_residual_preconditioned": dict(patch_size=2, input_residual=True,
                                            output="preconditioned", sigma_data=0.15),
+    # the local preset's axes: dilated blocks, per-pixel normalisation or none
+    "dilated_pixelnorm": dict(norm="pixel", num_res_blocks=2, dilations=(1, 2)),
+    "nonorm": dict(norm="none"),
 }
 
 
@@ -130,6 +133,37 @@ def test_input_residual_feeds_the_unet_the_noised_residual(models):
         M.ModelConfig(input_residual=True, input_concat=False)
 
 
+def test_dilations_cycle_through_the_blocks_of_each_stage():
+    cfg = M.preset("tiny", channel_multipliers=(1, 2), guidance_scales=(2,), num_res_blocks=2,
+                   num_middle_blocks=3, dilations=[1, 2, 4, 8])
+    assert cfg.dilations == (1, 2, 4, 8)
+    unet = M.build_unet(cfg)
+    rate = {l.name: l.dilation_rate[0] for l in unet.layers if l.name.endswith("_conv1")}
+    assert [rate[f"enc1_res{i}_conv1"] for i in range(2)] == [1, 2]
+    assert [rate[f"mid_res{i}_conv1"] for i in range(3)] == [4, 8, 1]
+    assert [rate[f"dec0_res{i}_conv1"] for i in range(3)] == [1, 2, 4]
+    # the second conv of every block and the default config stay undilated
+    assert all(l.dilation_rate == (1, 1) for l in unet.layers if l.name.endswith("_conv2"))
+    assert {l.dilation_rate for l in M.build_unet(M.preset("tiny")).layers
+            if isinstance(l, M.layers.Conv2D)} <= {(1, 1)}
+
+
+@pytest.mark.parametrize("norm, local", [("group", False), ("pixel", True), ("none", True)])
+def test_only_groupnorm_lets_a_far_region_change_the_output(norm, local):
+    """GroupNorm's statistics span the whole image: brightening a region far outside a pixel's
+    receptive field changes that pixel's output (a crop-trained model sees other statistics
+    on a full image). "pixel" (LayerNorm over each pixel's channels) and "none" keep the
+    output local."""
+    tf.random.set_seed(1)
+    m = M.GuidedDenoiser(M.preset("tiny", norm=norm, guidance="none"))
+    x_t, y, _ = _inputs(1, 16, 512)
+    far = tf.concat([y[:, :, :256], y[:, :, 256:] * 3.0 + 1.0], axis=2)
+    g = tf.constant([0.5])
+    a = m(x_t, y, g)[0][:, :, :32].numpy()
+    b = m(x_t, far, g)[0][:, :, :32].numpy()
+    assert np.array_equal(a, b) if local else np.abs(a - b).max() > 1e-3
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="guidance must be one of"):
         M.ModelConfig(guidance="skip")
@@ -147,6 +181,12 @@ def test_config_validation():
         M.ModelConfig(num_res_blocks=0)
     with pytest.raises(ValueError, match="guided_blocks_per_level"):
         M.ModelConfig(num_res_blocks=2, guided_blocks_per_level=3)
+    with pytest.raises(ValueError, match="dilations"):
+        M.ModelConfig(dilations=(1, 0))
+    with pytest.raises(ValueError, match="dilations"):
+        M.ModelConfig(dilations=())
+    with pytest.raises(ValueError, match="norm must be one of"):
+        M.ModelConfig(norm="batch")
     with pytest.raises(ValueError, match="unknown model preset"):
         M.preset("XL")
     # input-level guidance needs no UNet level at 1/8; the multiple still covers phi_8

@@ -300,9 +300,13 @@ class Trainer:
         return grads, out
 
     def apply_gradients(self, grads):
-        """Adam on the (all-reduced) gradients, then the EMA of the weights."""
+        """Adam on the (all-reduced) gradients, then the EMA of the weights (train.ema_warmup:
+        decay min(ema_decay, (1 + n) / (10 + n)) after the n-th applied update)."""
         self.optimizer.apply_gradients(zip(grads, self.variables))
         decay = self.exp.train.ema_decay
+        if self.exp.train.ema_warmup:
+            n = tf.cast(self.optimizer.iterations, tf.float32)  # counts applied updates only
+            decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
         for e, v in zip(self.ema, self.variables):
             e.assign(decay * e + (1.0 - decay) * tf.cast(v, e.dtype))
 

@@ -1227,3 +1227,26 @@ def test_sigterm_in_the_loop_saves_a_checkpoint_and_ends(ingested, tmp_path):
     assert result["step"] == STEPS and result["history"][0]["step"] == 1
     resumes = _read_json(os.path.join(out, "resumed.json"))
     assert [(r["step"], r["checkpoint"]) for r in resumes] == [(PAUSE_AT, f"ckpt-{PAUSE_AT}")]
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_warmup_follows_the_num_updates_rule(warmup):
+    """train.ema_warmup: after the n-th applied update the EMA takes decay min(ema_decay,
+    (1 + n) / (10 + n)), computed here by hand from the weights after each update; without it
+    the decay is ema_decay throughout."""
+    import tensorflow as tf
+
+    from trainer import experiments, train
+
+    exp = experiments.get("tiny", model=MODEL, data={"crop_size": CROP}, train={
+        "ema_decay": 0.5 if not warmup else 0.999, "ema_warmup": warmup})
+    trainer = train.Trainer(exp, "", None)
+    want = [e.numpy().astype(np.float64) for e in trainer.ema]
+    rng = np.random.default_rng(0)
+    for n in range(1, 4):
+        trainer.apply_gradients([tf.constant(rng.normal(size=v.shape), v.dtype)
+                                 for v in trainer.variables])
+        decay = min(0.999, (1 + n) / (10 + n)) if warmup else 0.5  # 0.1818, 0.25, 0.3077
+        want = [decay * w + (1 - decay) * v.numpy() for w, v in zip(want, trainer.variables)]
+        for got, w in zip(trainer.ema, want):
+            np.testing.assert_allclose(got.numpy(), w, rtol=1e-5, atol=1e-6)
