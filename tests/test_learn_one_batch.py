@@ -22,7 +22,7 @@ from trainer.sampling import Sampler, call_deblur_batch, phi_from_image
 from trainer.setting import SamplingSetting
 from trainer.train import Trainer, add_diffusion_noise
 
-CROP, N, STEPS = 32, 4, 1200
+CROP, N, STEPS = 32, 4, 300
 BLUR = 7  # px, horizontal box
 
 

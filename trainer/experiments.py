@@ -211,7 +211,7 @@ def get(name: str, **overrides) -> Experiment:
                          train=TINY_TRAIN)
     elif name == "local":
         exp = Experiment(name, preset("local"),
-                         data=DataSection(crop_size=64, shuffle_buffer=64, degrade=True),
+                         data=DataSection(crop_size=128, shuffle_buffer=64, degrade=True),
                          train=LOCAL_TRAIN)
     else:
         exp = Experiment(name, preset(name))

@@ -31,6 +31,7 @@ GUIDANCE_MODES = ("none", "input", "latent")
 GUIDANCE_TARGETS = ("gray", "rgb")
 OUTPUTS = ("eps", "preconditioned")
 NORMS = ("group", "pixel", "none")
+INPUT_SCALINGS = ("edm", "signal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,13 @@ class ModelConfig:
     # clean signal / sigma_data at high noise) instead of a tiny correction of a scaled copy of
     # x_t, which a small network cannot reproduce precisely enough to recover x.
     output: str = "eps"
+    # How the preconditioned UNet sees r_t. "edm": c_in r_t = r_t / sqrt(q), unit variance at
+    # every gamma (Karras et al.), so at the pure-noise end its x_t channels are unit-variance
+    # noise that carries nothing of x; "signal": sqrt(gamma) c_in r_t, variance gamma, which
+    # fades to 0 as the noise takes over and leaves the UNet [~0, y] there, the input of a
+    # plain regressor. Measured: a regressor fed unit noise beside y learns to return y
+    # unchanged (docs/evaluation.md, 2026-12-03)
+    input_scaling: str = "edm"
     sigma_data: float = 0.5  # std of the clean signal the chain diffuses (x, or x - y)
     guidance_noise_sigma: float = 0.05  # sigma of n in phi_k(y), [-1, 1] scale (tf.data adds it)
     noise_embedding_scale: float = 5000.0  # sinusoidal embedding of scale * sqrt(gamma) (WaveGrad)
@@ -131,6 +139,11 @@ class ModelConfig:
         if not self.input_concat and self.guidance == "none":
             raise ValueError("input_concat=False with guidance='none' would never show y "
                              "to the model")
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}, "
+                             f"got {self.input_scaling!r}")
+        if self.input_scaling != "edm" and self.output != "preconditioned":
+            raise ValueError("input_scaling applies to output 'preconditioned' only")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.output not in OUTPUTS:
@@ -174,15 +187,14 @@ PRESETS: Dict[str, dict] = {
                  num_middle_blocks=1, guidance="latent", guidance_channels=8,
                  guidance_multiplier=1, guidance_blocks=1, norm_groups=4),
     # the quickstart's network (trainer/experiments.py "local"; docs/model.md): the UNet on 2x2
-    # patches with levels at 1/2 and 1/4 (where phi_2 and phi_4 enter), dilated residual blocks
-    # (receptive field of the 1/4 level: dilations 1, 2, 4, 8), no normalisation layer (with
-    # GroupNorm it did not denoise out of domain, docs/evaluation.md), the noised residual
-    # x - y as its input, preconditioned output
-    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2), num_res_blocks=2,
-                  num_middle_blocks=2, dilations=(1, 2, 4, 8), norm="none", patch_size=2,
-                  guidance="latent", guidance_channels=16, guidance_multiplier=1,
-                  guidance_blocks=2, guidance_scales=(2, 4), output="preconditioned",
-                  input_residual=True, sigma_data=0.15),
+    # patches (levels at 1/2, 1/4, 1/8, where phi_2, phi_4, phi_8 enter), the noised residual
+    # x - y as its input, preconditioned output. (Without its GroupNorms, in dilated blocks at
+    # 1/2 and 1/4, the same UNet denoises out of domain as a plain regressor; as a diffusion
+    # model that variant has not yet beaten its input: docs/evaluation.md, 2026-12-03.)
+    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
+                  num_middle_blocks=1, patch_size=2, guidance="latent", guidance_channels=16,
+                  guidance_multiplier=1, guidance_blocks=2, norm_groups=8,
+                  output="preconditioned", input_residual=True, sigma_data=0.15),
     "S": {**_S, **_NONE}, "L": {**_L, **_NONE},
     "icDPM-S": {**_S, **_NONE}, "icDPM-L": {**_L, **_NONE},
     "S+Guide-S": {**_S, **_GUIDE_S}, "S+Guide-L": {**_S, **_GUIDE_L},
@@ -471,6 +483,8 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
     if cfg.output == "preconditioned":  # c_in: r_t / sqrt(q) has unit variance at every gamma
         g = ops.reshape(ops.cast(inputs["gamma"], "float32"), (-1, 1, 1, 1))
         c_in = 1.0 / ops.sqrt(edm_q(g, cfg.sigma_data))
+        if cfg.input_scaling == "signal":  # variance gamma: the pure-noise end feeds ~0
+            c_in = c_in * ops.sqrt(ops.clip(g, 0.0, 1.0))
         x_t = layers.Multiply(name="c_in")([x_t, ops.cast(c_in, x_t.dtype)])
     x = [x_t] + ([inputs["y"]] if cfg.input_concat else [])
     if cfg.guidance == "input":

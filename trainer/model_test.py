@@ -164,6 +164,27 @@ def test_only_groupnorm_lets_a_far_region_change_the_output(norm, local):
     assert np.array_equal(a, b) if local else np.abs(a - b).max() > 1e-3
 
 
+@pytest.mark.parametrize("scaling", ["edm", "signal"])
+def test_signal_input_scaling_leaves_the_pure_noise_end_to_y(scaling):
+    """input_scaling "signal" feeds the UNet sqrt(gamma) c_in r_t: at gamma = 1e-8 its x_t
+    channels are ~1e-4 x_t, so F no longer depends on which noise x_t holds (a plain regressor
+    of y there); "edm" feeds unit-variance noise, which moves F."""
+    tf.random.set_seed(2)
+    m = M.GuidedDenoiser(M.preset("tiny", norm="none", output="preconditioned",
+                                  input_residual=True, sigma_data=0.15, input_scaling=scaling))
+    x_a, y, phi = _inputs(1, seed=3)
+    x_b = _inputs(1, seed=4)[0]
+    g = tf.constant([1e-8])
+    to_f = tf.keras.Model(m.unet.inputs, m.unet.get_layer("conv_out").output)  # F itself
+    guide = m.guide(phi)[0]
+    f = {}
+    for name, x_t in (("a", x_a), ("b", x_b)):
+        f[name] = to_f({"x_t": x_t, "y": y, "gamma": g,
+                        **{f"guide_x{k}": v for k, v in guide.items()}}).numpy()
+    change = np.abs(f["a"] - f["b"]).mean() / np.abs(f["a"]).mean()
+    assert change < 1e-2 if scaling == "signal" else change > 0.1, change
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="guidance must be one of"):
         M.ModelConfig(guidance="skip")
@@ -185,6 +206,10 @@ def test_config_validation():
         M.ModelConfig(dilations=(1, 0))
     with pytest.raises(ValueError, match="dilations"):
         M.ModelConfig(dilations=())
+    with pytest.raises(ValueError, match="input_scaling must be one of"):
+        M.ModelConfig(output="preconditioned", input_scaling="karras")
+    with pytest.raises(ValueError, match="input_scaling applies"):
+        M.ModelConfig(input_scaling="signal")
     with pytest.raises(ValueError, match="norm must be one of"):
         M.ModelConfig(norm="batch")
     with pytest.raises(ValueError, match="unknown model preset"):
