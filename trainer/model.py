@@ -86,7 +86,8 @@ class ModelConfig:
     guidance_noise_sigma: float = 0.05  # sigma of n in phi_k(y), [-1, 1] scale (tf.data adds it)
     noise_embedding_scale: float = 5000.0  # sinusoidal embedding of scale * sqrt(gamma) (WaveGrad)
     dropout: float = 0.0
-    # "group": GroupNorm before each conv pair and the output conv (DDPM / SR3); "none": no
+    # "group": GroupNorm before each conv pair and the output conv (DDPM / SR3), statistics
+    # over the whole image; "pixel": LayerNorm over each pixel's channels; "none": no
     # normalisation layer at all (the residual baseline's plain residual blocks)
     norm: str = "group"
     norm_groups: int = 32  # GroupNorm groups (gcd with the channel count)
@@ -388,9 +389,9 @@ def _conv(ch: int, k: int, name: str, dtype=None):
 
 def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None,
               dilation: int = 1):
-    """GroupNorm-swish-conv(dilated), [+ conv1x1(guide)], GroupNorm, [FiLM(emb)], swish, dropout,
-    conv; plus the (1x1-projected if needed) input. emb: silu(noise-level embedding) (B, E) or
-    None."""
+    """norm-swish-conv(dilated), [+ conv1x1(guide)], norm, [FiLM(emb)], swish, dropout, conv;
+    plus the (1x1-projected if needed) input (norm: cfg.norm, GroupNorm by default). emb:
+    silu(noise-level embedding) (B, E) or None."""
     in_ch = x.shape[-1]
     h = layers.Activation("silu", name=f"{name}_act1")(_norm(cfg, in_ch, f"{name}_norm1")(x))
     h = layers.Conv2D(out_ch, 3, padding="same", dilation_rate=dilation, name=f"{name}_conv1")(h)

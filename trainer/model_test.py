@@ -23,7 +23,7 @@ ABLATIONS = {
     # the quickstart's axes: the UNet on 2x2 patches, the residual input, preconditioned output
     "patch2_residual_preconditioned": dict(patch_size=2, input_residual=True,
                                            output="preconditioned", sigma_data=0.15),
-    # the local preset's axes: dilated blocks, per-pixel normalisation or none
+    # the options measured for the local model: dilated blocks, per-pixel normalisation or none
     "dilated_pixelnorm": dict(norm="pixel", num_res_blocks=2, dilations=(1, 2)),
     "nonorm": dict(norm="none"),
 }
