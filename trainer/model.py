@@ -140,15 +140,15 @@ class ModelConfig:
         if not self.input_concat and self.guidance == "none":
             raise ValueError("input_concat=False with guidance='none' would never show y "
                              "to the model")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.input_scaling not in INPUT_SCALINGS:
             raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}, "
                              f"got {self.input_scaling!r}")
         if self.input_scaling != "edm" and self.output != "preconditioned":
             raise ValueError("input_scaling applies to output 'preconditioned' only")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if not (isinstance(self.sigma_data, (int, float)) and self.sigma_data > 0):
             raise ValueError(f"sigma_data must be > 0, got {self.sigma_data!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -383,8 +383,8 @@ def _norm(cfg: ModelConfig, ch: int, name: str):
                                      epsilon=cfg.norm_epsilon, name=name)
 
 
-def _conv(ch: int, k: int, name: str, dtype=None):
-    return layers.Conv2D(ch, k, padding="same", name=name, dtype=dtype)
+def _conv(ch: int, k: int, name: str, dtype=None, dilation: int = 1):
+    return layers.Conv2D(ch, k, padding="same", dilation_rate=dilation, name=name, dtype=dtype)
 
 
 def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None,
@@ -394,7 +394,7 @@ def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None,
     silu(noise-level embedding) (B, E) or None."""
     in_ch = x.shape[-1]
     h = layers.Activation("silu", name=f"{name}_act1")(_norm(cfg, in_ch, f"{name}_norm1")(x))
-    h = layers.Conv2D(out_ch, 3, padding="same", dilation_rate=dilation, name=f"{name}_conv1")(h)
+    h = _conv(out_ch, 3, f"{name}_conv1", dilation=dilation)(h)
     if guide is not None:  # the guided residual block (paper Fig. 12, middle)
         h = layers.Add(name=f"{name}_guided")([h, _conv(out_ch, 1, f"{name}_guide_proj")(guide)])
     h = _norm(cfg, out_ch, f"{name}_norm2")(h)
