@@ -101,6 +101,7 @@ def count_analytic(cfg: ModelConfig, height: int = 720, width: int = 1280) -> di
 
     def res(h, w, cin, cout, emb_dim=None, guide_ch=None):
         acc["params"] += norm_params * (cin + cout)  # two norms (gamma, beta), if any
+        acc["params"] += 1 if cfg.norm == "none" else 0  # its ResidualGain (SkipInit alpha)
         conv(h, w, 3, cin, cout)
         if guide_ch:
             conv(h, w, 1, guide_ch, cout)

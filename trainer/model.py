@@ -374,6 +374,24 @@ class DepthToSpace(layers.Layer):
         return {**super().get_config(), "p": self.p}
 
 
+@keras.saving.register_keras_serializable(package="deblur")
+class ResidualGain(layers.Layer):
+    """h -> alpha h with one learnable scalar alpha that starts at 0 (SkipInit, De & Smith 2020):
+    the residual block of a UNet without normalisation (model.norm "none") starts as its skip
+    path. Without it the no-norm UNet's decoder activations grew without bound in training
+    (to -1e6 after 8000 steps), its last SiLU saw only large negative values and the network
+    went dead: a constant output, whatever the input (docs/evaluation.md, 2026-12-03)."""
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros")
+
+    def call(self, h):
+        return h * ops.cast(self.alpha, h.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def _norm(cfg: ModelConfig, ch: int, name: str):
     if cfg.norm == "none":
         return layers.Identity(name=name)
@@ -407,6 +425,8 @@ def res_block(cfg: ModelConfig, x, out_ch: int, name: str, emb=None, guide=None,
     if cfg.dropout > 0:
         h = layers.Dropout(cfg.dropout, name=f"{name}_dropout")(h)
     h = _conv(out_ch, 3, f"{name}_conv2")(h)
+    if cfg.norm == "none":  # SkipInit: the branch starts switched off (ResidualGain)
+        h = ResidualGain(name=f"{name}_gain")(h)
     skip = x if in_ch == out_ch else _conv(out_ch, 1, f"{name}_skip")(x)
     return layers.Add(name=f"{name}_out")([skip, h])
 

@@ -156,12 +156,38 @@ def test_only_groupnorm_lets_a_far_region_change_the_output(norm, local):
     output local."""
     tf.random.set_seed(1)
     m = M.GuidedDenoiser(M.preset("tiny", norm=norm, guidance="none"))
+    for layer in m.unet.layers:  # "none": open the SkipInit gains, so every branch computes
+        if isinstance(layer, M.ResidualGain):
+            layer.alpha.assign(1.0)
     x_t, y, _ = _inputs(1, 16, 512)
     far = tf.concat([y[:, :, :256], y[:, :, 256:] * 3.0 + 1.0], axis=2)
     g = tf.constant([0.5])
     a = m(x_t, y, g)[0][:, :, :32].numpy()
     b = m(x_t, far, g)[0][:, :, :32].numpy()
     assert np.array_equal(a, b) if local else np.abs(a - b).max() > 1e-3
+
+
+def test_no_norm_blocks_start_as_their_skip_path():
+    """norm "none": every residual branch is scaled by a ResidualGain that starts at 0
+    (SkipInit), so at initialisation a block whose width does not change returns its input
+    exactly; GroupNorm blocks have no gain."""
+    cfg = M.preset("tiny", norm="none", guidance="none")
+    unet = M.build_unet(cfg)
+    gains = [l for l in unet.layers if isinstance(l, M.ResidualGain)]
+    blocks = [l for l in unet.layers if l.name.endswith("_out") and l.name.startswith(
+        ("enc", "mid", "dec"))]
+    assert len(gains) == len(blocks) > 0 and all(float(g.alpha.numpy()) == 0.0 for g in gains)
+    assert not any(isinstance(l, M.ResidualGain) for l in M.build_unet(M.preset("tiny")).layers)
+    # mid_res0 keeps the width: its output is its input until alpha moves
+    probe = tf.keras.Model(unet.inputs, [unet.get_layer("mid_res0_out").input[0],
+                                         unet.get_layer("mid_res0_out").output])
+    x_t, y, _ = _inputs(2, 16, 32)
+    skip, out = probe({"x_t": x_t, "y": y, "gamma": tf.constant([0.3, 0.7])})
+    np.testing.assert_array_equal(skip.numpy(), out.numpy())
+    for g in gains:
+        g.alpha.assign(0.5)
+    skip, out = probe({"x_t": x_t, "y": y, "gamma": tf.constant([0.3, 0.7])})
+    assert np.abs(out.numpy() - skip.numpy()).max() > 1e-3
 
 
 @pytest.mark.parametrize("scaling", ["edm", "signal"])

@@ -303,7 +303,7 @@ class Trainer:
         """Adam on the (all-reduced) gradients, then the EMA of the weights (train.ema_warmup:
         decay min(ema_decay, (1 + n) / (10 + n)) after the n-th applied update)."""
         self.optimizer.apply_gradients(zip(grads, self.variables))
-        decay = self.exp.train.ema_decay
+        decay = float(self.exp.train.ema_decay)  # "--set train.ema_decay=0" parses as an int
         if self.exp.train.ema_warmup:
             n = tf.cast(self.optimizer.iterations, tf.float32)  # counts applied updates only
             decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
