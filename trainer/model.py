@@ -538,7 +538,11 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
         if lvl > 0:
             h = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{lvl}_up")(h)
             h = _conv(chs[lvl], 3, f"dec{lvl}_up_conv")(h)
-    h = layers.Activation("silu", name="out_act")(_norm(cfg, chs[0], "out_norm")(h))
+    # norm "none": no SiLU before conv_out. Nothing bypasses that last activation, and an
+    # unnormalised stream can drift where it is ~0 everywhere: the network went dead so in
+    # training (F constant), which a normalised stream cannot (docs/evaluation.md, 2026-12-03)
+    h = layers.Activation("linear" if cfg.norm == "none" else "silu",
+                          name="out_act")(_norm(cfg, chs[0], "out_norm")(h))
     out = _conv(3 * p * p, 3, "conv_out", "float32")(h)  # float32 outputs under mixed precision
     if p > 1:
         out = DepthToSpace(p, name="unpatchify", dtype="float32")(out)

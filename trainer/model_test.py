@@ -170,14 +170,18 @@ def test_only_groupnorm_lets_a_far_region_change_the_output(norm, local):
 def test_no_norm_blocks_start_as_their_skip_path():
     """norm "none": every residual branch is scaled by a ResidualGain that starts at 0
     (SkipInit), so at initialisation a block whose width does not change returns its input
-    exactly; GroupNorm blocks have no gain."""
+    exactly, and conv_out reads the stream without a SiLU; GroupNorm blocks have neither."""
     cfg = M.preset("tiny", norm="none", guidance="none")
     unet = M.build_unet(cfg)
     gains = [l for l in unet.layers if isinstance(l, M.ResidualGain)]
     blocks = [l for l in unet.layers if l.name.endswith("_out") and l.name.startswith(
         ("enc", "mid", "dec"))]
     assert len(gains) == len(blocks) > 0 and all(float(g.alpha.numpy()) == 0.0 for g in gains)
-    assert not any(isinstance(l, M.ResidualGain) for l in M.build_unet(M.preset("tiny")).layers)
+    group = M.build_unet(M.preset("tiny"))
+    assert not any(isinstance(l, M.ResidualGain) for l in group.layers)
+    # and no SiLU before conv_out, whose inputs could all drift below zero (a dead network)
+    assert unet.get_layer("out_act").activation.__name__ == "linear"
+    assert group.get_layer("out_act").activation.__name__ == "silu"
     # mid_res0 keeps the width: its output is its input until alpha moves
     probe = tf.keras.Model(unet.inputs, [unet.get_layer("mid_res0_out").input[0],
                                          unet.get_layer("mid_res0_out").output])
