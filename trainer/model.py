@@ -188,14 +188,16 @@ PRESETS: Dict[str, dict] = {
                  num_middle_blocks=1, guidance="latent", guidance_channels=8,
                  guidance_multiplier=1, guidance_blocks=1, norm_groups=4),
     # the quickstart's network (trainer/experiments.py "local"; docs/model.md): the UNet on 2x2
-    # patches (levels at 1/2, 1/4, 1/8, where phi_2, phi_4, phi_8 enter), the noised residual
-    # x - y as its input, preconditioned output. (Without its GroupNorms, in dilated blocks at
-    # 1/2 and 1/4, the same UNet denoises out of domain as a plain regressor; as a diffusion
-    # model that variant has not yet beaten its input: docs/evaluation.md, 2026-12-03.)
-    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                  num_middle_blocks=1, patch_size=2, guidance="latent", guidance_channels=16,
-                  guidance_multiplier=1, guidance_blocks=2, norm_groups=8,
-                  output="preconditioned", input_residual=True, sigma_data=0.15),
+    # patches (levels at 1/2 and 1/4, where phi_2 and phi_4 enter), 2 dilated residual blocks
+    # per level and 2 in the middle, no normalisation (GroupNorm's image-wide statistics kept
+    # it from denoising out of domain; without a norm, SkipInit gains and a linear read-out
+    # keep it alive), the noised residual x - y as its input, scaled to ~0 at the pure-noise
+    # end, preconditioned output (docs/evaluation.md, 2026-12-03).
+    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2), num_res_blocks=2,
+                  num_middle_blocks=2, patch_size=2, guidance="latent", guidance_channels=16,
+                  guidance_multiplier=1, guidance_blocks=2, guidance_scales=(2, 4),
+                  norm="none", dilations=(1, 2, 4, 8), output="preconditioned",
+                  input_residual=True, input_scaling="signal", sigma_data=0.15),
     "S": {**_S, **_NONE}, "L": {**_L, **_NONE},
     "icDPM-S": {**_S, **_NONE}, "icDPM-L": {**_L, **_NONE},
     "S+Guide-S": {**_S, **_GUIDE_S}, "S+Guide-L": {**_S, **_GUIDE_L},
