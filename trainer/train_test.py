@@ -1250,3 +1250,20 @@ def test_ema_warmup_follows_the_num_updates_rule(warmup):
         want = [decay * w + (1 - decay) * v.numpy() for w, v in zip(want, trainer.variables)]
         for got, w in zip(trainer.ema, want):
             np.testing.assert_allclose(got.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_an_integer_ema_decay_is_a_decay_too():
+    """`--set train.ema_decay=0` parses as the int 0: with the EMA warm-up on, the EMA is then
+    the weights themselves after every update (it once failed in tf.minimum(int, float))."""
+    import tensorflow as tf
+
+    from trainer import experiments, train
+
+    exp = experiments.get("tiny", model=MODEL, data={"crop_size": CROP},
+                          train={"ema_decay": 0, "ema_warmup": True})
+    trainer = train.Trainer(exp, "", None)
+    rng = np.random.default_rng(1)
+    trainer.apply_gradients([tf.constant(rng.normal(size=v.shape), v.dtype)
+                             for v in trainer.variables])
+    for e, v in zip(trainer.ema, trainer.variables):
+        np.testing.assert_array_equal(e.numpy(), v.numpy())
