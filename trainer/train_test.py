@@ -1263,7 +1263,7 @@ def test_an_integer_ema_decay_is_a_decay_too():
                           train={"ema_decay": 0, "ema_warmup": True})
     trainer = train.Trainer(exp, "", None)
     rng = np.random.default_rng(1)
-    trainer.apply_gradients([tf.constant(rng.normal(size=v.shape), v.dtype)
-                             for v in trainer.variables])
+    grads = [tf.constant(rng.normal(size=v.shape), v.dtype) for v in trainer.variables]
+    tf.function(trainer.apply_gradients)(grads)  # traced, as the train step runs it
     for e, v in zip(trainer.ema, trainer.variables):
         np.testing.assert_array_equal(e.numpy(), v.numpy())
