@@ -49,6 +49,7 @@ def probe(run_dir: str, image: str, gamma: float = 1e-4, size: int = 128) -> dic
     import tensorflow as tf
     from PIL import Image
 
+    from trainer.diffusion import add_noise
     from trainer.sampling import phi_from_image
 
     if not 0.0 < gamma <= 1.0:
@@ -70,7 +71,7 @@ def probe(run_dir: str, image: str, gamma: float = 1e-4, size: int = 128) -> dic
         y01 = tf.constant(crop01[None])
         y = y01 * 2.0 - 1.0
         eps = tf.random.stateless_normal(tf.shape(y), [seed, 0])
-        x_t = np.sqrt(gamma) * y + np.sqrt(1.0 - gamma) * eps
+        x_t = add_noise(y, tf.constant([gamma]), eps)
         feats, _ = model.guide(phi_from_image(y01, exp.model.guidance_scales))
         inputs = {"x_t": x_t, "gamma": tf.constant([gamma])}
         if exp.model.input_concat:

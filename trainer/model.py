@@ -382,7 +382,9 @@ class ResidualGain(layers.Layer):
     the residual block of a UNet without normalisation (model.norm "none") starts as its skip
     path. Without it the no-norm UNet's decoder activations grew without bound in training
     (to -1e6 after 8000 steps), its last SiLU saw only large negative values and the network
-    went dead: a constant output, whatever the input (docs/evaluation.md, 2026-12-03)."""
+    went dead: a constant output, whatever the input. It alone did not stop that in a full
+    diffusion run; build_unet's linear read-out for norm "none" did (docs/evaluation.md,
+    2026-12-03)."""
 
     def build(self, input_shape):
         self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros")
