@@ -146,6 +146,13 @@ class LPIPS:
             total += tf.reduce_mean(per_pixel, axis=[1, 2])
         return total
 
+    def loss(self, x0: tf.Tensor, x1: tf.Tensor) -> tf.Tensor:
+        """The distance as a training loss: [B, H, W, 3] float32 -> [B], differentiable in both
+        arguments, traceable inside a caller's tf.function (XLA too). No input checks (the
+        caller's shapes are static) and no clipping: a prediction outside [-1, 1] is scored as
+        it is, so its gradient still points back into range."""
+        return self._distance_impl(tf.cast(x0, tf.float32), tf.cast(x1, tf.float32))
+
     def __call__(self, x0, x1) -> tf.Tensor:
         x0 = tf.convert_to_tensor(x0)
         x1 = tf.convert_to_tensor(x1)

@@ -46,6 +46,14 @@ class TrainConfig:
     # preconditioned output F against its target, every level weighing F's error alike (EDM's
     # lambda(sigma); model.output must be "preconditioned"; model.unit_loss_weight)
     dpm_loss_weighting: str = "eps"
+    # + lpips_weight x LPIPS(x0_hat, x) (Zhang et al. 2018, metrics/lpips.py) on the denoiser's
+    # estimate of the sharp image at the drawn noise level, x0_hat = (x_t - sqrt(1 - gamma)
+    # eps_hat) / sqrt(gamma), under the same w(step) as L_DPM. Not in the paper (0 there): the
+    # L1 estimate is a posterior mean, blurred wherever the sharp image is uncertain, and
+    # LPIPS penalises that blur. lpips_net "alex" or "vgg" (the training network; the
+    # evaluator's metric is its own setting)
+    lpips_weight: float = 0.0
+    lpips_net: str = "alex"
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     ema_decay: float = 0.9999
@@ -91,6 +99,10 @@ class TrainConfig:
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not self.lpips_weight >= 0.0:
+            raise ValueError(f"lpips_weight must be >= 0, got {self.lpips_weight!r}")
+        if self.lpips_net not in ("alex", "vgg"):
+            raise ValueError(f"lpips_net must be alex or vgg, got {self.lpips_net!r}")
         if self.steps < 1 or self.global_batch_size < 1:
             raise ValueError("steps and global_batch_size must be >= 1")
         if self.mixed_precision not in ("float32", "bfloat16", "auto"):

@@ -57,6 +57,7 @@ from tensorflow.io import gfile
 
 from core import example_format as ef
 from core.artifacts import EXPERIMENT_FILE, HISTORY_FILE, RESUMED_FILE
+from metrics.lpips import LPIPS
 from trainer import data as data_lib
 from trainer import diffusion
 from trainer.distribute import (  # noqa: F401 - train.<name> for the CLI, the run_fn, tests
@@ -215,6 +216,8 @@ class Trainer:
                              "the replicas' steps of several CPU devices or workers (it reads "
                              "another device's variables); use jit_compile=false there")
         self.schedule = diffusion.TrainingSchedule(exp.diffusion)
+        # the perceptual term's fixed network (weights read from an installed package)
+        self.lpips = LPIPS(t.lpips_net) if t.lpips_weight > 0 else None
         # The initial weights come from the Keras initializers, which draw their seeds from the
         # global RNGs: seed them so that the same experiment starts from the same weights (a
         # rerun, or an interrupted-and-resumed run, ends with the same weights).
@@ -258,6 +261,8 @@ class Trainer:
     def metric_names(self):
         """The float metrics of a step (replica_gradients' second result), in its order."""
         names = ["loss", "loss_dpm", "loss_guidance"]
+        if self.lpips is not None:
+            names.append("loss_lpips")
         if self.model.guidance_net is not None:
             for k in self.exp.model.guidance_scales:
                 names += [f"loss_guidance_x{k}", f"identity_x{k}"]
@@ -275,17 +280,28 @@ class Trainer:
             l_dpm = diffusion.l1_per_example(eps_pred, batch["eps"])
             if t.dpm_loss_weighting == "unit":
                 l_dpm = l_dpm * unit_loss_weight(batch["gamma"], self.exp.model.sigma_data)
+            l_denoise = l_dpm
+            if self.lpips is not None:
+                # x0_hat = (x_t - sqrt(1 - gamma) eps_hat) / sqrt(gamma), in float32 (gamma >=
+                # gamma_T ~ 5e-5: the division costs ~1e-5 of precision, not the estimate)
+                g = tf.reshape(tf.cast(batch["gamma"], tf.float32), [-1, 1, 1, 1])
+                x0_hat = (tf.cast(x_t, tf.float32) - tf.sqrt(1.0 - g) * tf.cast(eps_pred, tf.float32)) \
+                    / tf.sqrt(g)
+                l_lpips = self.lpips.loss(x0_hat, batch["x"])
+                l_denoise = l_dpm + t.lpips_weight * l_lpips
             if regressions:
                 l_guid = tf.add_n([diffusion.mse_per_example(regressions[k], batch["target"][k])
                                    for k in sorted(regressions)]) / float(len(regressions))
             else:
                 l_guid = tf.zeros_like(l_dpm)
-            per_example = l_guid + w * l_dpm
+            per_example = l_guid + w * l_denoise
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=gb)
         grads = tape.gradient(loss, self.variables)
         out = {"loss": loss,
                "loss_dpm": tf.reduce_sum(l_dpm) / gb,
                "loss_guidance": tf.reduce_sum(l_guid) / gb}
+        if self.lpips is not None:
+            out["loss_lpips"] = tf.reduce_sum(l_lpips) / gb
         for k in sorted(regressions or {}):
             out[f"loss_guidance_x{k}"] = tf.reduce_sum(
                 diffusion.mse_per_example(regressions[k], batch["target"][k])) / gb
