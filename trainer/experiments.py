@@ -204,11 +204,15 @@ TINY_TRAIN = TrainConfig(
 # mixed bfloat16 where the CPU has it, 64 px crops, a short regression-only start, an EMA
 # that follows a run of a few thousand steps, and L_DPM weighing the preconditioned output's
 # error alike at every noise level (its posterior mean, the one-step estimate, gained 0.21 dB
-# over the input in 2000 steps against 0.09 dB in 4000 with the paper's eps weighting).
+# over the input in 2000 steps against 0.09 dB in 4000 with the paper's eps weighting), and
+# the LPIPS term on the x0 estimate (3000 steps: out-of-domain LPIPS 0.405 with DDPM T20 SA4
+# against 0.495 for the one-step estimate without it; benchmarks/results/
+# learning_curves_lpips1_3000.json).
 LOCAL_TRAIN = TrainConfig(
     steps=2000, global_batch_size=8, learning_rate=1e-3, lr_warmup_steps=50,
     dpm_warmup_steps=100, ema_decay=0.999, ema_warmup=True, checkpoint_every=250, log_every=25,
-    image_summary_every=500, mixed_precision="auto", dpm_loss_weighting="unit")
+    image_summary_every=500, mixed_precision="auto", dpm_loss_weighting="unit",
+    lpips_weight=1.0)
 
 PRESETS = ("tiny", "local", "icDPM-S", "icDPM-L", "S+Guide-S", "S+Guide-L", "L+Guide-S", "L+Guide-L")
 
