@@ -317,11 +317,16 @@ class Trainer:
 
     def apply_gradients(self, grads):
         """Adam on the (all-reduced) gradients, then the EMA of the weights (train.ema_warmup:
-        decay min(ema_decay, (1 + n) / (10 + n)) after the n-th applied update)."""
+        decay min(ema_decay, (1 + n) / (10 + n)) after the n-th applied update). Called before
+        the step counter moves: this update is number step - skipped + 1 of the lineage."""
         self.optimizer.apply_gradients(zip(grads, self.variables))
         decay = float(self.exp.train.ema_decay)  # "--set train.ema_decay=0" parses as an int
         if self.exp.train.ema_warmup:
-            n = tf.cast(self.optimizer.iterations, tf.float32)  # counts applied updates only
+            # n counts the applied updates of the lineage, a warm start's parent's included
+            # (its step is kept, trainer/warm_start.py): the parent's EMA is already an average,
+            # and restarting the warm-up (the optimizer's own count starts at 0) forgot it
+            # within a few updates (decay 0.18 at the first)
+            n = tf.cast(self.step - self.skipped_steps + 1, tf.float32)
             decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
         for e, v in zip(self.ema, self.variables):
             e.assign(decay * e + (1.0 - decay) * tf.cast(v, e.dtype))

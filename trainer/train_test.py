@@ -1246,10 +1246,33 @@ def test_ema_warmup_follows_the_num_updates_rule(warmup):
     for n in range(1, 4):
         trainer.apply_gradients([tf.constant(rng.normal(size=v.shape), v.dtype)
                                  for v in trainer.variables])
+        trainer.step.assign_add(1)  # as the train step does after the update
         decay = min(0.999, (1 + n) / (10 + n)) if warmup else 0.5  # 0.1818, 0.25, 0.3077
         want = [decay * w + (1 - decay) * v.numpy() for w, v in zip(want, trainer.variables)]
         for got, w in zip(trainer.ema, want):
             np.testing.assert_allclose(got.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_warm_started_ema_keeps_its_decay():
+    """A warm start keeps the parent's step (trainer/warm_start.py) and sets the EMA to the
+    parent's EMA: the EMA warm-up must count the parent's updates, so the child's first update
+    already takes ema_decay (0.999), not the fresh start's 1/10 + ... (0.18), which would
+    replace the parent's average by the first noisy weights."""
+    import tensorflow as tf
+
+    from trainer import experiments, train
+
+    exp = experiments.get("tiny", model=MODEL, data={"crop_size": CROP},
+                          train={"ema_decay": 0.999, "ema_warmup": True})
+    trainer = train.Trainer(exp, "", None)
+    trainer.step.assign(18000)  # what warm_start.restore does with the parent's step
+    before = [e.numpy().astype(np.float64) for e in trainer.ema]
+    rng = np.random.default_rng(0)
+    trainer.apply_gradients([tf.constant(rng.normal(size=v.shape), v.dtype)
+                             for v in trainer.variables])
+    for got, b, v in zip(trainer.ema, before, trainer.variables):
+        np.testing.assert_allclose(got.numpy(), 0.999 * b + 0.001 * v.numpy(), rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_an_integer_ema_decay_is_a_decay_too():
