@@ -59,8 +59,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     # EMA warm-up: decay_n = min(ema_decay, (1 + n) / (10 + n)) after the n-th applied update
     # (TF's ExponentialMovingAverage num_updates rule), so a short run's EMA forgets the random
-    # initialisation (plain 0.999 still holds 37 % of it after 1000 steps); off: the paper's
-    # constant decay
+    # initialisation (plain 0.999 still holds 37 % of it after 1000 steps); n counts a warm
+    # start's parent's updates too, so the child's EMA goes on from the parent's; off: the
+    # paper's constant decay
     ema_warmup: bool = False
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 3

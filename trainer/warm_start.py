@@ -8,7 +8,9 @@ What is taken from the parent, and why
   GuidedDenoiser of the same config>).read(...) restores them by object path (checked: every
   model variable, equal to the parent's EMA, also from the pusher's re-saved copy). They become
   both the trained weights and the EMA: the registry keeps no raw weights, and the EMA is what
-  was blessed, so the child starts exactly from the blessed model.
+  was blessed, so the child starts exactly from the blessed model. The EMA's warm-up
+  (train.ema_warmup) counts the parent's steps, so the child's EMA averages on from the
+  parent's at full decay instead of restarting.
 - Step count: kept. The child's global step starts at the parent's, so w(step), the weight of
   the noise loss that rises 0 -> 1 over dpm_warmup_steps (trainer/diffusion.py: the
   regression-only warm start of a random network), stays where the parent left it instead of
