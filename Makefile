@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.5.31
 
-.PHONY: setup setup-test run-local test test-fast bench kfp-venv kfp-roundtrip lock clean
+.PHONY: setup setup-test run-local base-model test test-fast bench kfp-venv kfp-roundtrip lock clean
 
 $(UV):
 	@test -x "$(PY310)" || { echo "error: Python 3.10 not found (looked for python3.10 and pyenv's 3.10.13); install it with 'pyenv install 3.10.13'" >&2; exit 1; }
@@ -33,6 +33,17 @@ setup-test: $(VENV)/.test.stamp
 ## The main job on the embedded default: synthetic data -> ingest -> TFDV, with a summary.
 run-local: setup
 	$(VENV)/bin/deblur run-local $(ARGS)
+
+## The base model the quickstart warm-starts from (models/local/, models/README.md): the local
+## experiment trained BASE_STEPS steps on a synthetic draw of its own (seed 1: 192 training
+## pairs, no image of the quickstart's seed-0 sets), ~65 min on 2 CPU cores. It writes under
+## BASE_DIR; copy BASE_DIR/train/saved_model to models/local/ to ship it.
+BASE_DIR ?= runs/base-model
+BASE_STEPS ?= 18000
+base-model: setup
+	$(VENV)/bin/deblur synth-data $(BASE_DIR)/data --pairs 192 --test-pairs 8 --seed 1
+	$(VENV)/bin/deblur ingest --layout gopro --root $(BASE_DIR)/data/gopro_synth --out $(BASE_DIR)/examples --split train --overwrite
+	$(VENV)/bin/deblur train --experiment local --examples $(BASE_DIR)/examples --out $(BASE_DIR)/train --steps $(BASE_STEPS)
 
 ## The test suite (what CI runs), on TEST_WORKERS workers (pytest-xdist), a test module to a
 ## worker: 2, the cores of these machines; TEST_WORKERS=0 runs it in one process. conftest.py

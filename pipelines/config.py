@@ -87,15 +87,17 @@ class TrainingConfig:
     merged over the default below: a field not named keeps the pipeline's default, else the
     preset's."""
 
-    experiment: str = "tiny"
+    # local: the quickstart's recipe, warm-started from the base model the repository ships
+    # (models/local/, models/README.md: how it was trained and what it scores)
+    experiment: str = "local"
     model: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.model.ModelConfig
     diffusion: Dict[str, Any] = dataclasses.field(default_factory=dict)  # DiffusionConfig
     # DataSection; data.train_split is the split the Trainer trains on and the evaluator leaves out
     data: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    # TrainConfig. 1500 steps of the tiny model (~5-9 min on 2 CPU cores) is the least measured
-    # to beat the blurry input out-of-domain (LPIPS 0.465 vs 0.518; 300 steps: 0.597), so the
-    # pipeline's default steps, whatever the preset's (tiny: 800) (docs/evaluation.md). After a
-    # warm start: this many more steps.
+    # TrainConfig. 1500 steps: from the shipped base model, the fine-tuning on the run's own
+    # training split that fits the quickstart's 15 minutes on 2 CPU cores (~6 min of the local
+    # model; docs/evaluation.md); the pipeline's default, whatever the preset's (local: 2000).
+    # After a warm start: this many more steps.
     train: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"steps": 1500})
     # none: random weights; latest_blessed: the weights and step of the latest blessed model
     # (found when the Trainer runs, where the gate finds its baseline), then train.steps more
@@ -103,7 +105,7 @@ class TrainingConfig:
     warm_start: str = "none"
     # The weights a training starts from when it does not warm-start from a blessed model:
     # "auto": the base model the repository ships for the experiment (models/<experiment>/
-    # with a saved_model.pb; none ships yet), random weights for the others; "none": random
+    # with a saved_model.pb; models/local/ ships), random weights for the others; "none": random
     # weights; or a SavedModel folder exported by this project, of the experiment's architecture
     base_model: str = "auto"
 
