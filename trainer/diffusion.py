@@ -5,6 +5,7 @@ Symbols (paper / SR3):
   alpha_t    1 - beta_t
   gamma_t    prod_{s<=t} alpha_s  (gamma_0 = 1): the signal level; 1 - gamma_t is the noise variance
   x_t        sqrt(gamma) x + sqrt(1 - gamma) eps              (forward process, "add_noise")
+  x0_hat     (x_t - sqrt(1 - gamma) eps_hat) / sqrt(gamma)    (its inverse, "predict_x0")
   gamma      continuous: t ~ U{1..T_train}, gamma ~ U(gamma_{t-1}, gamma_t)   (SR3 eq. 5 / WaveGrad)
   L_DPM      || eps - G([x_t, y], gamma) ||_1                 (paper eq. 2, L1 as in DvSR)
   L_guidance mean_k || R_k(H_k(phi_k(y))) - phi_k(x) ||_2^2     (paper eq. 4)
@@ -68,6 +69,14 @@ def add_noise(x: tf.Tensor, gamma: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     """x_t = sqrt(gamma) x + sqrt(1 - gamma) eps, gamma of shape [B]."""
     g = tf.reshape(tf.cast(gamma, x.dtype), [-1, 1, 1, 1])
     return tf.sqrt(g) * x + tf.sqrt(1.0 - g) * eps
+
+
+def predict_x0(x_t: tf.Tensor, gamma: tf.Tensor, eps_hat: tf.Tensor) -> tf.Tensor:
+    """x0_hat = (x_t - sqrt(1 - gamma) eps_hat) / sqrt(gamma): add_noise solved for x with the
+    predicted eps, in float32, unclipped (a training loss on it keeps its gradient out of
+    range). gamma >= gamma_T ~ 5e-5 here, so the division costs ~1e-5 of precision."""
+    g = tf.reshape(tf.cast(gamma, tf.float32), [-1, 1, 1, 1])
+    return (tf.cast(x_t, tf.float32) - tf.sqrt(1.0 - g) * tf.cast(eps_hat, tf.float32)) / tf.sqrt(g)
 
 
 def l1_per_example(pred: tf.Tensor, target: tf.Tensor) -> tf.Tensor:

@@ -13,6 +13,7 @@ import typing
 from typing import Any, Dict, Optional
 
 from core.fields import check_scalar
+from metrics.lpips import NETS as LPIPS_NETS
 from trainer import data as data_lib
 from trainer.diffusion import DiffusionConfig
 
@@ -102,8 +103,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not self.lpips_weight >= 0.0:
             raise ValueError(f"lpips_weight must be >= 0, got {self.lpips_weight!r}")
-        if self.lpips_net not in ("alex", "vgg"):
-            raise ValueError(f"lpips_net must be alex or vgg, got {self.lpips_net!r}")
+        if self.lpips_net not in LPIPS_NETS:
+            raise ValueError(f"lpips_net must be {' or '.join(sorted(LPIPS_NETS))}, "
+                             f"got {self.lpips_net!r}")
         if self.steps < 1 or self.global_batch_size < 1:
             raise ValueError("steps and global_batch_size must be >= 1")
         if self.mixed_precision not in ("float32", "bfloat16", "auto"):

@@ -282,11 +282,7 @@ class Trainer:
                 l_dpm = l_dpm * unit_loss_weight(batch["gamma"], self.exp.model.sigma_data)
             l_denoise = l_dpm
             if self.lpips is not None:
-                # x0_hat = (x_t - sqrt(1 - gamma) eps_hat) / sqrt(gamma), in float32 (gamma >=
-                # gamma_T ~ 5e-5: the division costs ~1e-5 of precision, not the estimate)
-                g = tf.reshape(tf.cast(batch["gamma"], tf.float32), [-1, 1, 1, 1])
-                x0_hat = (tf.cast(x_t, tf.float32) - tf.sqrt(1.0 - g) * tf.cast(eps_pred, tf.float32)) \
-                    / tf.sqrt(g)
+                x0_hat = diffusion.predict_x0(x_t, batch["gamma"], eps_pred)
                 l_lpips = self.lpips.loss(x0_hat, batch["x"])
                 l_denoise = l_dpm + t.lpips_weight * l_lpips
             if regressions:
