@@ -98,9 +98,18 @@ def dpm_loss_weight(step, warmup_steps: int) -> tf.Tensor:
     return tf.minimum(1.0, step / float(warmup_steps))
 
 
-def learning_rate(step, base: float, warmup_steps: int) -> tf.Tensor:
-    """Linear warm-up over warmup_steps, then constant base."""
+def learning_rate(step, base: float, warmup_steps: int, decay_steps=0) -> tf.Tensor:
+    """Linear warm-up over warmup_steps, then base: constant (decay_steps 0), or a cosine
+    from base down to 0 at step decay_steps (Loshchilov & Hutter 2017, without restarts):
+    base * (1 + cos(pi * (step - warmup_steps) / (decay_steps - warmup_steps))) / 2.
+    decay_steps may be a scalar tensor (a warm start's, known once its parent is read)."""
     step = tf.cast(step, tf.float32)
-    if warmup_steps <= 0:
-        return tf.fill(tf.shape(step), base)
-    return base * tf.minimum(1.0, (step + 1.0) / float(warmup_steps))
+    if isinstance(decay_steps, int) and decay_steps and decay_steps <= warmup_steps:
+        raise ValueError(f"decay_steps ({decay_steps}) must exceed warmup_steps ({warmup_steps})")
+    warm = tf.ones_like(step) if warmup_steps <= 0 else \
+        tf.minimum(1.0, (step + 1.0) / float(warmup_steps))
+    if isinstance(decay_steps, int) and not decay_steps:
+        return base * warm
+    length = tf.maximum(tf.cast(decay_steps, tf.float32) - float(warmup_steps), 1.0)
+    progress = tf.clip_by_value((step - warmup_steps) / length, 0.0, 1.0)
+    return base * warm * 0.5 * (1.0 + tf.cos(np.pi * progress))

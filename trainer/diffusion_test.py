@@ -48,5 +48,18 @@ def test_warmups():
                                [0.0, 0.5, 1.0, 1.0])
     lr = D.learning_rate(tf.constant([0, 9999, 19999, 50000]), 1e-4, 20000).numpy()
     np.testing.assert_allclose(lr, [1e-4 / 20000, 0.5e-4, 1e-4, 1e-4], rtol=1e-5)
+
+
+def test_the_cosine_learning_rate_falls_from_base_to_zero_after_the_warm_up():
+    steps = np.array([0, 49, 50, 1050, 2050, 2500, 3000])
+    # brute force: warm-up factor min(1, (s + 1) / 50), then cos over the 2000 steps 50..2050
+    warm = np.minimum(1.0, (steps + 1) / 50.0)
+    cos = 0.5 * (1 + np.cos(np.pi * np.clip((steps - 50) / 2000.0, 0, 1)))
+    lr = D.learning_rate(tf.constant(steps), 1e-3, 50, decay_steps=2050).numpy()
+    np.testing.assert_allclose(lr, 1e-3 * warm * cos, rtol=1e-5, atol=1e-12)
+    assert lr[1] == pytest.approx(1e-3) and lr[3] == pytest.approx(0.5e-3, rel=1e-5)
+    assert lr[4] == lr[5] == lr[6] == 0.0
+    with pytest.raises(ValueError, match="decay_steps"):
+        D.learning_rate(tf.constant(0), 1e-3, 50, decay_steps=50)
     with pytest.raises(ValueError):
         D.DiffusionConfig(beta_start=0.0)

@@ -34,6 +34,7 @@ class DataSection:
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 ON_NONFINITE = ("stop", "skip")
 DPM_LOSS_WEIGHTINGS = ("eps", "unit")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,11 @@ class TrainConfig:
     global_batch_size: int = 256
     learning_rate: float = 1e-4
     lr_warmup_steps: int = 20_000
+    # after the warm-up: "constant" (the paper), or "cosine" down to 0 at the run's last step
+    # (diffusion.learning_rate). The schedule runs on the optimizer's iterations, so a warm
+    # start's cosine spans its own `steps`; a resumed run keeps the schedule while `steps` is
+    # the same
+    lr_schedule: str = "constant"
     dpm_warmup_steps: int = 60_000  # w(step): 0 -> 1 (regression-only warm start)
     # L_DPM per noise level: "eps", the paper's L1 of eps (eq. 2); "unit", the L1 of the
     # preconditioned output F against its target, every level weighing F's error alike (EDM's
@@ -108,6 +114,12 @@ class TrainConfig:
                              f"got {self.lpips_net!r}")
         if self.steps < 1 or self.global_batch_size < 1:
             raise ValueError("steps and global_batch_size must be >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.steps <= self.lr_warmup_steps:
+            raise ValueError(f"lr_schedule 'cosine' decays after the warm-up: steps "
+                             f"({self.steps}) must exceed lr_warmup_steps ({self.lr_warmup_steps})")
         if self.mixed_precision not in ("float32", "bfloat16", "auto"):
             raise ValueError("mixed_precision must be float32, bfloat16 or auto")
         if min(self.checkpoint_every, self.log_every, self.image_summary_every) < 1:

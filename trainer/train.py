@@ -172,17 +172,25 @@ class TermGuard:
         self._close()
 
 
-class WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up over warmup_steps, then constant (diffusion.learning_rate)."""
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """train.lr_schedule on the optimizer's iterations (diffusion.learning_rate). The optimizer
+    starts at the lineage's global step `start` (0; a warm start's parent step, whose optimizer
+    is fresh), so a cosine ends at 0 after the t.steps - start steps this run trains; `start`
+    is checkpointed, so a resumed warm start keeps its schedule."""
 
-    def __init__(self, base: float, warmup_steps: int):
-        self.base, self.warmup_steps = base, warmup_steps
+    def __init__(self, t):
+        self.base, self.warmup_steps, self.steps = t.learning_rate, t.lr_warmup_steps, t.steps
+        self.cosine = t.lr_schedule == "cosine"
+        self.start = tf.Variable(0, dtype=tf.int64, trainable=False, name="lr_start",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def __call__(self, step):
-        return diffusion.learning_rate(step, self.base, self.warmup_steps)
+        decay_steps = self.steps - self.start if self.cosine else 0
+        return diffusion.learning_rate(step, self.base, self.warmup_steps, decay_steps)
 
     def get_config(self):
-        return {"base": self.base, "warmup_steps": self.warmup_steps}
+        return {"base": self.base, "warmup_steps": self.warmup_steps, "steps": self.steps,
+                "cosine": self.cosine}
 
 
 def add_diffusion_noise(schedule: diffusion.TrainingSchedule, seed: int):
@@ -227,8 +235,9 @@ class Trainer:
         with self.strategy.scope(), dtype_policy(policy):
             self.model = GuidedDenoiser(exp.model)
             self.variables = list(self.model.trainable_variables)
+            self.lr_schedule = LearningRate(t)
             self.optimizer = keras.optimizers.Adam(
-                learning_rate=WarmupConstant(t.learning_rate, t.lr_warmup_steps),
+                learning_rate=self.lr_schedule,
                 beta_1=t.adam_beta1, beta_2=t.adam_beta2)
             self.optimizer.build(self.variables)
             self.ema = [tf.Variable(v, trainable=False, name="ema/" + v.name.replace(":", "_"),
@@ -364,9 +373,7 @@ class Trainer:
         """The learning rate the last applied step used (the schedule runs on the optimizer's
         iterations, which skipped batches do not advance and which a warm start, a fresh
         optimizer at the parent's step (trainer/warm_start.py), starts again from 0)."""
-        t = self.exp.train
-        return float(diffusion.learning_rate(self.optimizer.iterations - 1, t.learning_rate,
-                                             t.lr_warmup_steps).numpy())
+        return float(self.lr_schedule(self.optimizer.iterations - 1).numpy())
 
     def _distributed_step(self, dist_batch):
         """One step on every replica (cross-replica context): the metrics summed over the
@@ -513,7 +520,8 @@ def _restore(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, d
     if chief:
         gfile.makedirs(out_dir)  # tf.io.gfile: local paths and gs:// alike
     ckpt_items = dict(unet=trainer.model.unet, optimizer=trainer.optimizer, step=trainer.step,
-                      ema=trainer.ema, skipped_steps=trainer.skipped_steps)
+                      ema=trainer.ema, skipped_steps=trainer.skipped_steps,
+                      lr_start=trainer.lr_schedule.start)
     if trainer.model.guidance_net is not None:
         ckpt_items["guidance"] = trainer.model.guidance_net
     with_iterator = trainer.strategy.num_replicas_in_sync == 1 and not t.tpu
@@ -545,10 +553,15 @@ def _restore(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, d
         from trainer import warm_start as warm
 
         resumed = warm.restore(trainer, warm_start)
+        trainer.lr_schedule.start.assign(resumed)
         log.warning("warm start from %s at step %d", warm_start, resumed)
         if resumed >= t.steps:
             raise ValueError(f"the warm-start model {warm_start} is trained to step {resumed}, "
                              f"not under the requested {t.steps} steps")
+        if t.lr_schedule == "cosine" and t.steps - resumed <= t.lr_warmup_steps:
+            raise ValueError(f"lr_schedule 'cosine' decays after the warm-up: the warm start "
+                             f"trains {t.steps - resumed} steps, not more than lr_warmup_steps "
+                             f"({t.lr_warmup_steps})")
     history_path = os.path.join(out_dir, HISTORY_FILE)
     history = []
     if chief:

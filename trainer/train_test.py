@@ -1342,3 +1342,27 @@ def test_a_bad_lpips_setting_is_refused():
         experiments.get("tiny", train={"lpips_net": "squeeze"})
     with pytest.raises(ValueError, match="lpips_weight must be >= 0"):
         experiments.get("tiny", train={"lpips_weight": -1.0})
+
+
+def test_a_cosine_schedule_is_what_the_optimizer_applies():
+    from trainer import experiments
+    from trainer import train as train_lib
+
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        experiments.get("tiny", train={"lr_schedule": "linear"})
+    with pytest.raises(ValueError, match=r"steps \(50\) must exceed lr_warmup_steps \(50\)"):
+        experiments.get("local", train={"lr_schedule": "cosine", "steps": 50})
+    t = experiments.get("local", train={"lr_schedule": "cosine", "steps": 1050}).train
+    sched = train_lib.LearningRate(t)
+    # half way through the cosine (50 warm-up steps, then 1000): half the base rate
+    assert float(sched(550)) == pytest.approx(t.learning_rate / 2, rel=1e-5)
+    assert float(sched(1050)) == 0.0
+    # a warm start from a parent at step 18000 trains steps - 18000 = 1050 steps: the same
+    # cosine on its fresh optimizer's iterations
+    t = experiments.get("local", train={"lr_schedule": "cosine", "steps": 19050}).train
+    sched = train_lib.LearningRate(t)
+    sched.start.assign(18000)
+    assert float(sched(550)) == pytest.approx(t.learning_rate / 2, rel=1e-5)
+    assert float(sched(1050)) == 0.0
+    constant = train_lib.LearningRate(experiments.get("local", train={"steps": 1050}).train)
+    assert float(constant(1049)) == pytest.approx(t.learning_rate)

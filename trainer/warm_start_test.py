@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -67,6 +68,37 @@ def test_warm_start_goes_on_from_the_parent(parent, ingested, tmp_path):  # noqa
     exported = json.load(open(os.path.join(tmp_path, "child", "saved_model", "deblur.json")))
     assert exported["warm_start"]["parent"]["name"] == "the parent"
     assert exported["step"] == PARENT_STEPS + CHILD_STEPS
+
+
+def test_a_warm_start_cosine_spans_its_own_steps_and_survives_a_resume(parent, ingested,  # noqa: F811
+                                                                      tmp_path):
+    """train.lr_schedule "cosine" on a warm start decays over the child's steps (its optimizer
+    starts at 0 at the parent's step), also after an interruption and a resume."""
+    from trainer import train
+
+    saved = os.path.join(parent[0], "saved_model")
+    steps, warmup, lr = 8, 2, RECIPE["train"]["learning_rate"]
+    exp = _exp(PARENT_STEPS + steps).replace(train={
+        "lr_schedule": "cosine", "lr_warmup_steps": warmup, "checkpoint_every": 4})
+    out = str(tmp_path / "child")
+
+    def stop_at_5(step, row):  # as Kubernetes would: a checkpoint of step parent + 5
+        if step == PARENT_STEPS + 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(train.TrainingTerminated):
+        train.train(exp, ingested[1], out, warm_start=saved, on_step=stop_at_5)
+    history = train.train(exp, ingested[1], out, warm_start=saved)["history"]
+    resumes = json.load(open(os.path.join(out, "resumed.json")))
+    assert [r["step"] for r in resumes] == [PARENT_STEPS + 5]  # resumed, not warm-started again
+    # brute force: iteration i = step - parent - 1; warm-up min(1, (i + 1) / 2), then
+    # (1 + cos(pi (i - 2) / 6)) / 2
+    i = np.arange(steps)
+    expected = lr * np.minimum(1.0, (i + 1) / warmup) * 0.5 * (
+        1 + np.cos(np.pi * np.clip((i - warmup) / (steps - warmup), 0, 1)))
+    assert [h["step"] for h in history] == list(range(PARENT_STEPS + 1, PARENT_STEPS + steps + 1))
+    np.testing.assert_allclose([h["lr"] for h in history], expected, rtol=1e-5)
+    assert history[-1]["lr"] < 0.1 * lr
 
 
 def test_weights_come_from_the_saved_model_into_model_and_ema(parent):
