@@ -101,11 +101,10 @@ def dpm_loss_weight(step, warmup_steps: int) -> tf.Tensor:
 def learning_rate(step, base: float, warmup_steps: int, decay_steps=0) -> tf.Tensor:
     """Linear warm-up over warmup_steps, then base: constant (decay_steps 0), or a cosine
     from base down to 0 at step decay_steps (Loshchilov & Hutter 2017, without restarts):
-    base * (1 + cos(pi * (step - warmup_steps) / (decay_steps - warmup_steps))) / 2.
-    decay_steps may be a scalar tensor (a warm start's, known once its parent is read)."""
+    base * (1 + cos(pi * (step - warmup_steps) / (decay_steps - warmup_steps))) / 2. A run
+    that ends inside its warm-up (decay_steps <= warmup_steps) has no cosine phase. decay_steps
+    may be a scalar tensor (a warm start's, known once its parent is read)."""
     step = tf.cast(step, tf.float32)
-    if isinstance(decay_steps, int) and decay_steps and decay_steps <= warmup_steps:
-        raise ValueError(f"decay_steps ({decay_steps}) must exceed warmup_steps ({warmup_steps})")
     warm = tf.ones_like(step) if warmup_steps <= 0 else \
         tf.minimum(1.0, (step + 1.0) / float(warmup_steps))
     if isinstance(decay_steps, int) and not decay_steps:

@@ -558,10 +558,6 @@ def _restore(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, d
         if resumed >= t.steps:
             raise ValueError(f"the warm-start model {warm_start} is trained to step {resumed}, "
                              f"not under the requested {t.steps} steps")
-        if t.lr_schedule == "cosine" and t.steps - resumed <= t.lr_warmup_steps:
-            raise ValueError(f"lr_schedule 'cosine' decays after the warm-up: the warm start "
-                             f"trains {t.steps - resumed} steps, not more than lr_warmup_steps "
-                             f"({t.lr_warmup_steps})")
     history_path = os.path.join(out_dir, HISTORY_FILE)
     history = []
     if chief:

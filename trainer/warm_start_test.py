@@ -70,6 +70,7 @@ def test_warm_start_goes_on_from_the_parent(parent, ingested, tmp_path):  # noqa
     assert exported["step"] == PARENT_STEPS + CHILD_STEPS
 
 
+@pytest.mark.slow  # a SIGTERM and a resume
 def test_a_warm_start_cosine_spans_its_own_steps_and_survives_a_resume(parent, ingested,  # noqa: F811
                                                                       tmp_path):
     """train.lr_schedule "cosine" on a warm start decays over the child's steps (its optimizer
