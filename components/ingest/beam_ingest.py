@@ -189,6 +189,9 @@ class IngestPlan:
     # blurry-only subsets that were skipped: {"root", "layout", "subset", "files", "detail"}
     unlabelled: List[dict] = dataclasses.field(default_factory=list)
     excluded_spans: Dict[str, List[int]] = dataclasses.field(default_factory=dict)
+    # folder links followed and entries not listed (loops, dangling links, unreadable
+    # folders), per source: {"root", "path", "target", "status", "reason"}
+    links: List[dict] = dataclasses.field(default_factory=list)
 
     @property
     def num_shards(self) -> Dict[str, int]:
@@ -213,10 +216,71 @@ class IngestPlan:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _walk_local(root: str) -> Tuple[List[Tuple[str, int, float]], List[dict]]:
+    """(files, links) under a local folder, following folder links (Beam's local listing,
+    os.walk, silently leaves out a linked folder, a dangling link and a folder it cannot
+    read). A link to a folder on its own path (an ancestor, directly or through other links)
+    would recurse forever: it is not followed. links: one record per folder link followed
+    and per entry that could not be listed, {"path" (relative to root), "target", "status":
+    "followed" | "skipped", "reason"}."""
+    files: List[Tuple[str, int, float]] = []
+    links: List[dict] = []
+
+    def skip(rel, target, reason):
+        links.append({"path": rel, "target": target, "status": "skipped", "reason": reason})
+
+    def walk(folder: str, prefix: str, chain: Tuple[str, ...]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skip(prefix.rstrip("/") or ".", folder, f"cannot list: {e.strerror or e}")
+            return
+        for e in entries:
+            rel = prefix + e.name
+            try:
+                if e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    if not os.path.exists(target):
+                        skip(rel, os.readlink(e.path), f"a dangling link, to {os.readlink(e.path)}, "
+                                                    "which does not exist")
+                        continue
+                    if os.path.isdir(target):
+                        if target in chain:
+                            skip(rel, target, f"a link loop, to {target}, a folder it is in")
+                            continue
+                        links.append({"path": rel, "target": target, "status": "followed",
+                                      "reason": "folder link"})
+                        walk(e.path, rel + "/", chain + (target,))
+                        continue
+                elif e.is_dir():
+                    walk(e.path, rel + "/", chain + (os.path.realpath(e.path),))
+                    continue
+                st = os.stat(e.path)
+            except OSError as err:
+                skip(rel, e.path, f"cannot read: {err.strerror or err}")
+                continue
+            files.append((rel, st.st_size, float(st.st_mtime)))
+
+    walk(root, "", (os.path.realpath(root),))
+    return sorted(files), links
+
+
+def list_with_links(root: str) -> Tuple[List[Tuple[str, int, float]], List[dict]]:
+    """list_stamped's files and, for a local root, the folder links it followed and the
+    entries it could not list (_walk_local; gs:// has no links)."""
+    root = root.rstrip("/")
+    if "://" not in root and os.path.isdir(root):
+        return _walk_local(root)
+    return list_stamped(root), []
+
+
 def list_stamped(root: str) -> List[Tuple[str, int, float]]:
     """[(path relative to root, size, modification time)] of every file under root (local or
-    gs://; on gs:// the time is the object's `updated`, which a rewrite changes)."""
+    gs://; on gs:// the time is the object's `updated`, which a rewrite changes). A local root
+    is walked following folder links (_walk_local)."""
     root = root.rstrip("/")
+    if "://" not in root and os.path.isdir(root):
+        return _walk_local(root)[0]
     try:
         results = FileSystems.match([root + "/**"])
     except Exception as e:  # noqa: BLE001 - surface as a one-line user error
@@ -297,12 +361,16 @@ def _stamp(uri: Optional[str], stamps: Dict[str, Tuple[int, float]]) -> str:
 
 def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = IngestOptions()) -> IngestPlan:
     """Lists and pairs every source, per unit (driver side; nothing is decoded here)."""
-    pairs, ignored, units, excluded, unlabelled = [], {}, [], {}, []
+    pairs, ignored, units, excluded, unlabelled, links = [], {}, [], {}, [], []
     stamps: Dict[str, Tuple[int, float]] = {}
     reads: Dict[str, List[str]] = defaultdict(list)  # unit key -> list files it read
     for src in sources:
         root = src.root.rstrip("/")
-        files = list_stamped(root)
+        files, found_links = list_with_links(root)
+        links.extend({"root": src.root, **rec} for rec in found_links)
+        for rec in found_links:
+            if rec["status"] == "skipped":
+                log.warning("ingest: %s/%s not listed: %s", root, rec["path"], rec["reason"])
         if not files:
             raise L.LayoutError(f"{src.root}: no files found (wrong path?)")
         for rel, size, mtime in files:
@@ -366,7 +434,7 @@ def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = Ingest
         u.fingerprint = hashlib.sha256(blob.encode()).hexdigest()
     if len({u.fingerprint for u in units}) != len(units):
         raise L.LayoutError("two sources name the same data")
-    return IngestPlan(candidates, units, ignored, options, unlabelled, excluded)
+    return IngestPlan(candidates, units, ignored, options, unlabelled, excluded, links)
 
 
 def input_fingerprint(sources: Sequence[IngestSource], options: IngestOptions = IngestOptions()) -> str:
@@ -841,6 +909,10 @@ def finalize_ingest(run: IngestRun) -> dict:
         "ignored_files": plan.ignored_files,
         # skipped, neither inputs nor quarantined: not counted against the bound
         "unlabelled_skipped": plan.unlabelled,
+        # folder links followed, and what the listing could not enter (a link loop, a
+        # dangling link, an unreadable folder): never dropped without a word
+        "links_followed": [r for r in plan.links if r["status"] == "followed"],
+        "not_listed": [r for r in plan.links if r["status"] == "skipped"],
         "quarantine_file": f"{out_dir}/{QUARANTINE_DIR}/quarantine.jsonl",
         "fingerprint": plan.fingerprint(),
         # what this ingest decoded now, and what it took from the unit store unchanged
@@ -869,11 +941,20 @@ def finalize_ingest(run: IngestRun) -> dict:
 
 
 def unlabelled_lines(summary: dict) -> List[str]:
-    """One line per skipped blurry-only subset of a summary (the CLI and the pipeline summary
-    print them)."""
-    return [f"skipped unlabelled subset {u['subset']} of {u['root']} ({u['layout']}): "
-            f"{u['files']} {u['detail']}; not ingested, not quarantined"
-            for u in summary.get("unlabelled_skipped", [])]
+    """One line per skipped blurry-only subset of a summary, per folder link or folder the
+    listing could not enter, and one for the folder links it followed (the CLI and the
+    pipeline summary print them)."""
+    lines = [f"skipped unlabelled subset {u['subset']} of {u['root']} ({u['layout']}): "
+             f"{u['files']} {u['detail']}; not ingested, not quarantined"
+             for u in summary.get("unlabelled_skipped", [])]
+    followed = summary.get("links_followed", [])
+    if followed:
+        lines.append(f"followed {len(followed)} folder link(s): "
+                     + ", ".join(f"{r['path']} -> {r['target']}" for r in followed[:5])
+                     + (", ..." if len(followed) > 5 else "") + " (summary.json: links_followed)")
+    lines.extend(f"not listed: {r['root'].rstrip('/')}/{r['path']}: {r['reason']}; "
+                 f"nothing under it is an input" for r in summary.get("not_listed", []))
+    return lines
 
 
 def check_fingerprint(plan: IngestPlan, expected: str) -> None:
