@@ -125,7 +125,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     )
     trainer.add_upstream_node(gate)  # never train on data that failed validation
     # The baseline of the gate: the latest blessed model, from ML Metadata through a Resolver
-    # (none on a first run), or from the registry where Resolver nodes cannot run.
+    # (none on a first run), or from the registry where Resolver nodes cannot run. One that
+    # does not load (damaged files) gives way to the registry's newest version that does.
     baseline = {}
     latest_blessed = None
     if config.gate.baseline == "ml-metadata":
@@ -135,7 +136,9 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
             model_blessing=Channel(type=standard_artifacts.ModelBlessing),
         ).with_id("latest_blessed_model_resolver")
         baseline = {"baseline_model": latest_blessed.outputs["model"],
-                    "baseline_blessing": latest_blessed.outputs["model_blessing"]}
+                    "baseline_blessing": latest_blessed.outputs["model_blessing"],
+                    "baseline_fallback_registry_uri": registry_uri,
+                    "baseline_model_name": config.registry.model_name}
     else:
         baseline = {"baseline_registry_uri": registry_uri,
                     "baseline_model_name": config.registry.model_name}

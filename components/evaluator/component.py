@@ -12,8 +12,12 @@ LatestBlessedModelStrategy finds blessed models). For the Kubeflow run page
 perception-distortion plot and the sample grids, embedded), `metrics` and `input_metrics`
 (system.Metrics: per-domain scalars of the chosen setting and of the blurry input).
 """
+import dataclasses
 import json
+import logging
 import os
+from itertools import chain
+from typing import Any, Iterable, Iterator, Optional, Tuple
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
@@ -28,24 +32,73 @@ from components.evaluator.gate import GateConfig
 from core import artifacts
 from trainer.setting import SamplingSetting
 
+log = logging.getLogger(__name__)
+
 
 def _read_json(path):
     return artifacts.read_json(path, artifacts.text_reader(fileio))
 
 
-def _registry_baseline(uri: str, model_name: str):
-    """(SavedModel dir, sampling setting) of the newest registered version, or (None, None)."""
-    from components.registry.registry import Registry
+@dataclasses.dataclass
+class Baseline:
+    """A blessed model that loads: the gate's baseline."""
+    model_dir: str
+    setting: Optional[dict]  # its recorded sampling setting (None: its best over the grid)
+    name: str  # "ML Metadata model 7", "registry version 3"
+    loaded: Any  # ev.load_model(model_dir)
+
+
+def _setting(setting) -> Optional[dict]:
+    return SamplingSetting.from_dict(setting).to_dict() if setting else None
+
+
+def registry_candidates(uri: str, model_name: str) -> Iterator[Tuple[str, Optional[dict], str]]:
+    """(SavedModel dir, sampling setting, name) of the registry's versions, newest first (the
+    registry holds only blessed models); a version whose files do not match its manifest, or
+    whose manifest is unreadable, is skipped with a warning naming it."""
+    from components.registry.registry import Registry, RegistryError
 
     registry = Registry(uri, model_name)
-    latest = registry.latest()
-    if latest is None:
-        return None, None
-    version, manifest = latest
-    setting = manifest.get("sampling") or None
-    if setting:
-        setting = SamplingSetting.from_dict(setting).to_dict()
-    return registry.local_path(version), setting
+    for version in reversed(registry.versions()):
+        try:
+            path = registry.local_path(version)  # each file's size and SHA-256 checked
+            setting = _setting(registry.show(version).get("sampling"))
+        except (RegistryError, ValueError, TypeError) as e:
+            log.warning("DeblurEvaluator: skipping registry version %d as the baseline: %s",
+                        version, _first_line(e))
+            continue
+        yield path, setting, f"registry version {version}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = (getattr(e, "message", None) or str(e)).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def choose_baseline(candidates: Iterable[Tuple[str, Optional[dict], str]]) -> Optional[Baseline]:
+    """The first candidate (newest first) that loads in TensorFlow. A blessed model whose files
+    are damaged (a truncated variables file: IndexError; a bit flip: DataLossError; a
+    saved_model.pb that does not parse), even one whose registry manifest was rewritten to
+    match, is skipped with a warning naming it, and the next older one is tried; None (no
+    baseline: the gate's regression rule is skipped) when none loads."""
+    skipped = []
+    for model_dir, setting, name in candidates:
+        try:
+            loaded = ev.load_model(model_dir)
+        except Exception as e:  # noqa: BLE001 (TensorFlow fails a damaged model in many ways)
+            log.warning("DeblurEvaluator: skipping the blessed %s as the baseline: %s does not "
+                        "load (%s: %s); trying the next older blessed version", name, model_dir,
+                        type(e).__name__, _first_line(e))
+            skipped.append(name)
+            continue
+        if skipped:
+            log.warning("DeblurEvaluator: baseline %s (%s), the newest blessed model that loads",
+                        name, model_dir)
+        return Baseline(model_dir, setting, name, loaded)
+    if skipped:
+        log.warning("DeblurEvaluator: no blessed model loads (skipped %s): no baseline, the "
+                    "gate's regression rule is skipped", ", ".join(skipped))
+    return None
 
 
 @component
@@ -64,23 +117,28 @@ def DeblurEvaluator(
     gate_config: Parameter[str] = "{}",
     baseline_registry_uri: Parameter[str] = "",
     baseline_model_name: Parameter[str] = "",
+    baseline_fallback_registry_uri: Parameter[str] = "",
 ) -> None:
     """Samples the model over the grid on every evaluation split, scores it, blesses it or not."""
     config = ev.EvalConfig(**json.loads(eval_config))
     gate = GateConfig(**json.loads(gate_config))
-    baseline_dir = baseline_setting = None
-    if baseline_model is None and baseline_registry_uri:
-        baseline_dir, baseline_setting = _registry_baseline(baseline_registry_uri,
-                                                            baseline_model_name)
-    if baseline_model is not None:
-        baseline_dir = path_utils.serving_model_path(baseline_model.uri)
+    candidates = []
+    if baseline_model is not None:  # the Resolver's latest blessed model
         prior = _read_json(os.path.join(baseline_blessing.uri, ev.BLESSING_FILE)) \
             if baseline_blessing is not None else None
-        baseline_setting = (prior or {}).get("best_setting")
-        if baseline_setting:
-            baseline_setting = SamplingSetting.from_dict(baseline_setting).to_dict()
+        candidates.append((path_utils.serving_model_path(baseline_model.uri),
+                           _setting((prior or {}).get("best_setting")),
+                           f"ML Metadata model {baseline_model.id}"))
+    registry_uri = baseline_registry_uri if baseline_model is None else \
+        baseline_fallback_registry_uri  # a damaged one: the registry's newest that loads
+    registry = registry_candidates(registry_uri, baseline_model_name) if registry_uri else ()
+    baseline = choose_baseline(chain(candidates, registry))
+    resolved = baseline is not None and bool(candidates) and \
+        baseline.model_dir == candidates[0][0]
     result = ev.evaluate(path_utils.serving_model_path(model.uri), examples.uri, evaluation.uri,
-                         config, baseline_dir=baseline_dir, baseline_setting=baseline_setting,
+                         config, baseline_dir=baseline and baseline.model_dir,
+                         baseline_setting=baseline and baseline.setting,
+                         baseline_loaded=baseline and baseline.loaded,
                          gate=gate, progress=False)
     decision = result["blessing"]
     blessed = bool(decision["blessed"])
@@ -92,9 +150,11 @@ def DeblurEvaluator(
     blessing.set_string_custom_property("reason", decision["reason"])
     blessing.set_string_custom_property("current_model", model.uri)
     blessing.set_int_custom_property("current_model_id", model.id)
-    if baseline_model is not None:
+    if resolved:
         blessing.set_string_custom_property("baseline_model", baseline_model.uri)
         blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+    elif baseline is not None:
+        blessing.set_string_custom_property("baseline_model", baseline.model_dir)
     if result["best_setting"]:
         evaluation.set_json_value_custom_property("best_setting", result["best_setting"])
     evaluation.set_json_value_custom_property("best", result["best"])

@@ -324,10 +324,13 @@ def domain_gap_report(model_dir: str, examples_dir: str, config: EvalConfig = Ev
 # ---- the whole evaluation ------------------------------------------------------------------
 def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig = EvalConfig(),
              baseline_dir: Optional[str] = None, baseline_setting: Optional[dict] = None,
-             gate: GateConfig = GateConfig(), progress: bool = False) -> dict:
+             gate: GateConfig = GateConfig(), progress: bool = False,
+             baseline_loaded=None) -> dict:
     """Evaluates model_dir (and the baseline at its own setting, if given), chooses the best
     setting, applies the gate; writes everything to out_dir and returns evaluation.json's
-    content with "blessing" added (also written to out_dir/blessing.json)."""
+    content with "blessing" added (also written to out_dir/blessing.json). baseline_loaded:
+    load_model(baseline_dir) when the caller already loaded it (the DeblurEvaluator, which
+    tries blessed models until one loads)."""
     settings = config.settings()
     splits, data, domain_of = select_data(examples_dir, config)
     scorer = Scorer(config.lpips_net)
@@ -348,7 +351,8 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
     try:
         cand = run_model(loaded, data, settings, config, scorer, bar, "candidate",
                          inception if config.fid_kid else None)
-        base = run_model(load_model(baseline_dir), data, base_settings, config, scorer, bar,
+        base = run_model(baseline_loaded if baseline_loaded is not None
+                         else load_model(baseline_dir), data, base_settings, config, scorer, bar,
                          "baseline") if baseline_dir else None
     finally:
         if bar is not None:
