@@ -236,3 +236,44 @@ def test_the_driver_checks_the_fingerprint_and_runs_no_pipeline_without_work(tmp
                        make_pipeline=no_pipeline, progress=lines.append)
     assert again["reused"] == {"units": 1, "inputs": 1} and again["written"] == 1
     assert lines[1] == f"1 of 1 unit(s) unchanged in {store}: reused"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "old_unit_emptied"])
+def test_a_stored_unit_whose_quarantine_is_gone_is_ingested_again(tmp_path, caplog, damage):
+    """Issue 35.7: a stored unit whose quarantine.jsonl was deleted was reused: the output's
+    quarantine file was empty while the summary counted the quarantined inputs. Every file of
+    the unit is checked (the quarantine against the size and SHA-256 unit.json recorded; for a
+    unit stored before those were, one line per quarantined input)."""
+    root, store = tmp_path / "shots", str(tmp_path / "store")
+    write_span(root, "span-1", ["a.png"])
+    for name in ("l1.png", "l2.png"):  # blurry without a sharp partner: quarantined
+        fx.write(str(root / "span-1" / "train" / "blur" / name), fx.png_bytes(fx.rgb(24, 32, 9)))
+    first = run_ingest([source(root)], str(tmp_path / "out1"), SMALL, store=store)
+    assert first["quarantined"] == 2
+    folder = os.path.join(store, first["units"][0]["fingerprint"])
+    with open(os.path.join(folder, "unit.json")) as f:
+        rec = json.load(f)
+    assert rec["quarantine"]["lines"] == 2 and len(rec["quarantine"]["sha256"]) == 64
+    if damage == "deleted":
+        os.remove(os.path.join(folder, "quarantine.jsonl"))
+    else:
+        open(os.path.join(folder, "quarantine.jsonl"), "w").close()
+    if damage == "old_unit_emptied":  # stored before unit.json recorded the quarantine
+        del rec["quarantine"]
+        with open(os.path.join(folder, "unit.json"), "w") as f:
+            json.dump(rec, f)
+    caplog.clear()
+    again = run_ingest([source(root)], str(tmp_path / "out2"), SMALL, store=store)
+    assert again["units"][0]["status"] == "ingested" and again["quarantined"] == 2
+    with open(tmp_path / "out2" / "quarantine" / "quarantine.jsonl") as f:
+        assert sorted(json.loads(ln)["pair_id"] for ln in f) == [
+            "shots/span-1/train/l1.png", "shots/span-1/train/l2.png"]
+    why = {"deleted": "its quarantine.jsonl is missing",
+           "emptied": "its quarantine.jsonl has 0 bytes, stored with ",
+           "old_unit_emptied": "its quarantine.jsonl has 0 line(s) for 2 quarantined input(s)"}[damage]
+    assert why in caplog.text and first["units"][0]["fingerprint"] in caplog.text
+    # stored again whole: reused next time, quarantine and all
+    third = run_ingest([source(root)], str(tmp_path / "out3"), SMALL, store=store)
+    assert third["units"][0]["status"] == "reused"
+    with open(tmp_path / "out3" / "quarantine" / "quarantine.jsonl") as f:
+        assert len(f.read().splitlines()) == 2

@@ -21,8 +21,9 @@ Units and the store (new data without redoing the old)
     gs://; the TFX component's is <pipeline root>/DeblurIngest/units) keeps each ingested unit
     under its fingerprint: <store>/<fingerprint>/{Split-<split>/*.gz, quarantine.jsonl,
     unit.json, COMPLETE}; unit.json records every shard's size, SHA-256 and record count (and
-    on gs:// the object's CRC32C), and a unit is reused only while its shards still match
-    (else it is ingested again, with a warning naming it). An ingest runs Beam only over the
+    on gs:// the object's CRC32C) and the quarantine's size and SHA-256, and a unit is reused
+    only while its shards and its quarantine still match (else it is ingested again, with a
+    warning naming it). An ingest runs Beam only over the
     units the store lacks, then
     publishes every selected unit into out_dir (hard links on a local file system, copies on
     gs://). Without a store (`deblur ingest`), units are written to <out_dir>/.units and moved
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 MB = 1 << 20
 PRIVATE_STORE = ".units"  # under out_dir when the ingest has no unit store
 UNIT_DONE = "COMPLETE"  # written last: a unit folder without it is not reused
+UNIT_QUARANTINE = "quarantine.jsonl"  # a stored unit's quarantine lines
 # Bump when what a stored unit holds changes (example format, decoding, shard naming): every
 # stored unit then has another fingerprint and is ingested again.
 UNIT_FORMAT = 1
@@ -531,7 +533,37 @@ def _stored_whole(folder: str, unit: Unit) -> bool:
         log.warning("unit store %s (unit %s) holds damaged shards (%s): ingesting the unit "
                     "again", folder, unit.key, "; ".join(damaged))
         return False
+    why = _quarantine_damage(folder, _read_json(f"{folder}/{UNIT_FILE}") or {})
+    if why:
+        log.warning("unit store %s (unit %s): its %s %s: ingesting the unit again", folder,
+                    unit.key, UNIT_QUARANTINE, why)
+        return False
     return True
+
+
+def _quarantine_damage(folder: str, record: dict) -> Optional[str]:
+    """Why a stored unit's quarantine.jsonl is not the one it was stored with (None: it is).
+    A unit reused without it published an empty quarantine while its summary counted the
+    quarantined inputs. Checked: it exists, and its size and SHA-256 as unit.json recorded
+    them, or (a unit stored before those were recorded) one line per quarantined input."""
+    path = f"{folder}/{UNIT_QUARANTINE}"
+    if not _exists(path):
+        return "is missing"
+    try:
+        data = read_bytes(path)
+    except Exception as e:  # noqa: BLE001 - unreadable: the unit is ingested again
+        return f"cannot be read ({type(e).__name__}: {e})"
+    want = record.get("quarantine")
+    if isinstance(want, dict):
+        if len(data) != want.get("bytes"):
+            return f"has {len(data)} bytes, stored with {want.get('bytes')}"
+        if hashlib.sha256(data).hexdigest() != want.get("sha256"):
+            return "differs from the stored one (SHA-256)"
+        return None
+    lines = sum(1 for ln in data.decode("utf-8", "replace").splitlines() if ln.strip())
+    if lines != record.get("quarantined"):
+        return f"has {lines} line(s) for {record.get('quarantined')} quarantined input(s)"
+    return None
 
 
 def start_ingest(plan: IngestPlan, out_dir: str, store: Optional[str] = None) -> IngestRun:
@@ -788,7 +820,10 @@ def _store_units(run: IngestRun) -> Tuple[Dict[str, Tuple[dict, List[str]]], Lis
                 except (OSError, EOFError, ValueError) as e:
                     unreadable.append(f"{s}/{path.rsplit('/', 1)[-1]} ({e})")
         record["shards"] = shards
-        _write_text(f"{folder}/quarantine.jsonl", "".join(ln + "\n" for ln in lines[u.key]))
+        quarantine_text = "".join(ln + "\n" for ln in lines[u.key]).encode()
+        record["quarantine"] = {"bytes": len(quarantine_text), "lines": len(lines[u.key]),
+                                "sha256": hashlib.sha256(quarantine_text).hexdigest()}
+        _write_text(f"{folder}/{UNIT_QUARANTINE}", quarantine_text.decode())
         _write_text(f"{folder}/{UNIT_FILE}", json.dumps(record, indent=1, sort_keys=True))
         stored[u.key] = (record, lines[u.key])
         if record["written"] + record["quarantined"] != record["inputs"]:
@@ -873,7 +908,7 @@ def finalize_ingest(run: IngestRun) -> dict:
             if rec is None:
                 raise IngestError(f"unit {u.key} ({u.fingerprint[:12]}) has no {UNIT_FILE} "
                                   f"in {run.store}")
-            unit_quarantine = _read_lines(f"{run.unit_dir(u)}/quarantine.jsonl")
+            unit_quarantine = _read_lines(f"{run.unit_dir(u)}/{UNIT_QUARANTINE}")
         _publish(run, u)
         quarantine_lines += unit_quarantine
         for s, c in rec["splits"].items():
