@@ -121,10 +121,15 @@ def check_parent(saved_model_dir: str) -> Optional[str]:
         reader = tf.train.load_checkpoint(variables)
         for name in sorted(reader.get_variable_to_shape_map()):
             reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError) as e:
+    except (tf.errors.OpError, ValueError, IndexError) as e:
         text = (getattr(e, "message", None) or str(e)).strip()
         first = text.splitlines()[0] if text else type(e).__name__
-        return f"its variables in {saved_model_dir}/variables do not read back ({first[:300]})"
+        if isinstance(e, IndexError):  # "Read less bytes than requested": a file cut short
+            files = sorted(_gfile().glob(variables + ".data-*")) or [variables + ".data-*"]
+            return (f"its variables file {', '.join(files)} is truncated (shorter than its "
+                    f"index says: {first[:200]}); replace the model with an intact copy")
+        return (f"its variables in {saved_model_dir}/variables do not read back ({first[:300]}); "
+                "replace the model with an intact copy")
     return None
 
 

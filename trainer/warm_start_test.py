@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -273,3 +274,91 @@ def test_a_parent_whose_variables_fail_their_checksum(parent, ingested, tmp_path
     assert record["start_step"] == PARENT_STEPS
     # not registered: the parent as it is, and decide fails naming it
     assert intact(warm_start.Parent(damaged, "p"), registry, "m").saved_model_dir == damaged
+
+
+def _truncated_copy(parent_dir, dest):
+    """A copy of the parent's SavedModel whose variables file is cut to half its size (a full
+    disk, a killed copy): TensorFlow's reader raised IndexError ("Read less bytes than
+    requested") out of check_parent."""
+    import shutil
+
+    shutil.copytree(os.path.join(parent_dir, "saved_model"), dest)
+    data = os.path.join(dest, "variables", "variables.data-00000-of-00001")
+    content = open(data, "rb").read()
+    with open(data, "wb") as f:
+        f.write(content[:len(content) // 2])
+    return str(dest), data
+
+
+def test_a_truncated_parent_base_model_or_blessed_parent_is_one_line(parent, ingested, tmp_path,  # noqa: F811
+                                                                     capsys):
+    """A truncated variables file in a --warm-start parent, in the base model or in the
+    blessed parent was an IndexError traceback; now one line naming the file and what to do,
+    and in the pipeline the registry's intact copy of a registered parent serves instead."""
+    from components.registry.registry import Registry
+    from components.training import intact
+    from deblur import cli
+
+    damaged, data = _truncated_copy(parent[0], tmp_path / "truncated")
+    problem = (f"its variables file {data} is truncated (shorter than its index says: Read "
+               "less bytes than requested); replace the model with an intact copy")
+    # the blessed parent (ML Metadata's latest blessed model)
+    with pytest.raises(warm_start.WarmStartError) as e:
+        warm_start.decide(str(tmp_path / "run"), "latest_blessed", 5,
+                          lambda: warm_start.Parent(damaged, "ML Metadata model 3"))
+    assert str(e.value) == (f"cannot warm-start from ML Metadata model 3: {problem}; nothing "
+                            "was trained (training.warm_start: none starts from random weights)")
+    # the base model (training.base_model), which serves when no blessed model does
+    with pytest.raises(warm_start.WarmStartError) as e:
+        warm_start.decide(str(tmp_path / "run"), "none", 5,
+                          base=warm_start.Parent(damaged, f"the base model {damaged}"))
+    assert str(e.value) == (f"cannot warm-start from the base model {damaged} (training."
+                            f"warm_start is none): {problem}; nothing was trained (training."
+                            "base_model: none starts from random weights)")
+    assert not (tmp_path / "run").exists()
+    # deblur train --warm-start: the same line, exit 2, nothing written
+    out = tmp_path / "out"
+    assert cli.main(["train", "--examples", ingested[1], "--out", str(out), "--warm-start",
+                     damaged, "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"deblur: error: cannot warm-start from {damaged}: {problem}; nothing was " \
+                  "trained (training.warm_start: none starts from random weights)\n"
+    assert not out.exists() or not os.listdir(out)
+    # the pipeline: a registered parent whose local copy is truncated falls back to the
+    # registry's intact copy (the IndexError stopped that fall-back too)
+    registry = str(tmp_path / "registry")
+    Registry(registry, "m").push(os.path.join(parent[0], "saved_model"), {})
+    chosen = intact(warm_start.Parent(damaged, "ML Metadata model 3 (registry version 1)",
+                                      version=1), registry, "m")
+    assert chosen.saved_model_dir == os.path.join(registry, "m", "1")
+    record = warm_start.decide(str(tmp_path / "run2"), "latest_blessed", 5, lambda: chosen)
+    assert record["start_step"] == PARENT_STEPS
+    assert record["reason"] == ("from ML Metadata model 3 (registry version 1), from registry "
+                                "version 1")
+
+
+def test_a_base_model_of_another_architecture_names_the_base_model_knob(parent, ingested,  # noqa: F811
+                                                                        tmp_path):
+    """The pipeline's Trainer with the default training.warm_start: none and a base model of
+    another architecture: the hint said to set training.warm_start: none, which was set; the
+    knob is training.base_model: none. Said in one line before anything trains."""
+    from types import SimpleNamespace
+
+    from components import training
+
+    saved = os.path.join(parent[0], "saved_model")
+    fn_args = SimpleNamespace(
+        custom_config={"experiment": "tiny", "warm_start": "none",
+                       "overrides": {**RECIPE, "model": {**MODEL, "diffusion_channels": 16}},
+                       "warm_start_source": {"base_model": saved}},
+        train_steps=5, train_files=[os.path.join(ingested[1], "Split-train", "*")],
+        model_run_dir=str(tmp_path / "root" / "Trainer" / "model_run" / "7"),
+        serving_model_dir=str(tmp_path / "root" / "Trainer" / "model" / "7"))
+    with pytest.raises(warm_start.WarmStartError) as e:
+        training.train_from_fn_args(fn_args)
+    text = str(e.value)
+    assert "\n" not in text and f"cannot warm-start from the base model {saved}" in text
+    assert re.search(r"its model differs in diffusion_channels \(\d+ there, 16 here\)", text)
+    assert text.endswith("(training.base_model: none starts from random weights)")
+    assert "training.warm_start" not in text.split(";")[-1]
+    assert not (tmp_path / "root" / "Trainer" / "checkpoints").exists()  # nothing trained
