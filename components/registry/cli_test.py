@@ -149,3 +149,48 @@ def test_a_damaged_version_is_named_and_skipped(tmp_path, capsys, caplog):
 
     with pytest.raises(RegistryError, match="version 2 is damaged: variables/variables.data"):
         reg.local_path(2)
+
+
+def test_incomplete_folders_and_manifests_of_the_wrong_shape(tmp_path, capsys, caplog):
+    """A numbered folder without manifest.json was invisible to `list` while TF Serving would
+    serve it, and `latest` fell back without a word; a manifest that is valid JSON of the wrong
+    shape gave an AttributeError in list/latest/predict. Now: INCOMPLETE and DAMAGED rows, a
+    warning from latest, and the rest of the registry keeps working."""
+    import shutil
+
+    uri = _registry(tmp_path)  # versions 1 and 2
+    model = tmp_path / "registry" / "deblur-icdpm"
+    shutil.copytree(model / "2", model / "3")  # a copy by hand ...
+    (model / "3" / "manifest.json").unlink()  # ... without the registry's manifest
+    with caplog.at_level("WARNING"):
+        assert cli.main(["registry", "latest", "--registry", uri]) == 0
+    assert capsys.readouterr().out == f"2\t{uri}/deblur-icdpm/2\n"
+    assert ("skipping version 3 is INCOMPLETE (no manifest.json; not pushed by the registry"
+            in caplog.text) and "TF Serving polling" in caplog.text
+    (model / "2" / "manifest.json").rename(model / "2.manifest")  # a registry push's, removed
+    assert cli.main(["registry", "list", "--registry", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].split()[0] == "2" and ("INCOMPLETE (version 2 is INCOMPLETE (no manifest.json; "
+                                           "published by ") in lines[3]
+    assert "its manifest.json was removed since" in lines[3]
+    assert lines[4].split()[0] == "3" and "not pushed by the registry" in lines[4]
+    (model / "2.manifest").rename(model / "2" / "manifest.json")
+
+    manifest = json.loads((model / "2" / "manifest.json").read_text())
+    for change, problem in (
+            ({"metrics": {"out": {"LPIPS": "0.18"}}}, "has metrics.out.LPIPS = '0.18', not a number"),
+            ({"files": ["saved_model.pb"]}, "has no file list"),
+            ({"files": {"saved_model.pb": {"bytes": "2048", "sha256": "x"}}},
+             "lists 'saved_model.pb' without an integer 'bytes'"),
+            ({"sampling": "ddpm"}, "has a 'sampling' of type str"),
+            ({"blessing": True}, "has a 'blessing' of type bool")):
+        (model / "2" / "manifest.json").write_text(json.dumps({**manifest, **change}))
+        assert cli.main(["registry", "list", "--registry", uri]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[2].split()[0] == "1" and "DAMAGED" not in lines[2]
+        assert f"DAMAGED (version 2 is damaged: {uri}/deblur-icdpm/2/manifest.json {problem}" in \
+            lines[3], (change, lines[3])
+        assert cli.main(["registry", "latest", "--registry", uri]) == 0
+        assert capsys.readouterr().out == f"1\t{uri}/deblur-icdpm/1\n"
+        assert cli.main(["registry", "show", "--registry", uri, "--version", "2"]) == cli.EXIT_USAGE
+        assert problem in capsys.readouterr().err

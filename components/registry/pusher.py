@@ -207,7 +207,8 @@ def registered_version(registry: Registry, model_uri: Optional[str]) -> Optional
             manifest = registry.show(version)
         except ValueError:
             continue
-        if (manifest.get("source") or {}).get("model_uri") == model_uri:
+        source = manifest.get("source")
+        if isinstance(source, dict) and source.get("model_uri") == model_uri:
             return version
     return None
 

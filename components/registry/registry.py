@@ -212,6 +212,54 @@ def _check_manifest(manifest: Dict[str, Any]) -> Dict[str, Any]:
     return dict(manifest)
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def manifest_problem(manifest: Any) -> Optional[str]:
+    """None when a parsed manifest has the types every reader relies on, else what is wrong
+    ("has no file list", "metrics.out.lpips is a str, not a number", ...).
+
+    Valid JSON of the wrong shape (a hand edit, another tool's file) is a damaged version like
+    bad JSON: listed as DAMAGED, skipped by latest, never an AttributeError halfway through a
+    listing."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return "has no file list"
+    for rel, meta in manifest["files"].items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("bytes"), int)
+                and not isinstance(meta.get("bytes"), bool) and isinstance(meta.get("sha256"), str)):
+            return f"lists {rel!r} without an integer 'bytes' and a string 'sha256'"
+    if not isinstance(manifest.get("dirs", []), list) or not all(
+            isinstance(d, str) for d in manifest.get("dirs", [])):
+        return "has a 'dirs' that is not a list of folder names"
+    if "version" in manifest and not (isinstance(manifest["version"], int)
+                                      and not isinstance(manifest["version"], bool)):
+        return f"has a version of type {type(manifest['version']).__name__}"
+    for key in ("sampling", "blessing", "serving_default"):  # what readers of versions read
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            return f"has a {key!r} of type {type(manifest[key]).__name__}, not an object"
+    metrics = manifest.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            return f"has 'metrics' of type {type(metrics).__name__}, not an object"
+        for domain, values in metrics.items():
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                return f"has metrics.{domain} of type {type(values).__name__}, not an object"
+            for name, value in values.items():
+                if value is not None and not _number(value):
+                    return f"has metrics.{domain}.{name} = {value!r}, not a number"
+    return None
+
+
+def is_blessed(manifest: Dict[str, Any]) -> bool:
+    """The manifest records a blessing (the pusher registers blessed models only; a version
+    pushed by hand without one is not a target for an alias)."""
+    blessing = manifest.get("blessing")
+    return isinstance(blessing, dict) and blessing.get("blessed") is True
+
+
 def _check_files(root: str, manifest: Dict[str, Any], hashes: bool) -> Optional[str]:
     """None when every file the manifest lists is under root with its size (and, with hashes,
     its SHA-256), else what differs first."""
@@ -243,8 +291,9 @@ def verify_folder(folder: str) -> Optional[str]:
             manifest = json.load(f)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         return f"{path} is not JSON ({e})"
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        return f"{path} has no file list"
+    shape = manifest_problem(manifest)
+    if shape:
+        return f"{path} {shape}"
     problem = _check_files(folder, manifest, hashes=True)
     if problem is None:
         return None
@@ -323,14 +372,53 @@ class Registry:
         return sorted(out)
 
     def incomplete(self) -> List[int]:
-        """gs://: claimed versions without a manifest (pushes in progress or dead), ascending.
+        """Numbered versions without a manifest, ascending: not registry versions.
 
-        Local registries have none by construction: a numeric folder is complete when it
-        appears."""
-        if not self.is_gcs:
+        gs://: claimed versions without a manifest (pushes in progress or dead). Local: a
+        numeric folder without manifest.json. The registry's own pushes never leave one (a
+        numeric folder appears complete, by rename), so it was made or altered by hand: a
+        copied SavedModel, a deleted manifest. TF Serving polling the folder with its default
+        policy (the highest numeric child that loads) would serve it anyway; the exported
+        models.config (export-tf-serving-config) names versions and prevents that."""
+        if self.is_gcs:
+            complete, numeric, claims = self._gcs_scan()
+            return sorted((numeric | claims) - complete)
+        if not os.path.isdir(self._root):
             return []
-        complete, numeric, claims = self._gcs_scan()
-        return sorted((numeric | claims) - complete)
+        return sorted(v for v in map(_version_name, os.listdir(self._root))
+                      if v is not None and os.path.isdir(os.path.join(self._root, str(v)))
+                      and not os.path.isfile(os.path.join(self._root, str(v), MANIFEST)))
+
+    def incomplete_origin(self, version: int) -> Optional[Dict[str, Any]]:
+        """What is known of the push that left an incomplete version: its claim on gs://
+        (host, pid, time), the registry's issue record locally (the push that published it,
+        before its manifest went), or None."""
+        try:
+            if self.is_gcs:
+                blob = self._bucket().get_blob(f"{self._root}/{CLAIMS}/{int(version)}")
+                text = None if blob is None else blob.download_as_bytes().decode()
+            else:
+                path = os.path.join(self._root, ISSUED, str(int(version)))
+                text = open(path).read() if os.path.isfile(path) else None
+            if text is None:
+                return None
+            record = json.loads(text) if text.strip() else {}
+            return record if isinstance(record, dict) else None
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+
+    def incomplete_text(self, version: int) -> str:
+        origin = self.incomplete_origin(version)
+        if origin is None:
+            how = "not pushed by the registry (no claim or issue record): copied in by hand?"
+        elif origin.get("claimed"):
+            how = (f"claimed by the push of {origin.get('host', '?')} pid {origin.get('pid', '?')} "
+                   f"at {origin['claimed']}, which did not finish or is still running")
+        else:
+            by = (f" by {origin.get('host', '?')} pid {origin.get('pid', '?')} at "
+                  f"{origin['published']}" if origin.get("published") else "")
+            how = f"published{by}; its {MANIFEST} was removed since"
+        return f"version {version} is INCOMPLETE (no {MANIFEST}; {how})"
 
     def show(self, version: int) -> Dict[str, Any]:
         """The manifest of a complete version; RegistryError if there is none, or if it is
@@ -346,8 +434,9 @@ class Registry:
                     manifest = json.load(f)
         except (ValueError, UnicodeDecodeError) as e:
             raise RegistryError(f"version {version} is damaged: {where} is not JSON ({e})") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-            raise RegistryError(f"version {version} is damaged: {where} has no file list")
+        problem = manifest_problem(manifest)
+        if problem:
+            raise RegistryError(f"version {version} is damaged: {where} {problem}")
         return manifest
 
     def verify(self, version: int, hashes: bool = False) -> Optional[str]:
@@ -367,7 +456,14 @@ class Registry:
     def latest(self, hashes: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
         """(version, manifest) of the highest complete version that is whole (verify()), or
         None when there is none. Damaged versions are skipped with a warning naming them."""
-        for version in reversed(self.versions()):
+        versions = self.versions()
+        newest = versions[-1] if versions else 0
+        for version in self.incomplete():
+            if version > newest and not self.is_gcs:
+                log.warning("registry %s: skipping %s; TF Serving polling %s with its default "
+                            "version policy would serve it as the newest version",
+                            self.model_uri, self.incomplete_text(version), self.model_uri)
+        for version in reversed(versions):
             problem = self.verify(version, hashes=hashes)
             if problem is None:
                 return version, self.show(version)
@@ -542,8 +638,9 @@ class Registry:
                 stage = None
                 break
             _fsync_dir(self._root)
-            with open(os.path.join(issued_root, str(version)), "a"):
-                pass
+            with open(os.path.join(issued_root, str(version)), "a") as f:
+                f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                    "published": _utc_now()}, sort_keys=True))
             return version
         finally:
             if stage is not None:
