@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.5.31
 
-.PHONY: setup setup-test run-local base-model test test-fast bench kfp-venv kfp-roundtrip lock clean
+.PHONY: setup setup-test run-local base-model test test-fast bench kfp-venv kfp-roundtrip serve-venv serve-bench lock clean
 
 $(UV):
 	@test -x "$(PY310)" || { echo "error: Python 3.10 not found (looked for python3.10 and pyenv's 3.10.13); install it with 'pyenv install 3.10.13'" >&2; exit 1; }
@@ -96,12 +96,31 @@ kfp-venv: $(KFP_ENV)
 kfp-roundtrip: setup $(KFP_ENV)
 	$(PY) -m tests.kfp_roundtrip --kfp-python $(KFP_PY) $(ARGS)
 
+## The serving environment of `deblur serve` (components/serving/, docs/serving.md): its own
+## venv .venv-serve from requirements/serve.lock (kserve 0.21 pins protobuf 6, TFX 1.16 pins
+## 3.20.3). `deblur serve` builds it on first use by running this target. The project's code
+## reaches it by PYTHONPATH, so nothing of the project's is installed there.
+SERVE_VENV := .venv-serve
+$(SERVE_VENV)/.stamp: requirements/serve.lock | $(UV)
+	@test -x "$(PY310)" || { echo "error: Python 3.10 not found (see make setup)" >&2; exit 1; }
+	rm -rf $(SERVE_VENV)
+	$(UV) venv --quiet --python "$(PY310)" $(SERVE_VENV)
+	$(UV) pip install --python $(SERVE_VENV)/bin/python --quiet --compile-bytecode -r $<
+	@touch $@
+
+serve-venv: $(SERVE_VENV)/.stamp
+
+## The serving load benchmark (benchmarks/serve_bench.py -> benchmarks/results/serve_bench.md).
+serve-bench: setup $(SERVE_VENV)/.stamp
+	$(PY) -m benchmarks.serve_bench $(ARGS)
+
 ## Re-resolve the locks from requirements/*.in within the measured reference set.
 lock: $(UV)
 	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/main.in -o requirements/main.lock
 	$(UV) pip compile --quiet --python-version 3.10 -c ../shared/reference/constraints-py310-tfx1.16.txt requirements/test.in -o requirements/test.lock
 	$(UV) pip compile --quiet --python-version 3.10 --python-platform x86_64-manylinux_2_28 -c requirements/main.lock requirements/gpu.in -o requirements/gpu.lock
 	$(UV) pip compile --quiet --python-version 3.10 requirements/kfp217.in -o requirements/kfp217.lock
+	$(UV) pip compile --quiet --python-version 3.10 requirements/serve.in -o requirements/serve.lock
 
 clean:
-	rm -rf $(VENV) .venv-kfp* build *.egg-info
+	rm -rf $(VENV) .venv-kfp* $(SERVE_VENV) build *.egg-info

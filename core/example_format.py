@@ -146,8 +146,10 @@ def _build_example_classes():
     msg("Example", ("features", 1, F.TYPE_MESSAGE, opt, ".deblur_wire.Features", False))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
-    return message_factory.MessageFactory(pool).GetPrototype(
-        pool.FindMessageTypeByName("deblur_wire.Example"))
+    descriptor = pool.FindMessageTypeByName("deblur_wire.Example")
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21 (the serving venv's 6)
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)  # protobuf 3.20 (TFX)
 
 
 Example = _build_example_classes()
