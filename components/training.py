@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional
 
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from core.artifacts import HISTORY_FILE, SUMMARY_FILE, WARM_START_FILE
+from core.artifacts import SUMMARY_FILE
 from trainer import experiments, train, warm_start
 from trainer.warm_start import Parent
 
@@ -69,21 +69,34 @@ def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
     strategy = tpu_strategy_from_environment() if tpu == "env" else None
     examples = examples_uri(fn_args.train_files)
     chief = train.is_chief_task()
-    marker = resume_interrupted(exp, examples, fn_args.model_run_dir) if chief else None
-    # after the copy of an interrupted training's files: its warm-start record comes along.
-    # Only the chief writes it; every worker makes the same decision (the same registry)
-    base_dir = warm_start.base_model_dir(
-        (cfg.get("warm_start_source") or {}).get("base_model") or "none", exp.name)
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    mode = cfg.get("warm_start") or "none"
+    base_setting = (cfg.get("warm_start_source") or {}).get("base_model") or "none"
+    base_dir = warm_start.base_model_dir(base_setting, exp.name)
     base = warm_start.Parent(base_dir, f"the base model {base_dir}") if base_dir else None
-    record = warm_start.decide(fn_args.model_run_dir, cfg.get("warm_start") or "none",
-                               exp.train.steps, find_parent, write=chief, base=base)
+    missing = warm_start.base_model_missing(base_setting, exp.name)
+    # the parent is decided first (it is part of the training's identity); every worker makes
+    # the same decision (the same registry). Only the chief writes it, into the training's
+    # checkpoint folder, outside this execution's output: a failed execution's output is
+    # deleted (TFX's launcher), the checkpoints must survive it
+    planned = warm_start.plan(mode, exp.train.steps, find_parent, base, model=exp.model)
+    if missing and planned["parent"] is None:  # the record carries it into the summary
+        planned["warning"] = missing
+        log.warning("Trainer: %s", missing)
+    work = training_dir(exp, examples, fn_args.model_run_dir, planned)
+    gfile = tf_gfile()
+    if gfile.exists(posixpath.join(work, "checkpoints")):
+        progress.info("Trainer: resuming the interrupted training in %s (same data, experiment "
+                      "and warm start)", work)
+    else:
+        progress.info("Trainer: checkpoints in %s until the training is done", work)
+    record = warm_start.decide(work, mode, exp.train.steps, write=chief, planned=planned)
     if record["parent"]:
-        logging.getLogger(PROGRESS_LOGGER).info(
+        progress.info(
             "Trainer: warm start from %s (step %d), %d more steps", record["parent"]["name"],
             record["start_step"], record["steps"])
     exp, warm = warm_start.training_arguments(exp, record)
     total, first = exp.train.steps, record["start_step"]
-    progress = logging.getLogger(PROGRESS_LOGGER)
     every = max(1, (total - first) // 10)
     last = [first]
 
@@ -94,65 +107,73 @@ def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
                           row["seconds"])
 
     # Multi-worker (TF_CONFIG, e.g. Vertex AI worker pools: every replica runs this executor
-    # with the same artifact URIs): the chief alone records and resumes; train() returns on
-    # every worker once the chief has exported, so TFX's check for the export passes on all
-    train.train(exp, examples, fn_args.model_run_dir,
+    # with the same artifact URIs): the chief alone records and moves the files; train()
+    # returns on every worker once the chief has exported, so TFX's check for the export
+    # passes on all
+    train.train(exp, examples, work,
                 strategy=strategy, export_dir=fn_args.serving_model_dir, on_step=on_step, **warm)
     if chief:
-        training_finished(marker)
+        training_finished(work, fn_args.model_run_dir)
 
 
-def training_finished(marker: str) -> None:
-    """The record of a training in progress goes once it finished: nothing left to resume."""
-    tf_gfile().remove(marker)
+CHECKPOINTS = "checkpoints"  # <pipeline's folder>/Trainer/checkpoints/<key>/: trainings in progress
+
+
+def checkpoint_root(model_run_dir: str) -> str:
+    """Where trainings keep their checkpoints until they finish: <the pipeline's folder>/
+    Trainer/checkpoints, the pipeline's folder being three levels above the ModelRun (TFX's
+    LocalDagRunner: <pipeline root>/Trainer/model_run/<execution>, so the pipeline root;
+    KFP: <pipeline root>/<pipeline>/<run id>/Trainer/model_run, so <pipeline root>/<pipeline>,
+    shared by every run and every retry of a task). Never inside the execution's output."""
+    path = model_run_dir.rstrip("/")
+    for _ in range(3):
+        up = posixpath.dirname(path)
+        if up in ("", "/") or up.endswith(":") or up.endswith(":/"):  # gs://b/x: stop at gs://b
+            break
+        path = up
+    return posixpath.join(path, "Trainer", CHECKPOINTS)
+
+
+def training_dir(exp, examples_dir: str, model_run_dir: str, record: dict) -> str:
+    """The training's own folder, <checkpoint_root>/<key>: it trains there (checkpoints,
+    history, TensorBoard, warm_start.json, resumed.json) and training_finished moves it into
+    the ModelRun. Key: the ingest fingerprint of the examples (their folder when the summary
+    has none), the experiment and the warm-start parent, so a rerun of the same training
+    (after SIGTERM, SIGKILL, a crash, a lost pod) finds its checkpoints and resumes, and any
+    other training starts afresh."""
+    import hashlib
+    import json
+
+    gfile = tf_gfile()
+    fingerprint = None
+    summary = posixpath.join(examples_dir, SUMMARY_FILE)
+    if gfile.exists(summary):
+        with gfile.GFile(summary) as f:
+            fingerprint = json.load(f).get("fingerprint")
+    parent = record.get("parent") or {}
+    key = hashlib.sha256(json.dumps({
+        "data": fingerprint or examples_dir, "experiment": exp.to_dict(),
+        "warm_start": {"mode": record.get("mode"),
+                       **{k: parent.get(k) for k in ("name", "version", "model_uri", "step")}}},
+        sort_keys=True).encode()).hexdigest()[:24]
+    return posixpath.join(checkpoint_root(model_run_dir), key)
+
+
+def training_finished(work: str, model_run_dir: str) -> None:
+    """The finished training's folder becomes the ModelRun's content (checkpoints, history,
+    TensorBoard, experiment, warm start, resumes): copied, then removed, so a crash between
+    the two leaves the training whole where a rerun finds it."""
+    gfile = tf_gfile()
+    for name in gfile.listdir(work):
+        name = name.rstrip("/")
+        _copy_tree(posixpath.join(work, name), posixpath.join(model_run_dir, name))
+    gfile.rmtree(work)
 
 
 def tf_gfile():
     import tensorflow as tf
 
     return tf.io.gfile
-
-
-RESUME_FILES = ("checkpoints", HISTORY_FILE, "tensorboard", WARM_START_FILE)
-
-
-def resume_interrupted(exp, examples_dir: str, model_run_dir: str) -> str:
-    """Lets a rerun go on from the checkpoints of an interrupted training of the same data and
-    experiment, instead of step 0 (at the paper's scale a restart costs days).
-
-    A training in progress is recorded in <Trainer>/interrupted/<key>.json (key: the ingest
-    fingerprint of the examples and the experiment), removed when it finishes. A Trainer
-    execution that finds such a record of another ModelRun folder, and has no checkpoints of
-    its own, copies that folder's checkpoints, history and TensorBoard logs into its own
-    ModelRun before train() starts, and train() resumes from them. (A retried pod on Kubeflow
-    writes to the same ModelRun folder, where train() finds its checkpoints by itself.)
-    Returns the record's path."""
-    import hashlib
-    import json
-
-    gfile = tf_gfile()
-    with gfile.GFile(posixpath.join(examples_dir, SUMMARY_FILE)) as f:
-        fingerprint = json.load(f).get("fingerprint") or examples_dir
-    key = hashlib.sha256(json.dumps({"data": fingerprint, "experiment": exp.to_dict()},
-                                    sort_keys=True).encode()).hexdigest()[:24]
-    records = posixpath.join(posixpath.dirname(posixpath.dirname(model_run_dir.rstrip("/"))),
-                             "interrupted")
-    marker = posixpath.join(records, f"{key}.json")
-    own = posixpath.join(model_run_dir, "checkpoints")
-    if gfile.exists(marker) and not gfile.exists(own):
-        with gfile.GFile(marker) as f:
-            previous = json.load(f)["model_run_dir"]
-        if previous != model_run_dir and gfile.exists(posixpath.join(previous, "checkpoints")):
-            logging.getLogger(PROGRESS_LOGGER).info(
-                "Trainer: resuming the interrupted training in %s (same data and experiment)",
-                previous)
-            for name in RESUME_FILES:
-                _copy_tree(posixpath.join(previous, name), posixpath.join(model_run_dir, name))
-    gfile.makedirs(records)
-    with gfile.GFile(marker + ".tmp", "w") as f:
-        json.dump({"model_run_dir": model_run_dir, "examples": examples_dir}, f)
-    gfile.rename(marker + ".tmp", marker, overwrite=True)
-    return marker
 
 
 def _copy_tree(src: str, dst: str) -> None:

@@ -149,6 +149,7 @@ class Run:
         self.mlmd: Dict[int, Dict[str, Any]] = {}  # artifact id -> record
         self.outputs: Dict[str, Dict[str, Any]] = {}  # task -> {"artifacts": {key: id}, ...}
         self.executor_inputs: Dict[str, Dict[str, Any]] = {}
+        self.process: Optional[subprocess.Popen] = None  # the task's command while it runs
 
     # ---- driver ------------------------------------------------------------------------
     def _component(self, task: Dict[str, Any]) -> Dict[str, Any]:
@@ -264,8 +265,16 @@ class Run:
         os.makedirs(task_root, exist_ok=True)
         log_path = f"{task_root}/launcher.log"
         with open(log_path, "w") as log:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                  cwd=self.cwd, timeout=self.timeout).returncode
+            # self.process: the running task's command, for a test that signals it (a pod's
+            # SIGTERM)
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                            env=self.env, cwd=self.cwd)
+            try:
+                code = self.process.wait(timeout=self.timeout)
+            finally:
+                if self.process.poll() is None:
+                    self.process.kill()
+                    self.process.wait()
         if code != 0:
             with open(log_path) as f:
                 tail = "".join(f.readlines()[-40:])

@@ -51,6 +51,28 @@ SHIPPED_MODELS = posixpath.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "models")
 
 
+# the experiments whose base model the repository ships (models/README.md): "auto" without it
+# trains from random weights, which the quickstart's gate does not expect
+SHIPPED_EXPERIMENTS = ("local",)
+
+
+def base_model_missing(setting: str, experiment: str) -> Optional[str]:
+    """None, or (training.base_model auto, a shipped experiment, its model not there) the
+    warning that the base model was not found: where it was looked for, what training from
+    random weights means for the quickstart's gate, and how to get the model."""
+    if setting != "auto" or experiment not in SHIPPED_EXPERIMENTS:
+        return None
+    shipped = posixpath.join(SHIPPED_MODELS, experiment)
+    if os.path.exists(posixpath.join(shipped, "saved_model.pb")):
+        return None
+    return (f"the base model was not found: training.base_model is auto and there is no "
+            f"{shipped}/saved_model.pb, so the Trainer starts from random weights unless a "
+            "blessed model serves as its parent; the quickstart's gate expects the fine-tuned "
+            "base model (a model from random weights at 1500 steps is usually not blessed). "
+            f"Get it with `git checkout models/{experiment}` or `make base-model` (~65 min), "
+            "or set training.base_model: none to train from random weights on purpose")
+
+
 def base_model_dir(setting: str, experiment: str) -> Optional[str]:
     """training.base_model -> a SavedModel folder or None (random weights): "auto" is the
     shipped models/<experiment>/ when there is one, "none" is None, anything else is a folder
@@ -135,26 +157,44 @@ def check_parent(saved_model_dir: str) -> Optional[str]:
 
 def decide(model_run_dir: str, mode: str, steps: int,
            find_parent: Optional[Callable[[], Optional[Parent]]] = None,
-           write: bool = True, base: Optional[Parent] = None) -> dict:
+           write: bool = True, base: Optional[Parent] = None,
+           planned: Optional[dict] = None) -> dict:
     """The warm-start record of a training into model_run_dir: {"mode", "parent" (Parent as
     JSON, or None), "start_step", "steps", "target_step", "reason"}. An existing record (a retry)
-    is returned as it is; otherwise the parent is looked up (mode latest_blessed), checked
-    (check_parent: a missing or damaged parent is a WarmStartError naming it) and the record
-    written before training starts (unless write is False: a multi-worker job's other workers,
-    which must not write into the chief's folder). base: the base model (training.base_model),
-    the parent when the mode is none or no blessed model exists yet (else random weights)."""
-    if mode not in MODES:
-        raise WarmStartError(f"warm_start must be one of {', '.join(MODES)}, got {mode!r}")
+    is returned as it is; otherwise the record is `planned` (plan()'s, when the caller needed
+    it first) or plan(mode, steps, find_parent, base), written before training starts (unless
+    write is False: a multi-worker job's other workers, which must not write into the chief's
+    folder)."""
     gfile = _gfile()
     path = posixpath.join(model_run_dir, WARM_START_FILE)
     if gfile.exists(path):
         with gfile.GFile(path) as f:
             return json.load(f)
+    record = planned if planned is not None else plan(mode, steps, find_parent, base)
+    if not write:
+        return record
+    gfile.makedirs(model_run_dir)
+    with gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    gfile.rename(path + ".tmp", path, overwrite=True)
+    return record
+
+
+def plan(mode: str, steps: int, find_parent: Optional[Callable[[], Optional[Parent]]] = None,
+         base: Optional[Parent] = None, model=None) -> dict:
+    """A new warm-start record (decide's): the parent is looked up (mode latest_blessed) and
+    checked (check_parent: a missing or damaged parent is a WarmStartError naming it; with
+    `model`, the training's ModelConfig, one of another architecture too, naming the setting
+    that avoids it). base: the base model (training.base_model), the parent when the mode is
+    none or no blessed model exists yet (else random weights)."""
+    if mode not in MODES:
+        raise WarmStartError(f"warm_start must be one of {', '.join(MODES)}, got {mode!r}")
     parent = find_parent() if mode == "latest_blessed" and find_parent else None
     record = {"mode": mode, "parent": None, "start_step": 0, "steps": int(steps),
               "target_step": int(steps)}
     why_not = "training.warm_start is none" if mode == "none" else "no blessed model yet"
-    instead = "training.warm_start: none starts from random weights"
+    instead = ("training.warm_start: none starts from " + ("the base model" if base is not None
+                                                           else "random weights"))
     if parent is None and base is not None:  # the base model, when no blessed one serves
         parent = dataclasses.replace(base, name=f"{base.name} ({why_not})")
         instead = "training.base_model: none starts from random weights"
@@ -162,18 +202,15 @@ def decide(model_run_dir: str, mode: str, steps: int,
         record["reason"] = why_not
     else:
         problem = check_parent(parent.saved_model_dir)
+        if problem is None and model is not None:
+            diff = model_difference(model, model_info(parent.saved_model_dir))
+            problem = diff and f"its model differs in {diff}"
         if problem:
             raise WarmStartError(f"cannot warm-start from {parent.name}: {problem}; nothing was "
                                  f"trained ({instead})")
         parent.step = parent_step(model_info(parent.saved_model_dir))
         record.update(parent=parent.to_json(), start_step=parent.step,
                       target_step=parent.step + int(steps), reason=f"from {parent.name}")
-    if not write:
-        return record
-    gfile.makedirs(model_run_dir)
-    with gfile.GFile(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    gfile.rename(path + ".tmp", path, overwrite=True)
     return record
 
 
@@ -186,6 +223,22 @@ def training_arguments(exp, record: dict):
              "export_info": {"warm_start": record}})
 
 
+def model_difference(model, info: dict) -> Optional[str]:
+    """None when the parent's deblur.json (info) records the architecture of `model` (a
+    ModelConfig), or none; else the fields that differ, "f (theirs there, ours here), ...". A
+    field the parent's record lacks is one added since: the parent was built with its default
+    (a model exported before the field existed)."""
+    have = (info.get("experiment") or {}).get("model")
+    if have is None:
+        return None
+    want = dataclasses.asdict(model)
+    have = {**dataclasses.asdict(type(model)()), **have}
+    have = {k: list(v) if isinstance(v, tuple) else v for k, v in have.items()}
+    want = {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    return ", ".join(f"{k} ({have.get(k)!r} there, {want.get(k)!r} here)" for k in diff) or None
+
+
 def restore(trainer, saved_model_dir: str) -> int:
     """Loads the parent's weights into the trainer's model and EMA and its step into the global
     step (the optimizer stays fresh, see the module doc). Returns the step. The weights are
@@ -194,20 +247,12 @@ def restore(trainer, saved_model_dir: str) -> int:
     import tensorflow as tf
 
     info = model_info(saved_model_dir)
-    want = dataclasses.asdict(trainer.exp.model)
-    have = (info.get("experiment") or {}).get("model")
-    if have is not None:
-        # a field the parent's record lacks is one added since: the parent was built with its
-        # default (a model exported before the field existed)
-        have = {**dataclasses.asdict(type(trainer.exp.model)()), **have}
-        have = {k: list(v) if isinstance(v, tuple) else v for k, v in have.items()}
-        want = {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        if diff:
-            raise WarmStartError(
-                f"cannot warm-start from {saved_model_dir}: its model differs in "
-                + ", ".join(f"{k} ({have.get(k)!r} there, {want.get(k)!r} here)" for k in diff)
-                + "; train this architecture from scratch once (training.warm_start: none)")
+    diff = model_difference(trainer.exp.model, info)
+    if diff:
+        raise WarmStartError(
+            f"cannot warm-start from {saved_model_dir}: its model differs in {diff}; train "
+            "this architecture from scratch once (a base model: training.base_model: none; a "
+            "blessed parent: training.warm_start: none; deblur train: without --warm-start)")
     variables = posixpath.join(saved_model_dir, "variables", "variables")
     names = [n for n, _ in tf.train.list_variables(variables) if n.startswith("model/")]
     model = trainer.model

@@ -603,11 +603,15 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
                         lambda exp, examples, out, strategy=None, export_dir=None, **kw: seen.update(
                             exp=exp, examples=examples, strategy=strategy, **kw))
     monkeypatch.setattr(tfx_trainer, "tpu_strategy_from_environment", lambda: "ENV-STRATEGY")
-    # the resume record lives on the (here imaginary) gs:// pipeline root
-    monkeypatch.setattr(tfx_trainer, "resume_interrupted", lambda exp, examples, out: "record")
-    monkeypatch.setattr(tfx_trainer.warm_start, "decide", lambda out, mode, steps, find, **kw: {
+    # the training's folder lives on the (here imaginary) gs:// pipeline root
+    monkeypatch.setattr(tfx_trainer, "training_dir", lambda exp, examples, out, record: "work")
+    monkeypatch.setattr(tfx_trainer.tf_gfile(), "exists", lambda path: False)
+    monkeypatch.setattr(tfx_trainer.warm_start, "plan", lambda mode, steps, find, base, **kw: {
         "mode": mode, "parent": None, "start_step": 0, "steps": steps, "target_step": steps})
-    monkeypatch.setattr(tfx_trainer, "training_finished", lambda marker: seen.update(done=marker))
+    monkeypatch.setattr(tfx_trainer.warm_start, "decide",
+                        lambda out, mode, steps, planned, **kw: planned)
+    monkeypatch.setattr(tfx_trainer, "training_finished",
+                        lambda work, out: seen.update(done=(work, out)))
     custom = {"experiment": "tiny", "overrides": {}, **({"tpu": tpu} if tpu else {})}
     tfx_trainer.train_from_fn_args(SimpleNamespace(
         custom_config=custom, train_steps=5, train_files=["gs://b/examples/Split-train/*"],
@@ -618,7 +622,7 @@ def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, en
     assert t.mixed_precision == ("bfloat16" if tpu else "float32")
     assert seen["strategy"] == ("ENV-STRATEGY" if env_strategy else None)
     assert callable(seen["on_step"])  # the progress lines of `deblur run-local`
-    assert seen["done"] == "record"
+    assert seen["done"] == ("work", "gs://b/run")  # trained there, then moved into the ModelRun
 
 
 def test_the_compiled_gate_has_every_rule(compiled):
