@@ -1,7 +1,8 @@
 """Local running: `deblur run-local`'s whole job on the embedded default, the pipeline under
 LocalDagRunner with SQLite ML Metadata, and what surrounds it.
 
-run_local(config) holds the work dir's lock (one run-local per work dir), generates the
+run_local(config) holds the work dir's lock (one run-local per work dir) and the ML Metadata
+store's (one run-local per store, whatever its work dir), generates the
 synthetic data when the config names no sources, marks the executions a killed earlier run
 left RUNNING as CANCELED, runs the pipeline in a private $TMPDIR, and builds the summary of
 this process's own pipeline run from ML Metadata (written to <work_dir>/summary.json). A run
@@ -23,6 +24,7 @@ from typing import Callable, Optional, Tuple
 from components.metadata_store import open_store, sqlite_config
 from pipelines.config import PipelineConfig
 from pipelines.pipeline import create_pipeline
+from trainer import warm_start
 
 LOCK_FILE = ".run-local.lock"
 RUN_SUMMARY_FILE = "summary.json"  # <work_dir>/summary.json: the run's summary
@@ -71,10 +73,14 @@ def run_local(config: PipelineConfig, started: Optional[float] = None,
 
     t0 = time.time() if started is None else started
     work_dir = config.runner.work_dir
-    with work_dir_lock(work_dir):
+    metadata_path = os.path.abspath(config.runner.resolved_metadata_path())
+    with work_dir_lock(work_dir), metadata_lock(metadata_path, work_dir):
+        missing = warm_start.base_model_missing(config.training.base_model_setting(),
+                                                config.training.experiment)
+        if missing:
+            say(f"WARNING: {missing}")
         if not config.data.sources:
             ensure_synthetic_data(config, say)
-        metadata_path = os.path.abspath(config.runner.resolved_metadata_path())
         # one connection before the run (none before the first): a killed earlier run left
         # its executions RUNNING, under the lock they are dead; and the runs so far
         store = open_store(metadata_path, readonly=False) \
@@ -100,21 +106,46 @@ def run_local(config: PipelineConfig, started: Optional[float] = None,
 def work_dir_lock(work_dir: str):
     """One run-local per work dir at a time: two would share one SQLite ML Metadata store, one
     registry and one summary.json. An flock, so a killed run's lock goes with its process."""
+    os.makedirs(work_dir, exist_ok=True)
+    with _flock(os.path.join(work_dir, LOCK_FILE), f"pid {os.getpid()}", lambda holder: (
+            f"another deblur run-local is running on work dir {work_dir} ({holder}); wait "
+            "for it to end, or pass another --work-dir")):
+        yield
+
+
+@contextlib.contextmanager
+def metadata_lock(metadata_path: str, work_dir: str):
+    """One run-local per ML Metadata store at a time, whatever its work dir: runs that share
+    runner.metadata_path would take each other's live executions for a dead run's and mark
+    them CANCELED (cancel_abandoned_executions), and read each other's runs. An flock on
+    <metadata_path>.lock beside the SQLite file, held for the whole run; the lock file names
+    the holder's work dir and pid, which the refusal repeats."""
+    os.makedirs(os.path.dirname(metadata_path) or ".", exist_ok=True)
+    with _flock(metadata_path + ".lock",
+                f"work dir {os.path.abspath(work_dir)}, pid {os.getpid()}", lambda holder: (
+                    f"another deblur run-local is using the ML Metadata store {metadata_path} "
+                    f"({holder}); wait for it to end, or give this run its own "
+                    "runner.metadata_path")):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: str, holder: str, refusal: Callable[[str], str]):
+    """An exclusive flock on `path` for the block, or LocalRunError(refusal(what the holder
+    wrote into the file)) at once. The holder writes `holder` and the time into the file."""
     import fcntl
 
-    os.makedirs(work_dir, exist_ok=True)
-    f = open(os.path.join(work_dir, LOCK_FILE), "a+")
+    f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "another process"
+        other = f.read().strip() or "another process"
         f.close()
-        raise LocalRunError(f"another deblur run-local is running on work dir {work_dir} "
-                            f"({holder}); wait for it to end, or pass another --work-dir") from None
+        raise LocalRunError(refusal(other)) from None
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.write(f"{holder}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     f.flush()
     try:
         yield
@@ -170,8 +201,8 @@ ABANDONED = "abandoned: its run-local process ended without finishing it (killed
 def cancel_abandoned_executions(store):
     """Marks executions left NEW or RUNNING by a run-local that died (SIGKILL, power loss) as
     CANCELED, with the reason in the custom property `deblur_abandoned`, so ML Metadata does not
-    keep a zombie. Only safe while no other run uses the store: run-local holds the work dir's
-    lock when it calls this. `store`: a read-write MetadataStore, or None (no store yet).
+    keep a zombie. Only safe while no other run uses the store: run-local holds the store's
+    lock (metadata_lock) when it calls this. `store`: a read-write MetadataStore, or None (no store yet).
     Returns [(execution type, id)] of those it marked."""
     if store is None:
         return []

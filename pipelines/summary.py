@@ -264,6 +264,8 @@ def format_summary(s: dict) -> str:
             f"{last['step'] - start} steps after a warm start at step {start}"
         lines.append(f"training: {steps}; noise loss (L1) {first['loss_dpm']:.4f} -> "
                      f"{last['loss_dpm']:.4f}")
+        if (s.get("warm_start") or {}).get("warning"):  # the base model was not found
+            lines.append(f"  WARNING: {s['warm_start']['warning']}")
         for k in (2, 4, 8):
             if f"loss_guidance_x{k}" in last:
                 lines.append(f"  guidance x{k}: MSE {last[f'loss_guidance_x{k}']:.4f} "

@@ -309,3 +309,115 @@ def test_the_run_summary_lists_what_ran(contract_run):
     assert "| DeblurIngest | ran |" in md and "| ValidationGate | (no output to tell by) |" in md
     assert "what this run did:" in md and "registered: version 1 at gs://" in md
     assert "inputs: 7 decoded now, 0 reused from the unit store" in md
+
+
+# ---- a Trainer pod stopped by SIGTERM ---------------------------------------------------------
+PAUSED_PYTHON = r'''#!{python}
+"""The image's python for the Trainer task: holds the training at its first logged step until
+SIGTERM arrives (what Kubernetes sends a pod it stops), then lets the real handler act."""
+import os, runpy, sys, threading
+
+sys.path.insert(0, os.getcwd())
+from trainer import train as T
+
+termed = threading.Event()
+handler = T.TermGuard._handler
+
+
+def record(self, signum, frame):
+    termed.set()
+    return handler(self, signum, frame)
+
+
+T.TermGuard._handler = record
+original = T.train
+
+
+def paused_train(exp, examples, out, **kw):
+    on_step = kw.get("on_step")
+
+    def hold(step, row):
+        if on_step:
+            on_step(step, row)
+        if not termed.is_set():
+            open(os.environ["DEBLUR_TEST_PAUSED"], "w").write(str(step))
+            termed.wait(1800)
+
+    return original(exp, examples, out, **{{**kw, "on_step": hold}})
+
+
+T.train = paused_train
+assert sys.argv[1] == "-m", sys.argv
+module = sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+'''
+
+
+def test_a_trainer_pod_stopped_by_sigterm_resumes_in_the_next_run(contract_run, tmp_path):
+    """SIGTERM during a Trainer task: its checkpoint goes to <pipeline root>/<pipeline>/Trainer/
+    checkpoints/<key>, outside the task's output (which a failed execution may lose and which
+    a new run does not share), and the Trainer of the next run resumes from it (step > 0) and
+    moves the finished training into its own ModelRun."""
+    import re
+    import signal
+    import threading
+    import time
+
+    run, job, _, _, _, _, _ = contract_run
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    upstream = set(tasks["Trainer"].get("dependentTasks", []))
+    for name in reversed(topological(tasks)):
+        if name in upstream:
+            upstream.update(tasks[name].get("dependentTasks", []))
+    pipeline_root = run.run_root.rsplit("/", 2)[0]
+    arguments = {**run.root_params, "train_steps": 20}  # tiny logs every 10 steps
+    wrapper = tmp_path / "python-paused"
+    wrapper.write_text(PAUSED_PYTHON.format(python=sys.executable))
+    wrapper.chmod(0o755)
+    paused = tmp_path / "paused"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
+           "DEBLUR_TEST_PAUSED": str(paused)}
+
+    def trainer_run(run_id, python):
+        r = Run(job, pipeline_root, run_id=run_id, arguments=arguments, python=python, env=env,
+                timeout=1800, cwd=REPO_ROOT)
+        r.outputs = {t: run.outputs[t] for t in upstream}  # the upstream tasks of run-1
+        r.mlmd = dict(run.mlmd)
+        return r
+
+    stopped = trainer_run("run-term", str(wrapper))
+    failure = {}
+
+    def execute():
+        try:
+            stopped.execute_task("Trainer")
+        except TaskFailed as e:
+            failure["error"] = str(e)
+
+    thread = threading.Thread(target=execute)
+    thread.start()
+    deadline = time.monotonic() + 1800  # a guard against a hang, not a performance bound
+    while not paused.exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert paused.exists(), failure
+    stopped.process.send_signal(signal.SIGTERM)
+    thread.join(1800)
+    assert not thread.is_alive() and "error" in failure  # the task failed
+    log = open(f"{stopped.run_root}/Trainer/launcher.log").read()
+    m = re.search(r"terminated by SIGTERM at step 10 of 20; checkpoint of step 10 in (\S+): run "
+                  r"the same command again to resume", log)
+    assert m, log[-3000:]
+    announced = m.group(1)
+    assert announced.startswith(f"{pipeline_root}/{run.pipeline_name}/Trainer/checkpoints/")
+    assert os.path.exists(os.path.join(announced, "ckpt-10.index"))
+
+    rerun = trainer_run("run-rerun", sys.executable)
+    rerun.execute_task("Trainer")
+    model_run = rerun.artifact("Trainer", "model_run")["uri"]
+    with open(os.path.join(model_run, "resumed.json")) as f:
+        assert [r["step"] for r in json.load(f)] == [10]
+    with open(os.path.join(model_run, "history.json")) as f:
+        assert [h["step"] for h in json.load(f)] == [10, 20]
+    assert os.path.exists(os.path.join(model_run, "checkpoints", "ckpt-20.index"))
+    assert not os.path.exists(os.path.dirname(announced))  # moved into the ModelRun

@@ -287,9 +287,9 @@ def test_a_killed_run_local_resumes_its_training_and_leaves_no_zombie(tmp_path, 
             line = p.stdout.readline()
             if not line and p.poll() is not None:
                 raise AssertionError((tmp_path / "killed.log").read_text()[-3000:])
-        killed_runs = list((run / "pipeline_root" / "Trainer" / "model_run").iterdir())
-        assert len(killed_runs) == 1
-        assert (killed_runs[0] / "checkpoints" / "ckpt-10.index").exists()
+        trainings = list((run / "pipeline_root" / "Trainer" / "checkpoints").iterdir())
+        assert len(trainings) == 1
+        assert (trainings[0] / "checkpoints" / "ckpt-10.index").exists()
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
@@ -305,7 +305,8 @@ def test_a_killed_run_local_resumes_its_training_and_leaves_no_zombie(tmp_path, 
     trainer = [v for t, v in states.items() if t.endswith("Trainer")]
     assert trainer == [["CANCELED", "COMPLETE"]], states
     assert "Trainer execution" in err and "of an interrupted run marked CANCELED" in err
-    assert f"resumed from {run}/pipeline_root/Trainer/model_run/" in caplog.text
+    # from the training's own folder outside the executions' outputs
+    assert f"resumed from {run}/pipeline_root/Trainer/checkpoints/" in caplog.text
     assert "ckpt-10 at step 10" in caplog.text
     summary = json.loads((run / "summary.json").read_text())
     assert summary["training"]["last"]["step"] == 20
@@ -313,4 +314,234 @@ def test_a_killed_run_local_resumes_its_training_and_leaves_no_zombie(tmp_path, 
     new_run = summary["model_uri"].replace("/model/", "/model_run/")
     history = json.loads(open(os.path.join(new_run, "history.json")).read())
     assert [h["step"] for h in history] == list(range(1, 21))
-    assert not list((run / "pipeline_root" / "Trainer" / "interrupted").iterdir())
+    assert not list((run / "pipeline_root" / "Trainer" / "checkpoints").iterdir())
+
+
+TERMINATED_RUN_LOCAL = r"""
+import sys, threading
+from trainer import train as T
+
+termed = threading.Event()
+handler = T.TermGuard._handler
+
+
+def record(self, signum, frame):  # the real handler, and the test's hold below lets go
+    termed.set()
+    return handler(self, signum, frame)
+
+
+T.TermGuard._handler = record
+original = T.train
+
+
+def paused_train(exp, examples, out, **kw):
+    on_step = kw.get("on_step")
+
+    def hold(step, row):  # checkpoint 10 is written, step 12 is not: hold until SIGTERM
+        if on_step:
+            on_step(step, row)
+        if step == 12 and not termed.is_set():
+            print("PAUSED", flush=True)
+            termed.wait(1800)
+
+    return original(exp, examples, out, **{**kw, "on_step": hold})
+
+
+T.train = paused_train
+from deblur import cli
+
+sys.exit(cli.main(["run-local", "--config", sys.argv[1]]))
+"""
+
+
+def _wait_for_line(p, text, log_path, bound=1800):
+    """Reads p's stdout until a line holds `text` (the bound only guards against a hang)."""
+    import select
+
+    line = ""
+    while text not in line:
+        if not select.select([p.stdout], [], [], bound)[0]:
+            raise AssertionError(f"no {text} line in {bound} s")
+        line = p.stdout.readline()
+        if not line and p.poll() is not None:
+            raise AssertionError(open(log_path).read()[-3000:])
+
+
+@pytest.mark.slow
+def test_sigterm_during_run_local_training_keeps_the_checkpoint_it_announces(tmp_path, capsys):
+    """Kubernetes stops pods with SIGTERM. The Trainer checkpointed and said "run the same
+    command again to resume", then TFX deleted the failed execution's output folder, the
+    checkpoint with it, and the rerun trained from step 0. Now the training lives in a folder
+    of its own outside the execution's output, keyed by its data, experiment and warm start:
+    the announced checkpoint survives, the rerun resumes from it and moves the finished
+    training into its ModelRun."""
+    import signal
+    import subprocess
+    import sys
+
+    d = tiny_config(tmp_path)
+    d["training"]["model"] = FAST_MODEL
+    d["training"]["train"].update(steps=20, checkpoint_every=10, log_every=1)
+    path = write_config(tmp_path, d)
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log_path = tmp_path / "terminated.log"
+    with open(log_path, "w") as log:
+        p = subprocess.Popen([sys.executable, "-c", TERMINATED_RUN_LOCAL, path],
+                             stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                             start_new_session=True)
+        try:
+            _wait_for_line(p, "PAUSED", log_path)
+            p.send_signal(signal.SIGTERM)
+            code = p.wait(timeout=600)  # a guard against a hang (the watchdog ends it in 25 s)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    err = log_path.read_text()
+    assert code == 143, err[-3000:]
+    said = [ln for ln in err.splitlines() if ln.startswith("deblur: error: ")]
+    m = re.fullmatch(r"deblur: error: terminated by SIGTERM at step 12 of 20; checkpoint of step "
+                     r"12 in (\S+): run the same command again to resume", said[-1])
+    assert m, said
+    announced = m.group(1)
+    # the announced checkpoint is there: outside the failed execution's output, which TFX
+    # removed
+    assert os.path.exists(os.path.join(announced, "ckpt-12.index"))
+    assert announced.startswith(f"{run}/pipeline_root/Trainer/checkpoints/")
+    model_runs = run / "pipeline_root" / "Trainer" / "model_run"
+    assert not model_runs.exists() or not any(
+        (r / "checkpoints").exists() for r in model_runs.iterdir())
+
+    assert cli.main(["run-local", "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert "training: resumed at step 12 from the checkpoint of an interrupted run" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["training"]["last"]["step"] == 20
+    new_run = summary["model_uri"].replace("/model/", "/model_run/")
+    history = json.loads(open(os.path.join(new_run, "history.json")).read())
+    assert [h["step"] for h in history] == list(range(1, 21))  # 1-12 before SIGTERM, 13-20 now
+    assert os.path.exists(os.path.join(new_run, "checkpoints", "ckpt-20.index"))
+    assert not os.path.exists(os.path.dirname(announced))  # moved into the ModelRun, gone
+
+
+HELD_RUN_LOCAL = r"""
+import signal, sys, threading
+from trainer import train as T
+
+released = threading.Event()
+signal.signal(signal.SIGUSR1, lambda signum, frame: released.set())
+original = T.train
+
+
+def held_train(exp, examples, out, **kw):
+    on_step = kw.get("on_step")
+
+    def hold(step, row):  # the first logged step: hold (Trainer RUNNING) until SIGUSR1
+        if on_step:
+            on_step(step, row)
+        if not released.is_set():
+            print("PAUSED", flush=True)
+            released.wait(1800)
+
+    return original(exp, examples, out, **{**kw, "on_step": hold})
+
+
+T.train = held_train
+from deblur import cli
+
+sys.exit(cli.main(["run-local", "--config", sys.argv[1]]))
+"""
+
+
+def _trainer_state(metadata_path) -> str:
+    state, = [v for t, v in executions(str(metadata_path)).items() if t.endswith("Trainer")]
+    return state
+
+
+@pytest.mark.slow
+def test_two_run_locals_sharing_a_metadata_store_do_not_cancel_each_other(tmp_path):
+    """Two run-locals on different work dirs with one runner.metadata_path: the second took
+    the first's running executions for a dead run's and marked them CANCELED, and the first
+    crashed building its summary. Now the second refuses at once, in one line naming the
+    first's work dir and pid, and the first finishes untouched."""
+    import signal
+    import subprocess
+    import sys
+
+    from pipelines import local_runner
+
+    shared = tmp_path / "shared" / "metadata.sqlite"
+    paths = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        d = tiny_config(tmp_path / name)
+        d["training"]["model"] = FAST_MODEL
+        d["training"]["train"].update(steps=20)  # tiny logs every 10 steps
+        d["runner"]["metadata_path"] = str(shared)
+        paths[name] = write_config(tmp_path / name, d)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log_path = tmp_path / "a.log"
+    with open(log_path, "w") as log:
+        a = subprocess.Popen([sys.executable, "-c", HELD_RUN_LOCAL, paths["a"]],
+                             stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                             start_new_session=True)
+        try:
+            _wait_for_line(a, "PAUSED", log_path)
+            assert _trainer_state(shared) == "RUNNING"
+            b = subprocess.run(
+                [sys.executable, "-c", "import sys; from deblur import cli; "
+                 "sys.exit(cli.main(sys.argv[1:]))", "run-local", "--config", paths["b"]],
+                capture_output=True, text=True, env=env, timeout=1800)
+            said = [ln for ln in b.stderr.splitlines() if ln.startswith("deblur: error: ")]
+            assert b.returncode == 2, b.stderr[-3000:]
+            assert len(said) == 1 and said[0].startswith(
+                f"deblur: error: another deblur run-local is using the ML Metadata store "
+                f"{shared} (work dir {tmp_path / 'a' / 'run'}, pid {a.pid}, started "), said
+            assert said[0].endswith("); wait for it to end, or give this run its own "
+                                    "runner.metadata_path")
+            assert _trainer_state(shared) == "RUNNING"  # not CANCELED by b
+            assert not (tmp_path / "b" / "run" / "data").exists()  # b did nothing
+            a.send_signal(signal.SIGUSR1)
+            code = a.wait(timeout=1800)  # a guard against a hang
+        finally:
+            if a.poll() is None:
+                os.killpg(a.pid, signal.SIGKILL)
+                a.wait()
+    assert code == 0, log_path.read_text()[-3000:]
+    assert set(executions(str(shared)).values()) == {"COMPLETE"}
+    summary = json.loads((tmp_path / "a" / "run" / local_runner.RUN_SUMMARY_FILE).read_text())
+    assert summary["training"]["last"]["step"] == 20
+
+
+@pytest.mark.slow
+def test_a_missing_base_model_is_said_at_start_up_and_in_the_summary(tmp_path, capsys,
+                                                                      monkeypatch):
+    """training.base_model: auto without the shipped models/<experiment>/saved_model.pb
+    trained from random weights, and the summary only said "training.warm_start is none". Now
+    a warning at start-up and in the summary says the base model was not found, where it was
+    looked for, what that means for the quickstart's gate, and how to get it. (The shipped
+    folder here is one without its saved_model.pb, for the tiny experiment: the test's own.)"""
+    from trainer import warm_start
+
+    shipped = tmp_path / "models"
+    (shipped / "tiny").mkdir(parents=True)
+    monkeypatch.setattr(warm_start, "SHIPPED_MODELS", str(shipped))
+    monkeypatch.setattr(warm_start, "SHIPPED_EXPERIMENTS", ("tiny",))
+    d = tiny_config(tmp_path)
+    d["training"]["model"] = FAST_MODEL
+    assert cli.main(["run-local", "--config", write_config(tmp_path, d)]) == 0
+    cap = capsys.readouterr()
+    said = (f"WARNING: the base model was not found: training.base_model is auto and there is "
+            f"no {shipped}/tiny/saved_model.pb, so the Trainer starts from random weights")
+    err = cap.err.splitlines()
+    first = next(i for i, ln in enumerate(err) if ln.startswith(said))
+    assert first < next(i for i, ln in enumerate(err) if "synthetic data:" in ln)  # start-up
+    assert "quickstart's gate expects the fine-tuned base model" in err[first]
+    assert "`git checkout models/tiny` or `make base-model`" in err[first]
+    assert f"  {said}" in cap.out  # the printed summary
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["warm_start"]["warning"].startswith("the base model was not found")
+    assert summary["warm_start"]["parent"] is None
