@@ -140,7 +140,7 @@ def markdown(s: Dict[str, Any]) -> str:
     ex = s["executions"]
     order = ["DeblurRunCheck", "DeblurInputFingerprint", "DeblurIngest", "StatisticsGen",
              "ImportSchemaGen", "ExampleValidator", "ValidationGate", "DomainDriftReport",
-             "Trainer", "DeblurEvaluator", "RegistryPusher"]
+             "Trainer", "DeblurEvaluator", "RegistryPusher", "ServabilityCheck"]
     words = {"COMPLETE": "ran", "CACHED": "cached (an earlier run's outputs)",
              "MIXED": "ran and cached (?)"}
     cached = [t for t in order if ex.get(t) == "CACHED"]

@@ -131,6 +131,10 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
         summary["push"] = {k: props.get(k) for k in ("pushed", "pushed_version",
                                                       "pushed_destination", "reason",
                                                       "already_registered")}
+    if "deblur.Servability" in arts:  # components/serving/component.py
+        path = os.path.join(arts["deblur.Servability"][-1].uri, "servability.json")
+        if os.path.exists(path):
+            summary["servability"] = _read_json(path)
     if "deblur.DomainDrift" in arts:
         summary["drift"] = _read_json(os.path.join(arts["deblur.DomainDrift"][-1].uri,
                                                    validation.DRIFT_FILE))
@@ -323,6 +327,16 @@ def format_summary(s: dict) -> str:
             lines.append(f"registered: version {p['pushed_version']} at {p['pushed_destination']}")
         else:
             lines.append(f"not registered: {p.get('reason')}")
+    sv = s.get("servability")
+    if sv and sv.get("checked"):
+        verdict = "passed" if sv.get("passed") else "FAILED"
+        lines.append(f"servability of version {sv.get('version')}: {verdict}: {sv.get('reason')}")
+        moved = sv.get("alias_moved")
+        if moved:
+            src = "unset" if moved.get("from") is None else f"version {moved['from']}"
+            lines.append(f"alias moved: {moved['alias']}: {src} -> version {moved['to']}")
+        elif sv.get("alias_note"):
+            lines.append(sv["alias_note"])
     if s.get("retraining"):
         lines.extend(_format_retraining(s["retraining"]))
     if s.get("seconds") is not None:

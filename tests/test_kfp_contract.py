@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow  # the whole compiled pipeline through the KFP lau
 BUCKET = "deblur-kfp-contract"
 TASKS = ["DeblurRunCheck", "DeblurInputFingerprint", "DeblurIngest", "StatisticsGen",
          "ImportSchemaGen", "ExampleValidator", "ValidationGate", "DomainDriftReport", "Trainer",
-         "TrainingReport", "DeblurEvaluator", "RegistryPusher", "RunSummary"]
+         "TrainingReport", "DeblurEvaluator", "RegistryPusher", "ServabilityCheck", "RunSummary"]
 
 
 def compile_config(tmp_path) -> config_lib.PipelineConfig:

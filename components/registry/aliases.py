@@ -26,7 +26,7 @@ every alias, and no entry is lost under concurrent writers. TF Serving ignores t
 
 A target must be a complete version whose files match its manifest (sizes and SHA-256; a
 gs:// version is downloaded into the cache and checked) and whose manifest records a
-blessing. `latest` is not an alias: it is the newest intact version, as it always was.
+blessing. `latest` is not an alias: it is the newest intact blessed version, as it always was.
 
 Model refs, wherever a model is named (`deblur predict --model`, `registry show`, `serve`, the
 pipeline's warm start)::
@@ -314,7 +314,7 @@ class Aliases:
 class ModelRef:
     """A parsed model reference: the model, and an alias or a version (neither: latest)."""
     model_name: str
-    alias: Optional[str] = None  # None or LATEST: the newest intact version
+    alias: Optional[str] = None  # None or LATEST: the newest intact blessed version
     version: Optional[int] = None
     registry_uri: Optional[str] = None  # when the ref carried one
 
@@ -354,6 +354,21 @@ def parse_ref(text: str, default_model: str = DEFAULT_MODEL_NAME) -> ModelRef:
     return ModelRef(text, None, None, None)
 
 
+def newest_blessed(reg: Registry) -> int:
+    """`latest`: the newest intact version whose manifest records a blessing (the pusher
+    registers blessed models only; a version pushed by other means without one is skipped, as
+    are damaged ones, each with a warning)."""
+    for version in reversed(reg.versions()):
+        problem = reg.verify(version, hashes=True)
+        if problem is None and not is_blessed(reg.show(version)):
+            problem = f"version {version} records no blessing"
+        if problem is None:
+            return version
+        log.warning("registry %s: latest skips %s", reg.model_uri, problem)
+    raise RegistryError(f"registry {reg.uri} holds no intact blessed version of model "
+                        f"{reg.model_name!r}")
+
+
 @dataclasses.dataclass
 class Resolved:
     registry: Registry
@@ -366,7 +381,7 @@ def resolve_ref(registry_uri: Optional[str], ref, default_model: str = DEFAULT_M
                 client=None, cache_dir: Optional[str] = None) -> Resolved:
     """The version a ref names, checked: complete, files matching the manifest (a gs:// one is
     downloaded into the cache and checked), and for an alias blessed. `latest` (and a bare
-    NAME) is the newest intact version, damaged ones skipped with a warning. The ref's own
+    NAME) is the newest intact blessed version (newest_blessed). The ref's own
     registry URI, when it has one, wins over registry_uri."""
     ref = parse_ref(ref, default_model) if isinstance(ref, str) else ref
     uri = ref.registry_uri or registry_uri
@@ -382,11 +397,7 @@ def resolve_ref(registry_uri: Optional[str], ref, default_model: str = DEFAULT_M
         if problem:
             raise RegistryError(problem)
     elif ref.alias in (None, LATEST):
-        found = reg.latest(hashes=True)
-        if found is None:
-            raise RegistryError(f"registry {reg.uri} holds no intact version of model "
-                                f"{reg.model_name!r}")
-        version = found[0]
+        version = newest_blessed(reg)
     else:
         version = Aliases(reg).get(ref.alias)
         if version is None:
