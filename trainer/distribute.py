@@ -100,18 +100,49 @@ def _host_port(address: str) -> Tuple[str, int]:
     return host.strip("[]") or "localhost", int(port)
 
 
-def _answers(address: str, timeout: float) -> bool:
+# HTTP/2 (gRPC's transport, cleartext with prior knowledge): the client's connection preface
+# and an empty SETTINGS frame; a server's first frame is its own SETTINGS frame (RFC 9113 3.4)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, flags 0, stream 0
+NO_ANSWER, NOT_GRPC, ANSWERS = "no answer", "not gRPC", "answers"
+
+
+def _recv_exactly(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _handshake(address: str, timeout: float) -> str:
+    """ANSWERS when address answers as a gRPC server (a TensorFlow worker's server, or a peer
+    waiting here: _PortAnswer): the HTTP/2 preface and SETTINGS get a SETTINGS frame back
+    within timeout; NOT_GRPC when it accepts the connection but says nothing, or something
+    else (another service on that port); NO_ANSWER when nothing accepts."""
     try:
-        with socket.create_connection(_host_port(address), timeout=timeout):
-            return True
+        conn = socket.create_connection(_host_port(address), timeout=timeout)
     except (OSError, ValueError):
-        return False
+        return NO_ANSWER
+    with conn:
+        try:
+            conn.sendall(H2_PREFACE + H2_SETTINGS)
+            head = _recv_exactly(conn, 9)
+        except OSError:  # a timeout, or reset by a server that refuses this preface
+            return NOT_GRPC
+    # a frame header: 24-bit length, type (4: SETTINGS), flags, 31-bit stream id (0)
+    if len(head) == 9 and head[3] == 4 and head[5:9] == b"\x00\x00\x00\x00":
+        return ANSWERS
+    return NOT_GRPC
 
 
 class _PortAnswer:
-    """Accepts (and drops) TCP connections on this task's TF_CONFIG port while it waits for
-    its peers, so that they see it before its gRPC server exists; closed before the strategy
-    binds the port. None of it when the port is taken (TensorFlow then says so)."""
+    """Answers the peers' handshake (_handshake: an HTTP/2 SETTINGS frame) on this task's
+    TF_CONFIG port while it waits for them, so that they see it before its gRPC server exists;
+    closed before the strategy binds the port. None of it when the port is taken (TensorFlow
+    then says so)."""
 
     def __init__(self, address: str):
         self._stop = threading.Event()
@@ -136,8 +167,11 @@ class _PortAnswer:
                 continue
             with conn:  # the prober closes first (no TIME_WAIT on this port)
                 conn.settimeout(1.0)
-                try:
-                    conn.recv(1)
+                try:  # the prober's handshake (_handshake) gets a gRPC server's first frame
+                    if _recv_exactly(conn, len(H2_PREFACE)) == H2_PREFACE:
+                        conn.sendall(H2_SETTINGS)
+                        while conn.recv(64):
+                            pass
                 except OSError:
                     pass
 
@@ -150,8 +184,10 @@ class _PortAnswer:
 
 def wait_for_peers(timeout_s: float, poll_s: float = 0.5) -> None:
     """Before MultiWorkerMirroredStrategy exists: waits until every other TF_CONFIG task
-    answers on its port (its gRPC server, or this same wait there), else raises
-    TrainingStopped naming the missing tasks after timeout_s (train.peer_timeout_s).
+    answers on its port as a gRPC server (_handshake: its TensorFlow server, or this same wait
+    there), else raises TrainingStopped naming the missing tasks after timeout_s
+    (train.peer_timeout_s). A port that accepts connections but is no gRPC server (another
+    program there) is named as such: TensorFlow would wait for it for ever.
 
     The strategy's constructor waits for its peers inside TensorFlow's C++ code, holding the
     GIL (measured: worker 0 alone prints "Coordination agent has successfully connected" and
@@ -169,11 +205,13 @@ def wait_for_peers(timeout_s: float, poll_s: float = 0.5) -> None:
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     missing = peers
+    answer_of = {}
     logged = False
     try:
         while True:
-            missing = [p for p in missing
-                       if not _answers(p[2], max(0.1, min(2.0, deadline - time.monotonic())))]
+            for p in missing:
+                answer_of[p] = _handshake(p[2], max(0.1, min(2.0, deadline - time.monotonic())))
+            missing = [p for p in missing if answer_of[p] != ANSWERS]
             if not missing:
                 log.info("all %d workers in TF_CONFIG answer (%.1f s)", len(tasks),
                          time.monotonic() - t0)
@@ -184,7 +222,9 @@ def wait_for_peers(timeout_s: float, poll_s: float = 0.5) -> None:
                 raise TrainingStopped(
                     f"{who} waited {timeout_s:g} s (train.peer_timeout_s) for the other "
                     f"workers in TF_CONFIG; missing: "
-                    + ", ".join(f"{k} {i} ({a})" for k, i, a in missing)
+                    + ", ".join(f"{k} {i} ({a})" if answer_of[(k, i, a)] == NO_ANSWER else
+                                f"{k} {i} ({a} accepts connections but does not answer as a "
+                                "TensorFlow worker: no gRPC handshake)" for k, i, a in missing)
                     + "; nothing was trained (start every task, or check their addresses)")
             if not logged and now - t0 > 10:
                 log.warning("waiting up to %g s for %s", timeout_s,
@@ -194,6 +234,82 @@ def wait_for_peers(timeout_s: float, poll_s: float = 0.5) -> None:
     finally:
         if answer is not None:
             answer.close()
+
+
+# ---- TensorFlow's start-up ------------------------------------------------------------------
+
+# the watchdog process: prints the line at the deadline unless its stdin says the start-up ended
+_WATCHDOG = r"""
+import select, sys
+ready, _, _ = select.select([0], [], [], float(sys.argv[1]))
+if ready:  # "done", or EOF: the start-up ended, or the process is gone
+    sys.exit(0)
+sys.stderr.write(sys.argv[2] + "\n")
+sys.stderr.flush()
+sys.exit(1)
+"""
+WATCHDOG_GRACE_S = 2.0  # between the line and the end of the process
+
+
+def _startup_message(c: Cluster, timeout_s: float) -> str:
+    who = f"{c.task[0]} {c.task[1]}" if c.task else "this task"
+    peers = ", ".join(f"{k} {i} ({a})" for k, i, a in c.tasks if (k, i) != c.task)
+    return (f"deblur: error: {who}: TensorFlow's multi-worker start-up did not end within "
+            f"{timeout_s:g} s (train.peer_timeout_s) with {peers}, which answered as gRPC "
+            "servers; nothing was trained (check that each address is a worker of this job, "
+            "and start them all again)")
+
+
+class StartupWatchdog:
+    """Bounds MultiWorkerMirroredStrategy's start-up, which waits for the peers inside
+    TensorFlow's C++ code holding the GIL (no Python thread runs meanwhile; measured), e.g.
+    for a peer that answers the handshake of wait_for_peers but never joins: a watchdog
+    process (no GIL of ours) prints the one-line error after `seconds`, and faulthandler's C
+    watchdog thread ends this process with exit code 1 WATCHDOG_GRACE_S later. A start-up that
+    ends in between, after the line, ends the process with exit code 1 too, so the line never
+    lies. SIGTERM in that window is taken by TensorFlow's preemption notifier (not bounded
+    here)."""
+
+    def __init__(self, seconds: float, message: str):
+        self.seconds, self.message = float(seconds), message
+        self._proc = self._pipe = self._devnull = None
+
+    def __enter__(self) -> "StartupWatchdog":
+        import faulthandler
+        import subprocess
+        import sys
+
+        r, w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, str(self.seconds), self.message], stdin=r,
+                stdout=subprocess.DEVNULL, close_fds=True)
+        finally:
+            os.close(r)
+        self._pipe = w
+        self._devnull = open(os.devnull, "w")
+        faulthandler.dump_traceback_later(self.seconds + WATCHDOG_GRACE_S, exit=True,
+                                          file=self._devnull)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import faulthandler
+        import subprocess
+
+        faulthandler.cancel_dump_traceback_later()
+        try:
+            os.write(self._pipe, b"done\n")
+        except OSError:
+            pass
+        os.close(self._pipe)
+        try:
+            code = self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            code = self._proc.wait()
+        self._devnull.close()
+        if code == 1:  # it printed the line as the start-up ended: keep its word
+            os._exit(1)
 
 
 # ---- strategy --------------------------------------------------------------------------------
@@ -223,10 +339,16 @@ def make_strategy(tcfg) -> tf.distribute.Strategy:
         # heartbeats, which fail the collectives that wait for it
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+        watchdog = None
         if c.workers > 1:
             wait_for_peers(tcfg.peer_timeout_s)
+            watchdog = StartupWatchdog(tcfg.peer_timeout_s,
+                                       _startup_message(c, tcfg.peer_timeout_s))
         try:
-            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+            if watchdog is None:
+                return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+            with watchdog:
+                return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except tf.errors.UnknownError as e:  # "Could not start gRPC server"
             if c.task is None:
                 raise

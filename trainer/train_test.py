@@ -1220,6 +1220,141 @@ def test_sigterm_in_the_loop_saves_a_checkpoint_and_ends(ingested, tmp_path):
                   if f.endswith(".index")) == ["ckpt-2.index", f"ckpt-{PAUSE_AT}.index"]
     assert [h["step"] for h in _read_json(os.path.join(out, "history.json"))] == [1, 2, 3]
     assert not os.path.exists(os.path.join(out, "saved_model"))
+class _NotAWorker:
+    """A plain TCP listener on a free port: it accepts and says nothing ("silent"), or answers
+    every connection with a line that is not HTTP/2 ("garbage"); what a wrong port in TF_CONFIG
+    finds (another program there). "handshake_only" answers the HTTP/2 handshake and nothing
+    more: a gRPC server that never joins TensorFlow's start-up."""
+
+    def __init__(self, kind: str):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("localhost", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.kind, self.conns = kind, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.conns.append(conn)  # held open: the peer waits for an answer
+            try:
+                if self.kind == "garbage":
+                    conn.sendall(b"SSH-2.0-OpenSSH_8.9\r\n")
+                elif self.kind == "handshake_only":  # a gRPC server's first frame, then nothing
+                    threading.Thread(target=self._settings, args=(conn,), daemon=True).start()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _settings(conn):
+        from trainer import distribute
+
+        try:
+            conn.settimeout(30)
+            if distribute._recv_exactly(conn, len(distribute.H2_PREFACE)) == distribute.H2_PREFACE:
+                conn.sendall(distribute.H2_SETTINGS)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+HANG_WAIT = 300  # seconds: before the fix these workers never ended
+
+
+def _config_with_peer(own_port: int, peer_port: int) -> dict:
+    return {"TF_CONFIG": json.dumps({"cluster": {"worker": [f"localhost:{own_port}",
+                                                            f"localhost:{peer_port}"]},
+                                     "task": {"type": "worker", "index": 0}})}
+
+
+@pytest.mark.slow
+def test_a_peer_port_that_is_not_a_tensorflow_worker_ends_worker_0_in_one_line(ingested,
+                                                                               tmp_path):
+    """A peer address where a plain TCP listener accepts (silent, or answering garbage) hung
+    worker 0 for ever inside TensorFlow's start-up, deaf to train.peer_timeout_s and SIGTERM
+    (alive 105 s after SIGTERM). The wait checks a gRPC handshake: past the timeout it exits 1
+    in one line naming the peer, and SIGTERM ends it at once. A peer that answers the
+    handshake but never joins is bounded by the start-up watchdog (one line, exit 1)."""
+    from trainer import distribute
+
+    procs = Procs(str(tmp_path))
+    peers = {kind: _NotAWorker(kind) for kind in ("silent", "garbage", "handshake_only")}
+    try:
+        started = []
+        for kind, peer in list(peers.items())[:2]:
+            own, = _free_ports(1)
+            argv = _worker_argv(ingested[1], str(tmp_path / kind)) + [
+                "--set", "train.peer_timeout_s=5"]
+            started.append((kind, peer.port, procs.start(
+                kind, WORKER_CLI, {"argv": argv, "pause_at": 0},
+                env=_config_with_peer(own, peer.port))))
+        own, = _free_ports(1)
+        late = (procs.start("handshake_only", WORKER_CLI, {
+            "argv": _worker_argv(ingested[1], str(tmp_path / "late")) + [
+                "--set", "train.peer_timeout_s=5"], "pause_at": 0},
+            env=_config_with_peer(own, peers["handshake_only"].port)),
+            peers["handshake_only"].port)
+        for kind, port, p in started:
+            try:
+                p.wait(timeout=HANG_WAIT)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{kind}: worker 0 still running after {HANG_WAIT} s")
+            err = procs.output(p, "err")
+            assert p.returncode == 1, (kind, err[-3000:])
+            assert _error_lines(err) == [
+                "deblur: error: worker 0 waited 5 s (train.peer_timeout_s) for the other workers "
+                f"in TF_CONFIG; missing: worker 1 (localhost:{port} accepts connections but "
+                "does not answer as a TensorFlow worker: no gRPC handshake); nothing was "
+                "trained (start every task, or check their addresses)"], (kind, err[-3000:])
+            assert "Traceback" not in err and not os.path.exists(tmp_path / kind / "checkpoints")
+        # a peer that passes the handshake but never joins: TensorFlow's start-up holds the
+        # GIL while it waits; the start-up watchdog ends it in one line, exit 1
+        p, port = late
+        try:
+            p.wait(timeout=HANG_WAIT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"handshake_only: worker 0 still running after {HANG_WAIT} s")
+        err = procs.output(p, "err")
+        assert p.returncode == 1, err[-3000:]
+        assert _error_lines(err) == [
+            "deblur: error: worker 0: TensorFlow's multi-worker start-up did not end within 5 s "
+            f"(train.peer_timeout_s) with worker 1 (localhost:{port}), which answered as gRPC "
+            "servers; nothing was trained (check that each address is a worker of this job, and "
+            "start them all again)"], err[-3000:]
+        # SIGTERM while it waits (peer_timeout_s 600): it ends at once
+        own, = _free_ports(1)
+        p = procs.start("sigterm", WORKER_CLI,
+                        {"argv": _worker_argv(ingested[1], str(tmp_path / "sigterm")),
+                         "pause_at": 0}, env=_config_with_peer(own, peers["silent"].port))
+        while distribute._handshake(f"localhost:{own}", 1.0) != distribute.ANSWERS:
+            assert p.poll() is None, procs.output(p, "err")[-3000:]  # waiting for its peer
+            assert time.time() - p.started < TIMEOUT
+            time.sleep(0.5)
+        os.kill(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("worker 0 still running 60 s after SIGTERM")
+        err = procs.output(p, "err")
+        assert p.returncode == 143, err[-3000:]
+        assert _error_lines(err) == ["deblur: error: terminated by SIGTERM before training "
+                                     "started"], err[-3000:]
+    finally:
+        procs.kill_all()
+        for peer in peers.values():
+            peer.close()
+
+
     # the same command again resumes from that checkpoint, and says so in resumed.json (the
     # pipeline summary reads it: not "from random weights")
     assert not os.path.exists(os.path.join(out, "resumed.json"))
