@@ -139,11 +139,11 @@ def test_overwrite_deletes_only_what_the_ingest_wrote(tmp_path, capsys):
 def test_zero_is_refused_not_ignored(tmp_path, capsys):
     """--steps 0 trained the preset's 800 steps, --batch-size 0 used 8, training.steps=0 800
     (now training.train.steps)."""
-    for flag in ("--steps", "--batch-size"):
+    for flag, field in (("--steps", "steps"), ("--batch-size", "global_batch_size")):
         assert cli.main(["train", "--examples", str(tmp_path), "--out", str(tmp_path / "o"),
                          flag, "0"]) == cli.EXIT_USAGE
         err = capsys.readouterr().err
-        assert err == "deblur: error: steps and global_batch_size must be >= 1\n", err
+        assert err == f"deblur: error: train.{field} must be an integer >= 1, got 0\n", err
     assert cli.main(["run-local", "--work-dir", str(tmp_path / "w"),
                      "--set", "training.train.steps=0"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err

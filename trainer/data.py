@@ -60,6 +60,62 @@ def split_files(examples_dir: str, split: str) -> Sequence[str]:
     return files
 
 
+def damaged_shard_error(path: str, e: BaseException) -> str:
+    """One line for an examples shard that does not read back (truncated, overwritten, not
+    GZIP): the file and what to do (TensorFlow's DataLossError names neither)."""
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    return (f"examples shard {path} is damaged ({type(e).__name__}: {first[:200]}): ingest "
+            f"the data again into a new folder (or with --overwrite), or restore the file")
+
+
+def find_damaged_shard(files: Sequence[str]) -> Optional[str]:
+    """damaged_shard_error of the first of files that does not read back whole (every record
+    read, none parsed), or None: which file a DataLossError of an interleaved read came from."""
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                pass
+        except tf.errors.OpError as e:
+            return damaged_shard_error(path, e)
+    return None
+
+
+def first_examples(files: Sequence[str]) -> Dict[str, tuple]:
+    """{file: (height, width, pair id)} of each shard's first example: the cheap start-up
+    check of a split (a shard whose head is damaged, or is not GZIP TFRecords, is a
+    one-line ValueError naming it; nothing else of the shard is read)."""
+    spec = {"height": FEATURE_SPEC["height"], "width": FEATURE_SPEC["width"],
+            "pair_id": FEATURE_SPEC["pair_id"]}
+    out = {}
+    for path in files:
+        try:
+            for rec in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+                ex = tf.io.parse_single_example(rec, spec)
+                out[path] = (int(ex["height"]), int(ex["width"]), ex["pair_id"].numpy().decode())
+        except tf.errors.OpError as e:
+            raise ValueError(damaged_shard_error(path, e)) from None
+    return out
+
+
+def check_crop_fits(cfg: "DataConfig", knob: str = "data.crop_size") -> None:
+    """The training crop must fit the training images: a one-line ValueError naming the knob,
+    the smallest of the split's images seen (each shard's first example) and the largest crop
+    it allows, instead of a traceback inside tf.data. The ingest quarantines training images
+    smaller than its own crop (ingest.train_crop_size), so the first examples stand for the
+    split unless the trainer's crop is larger than the ingest's."""
+    files = split_files(cfg.examples_dir, cfg.train_split)
+    seen = first_examples(files)
+    if not seen:
+        return
+    path, (h, w, pair_id) = min(seen.items(), key=lambda kv: min(kv[1][:2]))
+    if cfg.crop_size > min(h, w):
+        fits = min(h, w) // ef.ALIGNMENT * ef.ALIGNMENT
+        raise ValueError(f"{knob} {cfg.crop_size} is larger than the training images: "
+                         f"{pair_id} ({path}) is {h}x{w}; choose {knob} <= {fits} (a multiple "
+                         f"of {ef.ALIGNMENT})")
+
+
 def parse_full(serialized: tf.Tensor, scales: Sequence[int] = ef.PYRAMID_FACTORS) -> Dict[str, tf.Tensor]:
     """One serialized example -> full-resolution tensors in [0, 1] (uint8 images as float)."""
     f = tf.io.parse_single_example(serialized, {k: FEATURE_SPEC[k] for k in
@@ -150,7 +206,10 @@ def training_element(ex: Dict[str, tf.Tensor], cfg: DataConfig, seed: tf.Tensor)
 
 def training_dataset(cfg: DataConfig, batch_size: int, *, input_context=None,
                      seed: Optional[int] = None, repeat: bool = True) -> tf.data.Dataset:
-    """Batches of training elements (batch_size is per replica under tf.distribute)."""
+    """Batches of training elements (batch_size is per replica under tf.distribute). A
+    shard whose first record does not read, or a crop larger than the images, is a one-line
+    ValueError here (check_crop_fits), before any training step."""
+    check_crop_fits(cfg)
     files = split_files(cfg.examples_dir, cfg.train_split)
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     pipelines = input_context.num_input_pipelines if input_context is not None else 1

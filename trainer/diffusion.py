@@ -26,10 +26,12 @@ class DiffusionConfig:
     beta_end: float = 1e-2
 
     def __post_init__(self):
-        if self.num_train_steps < 1:
-            raise ValueError("num_train_steps must be >= 1")
+        if isinstance(self.num_train_steps, bool) or not isinstance(self.num_train_steps, int) \
+                or self.num_train_steps < 1:
+            raise ValueError(f"num_train_steps must be an integer >= 1, got {self.num_train_steps!r}")
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:
-            raise ValueError("need 0 < beta_start <= beta_end < 1")
+            raise ValueError(f"beta_start and beta_end must be 0 < beta_start <= beta_end < 1, "
+                             f"got {self.beta_start!r} and {self.beta_end!r}")
 
 
 def linear_betas(num_steps: int, beta_start: float, beta_end: float) -> np.ndarray:

@@ -9,6 +9,7 @@ the model, the batch, the crop and the warm-ups so a few CPU minutes show learni
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Dict, Optional
 
@@ -29,6 +30,36 @@ class DataSection:
     # practical degradations of the conditioning input (trainer/degrade.py); off in the
     # paper's presets
     degrade: bool = False
+
+    def __post_init__(self):
+        # checked when the experiment is built, before any data is read: a 0 shuffle buffer
+        # was a traceback inside tf.data, a crop of 0 or 60 one inside the model
+        require("crop_size", self.crop_size, _positive_int, "a multiple of 8 >= 8",
+                extra=lambda v: v % 8 == 0)
+        require("shuffle_buffer", self.shuffle_buffer, _positive_int, "an integer >= 1")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(v) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def _count(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def require(name: str, value, kind, allowed: str, extra=lambda v: True) -> None:
+    """ValueError "<name> must be <allowed>, got <value>" unless kind(value) and extra(value):
+    one line naming the knob and its range (Experiment.replace adds the section)."""
+    if not (kind(value) and extra(value)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
@@ -105,40 +136,45 @@ class TrainConfig:
     peer_timeout_s: float = 600.0
 
     def __post_init__(self):
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if not self.lpips_weight >= 0.0:
-            raise ValueError(f"lpips_weight must be >= 0, got {self.lpips_weight!r}")
+        # every number's range, before any work: a negative learning rate trained (the loss
+        # climbed from 0.035 to 54) and exported; keep_checkpoints 0 failed in TensorFlow's
+        # words after start-up
+        for name in ("steps", "global_batch_size", "checkpoint_every", "keep_checkpoints",
+                     "log_every", "image_summary_every", "steps_per_loop"):
+            require(name, getattr(self, name), _positive_int, "an integer >= 1")
+        for name in ("lr_warmup_steps", "dpm_warmup_steps", "seed"):
+            require(name, getattr(self, name), _count, "an integer >= 0")
+        require("learning_rate", self.learning_rate, _finite, "a number > 0, e.g. 1e-4",
+                extra=lambda v: v > 0)
+        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
+            require(name, getattr(self, name), _finite, "in [0, 1)",
+                    extra=lambda v: 0.0 <= v < 1.0)
+        require("lpips_weight", self.lpips_weight, _finite, ">= 0 (0: no LPIPS term)",
+                extra=lambda v: v >= 0)
         if self.lpips_net not in LPIPS_NETS:
             raise ValueError(f"lpips_net must be {' or '.join(sorted(LPIPS_NETS))}, "
                              f"got {self.lpips_net!r}")
-        if self.steps < 1 or self.global_batch_size < 1:
-            raise ValueError("steps and global_batch_size must be >= 1")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_schedule!r}")
         if self.mixed_precision not in ("float32", "bfloat16", "auto"):
             raise ValueError("mixed_precision must be float32, bfloat16 or auto")
-        if min(self.checkpoint_every, self.log_every, self.image_summary_every) < 1:
-            raise ValueError("checkpoint_every, log_every and image_summary_every must be >= 1")
         if self.dpm_loss_weighting not in DPM_LOSS_WEIGHTINGS:
             raise ValueError(f"dpm_loss_weighting must be one of {', '.join(DPM_LOSS_WEIGHTINGS)}, "
                              f"got {self.dpm_loss_weighting!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, "
                              f"got {self.strategy!r}")
-        if self.steps_per_loop < 1:
-            raise ValueError(f"steps_per_loop must be >= 1, got {self.steps_per_loop!r}")
         if self.jit_compile not in (None, True, False):
             raise ValueError(f"jit_compile must be true, false or null (the device type's "
                              f"default), got {self.jit_compile!r}")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, "
                              f"got {self.on_nonfinite!r}")
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+        if not (_finite(self.max_skipped_fraction) and 0.0 <= self.max_skipped_fraction <= 1.0):
             raise ValueError(f"max_skipped_fraction must be in [0, 1], "
                              f"got {self.max_skipped_fraction!r}")
-        if not self.peer_timeout_s > 0:
+        if not (isinstance(self.peer_timeout_s, (int, float)) and self.peer_timeout_s > 0):
             raise ValueError(f"peer_timeout_s must be > 0 seconds, got {self.peer_timeout_s!r}")
 
 
@@ -151,6 +187,10 @@ class Experiment:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
+        multiple = getattr(self.model, "multiple", 8)
+        if self.data.crop_size % multiple:
+            raise ValueError(f"data.crop_size must be a multiple of {multiple} for this model "
+                             f"(its UNet levels and guidance scales), got {self.data.crop_size}")
         output = getattr(self.model, "output", None)
         if self.train.dpm_loss_weighting == "unit" and output != "preconditioned":
             raise ValueError(f"train.dpm_loss_weighting 'unit' weighs the preconditioned output's "
@@ -184,7 +224,13 @@ class Experiment:
             hints = typing.get_type_hints(type(current))
             for field, value in changes.items():
                 check_scalar(hints[field], value, f"{name}.{field}")
-            kw[name] = dataclasses.replace(current, **changes)
+            try:
+                kw[name] = dataclasses.replace(current, **changes)
+            except ValueError as e:  # "learning_rate must be ..." -> "train.learning_rate ..."
+                text = str(e)
+                head = text.split(" ", 1)[0]
+                raise ValueError(f"{name}.{text}" if head in fields else f"{name}: {text}") \
+                    from None
         return dataclasses.replace(self, **kw)
 
     def to_dict(self) -> dict:

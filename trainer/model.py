@@ -153,7 +153,7 @@ class ModelConfig:
             raise ValueError(f"sigma_data must be > 0, got {self.sigma_data!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.guidance_noise_sigma < 0:
+        if not self.guidance_noise_sigma >= 0:  # NaN too
             raise ValueError(f"guidance_noise_sigma must be >= 0, got {self.guidance_noise_sigma!r}")
         if self.noise_embedding_scale <= 0 or self.norm_epsilon <= 0:
             raise ValueError("noise_embedding_scale and norm_epsilon must be > 0")
