@@ -624,9 +624,8 @@ def _loop(trainer: Trainer, start: _Start, examples_dir: str, progress: bool, on
             steps = f"step {step + 1}" if n == 1 else f"steps {step + 1}-{step + n}"
             raise TrainingStopped(
                 f"lost contact with another worker during {steps} ({type(e).__name__}: "
-                f"{detail[:300]}); run all workers again to resume from the "
-                f"newest checkpoint in {ckpt_dir}"
-                + (f" (step {last_checkpoint})" if last_checkpoint else "")) from None
+                f"{detail[:300]}); "
+                + _resume_hint(ckpt_dir, last_checkpoint, resumed)) from None
         if not bool(metrics["finite"]):
             if t.on_nonfinite == "stop":
                 raise TrainingStopped(
@@ -734,6 +733,22 @@ def _all_workers_sum(strategy: tf.distribute.Strategy, fn) -> list:
     reduced = tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(fn),
                                                   axis=None))()
     return [float(x) for x in reduced.numpy()]
+
+
+def _resume_hint(ckpt_dir: str, last_checkpoint: Optional[int], start_step: int) -> str:
+    """What a rerun of all workers resumes from, after a lost worker: the newest checkpoint
+    that exists (named by its path), or that none was written yet (OUT/checkpoints is made by
+    the first save), or, on a worker that does not see the chief's folder (another machine),
+    the chief's checkpoint of that step in the chief's folder."""
+    newest = tf.train.latest_checkpoint(ckpt_dir) if gfile.isdir(ckpt_dir) else None
+    if newest:
+        return (f"run all workers again to resume from the newest checkpoint, {newest} "
+                f"(step {newest.rsplit('-', 1)[-1]})")
+    if last_checkpoint is None:
+        return (f"no checkpoint was written yet: run all workers again to start over from "
+                f"step {start_step}")
+    return (f"run all workers again to resume from the chief's checkpoint of step "
+            f"{last_checkpoint} in {ckpt_dir} (on the chief's machine, not visible here)")
 
 
 def _check_workers_agree(trainer: Trainer, ckpt_dir: str) -> None:

@@ -70,6 +70,7 @@ PROJECT = ("core", "metrics", "trainer", "components", "pipelines", "deblur", "t
 NEEDS = {"test_mirrored_step_matches_the_default_strategy": {"mirrored"},
          "test_two_workers_match_one_process": {"two_workers"},
          "test_two_workers_write_once_stop_on_a_lost_worker_and_resume": {"workers_cli"},
+         "test_a_worker_lost_before_any_checkpoint_says_none_was_written": {"workers_early"},
          "test_a_damaged_checkpoint_falls_back_to_the_previous_one": {"reference"},
          "test_resume_after_sigkill_ends_with_the_uninterrupted_weights": {"reference", "resume"},
          "test_steps_per_loop_ends_with_the_one_step_weights": {"reference", "loop"},
@@ -513,6 +514,33 @@ def _workers_cli_job(procs: Procs, examples: str, work: str) -> dict:
     return {"out": out, "killed": killed, "again": runs, "worker_tmp": sorted(os.listdir(tmp[1]))}
 
 
+def _workers_early_job(procs: Procs, examples: str, work: str) -> dict:
+    """`deblur train` as two workers; the non-chief holds still after step 1, before the first
+    checkpoint (step 2), and is SIGKILLed: what the chief says."""
+    out = os.path.join(work, "workers_early")
+    argv = _worker_argv(examples, out)
+    tmp = os.path.join(work, "early.tmp")
+    os.makedirs(tmp)
+    chief, other = _start_workers(
+        procs, "early", WORKER_CLI, [{"argv": argv, "pause_at": 0},
+                                     {"argv": argv, "pause_at": 1}], env=[{}, {"TMPDIR": tmp}])
+    while "PAUSED" not in procs.output(other):
+        for p in (chief, other):
+            if p.poll() is not None:
+                raise AssertionError(f"{p.name} exited with {p.returncode}:\n"
+                                     + procs.output(p, "err")[-4000:])
+        if time.time() - other.started > TIMEOUT:
+            raise AssertionError(f"{other.name}: no pause after {TIMEOUT} s")
+        time.sleep(0.5)
+    procs.kill(other)  # SIGKILL
+    try:
+        chief.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        procs.kill(chief)
+        raise AssertionError(f"the chief went on for {TIMEOUT} s after its peer was killed")
+    return {"out": out, "returncode": chief.returncode, "err": procs.output(chief, "err")}
+
+
 def _reference_job(procs: Procs, examples: str, work: str) -> dict:
     out = os.path.join(work, "reference")
     args = _run_args(examples, out, export=False)
@@ -593,7 +621,8 @@ def jobs(request, ingested, tmp_path_factory):
     futures = {}
     for name, job in (("mirrored", _mirrored_job), ("reference", _reference_job),
                       ("resume", _resume_job), ("two_workers", _two_workers_job),
-                      ("workers_cli", _workers_cli_job), ("loop", _loop_job),
+                      ("workers_cli", _workers_cli_job), ("workers_early", _workers_early_job),
+                      ("loop", _loop_job),
                       ("bf16", _bf16_job)):
         if name in wanted:
             futures[name] = pool.submit(job, procs, examples, work)
@@ -703,7 +732,9 @@ def test_two_workers_write_once_stop_on_a_lost_worker_and_resume(jobs):
     assert killed["returncode"] == 1 and len(errors) == 1, killed["err"][-3000:]
     assert errors[0].startswith(f"deblur: error: lost contact with another worker during step "
                                 f"{PAUSE_AT + 1} ("), errors[0]
-    assert errors[0].endswith(f"resume from the newest checkpoint in {out}/checkpoints (step 2)")
+    # the checkpoint it names exists (the folder alone was named before)
+    assert errors[0].endswith(f"resume from the newest checkpoint, {out}/checkpoints/ckpt-2 "
+                              "(step 2)"), errors[0]
     assert killed["checkpoints"] == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
     assert [h["step"] for h in killed["history"]] == [1, 2]
     line = "MultiWorkerMirroredStrategy: 2 worker(s), 2 replica(s) in sync on CPU, XLA off"
@@ -721,6 +752,20 @@ def test_two_workers_write_once_stop_on_a_lost_worker_and_resume(jobs):
     assert [h["step"] for h in _read_json(os.path.join(out, "history.json"))] == list(
         range(1, STEPS + 1))
     assert os.path.exists(os.path.join(out, "saved_model", "deblur.json"))
+
+
+@pytest.mark.slow
+def test_a_worker_lost_before_any_checkpoint_says_none_was_written(jobs):
+    """The lost-worker line named OUT/checkpoints to resume from when no checkpoint had been
+    written and that folder did not exist; now it says so, and what a rerun does."""
+    r = jobs["workers_early"].result(timeout=2 * TIMEOUT)
+    errors = _error_lines(r["err"])
+    assert r["returncode"] == 1 and len(errors) == 1, r["err"][-3000:]
+    assert errors[0].startswith("deblur: error: lost contact with another worker during step "
+                                "2 ("), errors[0]
+    assert errors[0].endswith("; no checkpoint was written yet: run all workers again to "
+                              "start over from step 0"), errors[0]
+    assert not os.path.exists(os.path.join(r["out"], "checkpoints"))
 
 
 @pytest.mark.slow
@@ -1175,51 +1220,6 @@ def test_sigterm_ends_a_worker_waiting_for_its_peers_at_once(ingested, tmp_path)
         procs.kill_all()
 
 
-@pytest.mark.slow
-def test_sigterm_ends_a_process_blocked_in_a_step_within_30_s(ingested, tmp_path):
-    """The main thread can be blocked where no Python signal handler runs (here: on_step
-    sleeping, which resumes after the handler; in real runs, a collective inside TensorFlow):
-    the watchdog thread ends the process 25 s after SIGTERM."""
-    procs = Procs(str(tmp_path))
-    try:
-        out = str(tmp_path / "out")
-        p = procs.start("blocked", TRAIN_RUN, _run_args(ingested[1], out, pause_at=PAUSE_AT))
-        procs.wait_for_pause(p, os.path.join(out, "checkpoints", "checkpoint"))
-        sent = time.time()
-        os.kill(p.pid, signal.SIGTERM)
-        p.wait(timeout=60)
-        took = time.time() - sent
-        err = procs.output(p, "err")
-        assert p.returncode == 143 and 20 < took < 30, (p.returncode, took, err[-3000:])
-        assert "deblur: error: still running 25 s after SIGTERM (blocked in TensorFlow); " \
-               "exiting" in err
-    finally:
-        procs.kill_all()
-
-
-@pytest.mark.slow
-def test_sigterm_in_the_loop_saves_a_checkpoint_and_ends(ingested, tmp_path):
-    """Kubernetes sends SIGTERM before SIGKILL: training stops after the current loop call,
-    saves the checkpoint that is due (steps since the last one) and ends in one line."""
-    from trainer import experiments
-    from trainer import train as train_lib
-
-    def on_step(step, row):
-        if step == PAUSE_AT:  # checkpoint 2 is written, 3 is not
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    before = signal.getsignal(signal.SIGTERM)
-    out = str(tmp_path / "out")
-    with pytest.raises(train_lib.TrainingTerminated) as e:
-        train_lib.train(experiments.get("tiny", **TRAIN), ingested[1], out, on_step=on_step)
-    assert str(e.value) == (f"terminated by SIGTERM at step {PAUSE_AT} of {STEPS}; checkpoint "
-                            f"of step {PAUSE_AT} in {out}/checkpoints: run the same command "
-                            "again to resume")
-    assert signal.getsignal(signal.SIGTERM) == before  # put back
-    assert sorted(f for f in os.listdir(os.path.join(out, "checkpoints"))
-                  if f.endswith(".index")) == ["ckpt-2.index", f"ckpt-{PAUSE_AT}.index"]
-    assert [h["step"] for h in _read_json(os.path.join(out, "history.json"))] == [1, 2, 3]
-    assert not os.path.exists(os.path.join(out, "saved_model"))
 class _NotAWorker:
     """A plain TCP listener on a free port: it accepts and says nothing ("silent"), or answers
     every connection with a line that is not HTTP/2 ("garbage"); what a wrong port in TF_CONFIG
@@ -1355,6 +1355,51 @@ def test_a_peer_port_that_is_not_a_tensorflow_worker_ends_worker_0_in_one_line(i
             peer.close()
 
 
+@pytest.mark.slow
+def test_sigterm_ends_a_process_blocked_in_a_step_within_30_s(ingested, tmp_path):
+    """The main thread can be blocked where no Python signal handler runs (here: on_step
+    sleeping, which resumes after the handler; in real runs, a collective inside TensorFlow):
+    the watchdog thread ends the process 25 s after SIGTERM."""
+    procs = Procs(str(tmp_path))
+    try:
+        out = str(tmp_path / "out")
+        p = procs.start("blocked", TRAIN_RUN, _run_args(ingested[1], out, pause_at=PAUSE_AT))
+        procs.wait_for_pause(p, os.path.join(out, "checkpoints", "checkpoint"))
+        sent = time.time()
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(timeout=60)
+        took = time.time() - sent
+        err = procs.output(p, "err")
+        assert p.returncode == 143 and 20 < took < 30, (p.returncode, took, err[-3000:])
+        assert "deblur: error: still running 25 s after SIGTERM (blocked in TensorFlow); " \
+               "exiting" in err
+    finally:
+        procs.kill_all()
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_loop_saves_a_checkpoint_and_ends(ingested, tmp_path):
+    """Kubernetes sends SIGTERM before SIGKILL: training stops after the current loop call,
+    saves the checkpoint that is due (steps since the last one) and ends in one line."""
+    from trainer import experiments
+    from trainer import train as train_lib
+
+    def on_step(step, row):
+        if step == PAUSE_AT:  # checkpoint 2 is written, 3 is not
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    out = str(tmp_path / "out")
+    with pytest.raises(train_lib.TrainingTerminated) as e:
+        train_lib.train(experiments.get("tiny", **TRAIN), ingested[1], out, on_step=on_step)
+    assert str(e.value) == (f"terminated by SIGTERM at step {PAUSE_AT} of {STEPS}; checkpoint "
+                            f"of step {PAUSE_AT} in {out}/checkpoints: run the same command "
+                            "again to resume")
+    assert signal.getsignal(signal.SIGTERM) == before  # put back
+    assert sorted(f for f in os.listdir(os.path.join(out, "checkpoints"))
+                  if f.endswith(".index")) == ["ckpt-2.index", f"ckpt-{PAUSE_AT}.index"]
+    assert [h["step"] for h in _read_json(os.path.join(out, "history.json"))] == [1, 2, 3]
+    assert not os.path.exists(os.path.join(out, "saved_model"))
     # the same command again resumes from that checkpoint, and says so in resumed.json (the
     # pipeline summary reads it: not "from random weights")
     assert not os.path.exists(os.path.join(out, "resumed.json"))
