@@ -112,7 +112,8 @@ def test_health_and_metadata(client, server):
 
 
 # ----------------------------------------------------------------------------- inference
-@pytest.mark.parametrize("shape,tiled", [(SMALL, False), (TILED, True)], ids=["37x53", "48x96-tiled"])
+@pytest.mark.parametrize("shape,tiled", [(SMALL, False), (TILED, True)],
+                         ids=["37x53", "48x96-tiled"])
 def test_infer_json_binary_png_equal_deblur_predict(client, registry, tmp_path, shape, tiled):
     image = _image(shape, seed=shape[0])
     outs = {}
@@ -310,8 +311,20 @@ def test_deblur_serve_runs_in_the_foreground_and_stops_on_sigterm(registry):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         c = V2Client(f"http://127.0.0.1:{port}", timeout=120)
-        _wait(lambda: proc.poll() is not None or c.ready(NAME), "deblur serve gets ready")
+        seen = []  # readiness until ready: no answer (not bound yet), 503 (loading), then 200
+
+        def ready():
+            try:
+                status = c.request("GET", "/v2/health/ready")[0]
+            except V2Error as e:
+                status = e.status
+            except OSError:
+                status = None
+            seen.append(status)
+            return proc.poll() is not None or status == 200
+        _wait(ready, "deblur serve gets ready")
         assert proc.poll() is None
+        assert set(seen) <= {None, 503, 200} and seen[-1] == 200, seen
         assert c.infer(NAME, _image((8, 8), 3), mode="png")[1] == "2"
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -321,6 +334,7 @@ def test_deblur_serve_runs_in_the_foreground_and_stops_on_sigterm(registry):
     assert "is version 2 of 'deblur-icdpm'" in out, out[-2000:]
 
 
+@pytest.mark.slow  # a server of its own (~10 s); the fast lane keeps the rest
 def test_a_server_stops_when_its_parent_dies(registry, tmp_path):
     """serve_process's server polls its parent: a parent killed with SIGKILL (no clean-up at
     all) leaves no server behind."""
