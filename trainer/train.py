@@ -616,6 +616,18 @@ def _loop(trainer: Trainer, start: _Start, examples_dir: str, progress: bool, on
             raise TrainingStopped(
                 f"the training input of this process ran out after step {step} (a split with "
                 "fewer examples than a global batch, or an empty shard for this worker)") from None
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            # a shard damaged past its first record: TensorFlow's message names no file
+            dcfg = trainer.exp.data_config(examples_dir)
+            damaged = data_lib.find_damaged_shard(
+                data_lib.split_files(dcfg.examples_dir, dcfg.train_split))
+            if damaged is None:
+                raise
+            raise TrainingStopped(
+                f"{damaged}; training stopped at step {step}"
+                + (f", checkpointed at step {last_checkpoint} in {ckpt_dir}: run the same "
+                   "command again to resume once the data reads" if last_checkpoint else "")) \
+                from None
         except _PEER_ERRORS as e:
             if num_workers(trainer.strategy) == 1:
                 raise

@@ -118,16 +118,25 @@ def load_split(examples_dir: str, split: str, max_images: int) -> List[dict]:
     from core import example_format as ef
     from trainer.data import split_files
 
+    from trainer.data import find_damaged_shard
+
     files = sorted(split_files(examples_dir, split))
     id_spec = {"pair_id": tf.io.FixedLenFeature([], tf.string)}
     heap: List = []  # max-heap by pair id (negated order via a wrapper) of (id, record)
-    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-        pid = tf.io.parse_single_example(rec, id_spec)["pair_id"].numpy().decode()
-        item = (_Desc(pid), rec.numpy())
-        if len(heap) < max_images:
-            heapq.heappush(heap, item)
-        elif pid < heap[0][0].key:
-            heapq.heapreplace(heap, item)
+    try:
+        for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            pid = tf.io.parse_single_example(rec, id_spec)["pair_id"].numpy().decode()
+            item = (_Desc(pid), rec.numpy())
+            if len(heap) < max_images:
+                heapq.heappush(heap, item)
+            elif pid < heap[0][0].key:
+                heapq.heapreplace(heap, item)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        # a truncated or overwritten shard: TensorFlow's message names no file
+        damaged = find_damaged_shard(files)
+        if damaged is None:
+            raise
+        raise ValueError(damaged) from e
     if not heap:
         raise ValueError(f"split {split!r} of {examples_dir} has no examples")
     spec = {k: tf.io.FixedLenFeature([], tf.string)
@@ -194,6 +203,22 @@ def load_model(model_dir: str):
         raise ValueError(f"{model_dir} is not a deblurring SavedModel of trainer/export.py "
                          "(no deblur_batch function)")
     return loaded
+
+
+def load_model_or_explain(model_dir: str):
+    """load_model, or a one-line ValueError naming the folder when the SavedModel does not
+    load (a truncated variables file: IndexError; a bit flip: DataLossError; a saved_model.pb
+    that does not parse): TensorFlow's own error is a page of traceback."""
+    try:
+        return load_model(model_dir)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 (TensorFlow fails a damaged model in many ways)
+        text = getattr(e, "message", None) or str(e) or type(e).__name__
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        raise ValueError(f"the SavedModel {model_dir} does not load ({type(e).__name__}: "
+                         f"{first[:200]}): it is damaged or partial; export it again or give "
+                         f"an intact copy (e.g. its registry version)") from None
 
 
 def run_model(loaded, data: Dict[str, List[dict]], settings: Sequence[SamplingSetting],
@@ -318,7 +343,7 @@ def domain_gap_report(model_dir: str, examples_dir: str, config: EvalConfig = Ev
     splits, data, domain_of = select_data(examples_dir, config)
     by_domain = {d: [it for s in splits if domain_of[s] == d for it in data[s]]
                  for d in sorted(set(domain_of.values()))}
-    return dg.domain_gap(load_model(model_dir), by_domain, default_inception())
+    return dg.domain_gap(load_model_or_explain(model_dir), by_domain, default_inception())
 
 
 # ---- the whole evaluation ------------------------------------------------------------------
@@ -334,7 +359,9 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
     settings = config.settings()
     splits, data, domain_of = select_data(examples_dir, config)
     scorer = Scorer(config.lpips_net)
-    loaded = load_model(model_dir)
+    loaded = load_model_or_explain(model_dir)
+    if baseline_dir and baseline_loaded is None:  # a damaged --baseline: before any work
+        baseline_loaded = load_model_or_explain(baseline_dir)
     inception = None
     if config.fid_kid or config.domain_gap:
         from metrics.inception import default_inception
