@@ -43,7 +43,33 @@ PROGRESS_LOGGER = "deblur.progress"
 
 def run_fn(fn_args) -> None:
     source = dict((fn_args.custom_config or {}).get("warm_start_source") or {})
-    train_from_fn_args(fn_args, find_parent=lambda: latest_blessed(source))
+    mode = (fn_args.custom_config or {}).get("warm_start") or "none"
+    if warm_start.is_ref(mode):  # @production, deblur-icdpm@staging, deblur-icdpm/3
+        train_from_fn_args(fn_args, find_parent=lambda: from_registry_ref(source, mode))
+    else:
+        train_from_fn_args(fn_args, find_parent=lambda: latest_blessed(source))
+
+
+def from_registry_ref(source: Dict[str, Any], ref: str) -> Parent:
+    """The version a registry ref names (an alias: complete, intact, blessed), as a parent;
+    one line naming the ref when it names none."""
+    from components.registry.aliases import resolve_ref
+    from components.registry.registry import RegistryError
+
+    if not source.get("registry_uri"):
+        raise ValueError(f"training.warm_start {ref}: no registry to look in")
+    try:
+        resolved = resolve_ref(source["registry_uri"], ref,
+                               default_model=source.get("model_name") or "deblur-icdpm")
+    except RegistryError as e:
+        raise warm_start.WarmStartError(f"training.warm_start {ref}: {e}") from None
+    reg, version = resolved.registry, resolved.version
+    named = f"{reg.model_name}@{resolved.alias}, " if resolved.alias else ""
+    model_source = resolved.manifest.get("source")
+    return Parent(saved_model_dir=reg.local_path(version),
+                  name=f"registry version {version} ({named}{ref})", version=version,
+                  model_uri=model_source.get("model_uri") if isinstance(model_source, dict)
+                  else None)
 
 
 def examples_uri(train_files) -> str:

@@ -28,6 +28,7 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from components.evaluator.component import DeblurEvaluator
 from components.ingest.component import DeblurIngest, unit_store
 from components.registry.component import RegistryPusher
+from components.serving.component import ServabilityCheck
 from components.validation_component import DomainDriftReport, ValidationGate
 from pipelines.config import ConfigError, PipelineConfig
 
@@ -158,6 +159,14 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         registry_uri=registry_uri,
         model_name=config.registry.model_name,
     )
+    # InfraValidator's role: the pushed version answers real requests through the serving
+    # code before an alias moves (components/serving/check.py)
+    servability = None
+    if config.registry.servability_check:
+        servability = ServabilityCheck(
+            pushed_model=pusher.outputs["pushed_model"], examples=ingest.outputs["examples"],
+            registry_uri=registry_uri, model_name=config.registry.model_name,
+            promote_to=config.registry.promote_to or "", train_split=train_split)
     # On Kubeflow, the run page's account of the Trainer (TFX's Trainer has fixed outputs the
     # frontend does not draw) and of the whole run (never cached: pipelines/kubeflow/runner.py);
     # locally `deblur run-local` prints the same from ML Metadata.
@@ -179,7 +188,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         # the Kubeflow placement sets each component's resources from config.kubeflow
         components=placement.place(
             config, [c for c in (ingest, statistics, schema, validator, gate, drift, trainer,
-                                 training_report, latest_blessed, evaluator, pusher, run_summary)
+                                 training_report, latest_blessed, evaluator, pusher, servability,
+                                 run_summary)
                      if c is not None]),
         enable_cache=config.runner.enable_cache,
         metadata_connection_config=metadata_connection_config,

@@ -59,8 +59,9 @@ PARAMS: Sequence[RunParam] = (
              "training steps (after a warm start: steps more than the parent's)",
              "an integer >= 1"),
     RunParam("warm_start", "training.warm_start", "Trainer", "custom_config", "warm_start", str,
-             "none: random weights; latest_blessed: start from the weights and step of the "
-             "registry's newest (blessed) model", "none or latest_blessed"),
+             "none: the base model or random weights; latest_blessed: start from the weights "
+             "and step of the registry's newest (blessed) model; @production (a registry ref: "
+             "NAME@ALIAS, NAME/N): that version", "none, latest_blessed or a registry ref"),
     RunParam("gate_ood_lpips_max", "gate.ood_lpips_max", "DeblurEvaluator", "gate_config",
              "ood_lpips_max", float, "out-of-domain LPIPS a blessed model must be at or under",
              "a number > 0 (LPIPS, e.g. 0.2)"),

@@ -263,10 +263,10 @@ def test_a_bad_value_stops_the_run_first_in_one_line(contract_run):
     log = open(f"{bad.run_root}/DeblurInputFingerprint/launcher.log").read().strip().splitlines()
     assert len(log) == 1, log
     assert log[0].startswith("run parameters refused: train_steps=0: ") and \
-        "warm_start=newest: " in log[0] and "(allowed: none or latest_blessed)" in log[0]
+        "warm_start=newest: " in log[0] and "(allowed: none, latest_blessed or a registry ref)" in log[0]
     md = open(bad.artifact("DeblurRunCheck", "report")["uri"]).read()
     assert md.startswith("## Run parameters: 2 refused, the run stops here")
-    assert "- **warm_start** = `newest`:" in md and "Allowed: none or latest_blessed." in md
+    assert "- **warm_start** = `newest`:" in md and "Allowed: none, latest_blessed or a registry ref." in md
 
 
 def test_a_run_with_only_overrides_gets_the_compiled_defaults(contract_run):

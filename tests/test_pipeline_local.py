@@ -89,7 +89,7 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     states = executions(str(run / "metadata.sqlite"))
     for component in ("DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
                       "ValidationGate", "DomainDriftReport", "Trainer", "DeblurEvaluator",
-                      "RegistryPusher"):
+                      "RegistryPusher", "ServabilityCheck"):
         assert any(component in t for t in states), (component, states)
     assert set(states.values()) == {"COMPLETE"}, states
     summary = json.loads((run / "summary.json").read_text())
@@ -127,6 +127,22 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
         "regression": "skipped"}, summary["blessing"]
     assert summary["push"]["pushed"] == 1 and summary["push"]["pushed_version"] == "1"
     assert "blessed: YES" in out and "registered: version 1" in out
+    # the pushed version served real requests (in- and out-of-domain, PNG and binary) through
+    # deblur serve's code, matching the evaluator's outputs; then staging moved, production not
+    sv = summary["servability"]
+    assert sv["checked"] and sv["passed"], sv
+    assert sorted({(r["domain"], r["mode"]) for r in sv["requests"]}) == [
+        ("in", "binary"), ("in", "png"), ("out", "binary"), ("out", "png")]
+    assert all(r["model_version"] == "1" and r["ok"] for r in sv["requests"])
+    assert sv["alias_moved"] == {"alias": "staging", "from": None, "to": 1}
+    assert "alias moved: staging: unset -> version 1" in out
+    from components.registry.aliases import Aliases
+    from components.registry.registry import Registry as _Registry
+
+    aliases = Aliases(_Registry(str(run / "registry"), "deblur-icdpm"))
+    (move,) = aliases.history()
+    assert (move.alias, move.version, move.action) == ("staging", 1, "promote")
+    assert move.run["run_id"] == summary["pipeline_run"] and aliases.get("production") is None
     first_model = summary["model_uri"]
     # the run-page artifacts (system.Markdown / HTML / Metrics types) under LocalDagRunner too
     store = _store(str(run / "metadata.sqlite"))
@@ -134,7 +150,10 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     pages = {a.custom_properties["display_name"].string_value: a.uri
              for a in by_type["system.Markdown"]}
     # the pusher's page (40b3c62) names the registered version
-    assert set(pages) == {"gate verdict", "domain drift", "registry: deblur-icdpm"}
+    assert set(pages) == {"gate verdict", "domain drift", "registry: deblur-icdpm",
+                          "servability: deblur-icdpm"}
+    with open(pages["servability: deblur-icdpm"]) as f:
+        assert "**deblur-icdpm@staging: unset -> version 1**" in f.read()
     with open(pages["gate verdict"]) as f:
         assert f.read().startswith("## Blessed: YES")
     with open(pages["domain drift"]) as f:
@@ -193,6 +212,7 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     assert rules["regression"] in ("pass", "fail")  # measured against the baseline, not skipped
     assert summary["push"]["pushed"] == 0 and "not blessed" in summary["push"]["reason"]
     assert "blessed: NO" in out and "not registered: model not blessed" in out
+    assert not summary["servability"]["checked"] and aliases.get("staging") == 1
     from components.registry.registry import Registry
 
     assert Registry(str(run / "registry"), "deblur-icdpm").versions() == [1]

@@ -769,7 +769,7 @@ def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):
     ("train_steps=0", "training.train.steps must be an integer >= 1"),
     ("gate_ood_lpips_max=-1", "ood_lpips_max must be > 0"),
     ("train_steps", "expected NAME=VALUE"),
-    ("warm_start=latest", "allowed: none or latest_blessed"),
+    ("warm_start=latest", "allowed: none, latest_blessed or a registry ref"),
     ("gate_input_psnr_tolerance=nan", "allowed: a finite number (dB, e.g. 0.0)"),
     ("data_sources=notjson", "data_sources=notjson: not JSON (Expecting value at character 0); "
                              "expected a non-empty JSON list of sources"),
@@ -885,13 +885,14 @@ def test_check_task_refuses_a_bad_value_in_one_line_with_a_report(compiled, tmp_
     line = (tmp_path / "out" / "problems").read_text()
     assert line == ("run parameters refused: train_steps=0: training: training.train.steps must be "
                     "an integer >= 1, got 0 (allowed: an integer >= 1); warm_start=latest: training: "
-                    "training.warm_start must be one of none, latest_blessed, got 'latest' "
-                    "(allowed: none or latest_blessed)")
+                    "training.warm_start must be none, latest_blessed or a registry model ref "
+                    "(@production, NAME@ALIAS, NAME/N), got 'latest' "
+                    "(allowed: none, latest_blessed or a registry ref)")
     assert capsys.readouterr().err.strip().splitlines() == [line]
     md = (tmp_path / "DeblurRunCheck" / "report").read_text()
     assert md.startswith("## Run parameters: 2 refused, the run stops here")
     assert "- **train_steps** = `0`: " in md and "Allowed: an integer >= 1." in md
-    assert "| warm_start | `latest` | none or latest_blessed | **REFUSED** |" in md
+    assert "| warm_start | `latest` | none, latest_blessed or a registry ref | **REFUSED** |" in md
     assert "| gate_input_psnr_tolerance | `0.0` | a finite number (dB, e.g. 0.0) | ok |" in md
     out = json.loads((tmp_path / "out" / "executor_output.json").read_text())
     assert out["parameterValues"]["problems"] == line
