@@ -31,6 +31,8 @@ def tiny_config(tmp_path, **runner):
         # about the wiring; components/evaluator tests the rule)
         "gate": {"ood_lpips_max": 0.99, "regression_tolerance": 1.0, "input_lpips_margin": -1.0,
                  "input_psnr_tolerance": 100.0},
+        # the servability check (a serving process, ~30 s) is the end-to-end test's business
+        "registry": {"servability_check": False, "promote_to": None},
         "runner": {"work_dir": str(tmp_path / "run"), **runner},
     }
 
@@ -76,6 +78,7 @@ def execution_states(metadata_path):
 @pytest.mark.slow
 def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     d = tiny_config(tmp_path)
+    d["registry"] = {}  # the defaults: the servability check, then staging moves
     d["training"]["train"]["steps"] = 5  # --param train_steps (the Kubeflow run parameter) sets 3
     path = write_config(tmp_path, d)
     scratch = tmp_path / "tmp"  # the run's $TMPDIR: TFX left ~98 MB per run in it
@@ -200,6 +203,7 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     # A second run: its baseline is the first run's blessed model, measured now; with a
     # threshold no model meets it is not blessed, and the pusher records why, pushing nothing.
     d = tiny_config(tmp_path)
+    d["registry"] = {}
     d["gate"]["ood_lpips_max"] = 0.001
     assert cli.main(["run-local", "--config", write_config(tmp_path, d)]) == 0
     out = capsys.readouterr().out

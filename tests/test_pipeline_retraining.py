@@ -59,6 +59,7 @@ def config(tmp_path):
                        "max_images_per_split": 1},
         "gate": {"ood_lpips_max": 0.99, "regression_tolerance": 1.0, "input_lpips_margin": -1.0,
                  "input_psnr_tolerance": 100.0},
+        "registry": {"servability_check": False, "promote_to": None},  # tested end to end
         "runner": {"work_dir": str(tmp_path / "run")},
     }
 
