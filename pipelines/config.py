@@ -123,8 +123,14 @@ class TrainingConfig:
             raise ValueError(f"training.base_model must be auto, none or a SavedModel folder, "
                              f"got {self.base_model!r}")
         if self.warm_start not in WARM_START_MODES:
-            raise ValueError(f"training.warm_start must be one of {', '.join(WARM_START_MODES)}, "
-                             f"got {self.warm_start!r}")
+            from trainer.warm_start import describe_modes, is_ref
+
+            if not is_ref(self.warm_start):
+                raise ValueError(f"training.warm_start must be {describe_modes()}, got "
+                                 f"{self.warm_start!r}")
+            from components.registry.aliases import parse_ref
+
+            parse_ref(self.warm_start)  # an alias that is no word: one line, now
         for name in TRAINER_SECTIONS:
             section = getattr(self, name)
             if not isinstance(section, dict) or not all(isinstance(k, str) for k in section):
@@ -149,9 +155,16 @@ class TrainingConfig:
 
         overrides = self.experiment_overrides()
         try:
-            return experiments.get(self.experiment, **overrides)
+            exp = experiments.get(self.experiment, **overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(_training_error(self.experiment, overrides, e)) from e
+        # the pipeline this section belongs to (PipelineConfig.__post_init__) knows the
+        # images: a crop larger than them was a traceback in the Trainer, after the ingest
+        pipeline = getattr(self, "_pipeline", None)
+        problem = pipeline.crop_problem(exp.data.crop_size) if pipeline is not None else None
+        if problem:
+            raise ConfigError(problem)
+        return exp
 
 
 _EXAMPLE_FIELD = {"model": "diffusion_channels: 32", "diffusion": "num_train_steps: 1000",
@@ -184,6 +197,20 @@ class RegistryConfig:
 
     uri: Optional[str] = None  # default <work_dir>/registry
     model_name: str = "deblur-icdpm"
+    # after a push, serve the version through `deblur serve`'s code and check its answers
+    # (components/serving/check.py); only then move this alias to it. "" or null: move none.
+    # `production` moves when a person promotes (deblur registry promote) unless set here.
+    servability_check: bool = True
+    promote_to: Optional[str] = "staging"
+
+    def __post_init__(self):
+        if self.promote_to:
+            from components.registry.aliases import check_alias
+
+            check_alias(self.promote_to)
+        if self.promote_to and not self.servability_check:
+            raise ValueError("registry.promote_to moves an alias only after the servability "
+                             "check: set registry.servability_check true or promote_to null")
 
     def resolved_uri(self, work_dir: str) -> str:
         return self.uri or os.path.join(os.path.abspath(work_dir), "registry")
@@ -225,6 +252,30 @@ class PipelineConfig:
     registry: RegistryConfig = dataclasses.field(default_factory=RegistryConfig)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
+
+    def __post_init__(self):
+        # not a field: lets training.build_experiment() check the crop against the images
+        self.training._pipeline = self
+
+    def crop_problem(self, crop: int) -> Optional[str]:
+        """Why the Trainer's crop cannot fit the training images, as far as the config knows
+        them (None: it fits): the synthetic sets' size, or, for real sources, the smallest
+        training image the ingest lets through (ingest.train_crop_size; smaller ones are
+        quarantined), which is what guarantees the crop fits every training image."""
+        if not self.data.sources:
+            h, w = self.data.synthetic.size
+            if crop > min(h, w):
+                return (f"training.data.crop_size {crop} is larger than the synthetic images "
+                        f"(data.synthetic.size [{h}, {w}]); choose training.data.crop_size <= "
+                        f"{min(h, w) // 8 * 8} or a larger data.synthetic.size")
+            return None
+        if crop > self.ingest.train_crop_size:
+            return (f"training.data.crop_size {crop} is larger than ingest.train_crop_size "
+                    f"{self.ingest.train_crop_size}, the smallest training image the ingest "
+                    f"lets through: set ingest.train_crop_size to {crop} (smaller training "
+                    f"images are then quarantined) or training.data.crop_size <= "
+                    f"{self.ingest.train_crop_size}")
+        return None
 
     def synthetic_root(self) -> str:
         return os.path.join(os.path.abspath(self.runner.work_dir), "data")

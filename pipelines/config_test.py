@@ -31,7 +31,8 @@ def test_overrides_keep_types_and_nest(tmp_path):
     ("gate.ood_lpips_max=yes", "gate.ood_lpips_max: expected float, got bool"),
     ("gate.baseline=mlmd", "baseline must be 'ml-metadata' or 'registry'"),
     ("evaluation.grid=[{max_noise: 2}]", "max_noise must be in (0, 1]"),
-    ("training.warm_start=latest", "training.warm_start must be one of none, latest_blessed"),
+    ("training.warm_start=latest", "training.warm_start must be none, latest_blessed or a "
+                                   "registry model ref"),
     ("ingest.span_window=-1", "span_window must be an integer >= 0"),
     ("data.sources=[{layout: folder, root: /d, span_pattern: daily}]", "span_pattern 'daily'"),
     ("data.synthetic.size=128", "data.synthetic: size must be [height, width], two integers "
@@ -149,3 +150,35 @@ def test_the_training_split_is_one_knob():
     assert custom["overrides"] == {"data": {"train_split": "big"},
                                    "train": {"global_batch_size": 2}}
     assert json.loads(by_id["DeblurEvaluator"].exec_properties["eval_config"])["train_split"] == "big"
+
+
+def test_run_local_refuses_a_crop_larger_than_the_images_before_anything_runs(tmp_path, capsys):
+    """Issue 35.5: a training crop larger than the images was a traceback in the Trainer,
+    after the ingest. run-local knows the synthetic images' size, and for real sources the
+    smallest training image the ingest lets through (ingest.train_crop_size)."""
+    from deblur import cli
+
+    src = tmp_path / "src" / "GOPRO_Large" / "train" / "SEQ" / "blur"
+    src.mkdir(parents=True)
+    work = tmp_path / "w"
+    for sets, message in (
+            (["data.synthetic.size=[64, 64]", "training.data.crop_size=128"],
+             "training.data.crop_size 128 is larger than the synthetic images "
+             "(data.synthetic.size [64, 64]); choose training.data.crop_size <= 64 or a larger "
+             "data.synthetic.size"),
+            (["data.sources=[{layout: gopro, root: " + str(tmp_path / "src") + "}]",
+              "training.data.crop_size=256"],
+             "training.data.crop_size 256 is larger than ingest.train_crop_size 128, the "
+             "smallest training image the ingest lets through: set ingest.train_crop_size to "
+             "256 (smaller training images are then quarantined) or training.data.crop_size "
+             "<= 128")):
+        argv = ["run-local", "--work-dir", str(work)]
+        for item in sets:
+            argv += ["--set", item]
+        assert cli.main(argv) == cli.EXIT_USAGE
+        assert capsys.readouterr().err == f"deblur: error: {message}\n"
+        assert not work.exists()
+    # what fits passes: the same crop with the ingest's bound raised
+    cfg = C.load(None, ["data.sources=[{layout: gopro, root: " + str(tmp_path / "src") + "}]",
+                        "training.data.crop_size=256", "ingest.train_crop_size=256"])
+    assert cfg.training.build_experiment().data.crop_size == 256

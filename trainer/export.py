@@ -23,7 +23,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from core.artifacts import model_info_path
+from core.artifacts import model_info_path, read_json
 from trainer import sampling
 from trainer.setting import EVALUATOR, EXPORT_DEFAULT
 
@@ -142,6 +142,21 @@ def ema_model(trainer):
     return model
 
 
+def read_model_info(saved_model_dir: str) -> dict:
+    """The export's deblur.json ({} when there is none); one that is not valid JSON is a
+    ValueError naming the file (json's own "Expecting value: line 2 column 1" named none)."""
+    def read_text(path):
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            return f.read()
+
+    info = read_json(model_info_path(saved_model_dir), read_text, "the model's")
+    if info is not None and not isinstance(info, dict):
+        raise ValueError(f"the model's {model_info_path(saved_model_dir)} is not a JSON object")
+    return info or {}
+
+
 def set_serving_setting(src: str, dst: str, setting: dict) -> str:
     """A copy of the SavedModel at src whose serving_default samples with `setting`
     ({sampler, steps, max_noise, samples}); deblur.json's default_sampling says the same.
@@ -158,10 +173,7 @@ def set_serving_setting(src: str, dst: str, setting: dict) -> str:
     loaded.default_deterministic.assign(s.sampler == "ddim")
     tf.saved_model.save(loaded, dst, signatures={"serving_default": loaded.serve,
                                                   "deblur": loaded.deblur})
-    info = {}
-    if tf.io.gfile.exists(model_info_path(src)):
-        with tf.io.gfile.GFile(model_info_path(src)) as f:
-            info = json.load(f)
+    info = read_model_info(src)
     info["default_sampling"] = s.to_dict()
     info["sampling_chosen_by"] = EVALUATOR
     with tf.io.gfile.GFile(model_info_path(dst), "w") as f:

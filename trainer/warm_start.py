@@ -37,13 +37,26 @@ import json
 import logging
 import os
 import posixpath
+import re
 from typing import Callable, Optional
 
-from core.artifacts import MODEL_INFO_FILE, WARM_START_FILE
+from core.artifacts import WARM_START_FILE
 
 log = logging.getLogger(__name__)
 
 MODES = ("none", "latest_blessed")
+# ... or a registry model ref (components/registry/aliases.py): NAME@ALIAS, @ALIAS, NAME/N,
+# e.g. "@production": that version is the parent (the registry resolves and checks it)
+_REF = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*)?@[a-z][a-z0-9_-]*$|^[A-Za-z0-9][A-Za-z0-9._-]*/[1-9][0-9]*$")
+
+
+def is_ref(mode: str) -> bool:
+    """True for a warm start from a registry model ref (@production, deblur-icdpm/3)."""
+    return isinstance(mode, str) and bool(_REF.match(mode))
+
+
+def describe_modes() -> str:
+    return f"{', '.join(MODES)} or a registry model ref (@production, NAME@ALIAS, NAME/N)"
 
 
 # base models the repository ships, one folder per experiment (models/README.md)
@@ -109,11 +122,9 @@ def _gfile():
 
 def model_info(saved_model_dir: str) -> dict:
     """The export's deblur.json ({} when absent)."""
-    path = posixpath.join(saved_model_dir, MODEL_INFO_FILE)
-    if not _gfile().exists(path):
-        return {}
-    with _gfile().GFile(path) as f:
-        return json.load(f)
+    from trainer.export import read_model_info  # names the file when it is not JSON
+
+    return read_model_info(saved_model_dir)
 
 
 def parent_step(info: dict) -> int:
@@ -187,9 +198,11 @@ def plan(mode: str, steps: int, find_parent: Optional[Callable[[], Optional[Pare
     `model`, the training's ModelConfig, one of another architecture too, naming the setting
     that avoids it). base: the base model (training.base_model), the parent when the mode is
     none or no blessed model exists yet (else random weights)."""
-    if mode not in MODES:
-        raise WarmStartError(f"warm_start must be one of {', '.join(MODES)}, got {mode!r}")
-    parent = find_parent() if mode == "latest_blessed" and find_parent else None
+    if mode not in MODES and not is_ref(mode):
+        raise WarmStartError(f"warm_start must be {describe_modes()}, got {mode!r}")
+    parent = find_parent() if (mode == "latest_blessed" or is_ref(mode)) and find_parent else None
+    if is_ref(mode) and parent is None:
+        raise WarmStartError(f"warm_start {mode}: the registry has no such model to start from")
     record = {"mode": mode, "parent": None, "start_step": 0, "steps": int(steps),
               "target_step": int(steps)}
     why_not = "training.warm_start is none" if mode == "none" else "no blessed model yet"
