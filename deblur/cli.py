@@ -341,7 +341,18 @@ def cmd_predict(args) -> int:
         model_name = args.model_name or cfg.registry.model_name
     else:
         model_name = args.model_name or "deblur-icdpm"
-    model = pr.resolve_model(spec, model_name, args.version)
+    from components.registry.aliases import looks_like_ref
+
+    if looks_like_ref(spec) and not os.path.exists(spec):  # NAME@ALIAS: the config's registry
+        if args.version is not None:
+            raise UserError(f"--version does not apply to {spec}: the ref names the version")
+        from pipelines import config as config_lib
+
+        cfg = config_lib.load(args.config, args.set or ())
+        model = pr.resolve_ref_model(cfg.registry.resolved_uri(cfg.runner.work_dir), spec,
+                                     args.model_name or cfg.registry.model_name)
+    else:
+        model = pr.resolve_model(spec, model_name, args.version)
     changes = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps),
                                  ("max_noise", args.max_noise), ("samples", args.samples))
                if v is not None}
@@ -405,6 +416,37 @@ def cmd_registry(args) -> int:
         args.registry = args.registry or cfg.registry.resolved_uri(cfg.runner.work_dir)
         args.model = args.model or cfg.registry.model_name
     return registry_cli.run(args)
+
+
+def cmd_serve(args) -> int:
+    """Resolves the ref here (a bad one is one line, exit 2, before anything starts), builds
+    .venv-serve when missing, then becomes the server (exec): foreground, Ctrl-C or SIGTERM
+    stops it. components/serving/server.py is the server, docs/serving.md the guide."""
+    from components.registry.aliases import resolve_ref
+    from components.serving import process
+
+    registry, model_name = args.registry, "deblur-icdpm"
+    if registry is None or args.config or args.set:
+        from pipelines import config as config_lib
+
+        cfg = config_lib.load(args.config, args.set or ())
+        registry = registry or cfg.registry.resolved_uri(cfg.runner.work_dir)
+        model_name = cfg.registry.model_name
+    resolved = resolve_ref(registry, args.model, default_model=model_name)
+    try:
+        python = process.ensure_serve_venv()
+    except process.ServeError as e:
+        raise UserError(str(e)) from None
+    cmd = process.server_command(registry, args.model, python=python, host=args.host,
+                                 port=args.port, poll_seconds=args.poll_seconds,
+                                 max_pixels=args.max_pixels,
+                                 extra=["--default-model", model_name])
+    name = resolved.registry.model_name
+    print(f"deblur serve: {args.model} is version {resolved.version} of {name!r}; serving "
+          f"http://{args.host}:{args.port}/v2/models/{name} (Ctrl-C stops it)",
+          file=sys.stderr, flush=True)
+    os.execve(python, cmd, process.server_env())
+    return 0  # not reached
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,8 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="an image file Pillow reads, or a folder of them")
     s.add_argument("output", help="the output PNG (a folder when IN is a folder)")
     s.add_argument("--model", default=None,
-                   help="a SavedModel folder or a registry URI (local folder or gs://); default "
-                        "the registry of the pipeline config (runs/local/registry)")
+                   help="a SavedModel folder, a registry URI (local folder or gs://), or a "
+                        "model ref NAME@ALIAS / @ALIAS / NAME@latest (in the config's registry, "
+                        "or URI/NAME@ALIAS); default the registry of the pipeline config "
+                        "(runs/local/registry)")
     s.add_argument("--model-name", default=None, help="the registry's model (deblur-icdpm)")
     s.add_argument("--version", type=int, default=None, help="registry version (default newest)")
     _config_arguments(s, "pipeline config naming the registry")
@@ -557,6 +601,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "UNet's, e.g. 256) for images too large for one pass")
     s.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("serve", help="serve a registry version on the Open Inference Protocol "
+                                     "(KServe V2 REST; docs/serving.md)")
+    s.add_argument("--model", required=True, metavar="REF",
+                   help="NAME@ALIAS, @ALIAS, NAME/N or NAME (its newest intact version); an "
+                        "alias is followed when it moves")
+    s.add_argument("--registry", default=None,
+                   help="registry URI (local folder or gs://); default the pipeline config's")
+    _config_arguments(s, "pipeline config naming the registry")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--poll-seconds", type=float, default=None,
+                   help="how often the alias is resolved again (default 5; 0: never)")
+    s.add_argument("--max-pixels", type=int, default=None,
+                   help="largest image answered, in pixels (default 1920*1080)")
 
     s = sub.add_parser("run-local", help="the whole pipeline with LocalDagRunner + SQLite MLMD")
     _config_arguments(s, "JSON or YAML config (pipelines/config.py)")
@@ -605,6 +664,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_evaluate(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         if args.command == "domain-gap":
             return cmd_domain_gap(args)
         if args.command == "metrics":

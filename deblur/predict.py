@@ -8,18 +8,22 @@
       setting, the one the evaluator chose by out-of-domain LPIPS
 --steps / --max-noise / --samples / --sampler override the defaults. IN may be a file or a
 folder (every image in it; OUT is then a folder). Only TensorFlow and the SavedModel are
-needed: the model's own code is not imported.
+needed: the model's own code is not imported. An image with transparency keeps it: the model
+deblurs the RGB and the alpha channel goes back unchanged into a PNG (TIFF, WebP) output; a
+JPEG output cannot hold it, which is said in one line. --version applies to a registry only.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import List, Optional, Tuple
 
 import numpy as np
 
+from components.serving import runtime
 from core.artifacts import IMAGE_EXTENSIONS, model_info_path
 from trainer.setting import EXPORT_DEFAULT, NON_FINITE_OUTPUT, SamplingSetting
 
@@ -55,6 +59,9 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
     import tensorflow as tf
 
     d = saved_model_dir(spec)
+    if d is not None and version is not None:  # it was silently ignored
+        raise ValueError(f"--version {version} applies to a registry; {spec} is a SavedModel "
+                         f"folder: drop --version, or give the registry as --model")
     if d is not None:
         from components.registry.registry import verify_folder
 
@@ -63,13 +70,11 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
         problem = verify_folder(d)
         if problem:
             raise ValueError(f"{problem}; use another --version or --model")
-        info = model_info_path(d)
-        setting, chosen_by = None, None
-        if tf.io.gfile.exists(info):
-            with tf.io.gfile.GFile(info) as f:
-                described = json.load(f)
-            setting = _setting_from(described.get("default_sampling"))
-            chosen_by = described.get("sampling_chosen_by")
+        from trainer.export import read_model_info  # names a deblur.json that is not JSON
+
+        described = read_model_info(d)
+        setting = _setting_from(described.get("default_sampling"))
+        chosen_by = described.get("sampling_chosen_by")
         return ResolvedModel(d, setting or SamplingSetting(), f"SavedModel {d}",
                              unevaluated=chosen_by == EXPORT_DEFAULT)
     from components.registry.registry import Registry
@@ -86,6 +91,20 @@ def resolve_model(spec: str, model_name: str, version: Optional[int] = None) -> 
     setting = _setting_from(manifest.get("sampling")) or SamplingSetting()
     return ResolvedModel(registry.local_path(version), setting,
                          f"registry {registry.version_uri(version)} (version {version})")
+
+
+def resolve_ref_model(registry_uri: str, ref: str, model_name: str) -> ResolvedModel:
+    """A registry model ref (NAME@ALIAS, @ALIAS, NAME@latest, NAME/N, optionally after a
+    registry URI: components/registry/aliases.py) -> ResolvedModel, checked as an alias target
+    is (complete, files matching the manifest, blessed), sampling with the registered setting."""
+    from components.registry.aliases import resolve_ref
+
+    resolved = resolve_ref(registry_uri, ref, default_model=model_name)
+    reg, version = resolved.registry, resolved.version
+    setting = _setting_from(resolved.manifest.get("sampling")) or SamplingSetting()
+    named = f"{reg.model_name}@{resolved.alias}, " if resolved.alias else ""
+    return ResolvedModel(reg.local_path(version), setting,
+                         f"registry {reg.version_uri(version)} ({named}version {version})")
 
 
 def load_saved_model(model: ResolvedModel):
@@ -143,35 +162,43 @@ def plan(src: str, dst: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
 def read_rgb(path: str) -> np.ndarray:
-    """uint8 RGB. 16-bit greyscale PNGs (Pillow modes I;16 and I) are scaled to 8 bits
-    (v / 257, rounded: 65535 -> 255), not clipped, which would turn them white."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in HIGH_BIT_MODES:
-                a = np.asarray(im).astype(np.float64)
-                if a.min() < 0 or a.max() > 65535:
-                    raise ValueError(f"{path}: {im.mode} values outside 0..65535 are not an "
-                                     "image this command reads")
-                return np.repeat(np.round(a / 257.0).astype(np.uint8)[..., None], 3, axis=-1)
-            if im.mode == "F":
-                raise ValueError(f"{path}: floating-point images (mode F) are not supported; "
-                                 "convert it to 8-bit RGB")
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not an image Pillow can read ({e})") from None
+    """uint8 RGB (components/serving/runtime.py's decode_rgb, which `deblur serve` uses too).
+    16-bit greyscale PNGs (Pillow modes I;16 and I) are scaled to 8 bits (v / 257, rounded:
+    65535 -> 255), not clipped, which would turn them white."""
+    return runtime.decode_rgb(path)
 
 
-def _save(image: np.ndarray, path: str) -> None:
+ALPHA_EXTENSIONS = (".png", ".tif", ".tiff", ".webp")  # outputs that keep an alpha channel
+
+
+def read_alpha(path: str) -> Optional[np.ndarray]:
+    """The transparency of an image that has one (RGBA, LA, PA, or a palette / grey / RGB
+    image with a transparent colour) as uint8 (H, W); None for an opaque image. The model
+    deblurs the RGB; the alpha goes back unchanged into the output."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+            return np.array(im.convert("RGBA"))[..., 3]
+    return None
+
+
+def _save(image: np.ndarray, path: str, alpha: Optional[np.ndarray] = None) -> Optional[str]:
+    """Writes image (with alpha as its 4th channel when given and the format keeps one);
+    returns what happened to the alpha (None: there was none)."""
     from PIL import Image
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if alpha is None:
+        Image.fromarray(image).save(path)
+        return None
+    if path.lower().endswith(ALPHA_EXTENSIONS):
+        Image.fromarray(np.dstack([image, alpha]), "RGBA").save(path)
+        return "kept"
     Image.fromarray(image).save(path)
+    return (f"dropped: {os.path.splitext(path)[1]} has no alpha channel (write "
+            f"{', '.join(ALPHA_EXTENSIONS)} to keep it)")
 
 
 def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, seed: int = 0,
@@ -180,19 +207,17 @@ def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, 
 
     tile: sample in overlapping tiles of this size (trainer.sampling.sample_tiled, for images
     too large for one pass); the progress bar then ticks per step."""
-    import tensorflow as tf
     from tqdm import tqdm
 
-    from trainer.sampling import NonFiniteOutput, call_deblur_batch
+    from trainer.sampling import NonFiniteOutput
 
     pairs = plan(src, dst)
     loaded = load_saved_model(model)
-    if not hasattr(loaded, "deblur_batch"):
-        raise ValueError(f"{model.path} is not a deblurring SavedModel of trainer/export.py")
+    runtime.check_deblur_model(loaded, model.path)
     if tile:
-        from trainer.sampling import SavedModelDenoiser, sample_tiled
+        from trainer.sampling import SavedModelDenoiser
 
-        denoiser = SavedModelDenoiser(loaded)
+        SavedModelDenoiser(loaded)  # an export without the tiling functions: one line, first
         bar = tqdm(total=len(pairs) * setting.samples * setting.steps, unit="step",
                    disable=not progress, desc=f"deblur tiled {tile}px ({setting.key})")
     else:
@@ -205,25 +230,22 @@ def predict(src: str, dst: str, model: ResolvedModel, setting: SamplingSetting, 
         for src_path, dst_path in pairs:
             image = read_rgb(src_path)
             t0 = time.time()
-            if tile:
-                start = bar.n
-                result = sample_tiled(denoiser, image, setting, tile=tile, overlap=overlap,
-                                      seed=seed,
-                                      progress=lambda done: bar.update(start + done - bar.n))
-            else:
-                total = np.zeros(image.shape, np.float64)
-                for k in range(setting.samples):  # SA: the mean of K samples, one at a time
-                    try:
-                        out = call_deblur_batch(loaded, image[None], setting, (seed, k), samples=1)
-                    except NonFiniteOutput:
-                        raise ValueError(f"{model.source}: {NON_FINITE_OUTPUT} on {src_path}; "
-                                         "nothing written (was its training diverged?)") from None
-                    total += out[0]
-                    bar.update(1)
-                result = np.clip(np.round(total / setting.samples), 0, 255).astype(np.uint8)
-            _save(result, dst_path)
+            start = bar.n
+            try:
+                # the same function `deblur serve` answers with (components/serving/runtime.py)
+                result = runtime.deblur_image(loaded, image, setting, seed=seed, tile=tile,
+                                              overlap=overlap,
+                                              progress=lambda done: bar.update(start + done - bar.n))
+            except NonFiniteOutput:
+                raise ValueError(f"{model.source}: {NON_FINITE_OUTPUT} on {src_path}; "
+                                 "nothing written (was its training diverged?)") from None
+            alpha = _save(result, dst_path, read_alpha(src_path))
             records.append({"input": src_path, "output": dst_path, "size": list(image.shape[:2]),
                             "seconds": round(time.time() - t0, 2)})
+            if alpha:
+                records[-1]["alpha"] = alpha
+                if alpha != "kept":
+                    print(f"deblur: {src_path}: its alpha channel was {alpha}", file=sys.stderr)
     finally:
         bar.close()
     return records
