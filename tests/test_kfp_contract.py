@@ -107,7 +107,10 @@ def contract_run(tmp_path_factory):
             "train_steps": "3",
             "gate_ood_lpips_max": "0.99", "gate_input_lpips_margin": "-1",
             "gate_input_psnr_tolerance": "100"})
-        env = {**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"}
+        # the registry's download cache of its own: one under ~/.cache from an earlier
+        # emulator (another gs:// registry of the same name) is refused as stale, rightly
+        env = {**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1",
+               "DEBLUR_REGISTRY_CACHE": str(tmp / "registry-cache")}
         run = Run(job, str(tmp / "pipeline_root"), run_id="run-1", arguments=arguments,
                   python=sys.executable, env=env, timeout=1800, cwd=REPO_ROOT)
         run.execute()
@@ -377,7 +380,7 @@ def test_a_trainer_pod_stopped_by_sigterm_resumes_in_the_next_run(contract_run, 
     wrapper.chmod(0o755)
     paused = tmp_path / "paused"
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
-           "DEBLUR_TEST_PAUSED": str(paused)}
+           "DEBLUR_TEST_PAUSED": str(paused), "DEBLUR_REGISTRY_CACHE": str(tmp_path / "cache")}
 
     def trainer_run(run_id, python):
         r = Run(job, pipeline_root, run_id=run_id, arguments=arguments, python=python, env=env,
