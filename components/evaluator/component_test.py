@@ -13,31 +13,21 @@ import pytest
 import tensorflow as tf
 
 from components.evaluator import component as comp
+from components.evaluator import evaluate_test
 from components.evaluator.evaluate_test import GRID, NO_FID, examples_dir  # noqa: F401 (fixture)
 from components.registry.registry import Registry
 
 SETTING = {"sampler": "ddpm", "steps": 2, "max_noise": 0.1, "samples": 1}
 
 
-class Checker(tf.Module):
+class Checker(evaluate_test.Checker):
     """evaluate_test's Checker with its strength in a variable, and a larger one beside it, so
     that the SavedModel has a variables file worth truncating."""
 
     def __init__(self, strength):
-        super().__init__()
+        tf.Module.__init__(self)
         self.strength = tf.Variable(strength, dtype=tf.float32)
         self.padding = tf.Variable(tf.zeros([4096]))
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32),
-        tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int64),
-        tf.TensorSpec([], tf.bool)])
-    def deblur_batch(self, images, steps, max_noise, samples, seed, deterministic):
-        shape = tf.shape(images)
-        i, j = tf.meshgrid(tf.range(shape[1]), tf.range(shape[2]), indexing="ij")
-        sign = tf.cast((i + j) % 2 * 2 - 1, tf.float32)[None, :, :, None]
-        x = tf.cast(images, tf.float32) + sign * self.strength * max_noise * 255.0
-        return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 
 
 DATA = os.path.join("variables", "variables.data-00000-of-00001")
