@@ -303,12 +303,27 @@ def test_a_damaged_version_is_refused_at_start(registry, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------- the command, the process
+def _foreground(registry: str):
+    """`deblur serve` on a free port, (process, port); another free port when a server of
+    another test took this one between the probe and the bind (as serve_process does)."""
+    for _ in range(3):
+        port = process.free_port()
+        proc = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "deblur"), "serve", "--model",
+             f"{NAME}/2", "--registry", registry, "--port", str(port), "--poll-seconds", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+        c = V2Client(f"http://127.0.0.1:{port}", timeout=5)
+        if _wait(lambda: proc.poll() is not None or c.live(), "deblur serve binds or exits"):
+            if proc.poll() is None:
+                return proc, port
+            out = proc.stdout.read().decode(errors="replace")
+            if "address already in use" not in out.lower():
+                raise AssertionError(f"deblur serve exited {proc.returncode}: {out[-2000:]}")
+    raise AssertionError("no free port after 3 tries")
+
+
 def test_deblur_serve_runs_in_the_foreground_and_stops_on_sigterm(registry):
-    port = process.free_port()
-    proc = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "deblur"), "serve", "--model",
-         f"{NAME}/2", "--registry", registry, "--port", str(port), "--poll-seconds", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    proc, port = _foreground(registry)
     try:
         c = V2Client(f"http://127.0.0.1:{port}", timeout=120)
         seen = []  # readiness until ready: no answer (not bound yet), 503 (loading), then 200

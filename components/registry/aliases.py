@@ -369,6 +369,22 @@ def newest_blessed(reg: Registry) -> int:
                         f"{reg.model_name!r}")
 
 
+def peek_ref(registry_uri: Optional[str], ref, default_model: str = DEFAULT_MODEL_NAME, *,
+             client=None) -> Optional[int]:
+    """The version a ref names now, read cheaply and NOT checked (the alias's latest record,
+    the highest complete version for latest, N for NAME/N; None when there is none): for a
+    poller, such as deblur serve's, to see whether anything moved before resolve_ref hashes
+    the files of the version it names."""
+    ref = parse_ref(ref, default_model) if isinstance(ref, str) else ref
+    reg = Registry(ref.registry_uri or registry_uri, ref.model_name, client=client)
+    if ref.version is not None:
+        return ref.version
+    if ref.alias in (None, LATEST):
+        versions = reg.versions()
+        return versions[-1] if versions else None
+    return Aliases(reg).get(ref.alias)
+
+
 @dataclasses.dataclass
 class Resolved:
     registry: Registry

@@ -136,6 +136,13 @@ class VersionSource:
 
         return resolve_ref(self.registry_uri, self.ref, default_model=self.default_model)
 
+    def peek(self) -> Optional[int]:
+        """The version the ref names now, unchecked (one read of the alias): the poll hashes a
+        version's files (resolve) only when this differs from the version served."""
+        from components.registry.aliases import peek_ref
+
+        return peek_ref(self.registry_uri, self.ref, default_model=self.default_model)
+
     def load(self, resolved) -> Served:
         """The SavedModel of a resolved version, warmed up: verified again by local_path (a
         gs:// one downloaded and checked), loaded, and run once on a small image so that a
@@ -202,6 +209,10 @@ def make_model(source: VersionSource, *, max_pixels: int, tile: int, overlap: in
         def poll_once(self) -> None:
             current = self.served
             try:
+                # nothing moved: no hashing of the served version's files every poll (a
+                # large model's SHA-256 would keep a core busy); what is served is in memory
+                if source.peek() == current.version and self._last_problem is None:
+                    return
                 resolved = source.resolve()
             except RegistryError as e:
                 self._note(f"{source.ref} does not resolve to a servable version ({e}); "
