@@ -66,7 +66,7 @@ def from_registry_ref(source: Dict[str, Any], ref: str) -> Parent:
     reg, version = resolved.registry, resolved.version
     named = f"{reg.model_name}@{resolved.alias}, " if resolved.alias else ""
     model_source = resolved.manifest.get("source")
-    return Parent(saved_model_dir=reg.local_path(version),
+    return Parent(saved_model_dir=resolved.path,
                   name=f"registry version {version} ({named}{ref})", version=version,
                   model_uri=model_source.get("model_uri") if isinstance(model_source, dict)
                   else None)

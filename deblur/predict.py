@@ -103,7 +103,7 @@ def resolve_ref_model(registry_uri: str, ref: str, model_name: str) -> ResolvedM
     reg, version = resolved.registry, resolved.version
     setting = _setting_from(resolved.manifest.get("sampling")) or SamplingSetting()
     named = f"{reg.model_name}@{resolved.alias}, " if resolved.alias else ""
-    return ResolvedModel(reg.local_path(version), setting,
+    return ResolvedModel(resolved.path, setting,
                          f"registry {reg.version_uri(version)} ({named}version {version})")
 
 

@@ -391,6 +391,7 @@ class Resolved:
     version: int
     alias: Optional[str]  # the alias the ref named (not "latest"), or None
     manifest: Dict[str, Any]
+    path: str  # the local SavedModel folder, already checked (Registry.local_path's answer)
 
 
 def resolve_ref(registry_uri: Optional[str], ref, default_model: str = DEFAULT_MODEL_NAME, *,
@@ -426,10 +427,11 @@ def resolve_ref(registry_uri: Optional[str], ref, default_model: str = DEFAULT_M
         except RegistryError as e:
             raise RegistryError(f"{ref.model_name}@{ref.alias} names version {version}, which is "
                                 f"not servable: {e}") from None
-    if reg.is_gcs:
-        reg.local_path(version)  # downloaded and checked (cached for the caller)
+    # a gs:// version is downloaded and checked here; a local one was hashed above: the
+    # caller loads `path` without hashing the files a second time
+    path = reg.local_path(version) if reg.is_gcs else reg.version_uri(version)
     return Resolved(reg, version, None if ref.alias in (None, LATEST) else ref.alias,
-                    reg.show(version))
+                    reg.show(version), path)
 
 
 # ------------------------------------------------------------------- TF Serving config

@@ -31,7 +31,7 @@ default is a 422 with a list of pydantic errors).
 
 The version served: resolved from the ref by components.registry.aliases.resolve_ref (a
 complete version whose files match its manifest: sizes and SHA-256; for an alias, blessed),
-loaded from Registry.local_path (checked again; a gs:// version downloaded and checked). Every
+loaded from the folder resolve_ref checked (a gs:// version downloaded and checked). Every
 --poll-seconds the ref is resolved again; when it names another version (an alias moved, a new
 latest) that version is loaded and warmed up in the background and swapped in atomically: a
 request works on the one version it started with, from its input check to its answer. A target
@@ -144,14 +144,14 @@ class VersionSource:
         return peek_ref(self.registry_uri, self.ref, default_model=self.default_model)
 
     def load(self, resolved) -> Served:
-        """The SavedModel of a resolved version, warmed up: verified again by local_path (a
+        """The SavedModel of a resolved version, warmed up: its files checked by resolve_ref (a
         gs:// one downloaded and checked), loaded, and run once on a small image so that a
         version that does not run is refused before any request reaches it."""
         import tensorflow as tf
 
         from trainer.setting import SamplingSetting
 
-        path = resolved.registry.local_path(resolved.version)
+        path = resolved.path
         loaded = tf.saved_model.load(path)
         runtime.check_deblur_model(loaded, f"version {resolved.version} ({path})")
         # the registered setting, as `deblur predict` takes it (deblur/predict.py)
