@@ -32,6 +32,13 @@ that ship with scikit-image and matplotlib, or procedural sharp-edged scenes (sh
 stripes, checkerboards, glyphs); crops that are too flat (or, in-domain, too dark) are
 re-drawn. Crops include margins for the motion, so no border effects reach the output.
 
+Test content is never training content: the photographs are split into two disjoint pools,
+TRAIN_PHOTOS (the train splits of both domains; RealBlur-like's train list, which the pipeline
+ingests as its out-of-domain validation split, too) and TEST_PHOTOS (the test splits of both
+domains), whatever the seed; procedural scenes come from random streams keyed by the split
+([seed, domain, split, group]), so no test scene is drawn from a training stream. `generate`
+writes where every pair came from to OUT/synth_sources.json (split, pair, source).
+
 Everything is a function of ``seed`` (child generators ``numpy.random.default_rng([seed,
 domain, split, group, frame])``), the images ship with scikit-image / matplotlib, and the PNG
 files carry no varying metadata, so the same seed gives byte-identical files. Existing
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 import numbers
 import os
@@ -56,9 +64,15 @@ IN_ROOT = "gopro_synth"
 OUT_ROOT = "realblur_synth"
 REALBLUR_DIR = "RealBlur-J_ECC_IMCORR_centroid_itensity_ref"
 REALBLUR_LISTS = {"train": "RealBlur_J_train_list.txt", "test": "RealBlur_J_test_list.txt"}
+SOURCES_FILE = "synth_sources.json"  # OUT/synth_sources.json: the source of every pair
 
-_NATURAL_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-                    "immunohistochemistry", "retina", "stereo_motorcycle", "grace_hopper")
+# Disjoint photograph pools: train splits draw only TRAIN_PHOTOS, test splits only TEST_PHOTOS
+# (grayscale ones are used as neutral RGB). Until 2026-12-07 every split drew from one pool of
+# the first nine colour photographs, so test scenes were crops of training photographs.
+TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                "retina", "brick", "grass", "gravel", "coins", "moon", "clock")
+TEST_PHOTOS = ("chelsea", "stereo_motorcycle", "grace_hopper", "camera")
+_NATURAL_SOURCES = TRAIN_PHOTOS + TEST_PHOTOS
 _PROCEDURAL = "procedural"
 _DOM_IN, _DOM_OUT = 1, 2
 _SPLITS = {"train": 0, "test": 1}
@@ -123,11 +137,18 @@ def _natural_image(name: str) -> Image.Image:
     return Image.fromarray(_load_natural(name), "RGB")
 
 
-@functools.lru_cache(maxsize=1)
-def available_sources() -> Tuple[str, ...]:
-    """The sample photographs that load offline here (any that does not is skipped)."""
+@functools.lru_cache(maxsize=None)
+def available_sources(split: str | None = None) -> Tuple[str, ...]:
+    """The sample photographs of a split's pool (None: both pools) that load offline here (any
+    that does not is skipped)."""
+    if split is None:
+        pool = _NATURAL_SOURCES
+    elif split in _SPLITS:
+        pool = TEST_PHOTOS if split == "test" else TRAIN_PHOTOS
+    else:
+        raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
     ok = []
-    for name in _NATURAL_SOURCES:
+    for name in pool:
         try:
             _natural_image(name)
         except Exception:  # missing optional data file, no network, ...
@@ -136,8 +157,8 @@ def available_sources() -> Tuple[str, ...]:
     return tuple(ok)
 
 
-def _pick_source(rng: np.random.Generator, p_procedural: float) -> str:
-    names = available_sources()
+def _pick_source(rng: np.random.Generator, p_procedural: float, split: str) -> str:
+    names = available_sources(split)
     if not names or rng.random() < p_procedural:
         return _PROCEDURAL
     return names[int(rng.integers(len(names)))]
@@ -234,19 +255,21 @@ def _structure(img: np.ndarray) -> Tuple[float, float]:
     return float(g.mean()), float(grad)
 
 
-def _scene(rng: np.random.Generator, h: int, w: int, p_procedural: float,
-           min_luma: float = 0.0, min_grad: float = 2.0, tries: int = 6) -> np.ndarray:
-    """A random sharp scene; crops that are too flat (or too dark) are re-drawn a few times."""
+def _scene(rng: np.random.Generator, h: int, w: int, p_procedural: float, split: str,
+           min_luma: float = 0.0, min_grad: float = 2.0,
+           tries: int = 6) -> Tuple[np.ndarray, str]:
+    """A random sharp scene of the split's pool and its source's name; crops that are too flat
+    (or too dark) are re-drawn a few times."""
     best, best_key = None, None
     for _ in range(tries):
-        name = _pick_source(rng, p_procedural)
+        name = _pick_source(rng, p_procedural, split)
         img = _procedural(rng, h, w) if name == _PROCEDURAL else _crop_natural(rng, name, h, w)
         luma, grad = _structure(img)
         if luma >= min_luma and grad >= min_grad:
-            return img
+            return img, name
         key = min(luma / max(min_luma, 1e-6), grad / min_grad)
         if best is None or key > best_key:
-            best, best_key = img, key
+            best, best_key = (img, name), key
     return best
 
 
@@ -276,14 +299,17 @@ def _camera_path(rng, n_sub: int, length: float, direction: float, half_diag: fl
 
 
 def _gopro_sequence(rng: np.random.Generator, n_frames: int, h: int, w: int,
-                    frame_rng: Callable[[int], np.random.Generator]):
-    """Yields (blur, sharp) uint8 pairs for the frames of one sequence (one moving scene)."""
+                    frame_rng: Callable[[int], np.random.Generator], split: str,
+                    source: List[str]):
+    """Yields (blur, sharp) uint8 pairs for the frames of one sequence (one moving scene of the
+    split's pool; its source's name is appended to `source`)."""
     sf = _size_factor(h, w)
     lmax = max(4.0, _BLUR_MAX_256 * sf)
     margin = int(math.ceil((1.0 + _ROT_FRACTION) * lmax)) + 3
     drift = max(1, int(round(0.03 * max(h, w))))
     ch, cw = h + 2 * (margin + drift), w + 2 * (margin + drift)
-    canvas = _scene(rng, ch, cw, p_procedural=0.3, min_luma=40.0)
+    canvas, name = _scene(rng, ch, cw, p_procedural=0.3, split=split, min_luma=40.0)
+    source.append(name)
     lin = _GAMMA_LUT[canvas]
     if _WARP_ORDER > 1:
         coef = [ndimage.spline_filter(lin[..., c], order=_WARP_ORDER, mode="mirror")
@@ -408,15 +434,18 @@ def _add_lights(rng, lin: np.ndarray, region: Tuple[int, int, int, int], sf: flo
 
 
 def _realblur_scene(rng: np.random.Generator, n_frames: int, h: int, w: int,
-                    frame_rng: Callable[[int], np.random.Generator]):
-    """Yields (blur, gt) uint8 pairs of one static dark scene with different camera shakes."""
+                    frame_rng: Callable[[int], np.random.Generator], split: str,
+                    source: List[str]):
+    """Yields (blur, gt) uint8 pairs of one static dark scene (of the split's pool; its
+    source's name is appended to `source`) with different camera shakes."""
     sf = _size_factor(h, w)
     kmax = max(_KMIN, int(round(_KMAX_256 * sf)) | 1)
     pad = kmax // 2 + 1
     jit = max(1, int(round(3 * sf)))
     m = pad + jit
     ch, cw = h + 2 * m, w + 2 * m
-    canvas = _scene(rng, ch, cw, p_procedural=0.2)
+    canvas, name = _scene(rng, ch, cw, p_procedural=0.2, split=split)
+    source.append(name)
     lin = _SRGB_LUT[canvas]
     # meter the scene (mean linear level 0.18, gain limited to 1/4..4), then under-expose it
     gain = float(np.clip(0.18 / max(float(lin.mean()), 1e-6), 0.25, 4.0))
@@ -478,7 +507,8 @@ def generate(out_dir: str, pairs: int = 8, size: tuple[int, int] = (256, 256), s
              test_pairs: int | None = None, progress: bool = False) -> dict:
     """Writes OUT/gopro_synth (in-domain, GoPro layout) and OUT/realblur_synth (out-of-domain,
     RealBlur layout). Returns a summary dict: {"in_domain": {"root": ..., "train": n, "test": n},
-    "out_of_domain": {"root": ..., "test": n, "train": n}, "seed": seed, "size": [H, W]}."""
+    "out_of_domain": {"root": ..., "test": n, "train": n}, "seed": seed, "size": [H, W],
+    "sources": the path of OUT/synth_sources.json}."""
     pairs = _check_int("pairs", pairs, 1)
     seed = _check_int("seed", seed, 0)
     if test_pairs is None:
@@ -510,6 +540,7 @@ def generate(out_dir: str, pairs: int = 8, size: tuple[int, int] = (256, 256), s
         return (np.random.default_rng([seed, dom, split, g]),
                 lambda f: np.random.default_rng([seed, dom, split, g, f + 1000]))
 
+    provenance: List[dict] = []  # where every pair's sharp scene came from
     try:
         # in-domain, GoPro layout
         seq_no = 0
@@ -519,9 +550,14 @@ def generate(out_dir: str, pairs: int = 8, size: tuple[int, int] = (256, 256), s
                 seq_no += 1
                 seq_dir = os.path.join(in_root, "GOPRO_Large", split, f"GOPR{seq_no:04d}_synth")
                 rng, frng = child(_DOM_IN, sp, g)
-                for f, (blur, sharp) in enumerate(_gopro_sequence(rng, n_frames, h, w, frng)):
-                    _save_png(blur, os.path.join(seq_dir, "blur", f"{f + 1:06d}.png"))
+                name: List[str] = []
+                for f, (blur, sharp) in enumerate(
+                        _gopro_sequence(rng, n_frames, h, w, frng, split, name)):
+                    rel = f"GOPRO_Large/{split}/GOPR{seq_no:04d}_synth/blur/{f + 1:06d}.png"
+                    _save_png(blur, os.path.join(in_root, *rel.split("/")))
                     _save_png(sharp, os.path.join(seq_dir, "sharp", f"{f + 1:06d}.png"))
+                    provenance.append({"domain": "in", "split": split, "blurry": rel,
+                                       "source": name[0]})
                     tick()
 
         # out-of-domain, RealBlur-J layout
@@ -533,12 +569,16 @@ def generate(out_dir: str, pairs: int = 8, size: tuple[int, int] = (256, 256), s
                 scene_no += 1
                 scene_rel = f"{REALBLUR_DIR}/scene{scene_no:03d}"
                 rng, frng = child(_DOM_OUT, sp, g)
-                for f, (blur, gt) in enumerate(_realblur_scene(rng, n_frames, h, w, frng)):
+                name = []
+                for f, (blur, gt) in enumerate(
+                        _realblur_scene(rng, n_frames, h, w, frng, split, name)):
                     gt_rel = f"{scene_rel}/gt/gt_{f + 1}.png"
                     blur_rel = f"{scene_rel}/blur/blur_{f + 1}.png"
                     _save_png(gt, os.path.join(out_root, *gt_rel.split("/")))
                     _save_png(blur, os.path.join(out_root, *blur_rel.split("/")))
                     lines.append(f"{gt_rel} {blur_rel}\n")
+                    provenance.append({"domain": "out", "split": split, "blurry": blur_rel,
+                                       "source": name[0]})
                     tick()
             with open(os.path.join(out_root, REALBLUR_LISTS[split]), "w", newline="\n") as fh:
                 fh.writelines(lines)
@@ -546,7 +586,13 @@ def generate(out_dir: str, pairs: int = 8, size: tuple[int, int] = (256, 256), s
         if bar is not None:
             bar.close()
 
+    sources_path = os.path.join(os.path.abspath(out_dir), SOURCES_FILE)
+    with open(sources_path, "w", newline="\n") as fh:
+        json.dump({"seed": seed, "train_photos": list(available_sources("train")),
+                   "test_photos": list(available_sources("test")), "pairs": provenance},
+                  fh, indent=1, sort_keys=True)
     return {
+        "sources": sources_path,
         "in_domain": {"root": in_root, "train": pairs, "test": test_pairs},
         "out_of_domain": {"root": out_root, "test": test_pairs, "train": test_pairs},
         "seed": seed,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 
@@ -100,6 +101,7 @@ def test_summary(run_a, run_odd):
                           "test": 4, "train": 4},
         "seed": 0,
         "size": [64, 96],
+        "sources": os.path.join(os.path.abspath(out), "synth_sources.json"),
     }
     _, s = run_odd
     assert s["in_domain"]["train"] == 3
@@ -209,7 +211,7 @@ def test_same_seed_byte_identical(run_a, tmp_path):
     out, _ = run_a
     synth.generate(str(tmp_path), pairs=8, size=SIZE, seed=0, test_pairs=4)
     first, second = _hashes(out), _hashes(tmp_path)
-    assert len(first) == 2 * 12 + 2 * 8 + 2
+    assert len(first) == 2 * 12 + 2 * 8 + 2 + 1  # + synth_sources.json
     assert first == second
 
 
@@ -307,3 +309,45 @@ def test_motion_stays_inside_the_crop(tmp_path, monkeypatch):
     for i, size in enumerate([(16, 16), (40, 200), (120, 72)]):
         synth.generate(str(tmp_path / str(i)), pairs=4, size=size, seed=i, test_pairs=1)
     assert calls and not any(nans)
+
+
+# ------------------------------------------------------------------------------- disjoint sources
+@pytest.mark.parametrize("seed", [0, 1, 7, 4242, 2**31 - 1])
+def test_no_test_source_feeds_train(tmp_path, monkeypatch, seed):
+    """What the generator actually reads, spied on where it reads it (not its own provenance
+    file): every photograph cropped for a train split is in TRAIN_PHOTOS, every one cropped for
+    a test split in TEST_PHOTOS, the two pools share nothing, and every procedural scene is
+    drawn from a random stream keyed by its own split ([seed, domain, split, group])."""
+    assert synth.TRAIN_PHOTOS and synth.TEST_PHOTOS
+    assert not set(synth.TRAIN_PHOTOS) & set(synth.TEST_PHOTOS)
+    photos, streams = [], []
+    crop, procedural = synth._crop_natural, synth._procedural
+
+    def spy_crop(rng, name, h, w):
+        photos.append((tuple(rng.bit_generator.seed_seq.entropy), name))
+        return crop(rng, name, h, w)
+
+    def spy_procedural(rng, h, w):
+        streams.append(tuple(rng.bit_generator.seed_seq.entropy))
+        return procedural(rng, h, w)
+
+    monkeypatch.setattr(synth, "_crop_natural", spy_crop)
+    monkeypatch.setattr(synth, "_procedural", spy_procedural)
+    summary = synth.generate(str(tmp_path), pairs=24, size=(24, 24), seed=seed, test_pairs=24)
+    split_of = {v: k for k, v in synth._SPLITS.items()}
+    seen = {"train": set(), "test": set()}
+    for key, name in photos:
+        assert key[0] == seed
+        seen[split_of[key[2]]].add(name)
+    assert seen["train"] and seen["test"], seen  # both splits drew photographs
+    assert seen["train"] <= set(synth.TRAIN_PHOTOS), seen["train"]
+    assert seen["test"] <= set(synth.TEST_PHOTOS), seen["test"]
+    assert streams and {k[2] for k in streams} == {0, 1}  # procedural scenes in both splits
+    assert all(k[0] == seed and len(k) == 4 for k in streams)
+    # the provenance file says the same as the spy
+    with open(summary["sources"]) as fh:
+        recorded = json.load(fh)
+    for split in ("train", "test"):
+        named = {p["source"] for p in recorded["pairs"] if p["split"] == split} - {"procedural"}
+        assert named <= seen[split]
+    assert len(recorded["pairs"]) == 24 + 3 * 24
