@@ -6,8 +6,10 @@
 - domain_drift(): TFDV drift comparison of every split against a baseline split (the
   in-domain training data), with the Jensen-Shannon thresholds of the checked-in schema on
   the per-image statistics. DomainDriftReport writes it as a JSON artifact; the main job's
-  summary prints it. A drifted split is reported, not failed: out-of-domain test data is
-  *meant* to differ; new training data that drifts is the signal to look at.
+  summary prints it. A drifted split is reported, not failed: out-of-domain splits (test_ood,
+  the out-of-domain validation split val_ood) are *meant* to differ, and the report says so
+  from the split's `domain` feature; an in-domain split (val, test, new training data) that
+  drifts is the signal to look at.
 """
 from __future__ import annotations
 
@@ -60,13 +62,25 @@ def _num_mean(stats, feature: str):
     return None
 
 
+def split_domain(stats):
+    """The `domain` values of a split's examples ("in", "out", "in+out"), None when the
+    statistics do not have them."""
+    for f in stats.datasets[0].features:
+        if f.path.step and f.path.step[-1] == "domain" and f.HasField("string_stats"):
+            values = sorted(b.label for b in f.string_stats.rank_histogram.buckets
+                            if b.sample_count > 0) or \
+                sorted(v.value for v in f.string_stats.top_values if v.frequency > 0)
+            return "+".join(values) or None
+    return None
+
+
 def domain_drift(statistics_uri: str, schema_path: str, baseline_split: str,
                  splits: Sequence[str]) -> dict:
     """Drift of each split against the baseline for the schema's drift comparators.
 
     Returns {"baseline": split, "splits": {split: {"drifted": [features],
     "features": {feature: {"js_divergence": v, "threshold": t, "mean": m,
-    "baseline_mean": b}}, "num_examples": n}}}.
+    "baseline_mean": b}}, "num_examples": n, "domain": "in" | "out" | "in+out" | None}}}.
     """
     import tensorflow_data_validation as tfdv
 
@@ -88,6 +102,7 @@ def domain_drift(statistics_uri: str, schema_path: str, baseline_split: str,
                 }
         report["splits"][split] = {
             "num_examples": stats.datasets[0].num_examples,
+            "domain": split_domain(stats),
             "features": dict(sorted(feats.items())),
             "drifted": sorted(n for n, v in feats.items() if v["js_divergence"] > v["threshold"]),
         }
@@ -97,8 +112,16 @@ def domain_drift(statistics_uri: str, schema_path: str, baseline_split: str,
 def format_drift(report: dict) -> str:
     lines = [f"domain drift vs split '{report['baseline']}' (TFDV Jensen-Shannon divergence):"]
     for split, r in report["splits"].items():
-        lines.append(f"  {split} ({r['num_examples']} examples): "
-                     + (f"DRIFT in {', '.join(r['drifted'])}" if r["drifted"] else "no drift"))
+        domain = r.get("domain")
+        note = ""
+        if r["drifted"] and domain == "out":
+            note = " (an out-of-domain split: expected)"
+        elif r["drifted"] and domain == "in":
+            note = " (an in-domain split: look at it)"
+        lines.append(f"  {split} ({r['num_examples']} examples"
+                     + (f", {'out-of-domain' if domain == 'out' else 'in-domain'}"
+                        if domain in ("in", "out") else "") + "): "
+                     + (f"DRIFT in {', '.join(r['drifted'])}{note}" if r["drifted"] else "no drift"))
         for name, v in r["features"].items():
             flag = "  <-- drift" if name in r["drifted"] else ""
             mean = "" if v["mean"] is None else f"  mean {v['baseline_mean']:.4g} -> {v['mean']:.4g}"

@@ -187,8 +187,10 @@ def ensure_synthetic_data(config: PipelineConfig, say: Callable[[str], None] = _
             if json.load(f).get("params") == want:
                 say(f"synthetic data: reusing {root}")
                 return
-    say(f"synthetic data: generating {s.pairs} train + {s.test_pairs} test in-domain and "
-        f"{s.test_pairs} out-of-domain test pairs of {s.size[0]}x{s.size[1]} in {root}")
+    say(f"synthetic data: generating {s.pairs} train (val_fraction {s.val_fraction} of its "
+        f"sequences held out as val) + {s.test_pairs} test in-domain and {s.test_pairs} "
+        f"val_ood + {s.test_pairs} test_ood out-of-domain pairs of {s.size[0]}x{s.size[1]} "
+        f"in {root}")
     summary = synth.generate(root, pairs=s.pairs, size=tuple(s.size), seed=s.seed,
                              test_pairs=s.test_pairs, progress=True)
     with open(marker, "w") as f:

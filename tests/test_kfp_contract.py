@@ -74,8 +74,9 @@ def synthetic_sources(tmp_path, gcs):
     from core import synth
 
     root = tmp_path / "data"
-    # 192: NIQE needs two 96-pixel blocks per side
-    synth.generate(str(root), pairs=3, size=(192, 192), seed=1, test_pairs=2, progress=False)
+    # 192: NIQE needs two 96-pixel blocks per side; 6 pairs at seed 1: two sequences of 3, one
+    # held out as val (the default data.synthetic.val_fraction)
+    synth.generate(str(root), pairs=6, size=(192, 192), seed=1, test_pairs=2, progress=False)
     bucket = gcs.client.bucket(BUCKET)
     for path in sorted(root.rglob("*")):
         if path.is_file():
@@ -150,7 +151,8 @@ def test_the_executor_input_is_what_the_driver_builds(contract_run):
     examples, = ei["inputs"]["artifacts"]["examples"]["artifacts"]
     # as ML Metadata hands it back: id as name, no schema, properties as metadata
     assert examples["type"] == {"instanceSchema": ""} and examples["name"].isdigit()
-    assert json.loads(examples["metadata"]["split_names"]) == ["test", "test_ood", "train"]
+    assert json.loads(examples["metadata"]["split_names"]) == [
+        "test", "test_ood", "train", "val", "val_ood"]
     assert examples["uri"] == f"{run.run_root}/DeblurIngest/examples"
     assert ei["outputs"]["artifacts"]["blessing"]["artifacts"][0]["uri"] == (
         f"{run.run_root}/DeblurEvaluator/blessing")
@@ -183,7 +185,7 @@ def test_run_parameters_reached_the_executors(contract_run):
     run, _, cfg = contract_run[:3]
     # ingest read the synthetic sets named by data_sources, not the compiled gs:// roots
     counts = run.scalars("DeblurIngest", "counts")
-    assert counts["inputs"] == counts["written"] == 3 + 2 + 2
+    assert counts["inputs"] == counts["written"] == 6 + 2 + 2 + 2
     # the Trainer trained train_steps (3), not the compiled 50
     assert cfg.training.train["steps"] == 50
     model_run = run.artifact("Trainer", "model_run")["uri"]
@@ -212,7 +214,8 @@ def test_executor_outputs_carry_what_the_next_task_reads(contract_run):
     run = contract_run[0]
     ingest = run.outputs["DeblurIngest"]["executor_output"]["artifacts"]["examples"]["artifacts"][0]
     # split_names is what StatisticsGen, the Trainer and the evaluator iterate over
-    assert json.loads(ingest["metadata"]["split_names"]) == ["test", "test_ood", "train"]
+    assert json.loads(ingest["metadata"]["split_names"]) == [
+        "test", "test_ood", "train", "val", "val_ood"]
     model = run.outputs["Trainer"]["executor_output"]["artifacts"]["model"]["artifacts"][0]
     assert model["uri"] == f"{run.run_root}/Trainer/model"
     assert os.path.exists(os.path.join(model["uri"], "Format-Serving", "saved_model.pb"))

@@ -19,8 +19,9 @@ FAST_MODEL = {"guidance": "input", "channel_multipliers": [1], "num_middle_block
 
 def tiny_config(tmp_path, **runner):
     return {
-        # 192: NIQE needs two 96-pixel blocks per side
-        "data": {"synthetic": {"pairs": 3, "test_pairs": 2, "size": [192, 192], "seed": 1}},
+        # 192: NIQE needs two 96-pixel blocks per side. 6 pairs at seed 1 are two sequences of
+        # 3, one held out as val (data.synthetic.val_fraction 0.2): 3 train, 3 val
+        "data": {"synthetic": {"pairs": 6, "test_pairs": 2, "size": [192, 192], "seed": 1}},
         "ingest": {"train_crop_size": 64},
         "training": {"experiment": "tiny", "train": {"steps": 3, "global_batch_size": 2}},
         "evaluation": {"grid": [{"sampler": "ddpm", "steps": 2, "max_noise": 0.05},
@@ -97,9 +98,13 @@ def test_run_local_end_to_end(tmp_path, capsys, monkeypatch):
     assert set(states.values()) == {"COMPLETE"}, states
     summary = json.loads((run / "summary.json").read_text())
     ing = summary["ingest"]
-    assert ing["written"] == 3 + 2 + 2 == ing["inputs"]
-    assert {s: c["written"] for s, c in ing["splits"].items()} == {"train": 3, "test": 2, "test_ood": 2}
-    assert summary["anomalies"] == {"train": [], "test": [], "test_ood": []}
+    assert ing["written"] == 6 + 2 + 2 + 2 == ing["inputs"]
+    # the in-domain val split is a held-out sequence of the train subset, val_ood the
+    # RealBlur-like train list (docs/data.md "Validation splits")
+    assert {s: c["written"] for s, c in ing["splits"].items()} == {
+        "train": 3, "val": 3, "test": 2, "val_ood": 2, "test_ood": 2}
+    assert [(h["split"], h["held_groups"], h["groups"]) for h in ing["holdouts"]] == [("val", 1, 2)]
+    assert summary["anomalies"] == {s: [] for s in ("train", "val", "test", "val_ood", "test_ood")}
     drift = summary["drift"]["splits"]["test_ood"]["features"]
     # the schema's comparators: the blurry (model input) statistics that separate the domains
     assert set(drift) == {"blurry_mean_luma", "blurry_noise_sigma", "blurry_blur_laplacian_var"}

@@ -47,7 +47,9 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
+import posixpath
 import shutil
 import time
 import uuid
@@ -83,6 +85,24 @@ class IngestError(RuntimeError):
     """The ingest ran but its result is not acceptable (e.g. too much was quarantined)."""
 
 
+HOLDOUT_KEYS = ("subset", "split", "fraction")
+
+
+def holdout_group(pair_id: str) -> str:
+    """The group a pair is held out with: the parent folder of the layout's pair id (GoPro
+    `gopro/train/GOPR0372_07_00`, RealBlur `realblur_j/train/<variant dir>/scene001/blur`, REDS
+    `reds/train/000`), so that neighbouring frames of one sequence, scene or clip never
+    straddle the training and the held-out split. Span folders are not part of it (the same
+    sequence in two spans is one group)."""
+    return posixpath.dirname(pair_id)
+
+
+def holdout_value(key: str) -> float:
+    """SHA-256 of the group key as a number in [0, 1): a group is held out when it is below the
+    fraction, independently of every other group (adding data never moves an existing one)."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) / float(1 << 256)
+
+
 @dataclasses.dataclass(frozen=True)
 class IngestSource:
     """One dataset root to ingest.
@@ -99,6 +119,12 @@ class IngestSource:
       choose, or their images would share one split).
     span_pattern: the root holds one layout per span folder, e.g. "span-{SPAN}" or
       "{YYYY}-{MM}-{DD}" (components/ingest/spans.py); None: the root is one layout.
+    holdout: {"subset": "train", "split": "val", "fraction": 0.2}: the pairs of that subset
+      whose group (holdout_group: the parent folder of the layout's pair id, i.e. the GoPro
+      sequence, RealBlur scene, REDS clip) is selected go to `split` instead of the subset's
+      own split, whole groups at a time; a group is selected when the SHA-256 of its key, read
+      as a number in [0, 1), is < fraction, so the choice is deterministic and new groups never
+      move old ones. A subset with a single group is split by pair id instead.
     Invalid values raise LayoutError (a ValueError) when the source is made.
     """
 
@@ -111,17 +137,45 @@ class IngestSource:
     blur_kind: str = L.DEFAULT_BLUR_KIND
     variant: Optional[str] = None
     span_pattern: Optional[str] = None
+    holdout: Optional[Dict[str, object]] = None
 
     def __post_init__(self):
         L.check_options(self.layout, self.subsets, self.blur_kind, self.domain, self.variant)
         if self.span_pattern is not None:
             SpanPattern.parse(self.span_pattern)
+        if self.holdout is not None:
+            self._check_holdout()
+
+    def _check_holdout(self) -> None:
+        h = self.holdout
+        example = '{subset: train, split: val, fraction: 0.2}'
+        if not isinstance(h, dict) or set(h) != set(HOLDOUT_KEYS):
+            raise L.LayoutError(f"holdout must be a mapping with keys subset, split and fraction, "
+                                f"e.g. {example}; got {h!r}"[:300])
+        subset, split, fraction = h["subset"], h["split"], h["fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) \
+                or not 0.0 < fraction < 1.0:
+            raise L.LayoutError(f"holdout fraction must be a number in (0, 1), got {fraction!r}")
+        read = list(self.subsets) if self.subsets is not None else L.SUBSETS[self.layout]
+        if not isinstance(subset, str) or (read is not None and subset not in read):
+            raise L.LayoutError(f"holdout subset {subset!r} is not among the subsets read "
+                                f"({', '.join(read) if read else 'none'})")
+        if not isinstance(split, str) or not split:
+            raise L.LayoutError(f"holdout split must be a non-empty split name, got {split!r}")
+        others = ({self.split_of(s) for s in (read or [subset])}
+                  | set((self.split_names or {}).values()))
+        if split in others:
+            raise L.LayoutError(f"holdout split {split!r} is already a split of this source "
+                                f"({', '.join(sorted(others))}): choose another name, e.g. val")
 
     def split_of(self, subset: str) -> str:
         return (self.split_names or {}).get(subset, subset)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["holdout"] is None:  # a source without one keeps the fingerprint it had before
+            del d["holdout"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "IngestSource":
@@ -194,6 +248,9 @@ class IngestPlan:
     # folder links followed and entries not listed (loops, dangling links, unreadable
     # folders), per source: {"root", "path", "target", "status", "reason"}
     links: List[dict] = dataclasses.field(default_factory=list)
+    # what each source's holdout took: {"root", "subset", "split", "fraction", "by" ("group" or
+    # "pair_id"), "groups", "held_groups", "pairs", "held_pairs"}
+    holdouts: List[dict] = dataclasses.field(default_factory=list)
 
     @property
     def num_shards(self) -> Dict[str, int]:
@@ -361,12 +418,48 @@ def _stamp(uri: Optional[str], stamps: Dict[str, Tuple[int, float]]) -> str:
     return f"{size}@{mtime!r}"
 
 
+def _hold_out(src: IngestSource, pairs: List[tuple], first: int, groups: List[str]) -> dict:
+    """Moves the candidates of src.holdout's subset whose group is selected (holdout_value <
+    fraction) into the holdout split, in place (pairs[first:] are src's candidates, groups[i]
+    the group of pairs[first + i]), and returns what it took (IngestPlan.holdouts). A subset
+    with one group only is split by pair id. Selecting every group is an error (nothing left
+    to train on); selecting none is a warning (no holdout split: the evaluator then says it
+    has no validation split)."""
+    h = src.holdout
+    idx = [first + i for i, g in enumerate(groups) if pairs[first + i][1].subset == h["subset"]]
+    keys = {i: groups[i - first] for i in idx}
+    by = "group"
+    if len(set(keys.values())) == 1:
+        keys, by = {i: pairs[i][1].pair_id for i in idx}, "pair_id"
+    every = set(keys.values())
+    chosen = {k for k in every if holdout_value(k) < h["fraction"]}
+    record = {"root": src.root, "subset": h["subset"], "split": h["split"],
+              "fraction": h["fraction"], "by": by, "groups": len(every),
+              "held_groups": len(chosen), "pairs": len(idx),
+              "held_pairs": sum(1 for i in idx if keys[i] in chosen)}
+    if every and chosen == every:
+        raise L.LayoutError(
+            f"{src.root}: the holdout of subset {h['subset']} at fraction {h['fraction']} selects "
+            f"all {len(every)} of its group(s) ({len(idx)} pairs), leaving nothing for split "
+            f"{src.split_of(h['subset'])}; lower the fraction or add data")
+    if every and not chosen:
+        log.warning("ingest: %s: the holdout of subset %s at fraction %s selects none of its %d "
+                    "group(s) (%d pairs): no %s split", src.root, h["subset"], h["fraction"],
+                    len(every), len(idx), h["split"])
+    for i in idx:
+        if keys[i] in chosen:
+            pairs[i] = (h["split"], pairs[i][1])
+    return record
+
+
 def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = IngestOptions()) -> IngestPlan:
     """Lists and pairs every source, per unit (driver side; nothing is decoded here)."""
-    pairs, ignored, units, excluded, unlabelled, links = [], {}, [], {}, [], []
+    pairs, ignored, units, excluded, unlabelled, links, holdouts = [], {}, [], {}, [], [], []
     stamps: Dict[str, Tuple[int, float]] = {}
     reads: Dict[str, List[str]] = defaultdict(list)  # unit key -> list files it read
     for src in sources:
+        first = len(pairs)  # this source's candidates are pairs[first:]
+        groups: List[str] = []  # their holdout groups (from the layout's pair id, before spans)
         root = src.root.rstrip("/")
         files, found_links = list_with_links(root)
         links.extend({"root": src.root, **rec} for rec in found_links)
@@ -407,10 +500,13 @@ def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = Ingest
             unlabelled.extend({"root": unit_root, "layout": src.layout, "subset": u.subset,
                                "files": u.files, "detail": u.detail} for u in pairing.unlabelled)
             cands = pairing.candidates
+            groups.extend(holdout_group(c.pair_id) for c in cands)
             if span_dir:
                 cands = [c._replace(pair_id=_span_pair_id(c, span_dir)) for c in cands]
             pairs.extend((src.split_of(c.subset), c._replace(unit=key)) for c in cands)
             units.append(Unit(key, src, span, span_dir))
+        if src.holdout is not None:
+            holdouts.append(_hold_out(src, pairs, first, groups))
     # Duplicate pair ids are found across all units (two roots can hold the same data); a
     # candidate's defect is part of its unit's fingerprint, so units stay independent.
     split_of = {}
@@ -436,7 +532,8 @@ def plan_ingest(sources: Iterable[IngestSource], options: IngestOptions = Ingest
         u.fingerprint = hashlib.sha256(blob.encode()).hexdigest()
     if len({u.fingerprint for u in units}) != len(units):
         raise L.LayoutError("two sources name the same data")
-    return IngestPlan(candidates, units, ignored, options, unlabelled, excluded, links)
+    return IngestPlan(candidates, units, ignored, options, unlabelled, excluded, links,
+                      holdouts)
 
 
 def input_fingerprint(sources: Sequence[IngestSource], options: IngestOptions = IngestOptions()) -> str:
@@ -960,6 +1057,8 @@ def finalize_ingest(run: IngestRun) -> dict:
     }
     if plan.excluded_spans:
         summary["spans_outside_window"] = plan.excluded_spans
+    if plan.holdouts:  # what each source's holdout moved into its split (plan_ingest)
+        summary["holdouts"] = plan.holdouts
     if problems:
         summary["status"] = "failed"
         summary["error"] = ("units not stored (their counts or shards do not check out): "
@@ -977,8 +1076,8 @@ def finalize_ingest(run: IngestRun) -> dict:
 
 def unlabelled_lines(summary: dict) -> List[str]:
     """One line per skipped blurry-only subset of a summary, per folder link or folder the
-    listing could not enter, and one for the folder links it followed (the CLI and the
-    pipeline summary print them)."""
+    listing could not enter, one for the folder links it followed, and one per source's
+    holdout (the CLI and the pipeline summary print them)."""
     lines = [f"skipped unlabelled subset {u['subset']} of {u['root']} ({u['layout']}): "
              f"{u['files']} {u['detail']}; not ingested, not quarantined"
              for u in summary.get("unlabelled_skipped", [])]
@@ -989,6 +1088,11 @@ def unlabelled_lines(summary: dict) -> List[str]:
                      + (", ..." if len(followed) > 5 else "") + " (summary.json: links_followed)")
     lines.extend(f"not listed: {r['root'].rstrip('/')}/{r['path']}: {r['reason']}; "
                  f"nothing under it is an input" for r in summary.get("not_listed", []))
+    lines.extend(f"held out {h['held_groups']} of {h['groups']} "
+                 f"{'group(s)' if h['by'] == 'group' else 'pair(s) (a single group: by pair id)'}"
+                 f" of subset {h['subset']} of {h['root']} ({h['held_pairs']} of {h['pairs']} "
+                 f"pairs, fraction {h['fraction']}) into split {h['split']}"
+                 for h in summary.get("holdouts", []))
     return lines
 
 
