@@ -29,6 +29,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 
 from components import run_page
+from components.evaluator.evaluate import EVALUATION_SUMMARY_KEYS
 from components.validation_component import DomainDrift
 from core import artifacts
 from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, HISTORY_FILE, PUSH_RECORD_FILE,
@@ -115,7 +116,8 @@ def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
                                "best_setting": ev["best_setting"], "best": ev["best"],
                                "baseline": ev.get("baseline"),
                                "fid_kid_note": ev.get("fid_kid_note"),
-                               "domain_gap": ev.get("domain_gap")}
+                               "domain_gap": ev.get("domain_gap"),
+                               **{k: ev.get(k) for k in EVALUATION_SUMMARY_KEYS}}
     if "blessing" in arts:
         b = arts["blessing"]
         s["blessing"] = _json(posixpath.join(b.uri, BLESSING_FILE)) or {}

@@ -10,8 +10,9 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components import metadata_store, validation
 from components.evaluator.domain_gap import format_domain_gap
-from components.evaluator.evaluate import fid_kid_text
-from components.evaluator.gate import domain_name, format_value
+from components.evaluator.evaluate import (EVALUATION_SUMMARY_KEYS, chosen_text, fid_kid_text,
+                                           reference_lines)
+from components.evaluator.gate import comparison_text, domain_name, format_value
 from components.ingest.beam_ingest import unlabelled_lines
 from core import artifacts
 from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, HISTORY_FILE, RESUMED_FILE,
@@ -117,7 +118,8 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
                                      "domains": ev["domains"], "best_setting": ev["best_setting"],
                                      "best": ev["best"], "baseline": ev.get("baseline"),
                                      "fid_kid_note": ev.get("fid_kid_note"),
-                                     "domain_gap": ev.get("domain_gap")}
+                                     "domain_gap": ev.get("domain_gap"),
+                               **{k: ev.get(k) for k in EVALUATION_SUMMARY_KEYS}}
     if "ModelBlessing" in arts:
         b = arts["ModelBlessing"][-1]
         path = os.path.join(b.uri, BLESSING_FILE)
@@ -279,30 +281,40 @@ def format_summary(s: dict) -> str:
     ev = s.get("evaluation")
     if ev:
         best = (ev.get("best_setting") or {}).get("key")
-        lines.append(f"evaluation (chosen setting {best}, by out-of-domain LPIPS): {ev['uri']}")
+        lines.append(f"evaluation: {ev['uri']}")
+        lines.append(f"  {chosen_text(ev)}")
+        for domain, info in sorted(((ev.get("validation") or {}).get("domains") or {}).items()):
+            m = info["settings"].get(best) or {}
+            lines.append(f"    validation {domain_name(domain):<14} PSNR "
+                         f"{format_value(m.get('psnr'), '.2f')}  LPIPS "
+                         f"{format_value(m.get('lpips'), '.4f')}   (blurry input: PSNR "
+                         f"{info['input']['psnr']:.2f}, LPIPS {info['input']['lpips']:.4f}; "
+                         f"{len(info['settings'])} settings compared)")
+        lines.append("  test (the verdict): model, blurry input and classical baselines; "
+                     "model - it with paired bootstrap intervals, per-image wins")
         for domain, info in sorted(ev["domains"].items()):
-            i, m = info["input"], ev["best"].get(domain, {})
-            lines.append(f"  {domain_name(domain):<14} PSNR {m.get('psnr', float('nan')):6.2f}  "
-                         f"SSIM {m.get('ssim', float('nan')):.4f}  "
-                         f"LPIPS {m.get('lpips', float('nan')):.4f}  "
-                         f"NIQE {m.get('niqe', float('nan')):.3f}   "
-                         f"(blurry input: PSNR {i['psnr']:.2f}, LPIPS {i['lpips']:.4f})")
+            n = sum(1 for _ in info.get("splits", []))
+            lines.append(f"  {domain_name(domain)} ({', '.join(info.get('splits', []))}):")
+            lines.extend(reference_lines(ev, domain, indent="    ", width=20))
             fk = info.get("fid_kid")
             if fk and best in fk["settings"]:
-                lines.append(f"  {'':<14}{fid_kid_text(fk['settings'][best])} against "
+                lines.append(f"    {'':<20}{fid_kid_text(fk['settings'][best])} against "
                              f"{fk['images']} sharp images   (blurry input: "
                              f"{fid_kid_text(fk['input']).strip()})")
         if ev.get("fid_kid_note"):
             lines.append(f"  ({ev['fid_kid_note']})")
         base = ev.get("baseline")
         if base:
-            lines.append(f"  baseline (latest blessed model, measured now at "
-                         f"{(base.get('setting') or {}).get('sampler')}-T{(base.get('setting') or {}).get('steps')}"
-                         f"-n{(base.get('setting') or {}).get('max_noise')}): out-of-domain LPIPS "
+            st = base.get("setting") or {}
+            cmp = ((base.get("comparison") or {}).get("out") or {}).get("lpips")
+            lines.append(f"  previous blessed model (the regression rule's reference, measured "
+                         f"now at {st.get('sampler')}-T{st.get('steps')}-n{st.get('max_noise')}): "
+                         f"out-of-domain LPIPS "
                          f"{(base.get('best') or {}).get('out', {}).get('lpips', float('nan')):.4f}"
-                         f"  <- {base['model']}")
+                         + (f"; model - it: {comparison_text(cmp, 'lpips')}" if cmp else "")
+                         + f"  <- {base['model']}")
         else:
-            lines.append("  baseline: none (no blessed model yet)")
+            lines.append("  previous blessed model: none (the regression rule is skipped)")
         if ev.get("domain_gap"):
             lines.extend(format_domain_gap(ev["domain_gap"], indent="  "))
     b = s.get("blessing")
@@ -311,15 +323,20 @@ def format_summary(s: dict) -> str:
         for r in b.get("rules", []):
             v = "" if r.get("value") is None else f" {r['value']:.4f}"
             t = "" if r.get("threshold") is None else f" (threshold {r['threshold']:.4f})"
-            lines.append(f"  {r['rule']:<11} {r['verdict'].upper():<7}{v}{t}  {r.get('detail', '')}")
-            for domain, e in sorted((r.get("domains") or {}).items()):
+            verdict = r["verdict"].upper() + ("" if r.get("enforced", True) else "*")
+            lines.append(f"  {r['rule']:<15} {verdict:<8}{v}{t}  {r.get('detail', '')}")
+            checks = [("input", d, e) for d, e in sorted((r.get("domains") or {}).items())]
+            checks += [(name, d, e) for name, ds in sorted((r.get("references") or {}).items())
+                       for d, e in sorted(ds.items())]
+            for ref, domain, e in checks:
                 if "lpips" in e:
                     lp, ps = e["lpips"], e["psnr"]
                     fv = format_value
+                    rv = lambda c: c.get("reference", c.get("input"))  # noqa: E731
                     lines.append(f"    {domain_name(domain):<14} {e['verdict'].upper():<5} LPIPS "
-                                 f"{fv(lp['value'], '.4f')} (input {fv(lp['input'], '.4f')}, "
+                                 f"{fv(lp['value'], '.4f')} ({ref} {fv(rv(lp), '.4f')}, "
                                  f"max {fv(lp['threshold'], '.4f')})  PSNR "
-                                 f"{fv(ps['value'], '.2f')} (input {fv(ps['input'], '.2f')}, "
+                                 f"{fv(ps['value'], '.2f')} ({ref} {fv(rv(ps), '.2f')}, "
                                  f"min {fv(ps['threshold'], '.2f')})")
     p = s.get("push")
     if p:

@@ -40,18 +40,21 @@ import json
 import logging
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from components.evaluator import domain_gap as dg
-from components.evaluator.gate import (PASS, GateConfig, beats_input, decide, domain_name,
-                                      format_value)
+from components.evaluator.gate import (PASS, GateConfig, beats_input, comparison_text, decide,
+                                      domain_name, format_value)
 from core import artifacts
 from core.artifacts import BLESSING_FILE, DOMAIN_GAP_FILE, EVALUATION_FILE
 from trainer.setting import SamplingSetting
 
 METRICS = ("psnr", "ssim", "lpips", "niqe")
+# what the run summaries carry of evaluation.json besides the test domains and the choice
+EVALUATION_SUMMARY_KEYS = ("chosen_on", "validation", "classical", "comparisons", "splits",
+                           "config")
 FID_KID_NOTE = ("FID and KID of the outputs (and of the blurry inputs) against the domain's "
                 "sharp images, n images each. FID is biased upwards at small n (compare FIDs "
                 "only at equal n); KID is unbiased but noisy at small n. Reported, not gated.")
@@ -68,11 +71,33 @@ def _default_grid():
             {"sampler": "ddpm", "steps": 20, "max_noise": 1.0, "samples": 4}]
 
 
+def is_validation_split(name: str) -> bool:
+    """The naming convention of validation splits: "val" or "val_<anything>" (val_ood)."""
+    return name == "val" or name.startswith("val_")
+
+
+def _default_baselines():
+    from components.evaluator import classical
+
+    return list(classical.DEFAULT_BASELINES)
+
+
 @dataclasses.dataclass
 class EvalConfig:
     grid: List[Dict] = dataclasses.field(default_factory=_default_grid)
-    splits: Optional[List[str]] = None  # None: every split but train_split
+    # the test splits, which the gate judges: None: every split but train_split and the
+    # validation splits
+    splits: Optional[List[str]] = None
+    # the splits the sampling setting is chosen on: None: every split named val or val_*
+    # (is_validation_split); []: none, the setting is then chosen on the test splits, and the
+    # evaluation says so (an optimistic verdict)
+    validation_splits: Optional[List[str]] = None
     train_split: str = "train"
+    # classical references scored beside the model on the test images (classical.py)
+    baselines: List[str] = dataclasses.field(default_factory=_default_baselines)
+    # the paired bootstrap of every comparison (stats.py): resamples and confidence
+    bootstrap_samples: int = 2000
+    confidence: float = 0.95
     # 8: the least the issue asks for; each image costs 81 network calls of the default grid
     max_images_per_split: int = 8
     batch_size: int = 4
@@ -96,6 +121,18 @@ class EvalConfig:
             raise ValueError(f"max_images_per_split must be >= 1, got {self.max_images_per_split}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (isinstance(self.confidence, float) and 0.5 <= self.confidence < 1.0):
+            raise ValueError(f"confidence must be a number in [0.5, 1), got {self.confidence!r}")
+        if isinstance(self.bootstrap_samples, bool) or not isinstance(self.bootstrap_samples, int) \
+                or self.bootstrap_samples < 100:
+            raise ValueError(f"bootstrap_samples must be an integer >= 100, got "
+                             f"{self.bootstrap_samples!r}")
+        from components.evaluator import classical
+
+        for name in self.baselines:
+            classical.get(name)  # an unknown name: one line naming the known ones
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"baselines repeats a name: {self.baselines}")
         self.settings()
 
 
@@ -315,16 +352,30 @@ def distribution_metrics(features: Dict[str, Dict[str, np.ndarray]],
     return out
 
 
-def select_data(examples_dir: str, config: EvalConfig):
-    """(splits, {split: items}, {split: domain}) of the evaluation: config.splits, or every
-    split but the train split; each split's first max_images_per_split examples by pair id."""
-    available = split_names(examples_dir)
-    splits = config.splits or [s for s in available if s != config.train_split]
-    missing = [s for s in splits if s not in available]
+def split_roles(available: Sequence[str], config: EvalConfig) -> Tuple[List[str], List[str]]:
+    """(validation splits, test splits) of an evaluation (see EvalConfig.splits and
+    .validation_splits); ValueError naming what is missing."""
+    if config.validation_splits is None:
+        validation = [s for s in available if is_validation_split(s) and s != config.train_split]
+    else:
+        validation = list(config.validation_splits)
+    tests = config.splits or [s for s in available
+                              if s != config.train_split and s not in validation]
+    missing = [s for s in list(tests) + validation if s not in available]
     if missing:
-        raise ValueError(f"evaluation split(s) {missing} not in {examples_dir} (has {available})")
-    if not splits:
-        raise ValueError(f"{examples_dir} has no evaluation split (only {available})")
+        raise ValueError(f"evaluation split(s) {missing} not in the examples (has {list(available)})")
+    if not tests:
+        raise ValueError(f"the examples have no test split to judge on (only {list(available)})")
+    both = sorted(set(tests) & set(validation))
+    if both:
+        raise ValueError(f"split(s) {both} are both validation and test splits: the setting "
+                         f"must not be chosen on the images that judge it")
+    return validation, tests
+
+
+def load_splits(examples_dir: str, splits: Sequence[str], config: EvalConfig):
+    """({split: items}, {split: domain}): each split's first max_images_per_split examples by
+    pair id; a split must hold one domain."""
     data = {s: load_split(examples_dir, s, config.max_images_per_split) for s in splits}
     domain_of = {}
     for s, items in data.items():
@@ -332,6 +383,13 @@ def select_data(examples_dir: str, config: EvalConfig):
         if len(domains) != 1:
             raise ValueError(f"split {s!r} mixes domains {domains}; evaluate them as separate splits")
         domain_of[s] = domains[0]
+    return data, domain_of
+
+
+def select_data(examples_dir: str, config: EvalConfig):
+    """(test splits, {split: items}, {split: domain}) of the evaluation's test splits."""
+    _, splits = split_roles(split_names(examples_dir), config)
+    data, domain_of = load_splits(examples_dir, splits, config)
     return splits, data, domain_of
 
 
@@ -347,17 +405,80 @@ def domain_gap_report(model_dir: str, examples_dir: str, config: EvalConfig = Ev
 
 
 # ---- the whole evaluation ------------------------------------------------------------------
+def _summarise(scores: Dict[str, Dict[str, list]], keys: Sequence[str], splits: Sequence[str],
+               domain_of: Dict[str, str]):
+    """({split: {key: mean metrics}}, {domain: {key: mean metrics over its splits}})."""
+    per_split = {s: {k: _mean(scores[k][s]) for k in keys} for s in splits}
+    per_domain = {d: {k: _mean([r for s in splits if domain_of[s] == d for r in scores[k][s]])
+                      for k in keys}
+                  for d in sorted({domain_of[s] for s in splits})}
+    return per_split, per_domain
+
+
+def _by_domain(rows: Dict[str, list], splits: Sequence[str], domain_of: Dict[str, str]):
+    """{domain: the per-image rows of its splits, in split then pair-id order}."""
+    return {d: [r for s in splits if domain_of[s] == d for r in rows[s]]
+            for d in sorted({domain_of[s] for s in splits})}
+
+
+def compare(candidate: Dict[str, list], reference: Dict[str, list],
+            config: EvalConfig) -> Dict[str, Dict[str, dict]]:
+    """{domain: {metric: stats.paired_comparison(candidate, reference)}} over the per-image rows
+    of each domain ({domain: rows}, the same images in the same order)."""
+    from components.evaluator import stats
+
+    out = {}
+    for d, rows in candidate.items():
+        ref = reference[d]
+        if [r["pair_id"] for r in rows] != [r["pair_id"] for r in ref]:
+            raise ValueError(f"{domain_name(d)}: the compared rows are not the same images")
+        # an infinite PSNR (an output equal to its reference) or a non-finite output is
+        # left out of the pairs and counted as "dropped"
+        fin = lambda v: v if math.isfinite(v) else math.nan  # noqa: E731
+        out[d] = {m: stats.paired_comparison(
+            [fin(r[m]) for r in rows], [fin(r[m]) for r in ref],
+            higher_is_better=m in ("psnr", "ssim"),
+            n_boot=config.bootstrap_samples, confidence=config.confidence, seed=config.seed)
+            for m in ("psnr", "ssim", "lpips")}
+    return out
+
+
+def score_classical(data: Dict[str, List[dict]], names: Sequence[str], scorer: "Scorer",
+                    progress=None) -> Dict[str, Dict[str, list]]:
+    """{baseline name: {split: per-image metrics}} of the classical references."""
+    from components.evaluator import classical
+
+    out = {}
+    for name in names:
+        out[name] = {}
+        for split, items in data.items():
+            out[name][split] = [{"pair_id": it["pair_id"],
+                                 **scorer(classical.restore(name, it["blurry"]), it["sharp"])}
+                                for it in items]
+            if progress is not None:
+                progress.update(len(items))
+    logging.getLogger("deblur.progress").info(
+        "DeblurEvaluator: classical baselines %s scored", ", ".join(names))
+    return out
+
+
 def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig = EvalConfig(),
              baseline_dir: Optional[str] = None, baseline_setting: Optional[dict] = None,
              gate: GateConfig = GateConfig(), progress: bool = False,
              baseline_loaded=None) -> dict:
-    """Evaluates model_dir (and the baseline at its own setting, if given), chooses the best
-    setting, applies the gate; writes everything to out_dir and returns evaluation.json's
-    content with "blessing" added (also written to out_dir/blessing.json). baseline_loaded:
-    load_model(baseline_dir) when the caller already loaded it (the DeblurEvaluator, which
-    tries blessed models until one loads)."""
+    """Evaluates model_dir over the grid on the validation splits and chooses its setting
+    there; scores that setting (and the baseline model at its own setting, if given, the
+    blurry input and the classical references) on the test splits, compares them image by
+    image, applies the gate; writes everything to out_dir and returns evaluation.json's
+    content with "blessing" added (also written to out_dir/blessing.json). Without a
+    validation split the whole grid runs on test and the setting is chosen there
+    (result["chosen_on"] says "test", with a warning). baseline_loaded: load_model(baseline_dir)
+    when the caller already loaded it (the DeblurEvaluator, which tries blessed models until
+    one loads)."""
     settings = config.settings()
-    splits, data, domain_of = select_data(examples_dir, config)
+    val_splits, splits = split_roles(split_names(examples_dir), config)
+    data, domain_of = load_splits(examples_dir, splits, config)
+    val_data, val_domain_of = load_splits(examples_dir, val_splits, config)
     scorer = Scorer(config.lpips_net)
     loaded = load_model_or_explain(model_dir)
     if baseline_dir and baseline_loaded is None:  # a damaged --baseline: before any work
@@ -367,54 +488,95 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         from metrics.inception import default_inception
 
         inception = default_inception()
-    n_images = sum(len(v) for v in data.values())
+    n_test, n_val = sum(len(v) for v in data.values()), sum(len(v) for v in val_data.values())
     base_settings = [SamplingSetting(**baseline_setting)] if baseline_setting else settings
-    total = n_images * (len(settings) + (len(base_settings) if baseline_dir else 0))
+    total = (n_val * len(settings) + n_test * (1 if val_splits else len(settings))
+             + n_test * (len(base_settings) if baseline_dir else 0)
+             + n_test * len(config.baselines))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="evaluate (images x settings)", unit="img")
+        bar = tqdm(total=total, desc="evaluate (images x methods)", unit="img")
+    log = logging.getLogger("deblur.progress")
+    validation = None
     try:
-        cand = run_model(loaded, data, settings, config, scorer, bar, "candidate",
+        if val_splits:  # choose on validation
+            vrun = run_model(loaded, val_data, settings, config, scorer, bar,
+                             "candidate (validation)")
+            v_inputs = {s: [scorer(it["blurry"], it["sharp"]) for it in items]
+                        for s, items in val_data.items()}
+            v_split, v_domain = _summarise(vrun["scores"], [x.key for x in settings],
+                                           val_splits, val_domain_of)
+            v_input = {d: _mean(rows) for d, rows in
+                       _by_domain(v_inputs, val_splits, val_domain_of).items()}
+            best = choose_best(v_domain, settings, gate.domain, v_input, gate)
+            validation = {
+                "splits": {s: {"domain": val_domain_of[s], "images": len(val_data[s]),
+                               "input": _mean(v_inputs[s]), "settings": v_split[s]}
+                           for s in val_splits},
+                "domains": {d: {"splits": [s for s in val_splits if val_domain_of[s] == d],
+                                "input": v_input[d], "settings": v_domain[d]}
+                            for d in v_domain},
+                "non_finite_outputs": vrun["non_finite"]}
+            # no setting with every metric finite: the first one is judged (and fails)
+            test_settings = [best or settings[0]]
+            log.info("DeblurEvaluator: setting %s chosen on validation (%s)",
+                     (best or settings[0]).key, ", ".join(val_splits))
+        else:
+            best, test_settings = None, settings
+            log.warning("DeblurEvaluator: no validation split: the sampling setting is chosen "
+                        "on the test splits %s that also judge it (an optimistic verdict); "
+                        "give the examples a val / val_ood split", ", ".join(splits))
+        cand = run_model(loaded, data, test_settings, config, scorer, bar, "candidate",
                          inception if config.fid_kid else None)
         base = run_model(baseline_loaded if baseline_loaded is not None
                          else load_model(baseline_dir), data, base_settings, config, scorer, bar,
                          "baseline") if baseline_dir else None
+        classical_scores = score_classical(data, config.baselines, scorer, bar)
     finally:
         if bar is not None:
             bar.close()
 
-    inputs = {s: [scorer(it["blurry"], it["sharp"]) for it in items] for s, items in data.items()}
-
-    def summarise(run, setting_list):
-        per_split = {s: {k: _mean(run["scores"][k][s]) for k in (x.key for x in setting_list)}
-                     for s in splits}
-        per_domain = {}
-        for d in sorted(set(domain_of.values())):
-            per_domain[d] = {x.key: _mean([r for s in splits if domain_of[s] == d
-                                           for r in run["scores"][x.key][s]])
-                             for x in setting_list}
-        return per_split, per_domain
-
-    per_split, per_domain = summarise(cand, settings)
-    input_by_domain = {d: _mean([r for s in splits if domain_of[s] == d for r in inputs[s]])
-                       for d in per_domain}
-    best = choose_best(per_domain, settings, gate.domain, input_by_domain, gate)
+    inputs = {s: [{"pair_id": it["pair_id"], **scorer(it["blurry"], it["sharp"])} for it in items]
+              for s, items in data.items()}
+    per_split, per_domain = _summarise(cand["scores"], [x.key for x in test_settings], splits,
+                                       domain_of)
+    input_by_domain = {d: _mean(rows) for d, rows in _by_domain(inputs, splits, domain_of).items()}
+    if not val_splits:
+        best = choose_best(per_domain, settings, gate.domain, input_by_domain, gate)
     # no setting with every metric finite: the gate sees the first setting's (non-finite) ones
-    shown = best or settings[0]
+    shown = best or test_settings[0]
     best_metrics = {d: per_domain[d][shown.key] for d in per_domain}
+    cand_rows = _by_domain(cand["scores"][shown.key], splits, domain_of)
+    comparisons = {"input": compare(cand_rows, _by_domain(inputs, splits, domain_of), config)}
     baseline_best = None
     baseline_info = None
     if base is not None:
-        b_split, b_domain = summarise(base, base_settings)
+        b_split, b_domain = _summarise(base["scores"], [x.key for x in base_settings], splits,
+                                       domain_of)
         # the baseline's own setting as is (the gate looks only at its LPIPS); without one,
-        # its best over the grid, as for the candidate
+        # its best over the grid on these images
         b_best = base_settings[0] if len(base_settings) == 1 else choose_best(
             b_domain, base_settings, gate.domain)
         baseline_best = {d: b_domain[d][b_best.key] for d in b_domain} if b_best else {}
         baseline_info = {"model": baseline_dir, "setting": b_best.to_dict() if b_best else None,
                          "domains": b_domain, "splits": b_split, "best": baseline_best}
+        if b_best is not None:
+            comparisons["previous"] = compare(
+                cand_rows, _by_domain(base["scores"][b_best.key], splits, domain_of), config)
+            baseline_info["comparison"] = comparisons["previous"]
+    from components.evaluator import classical
+
+    classical_info = {}
+    for name, rows in classical_scores.items():
+        by_d = _by_domain(rows, splits, domain_of)
+        classical_info[name] = {"label": classical.get(name).label,
+                                "domains": {d: _mean(r) for d, r in by_d.items()},
+                                "splits": {s: _mean(rows[s]) for s in splits}}
+    comparisons["baselines"] = {name: compare(cand_rows, _by_domain(rows, splits, domain_of),
+                                              config)
+                                for name, rows in classical_scores.items()}
 
     by_domain = {d: [it for s in splits if domain_of[s] == d for it in data[s]]
                  for d in per_domain}
@@ -423,16 +585,18 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         blurry_features = {d: inception([it["blurry"] for it in items])
                            for d, items in by_domain.items()}
     per_domain_fid = distribution_metrics(cand["features"], by_domain, splits, domain_of,
-                                          settings, inception, blurry_features) \
+                                          test_settings, inception, blurry_features) \
         if config.fid_kid else {}
     gap = None
     if config.domain_gap:
         gap = dg.domain_gap(loaded, by_domain, inception, full_features=blurry_features)
-        logging.getLogger("deblur.progress").info("DeblurEvaluator: domain gap (Table 1) done")
+        log.info("DeblurEvaluator: domain gap (Table 1) done")
 
     result = {
         "model": model_dir, "examples": examples_dir, "config": dataclasses.asdict(config),
         "grid": [s.to_dict() | {"key": s.key} for s in settings],
+        "chosen_on": "validation" if val_splits else "test",
+        "validation": validation,
         "splits": {s: {"domain": domain_of[s], "datasets": sorted({it["dataset"] for it in data[s]}),
                        "images": len(data[s]), "input": _mean(inputs[s]), "settings": per_split[s]}
                    for s in splits},
@@ -440,6 +604,8 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
                         "input": input_by_domain[d], "settings": per_domain[d],
                         **({"fid_kid": per_domain_fid[d]} if d in per_domain_fid else {})}
                     for d in per_domain},
+        "classical": classical_info,
+        "comparisons": comparisons,
         "fid_kid_note": FID_KID_NOTE if config.fid_kid else None,
         "domain_gap": gap,
         "best_setting": best.to_dict() | {"key": best.key} if best else None,
@@ -447,16 +613,29 @@ def evaluate(model_dir: str, examples_dir: str, out_dir: str, config: EvalConfig
         "baseline": baseline_info,
         "non_finite_outputs": cand["non_finite"],
     }
+    non_finite = sorted(set(cand["non_finite"]) | set((validation or {}).get(
+        "non_finite_outputs", {})))
     blessing = decide(best_metrics, gate, baseline_best if base is not None else None,
-                      inputs=input_by_domain,
-                      non_finite_outputs=sorted(cand["non_finite"]))
+                      inputs=input_by_domain, non_finite_outputs=non_finite,
+                      classical={n: i["domains"] for n, i in classical_info.items()},
+                      comparisons=comparisons)
     # what travels with the blessing (the pusher's manifest, the next run's baseline setting)
-    result["blessing"] = {**blessing, "best_setting": result["best_setting"], "best": best_metrics}
-    _write(out_dir, result, cand, data, domain_of, settings, best)
+    result["blessing"] = {**blessing, "best_setting": result["best_setting"], "best": best_metrics,
+                          "chosen_on": result["chosen_on"],
+                          "validation_best": _validation_best(validation, best),
+                          "classical": {n: i["domains"] for n, i in classical_info.items()}}
+    _write(out_dir, result, cand, data, domain_of, test_settings, best, classical_scores)
     return result
 
 
-def _write(out_dir, result, cand, data, domain_of, settings, best):
+def _validation_best(validation: Optional[dict], best: Optional[SamplingSetting]):
+    """{domain: metrics} of the chosen setting on the validation splits (None without)."""
+    if not validation or best is None:
+        return None
+    return {d: info["settings"][best.key] for d, info in validation["domains"].items()}
+
+
+def _write(out_dir, result, cand, data, domain_of, settings, best, classical_scores=None):
     import tensorflow as tf
 
     tf.io.gfile.makedirs(out_dir)
@@ -474,11 +653,18 @@ def _write(out_dir, result, cand, data, domain_of, settings, best):
             with tf.io.gfile.GFile(path, "w") as f:
                 json.dump({"split": split, "domain": info["domain"], "setting": key,
                            "images": info["images"], **m}, f, indent=2, sort_keys=True)
+    # one line per test image and method: the model at each setting run on test, and the
+    # classical references ("baseline": name); the paired comparisons are computed from these
     with tf.io.gfile.GFile(os.path.join(out_dir, "per_image.jsonl"), "w") as f:
         for key, by_split in cand["scores"].items():
             for split, rows in by_split.items():
                 for r in rows:
                     f.write(json.dumps({"setting": key, "split": split,
+                                        "domain": domain_of[split], **r}, sort_keys=True) + "\n")
+        for name, by_split in (classical_scores or {}).items():
+            for split, rows in by_split.items():
+                for r in rows:
+                    f.write(json.dumps({"baseline": name, "split": split,
                                         "domain": domain_of[split], **r}, sort_keys=True) + "\n")
     plot_perception_distortion(result, os.path.join(out_dir, "perception_distortion.png"))
     if best is not None:
@@ -489,39 +675,62 @@ def _write(out_dir, result, cand, data, domain_of, settings, best):
 
 
 def plot_perception_distortion(result: dict, path: str) -> None:
-    """PSNR (distortion, up is better) against LPIPS (perception, left is better) over the
-    grid, one curve per domain, the blurry input as a cross (the paper's Fig. 5)."""
+    """PSNR (distortion, up is better) against LPIPS (perception, left is better), one colour
+    per domain (the paper's Fig. 5): the sampling grid as curves on the splits that chose the
+    setting (validation, or test without one), the chosen setting on test as a star, the
+    blurry input as a cross and each classical reference as a labelled square, on test."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
-    fig, ax = plt.subplots(figsize=(7.0, 5.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.4, 6.0), dpi=110)
     best = (result.get("best_setting") or {}).get("key")
+    chosen_on = result.get("chosen_on", "test")
+    grid_domains = ((result.get("validation") or {}).get("domains")
+                    if chosen_on == "validation" else result["domains"]) or {}
     markers = "osD^v<>"
-    for i, (domain, info) in enumerate(sorted(result["domains"].items())):
+    domains = sorted(set(result["domains"]) | set(grid_domains))
+    for i, domain in enumerate(domains):
         color = f"C{i}"
-        # one curve per sampler configuration (sampler, T, K), along max_noise
-        curves = {}
-        for g in result["grid"]:
-            curves.setdefault((g["sampler"], g["steps"], g["samples"]), []).append(g)
-        for j, ((sampler, steps, k), points) in enumerate(sorted(curves.items())):
-            points = sorted(points, key=lambda g: g["max_noise"])
-            ms = [info["settings"][g["key"]] for g in points]
-            ax.plot([m["lpips"] for m in ms], [m["psnr"] for m in ms], "-", color=color,
-                    marker=markers[j % len(markers)], alpha=0.9,
-                    label=f"{domain_name(domain)}: {sampler} T={steps}" + (f" K={k}" if k > 1 else ""))
-            for g, m in zip(points, ms):
-                ax.annotate(f"{g['max_noise']:g}" + (" *" if g["key"] == best else ""),
-                            (m["lpips"], m["psnr"]), fontsize=7, textcoords="offset points",
-                            xytext=(4, 3))
-        ax.plot(info["input"]["lpips"], info["input"]["psnr"], "x", color=color, markersize=9,
-                label=f"{domain_name(domain)}: blurry input")
+        info = grid_domains.get(domain)
+        if info:
+            curves = {}  # one curve per sampler configuration (sampler, T, K), along max_noise
+            for g in result["grid"]:
+                if g["key"] in info["settings"]:
+                    curves.setdefault((g["sampler"], g["steps"], g["samples"]), []).append(g)
+            for j, ((sampler, steps, k), points) in enumerate(sorted(curves.items())):
+                points = sorted(points, key=lambda g: g["max_noise"])
+                ms = [info["settings"][g["key"]] for g in points]
+                ax.plot([m["lpips"] for m in ms], [m["psnr"] for m in ms], "-", color=color,
+                        marker=markers[j % len(markers)], alpha=0.5 if chosen_on == "validation"
+                        else 0.9, label=f"{domain_name(domain)}: {sampler} T={steps}"
+                        + (f" K={k}" if k > 1 else "") + f" ({chosen_on})")
+                for g, m in zip(points, ms):
+                    ax.annotate(f"{g['max_noise']:g}" + (" *" if g["key"] == best else ""),
+                                (m["lpips"], m["psnr"]), fontsize=7, textcoords="offset points",
+                                xytext=(4, 3))
+        test = result["domains"].get(domain)
+        if not test:
+            continue
+        chosen = (result.get("best") or {}).get(domain)
+        if chosen_on == "validation" and chosen:
+            ax.plot(chosen["lpips"], chosen["psnr"], "*", color=color, markersize=13,
+                    markeredgecolor="k", label=f"{domain_name(domain)}: model, chosen setting (test)")
+        ax.plot(test["input"]["lpips"], test["input"]["psnr"], "x", color=color, markersize=9,
+                label=f"{domain_name(domain)}: blurry input (test)")
+        for name, ref in sorted((result.get("classical") or {}).items()):
+            m = ref["domains"].get(domain)
+            if m:
+                ax.plot(m["lpips"], m["psnr"], "s", color=color, markersize=5, alpha=0.8)
+                ax.annotate(name, (m["lpips"], m["psnr"]), fontsize=6, color=color,
+                            textcoords="offset points", xytext=(4, -8))
     ax.set_xlabel("LPIPS (AlexNet), lower is better")
     ax.set_ylabel("PSNR (dB), higher is better")
-    ax.set_title("Perception-distortion over the sampling grid\n"
-                 "(labels: max noise 1 - alpha_T; * = chosen by out-of-domain LPIPS)", fontsize=10)
+    ax.set_title(f"Perception-distortion: grid on {chosen_on} (labels: max noise; * = chosen by "
+                 f"out-of-domain LPIPS);\nchosen setting, input and classical baselines "
+                 f"(squares) on test", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
@@ -561,22 +770,75 @@ def fid_kid_text(m: dict) -> str:
     return f"  FID {format_value(m['fid'], '.2f')}  KID {format_value(m['kid'], '.4f')}"
 
 
+def _metric_text(m: dict) -> str:
+    return (f"PSNR {format_value(m.get('psnr'), '6.2f')}  SSIM {format_value(m.get('ssim'), '.4f')}  "
+            f"LPIPS {format_value(m.get('lpips'), '.4f')}  NIQE {format_value(m.get('niqe'), '.3f')}")
+
+
+def versus_text(comparison: Optional[Dict[str, dict]]) -> str:
+    """"model - it: LPIPS -0.0123 [-0.0201, -0.0040] wins 7/8; PSNR +0.52 [...] wins 6/8" of
+    one domain's paired comparisons (LPIPS wins: lower; PSNR wins: higher)."""
+    if not comparison:
+        return ""
+    parts = [f"{m.upper()} " + comparison_text(comparison[m], m).replace("diff ", "")
+             for m in ("lpips", "psnr") if m in comparison]
+    return "model - it: " + "; ".join(parts)
+
+
+def chosen_text(result: dict) -> str:
+    """"setting ddpm-... chosen on validation (val, val_ood) by out-of-domain LPIPS" or the
+    warning that it was chosen on the test splits."""
+    key = (result.get("best_setting") or {}).get("key", "none (no setting with finite metrics)")
+    if result.get("chosen_on") == "validation":
+        splits = sorted((result.get("validation") or {}).get("splits", {}))
+        return f"setting {key} chosen on validation ({', '.join(splits)}) by out-of-domain LPIPS"
+    return (f"setting {key} chosen on the test splits (no validation split: the verdict is "
+            f"optimistic)")
+
+
+def reference_lines(result: dict, domain: str, indent: str = "  ", width: int = 22) -> List[str]:
+    """The test rows of a domain: the blurry input, the model at the chosen setting and each
+    classical reference, each with the model's paired comparison against it."""
+    info = result["domains"][domain]
+    comps = result.get("comparisons") or {}
+    best = (result.get("best") or {}).get(domain, {})
+    key = (result.get("best_setting") or {}).get("key", "model")
+    lines = [f"{indent}{'model ' + key:<{width}} {_metric_text(best)}",
+             f"{indent}{'blurry input':<{width}} {_metric_text(info['input'])}   "
+             f"{versus_text((comps.get('input') or {}).get(domain))}"]
+    for name, ref in sorted((result.get("classical") or {}).items()):
+        m = ref["domains"].get(domain)
+        if m:
+            lines.append(f"{indent}{name:<{width}} {_metric_text(m)}   "
+                         f"{versus_text(((comps.get('baselines') or {}).get(name) or {}).get(domain))}")
+    return lines
+
+
 def format_result(result: dict) -> str:
-    """A short human-readable table of the evaluation."""
-    lines = []
+    """A short human-readable table of the evaluation: the grid on validation (the choice),
+    then the test rows (the verdict) beside the input and the classical baselines."""
+    lines = [chosen_text(result)]
+    best_key = (result.get("best_setting") or {}).get("key")
+    for domain, info in sorted(((result.get("validation") or {}).get("domains") or {}).items()):
+        lines.append(f"validation, {domain_name(domain)} ({', '.join(info['splits'])}):")
+        lines.append(f"  {'blurry input':<22} {_metric_text(info['input'])}")
+        for key, m in info["settings"].items():
+            lines.append(f"  {key:<22} {_metric_text(m)}" + (" *" if key == best_key else ""))
+    conf = (result.get("config") or {}).get("confidence", 0.95)
+    lines.append(f"test (the verdict; differences with {conf:.0%} paired bootstrap intervals "
+                 f"and per-image wins):")
     for domain, info in sorted(result["domains"].items()):
         fk = info.get("fid_kid")
-        lines.append(f"{domain_name(domain)} ({', '.join(info['splits'])})"
+        lines.append(f"{domain_name(domain)} ({', '.join(info['splits'])}, "
+                     f"{sum(result['splits'][s]['images'] for s in info['splits'])} images)"
                      + (f", FID/KID against {fk['images']} sharp images:" if fk else ":"))
-        i = info["input"]
-        lines.append(f"  {'blurry input':<22} PSNR {i['psnr']:6.2f}  SSIM {i['ssim']:.4f}  "
-                     f"LPIPS {i['lpips']:.4f}  NIQE {i['niqe']:.3f}"
-                     + (fid_kid_text(fk["input"]) if fk else ""))
-        for key, m in info["settings"].items():
-            mark = " *" if key == (result.get("best_setting") or {}).get("key") else ""
-            lines.append(f"  {key:<22} PSNR {m['psnr']:6.2f}  SSIM {m['ssim']:.4f}  "
-                         f"LPIPS {m['lpips']:.4f}  NIQE {m['niqe']:.3f}"
-                         + (fid_kid_text(fk["settings"][key]) if fk else "") + mark)
+        lines.extend(reference_lines(result, domain))
+        if result.get("chosen_on") != "validation":
+            for key, m in info["settings"].items():
+                lines.append(f"  {key:<22} {_metric_text(m)}" + (" *" if key == best_key else ""))
+        if fk:
+            lines.append(f"  FID/KID: blurry input{fid_kid_text(fk['input'])}; model"
+                         + "; ".join(fid_kid_text(fk["settings"][k]) for k in fk["settings"]))
     if result.get("fid_kid_note"):
         lines.append(f"({result['fid_kid_note']})")
     if result.get("domain_gap"):
@@ -587,5 +849,5 @@ def format_result(result: dict) -> str:
         for r in b["rules"]:
             v = "" if r["value"] is None else f" value {r['value']:.4f}"
             t = "" if r["threshold"] is None else f" threshold {r['threshold']:.4f}"
-            lines.append(f"  {r['rule']:<11} {r['verdict'].upper():<7}{v}{t}  {r['detail']}")
+            lines.append(f"  {r['rule']:<15} {r['verdict'].upper():<7}{v}{t}  {r['detail']}")
     return "\n".join(lines)

@@ -126,17 +126,21 @@ def test_metrics_per_split_domain_and_setting(examples_dir, models, tmp_path):
     assert res["best_setting"]["key"] == min(lp, key=lp.get)
     assert res["best"]["out"] == res["domains"]["out"]["settings"][res["best_setting"]["key"]]
     lines = (tmp_path / "e" / "per_image.jsonl").read_text().splitlines()
-    assert len(lines) == len(GRID) * (len(SIZES["test"]) + len(SIZES["test_ood"]))
+    # the model at each setting (no validation split: the whole grid ran on test) and the
+    # four classical baselines
+    assert len(lines) == (len(GRID) + 4) * (len(SIZES["test"]) + len(SIZES["test_ood"]))
+    assert res["chosen_on"] == "test"
     png = Image.open(tmp_path / "e" / "perception_distortion.png")
     assert png.size[0] > 300
     grid = np.asarray(Image.open(tmp_path / "e" / "samples" / "test_ood.png"))
     assert grid.shape[0] == 2 * (200 + 4) + (192 + 4)  # three rows: the first three images
     assert grid.shape[1] == 3 * 208 + 2 * 4
     # the model is its input plus a faint pattern: worse than doing nothing, whatever the
-    # absolute threshold, and beats_input is the one rule that says so
+    # absolute threshold, and beats_input is the one enforced rule that says so
     rules = {r["rule"]: r["verdict"] for r in res["blessing"]["rules"]}
     assert rules == {"finite": "pass", "ood_lpips": "pass", "beats_input": "fail",
-                     "regression": "skipped"}, res["blessing"]
+                     "regression": "skipped", "beats_baselines": "fail"}, res["blessing"]
+    assert res["blessing"]["reason"].startswith("beats_input:")  # not enforced: not a reason
     assert json.loads((tmp_path / "e" / "blessing.json").read_text())["blessed"] is False
     # FID/KID per domain: the known outputs and the blurry inputs against the sharp images.
     # The metric itself is checked against independent references in metrics/fid_test.py;
@@ -385,3 +389,98 @@ def test_domain_gap_of_models_without_regressions(examples_dir):
         assert [r["scale"] for r in gap["rows"]] == ["full", "x2", "x4", "x8"]
         assert all(r["guidance"] is None for r in gap["rows"]) and gap["verdict"] is None
         assert "R_k: " + gap["guidance"]["detail"] in "\n".join(dg.format_domain_gap(gap))
+
+
+# ---- choose on validation, judge on test; classical baselines; paired comparisons -------------
+@pytest.fixture(scope="module")
+def examples_with_validation(tmp_path_factory, examples_dir, models):
+    """The module's examples plus val (in-domain) and val_ood splits whose sharp images carry
+    the mild model's checkerboard at max_noise 0.7 (+-3.57: 4 grey levels): on validation
+    GRID[1] (max_noise 0.5: 3 levels) is nearer than GRID[0] (0.1: 1 level), while on the
+    test splits GRID[0] is the better one."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("examples_val")
+    for split in ("test", "test_ood", "train"):
+        shutil.copytree(os.path.join(examples_dir, f"Split-{split}"), root / f"Split-{split}")
+    strength = models["mild"][1]
+    for split, domain in (("val", "in"), ("val_ood", "out")):
+        os.makedirs(root / f"Split-{split}")
+        opts = tf.io.TFRecordOptions(compression_type="GZIP")
+        with tf.io.TFRecordWriter(str(root / f"Split-{split}" / "data-00000-of-00001.gz"), opts) as w:
+            for i in range(3):
+                blurry, _ = _pair(192, 192, seed=900 + i + (10 if domain == "out" else 0))
+                sharp = checker(blurry, strength, 0.7)
+                rec, _ = process_pair_bytes(encode_png(blurry), encode_png(sharp),
+                                            pair_id=f"{split}/{i}", dataset=f"ds_{domain}",
+                                            domain=domain, split=split, min_side=8)
+                w.write(rec)
+    return str(root)
+
+
+def test_the_setting_is_chosen_on_validation_and_judged_on_test(examples_with_validation, models,
+                                                                 tmp_path):
+    model_dir, strength = models["mild"]
+    keys = [ev.SamplingSetting(**g).key for g in GRID]
+    cfg = ev.EvalConfig(grid=GRID, max_images_per_split=10, baselines=["unsharp_r2_a1.0"],
+                        bootstrap_samples=500, **NO_FID)
+    res = ev.evaluate(model_dir, examples_with_validation, str(tmp_path / "v"), cfg,
+                      gate=GateConfig(ood_lpips_max=0.99))
+    assert res["chosen_on"] == "validation" and res["blessing"]["chosen_on"] == "validation"
+    assert sorted(res["validation"]["splits"]) == ["val", "val_ood"]
+    assert sorted(res["splits"]) == ["test", "test_ood"]  # validation is not judged
+    assert res["best_setting"]["key"] == keys[1]
+    # on validation GRID[1] is one grey level from the sharp images, GRID[0] three
+    val_out = res["validation"]["domains"]["out"]["settings"]
+    items = ev.load_split(examples_with_validation, "val_ood", 10)
+    for g, key in zip(GRID, keys):
+        want = np.mean([peak_signal_noise_ratio(it["sharp"], checker(it["blurry"], strength,
+                                                                     g["max_noise"]))
+                        for it in items])
+        assert val_out[key]["psnr"] == pytest.approx(want, abs=1e-3)
+    assert val_out[keys[1]]["lpips"] < val_out[keys[0]]["lpips"]
+    # only the chosen setting runs on test
+    assert list(res["domains"]["out"]["settings"]) == [keys[1]]
+    assert res["blessing"]["validation_best"]["out"] == val_out[keys[1]]
+    # without the validation splits the test images choose, and they choose the other one
+    fallback = ev.evaluate(model_dir, examples_with_validation, str(tmp_path / "t"),
+                           ev.EvalConfig(grid=GRID, max_images_per_split=10, baselines=[],
+                                         validation_splits=[], bootstrap_samples=500, **NO_FID),
+                           gate=GateConfig(ood_lpips_max=0.99))
+    assert fallback["chosen_on"] == "test" and fallback["best_setting"]["key"] == keys[0]
+    assert "chosen on the test splits" in ev.format_result(fallback)
+    assert "chosen on validation (val, val_ood)" in ev.format_result(res)
+
+    # the paired comparison with the input, recomputed by brute force with skimage
+    items = ev.load_split(examples_with_validation, "test_ood", 10)
+    outs = [checker(it["blurry"], strength, GRID[1]["max_noise"]) for it in items]
+    d = np.array([peak_signal_noise_ratio(it["sharp"], o) - peak_signal_noise_ratio(it["sharp"], it["blurry"])
+                  for it, o in zip(items, outs)])
+    c = res["comparisons"]["input"]["out"]["psnr"]
+    assert c["n"] == len(items) and c["mean_diff"] == pytest.approx(d.mean(), abs=1e-3)
+    assert c["wins"] == int((d > 0).sum()) and c["losses"] == int((d < 0).sum())
+    assert c["ci_low"] <= c["mean_diff"] <= c["ci_high"]
+
+    # the classical baseline: skimage's unsharp mask, scored on the same test images
+    from skimage.filters import unsharp_mask
+
+    ref = [np.clip(np.round(unsharp_mask(it["blurry"] / 255.0, radius=2, amount=1.0,
+                                         channel_axis=2) * 255), 0, 255).astype(np.uint8)
+           for it in items]
+    want = np.mean([peak_signal_noise_ratio(it["sharp"], r) for it, r in zip(items, ref)])
+    got = res["classical"]["unsharp_r2_a1.0"]["domains"]["out"]["psnr"]
+    assert got == pytest.approx(want, abs=1e-3)
+    rule = next(r for r in res["blessing"]["rules"] if r["rule"] == "beats_baselines")
+    assert rule["enforced"] is False and "unsharp_r2_a1.0" in rule["references"]
+    text = ev.format_result(res)
+    assert "unsharp_r2_a1.0" in text and "wins" in text
+    lines = (tmp_path / "v" / "per_image.jsonl").read_text().splitlines()
+    n_test = len(SIZES["test"]) + len(SIZES["test_ood"])
+    assert len(lines) == n_test * 2  # the chosen setting and the one baseline
+
+
+def test_a_split_cannot_both_choose_and_judge(examples_with_validation, models, tmp_path):
+    with pytest.raises(ValueError, match="both validation and test"):
+        ev.evaluate(models["mild"][0], examples_with_validation, str(tmp_path / "x"),
+                    ev.EvalConfig(grid=GRID, splits=["test_ood"], validation_splits=["test_ood"],
+                                  **NO_FID))

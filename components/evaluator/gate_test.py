@@ -78,7 +78,8 @@ def test_gate(name, cand, base, cfg, blessed, verdicts):
                  inputs=INPUT)
     assert out["blessed"] is blessed, out
     got = {r["rule"]: r["verdict"] for r in out["rules"]}
-    assert [r["rule"] for r in out["rules"]] == ["finite", "ood_lpips", "beats_input", "regression"]
+    assert [r["rule"] for r in out["rules"]] == ["finite", "ood_lpips", "beats_input", "regression",
+                                                 "beats_baselines"]
     for rule, verdict in verdicts.items():
         assert got[rule] == verdict, (rule, out)
     if blessed:
@@ -94,9 +95,9 @@ def test_rules_record_values_and_thresholds():
     rules = {r["rule"]: r for r in out["rules"]}
     per_domain = rules["beats_input"]["domains"]
     assert per_domain["in"]["lpips"] == {"value": 0.10, "threshold": pytest.approx(0.29),
-                                         "input": 0.30, "verdict": "pass"}
+                                         "input": 0.30, "reference": 0.30, "verdict": "pass"}
     assert per_domain["out"]["psnr"] == {"value": 27.0, "threshold": 25.0, "input": 25.0,
-                                         "verdict": "pass"}
+                                         "reference": 25.0, "verdict": "pass"}
     assert per_domain["in"]["verdict"] == per_domain["out"]["verdict"] == "pass"
     assert rules["ood_lpips"]["value"] == 0.32 and rules["ood_lpips"]["threshold"] == 0.4
     assert rules["regression"]["value"] == 0.32
@@ -138,3 +139,101 @@ def test_a_negative_margin_says_the_model_is_worse_than_its_input():
     good = decide(metrics(), GateConfig(ood_lpips_max=0.5), None, inputs=INPUT)
     detail = next(r for r in good["rules"] if r["rule"] == "beats_input")["detail"]
     assert "LPIPS 0.1000 < input 0.3000, PSNR" in detail and "worse" not in detail
+
+
+# ---- beats_baselines and decisions on the paired bootstrap interval ----------------------------
+UNSHARP = {"in": {"psnr": 29.0, "ssim": 0.8, "lpips": 0.12, "niqe": 4.0},
+           "out": {"psnr": 24.0, "ssim": 0.5, "lpips": 0.50, "niqe": 6.0}}
+DENOISE = {"in": {"psnr": 27.0, "ssim": 0.8, "lpips": 0.25, "niqe": 5.0},
+           "out": {"psnr": 27.5, "ssim": 0.8, "lpips": 0.29, "niqe": 5.0}}  # beats GOOD out
+
+
+def _rule(out, name):
+    return next(r for r in out["rules"] if r["rule"] == name)
+
+
+def test_beats_baselines_is_reported_and_enforced_only_when_required():
+    classical = {"unsharp": UNSHARP, "denoise": DENOISE}
+    reported = decide(metrics(), GateConfig(ood_lpips_max=0.5), None, inputs=INPUT,
+                      classical=classical)
+    rule = _rule(reported, "beats_baselines")
+    assert reported["blessed"] and rule["verdict"] == "fail" and rule["enforced"] is False
+    assert "beats 1 of 2 classical baselines" in rule["detail"]
+    assert "denoise: out-of-domain LPIPS 0.3000 vs denoise 0.2900" in rule["detail"]
+    assert "not enforced" in rule["detail"]
+    assert rule["references"]["unsharp"]["out"]["verdict"] == "pass"
+    assert rule["references"]["denoise"]["out"]["lpips"]["verdict"] == "fail"
+    assert rule["references"]["denoise"]["out"]["psnr"]["verdict"] == "fail"
+    assert rule["references"]["denoise"]["in"]["verdict"] == "pass"
+    required = decide(metrics(), GateConfig(ood_lpips_max=0.5, require_beats_baselines=True),
+                      None, inputs=INPUT, classical=classical)
+    assert not required["blessed"] and "beats_baselines" in required["reason"]
+    only_unsharp = decide(metrics(), GateConfig(ood_lpips_max=0.5, require_beats_baselines=True),
+                          None, inputs=INPUT, classical={"unsharp": UNSHARP})
+    assert only_unsharp["blessed"] and _rule(only_unsharp, "beats_baselines")["verdict"] == "pass"
+    none = decide(metrics(), GateConfig(ood_lpips_max=0.5), None, inputs=INPUT)
+    assert _rule(none, "beats_baselines")["verdict"] == "skipped"
+
+
+def _cmp(mean_diff, lo, hi, wins=5, n=8):
+    return {"mean_diff": mean_diff, "ci_low": lo, "ci_high": hi, "wins": wins,
+            "losses": n - wins, "ties": 0, "n": n, "confidence": 0.95}
+
+
+def test_interval_decisions_need_the_whole_interval_on_the_good_side():
+    """The mean beats the input in both domains, but out-of-domain the LPIPS interval of
+    (model - input) reaches above -margin: on the mean it passes, on the interval it fails."""
+    comparisons = {"input": {
+        "in": {"lpips": _cmp(-0.20, -0.25, -0.15), "psnr": _cmp(4.0, 3.0, 5.0)},
+        "out": {"lpips": _cmp(-0.15, -0.30, 0.02), "psnr": _cmp(2.0, 0.5, 3.5)}}}
+    mean = decide(metrics(), GateConfig(ood_lpips_max=0.5), None, inputs=INPUT,
+                  comparisons=comparisons)
+    assert mean["blessed"], mean["reason"]
+    interval = decide(metrics(), GateConfig(ood_lpips_max=0.5, decide_on="interval"), None,
+                      inputs=INPUT, comparisons=comparisons)
+    rule = _rule(interval, "beats_input")
+    assert not interval["blessed"] and rule["verdict"] == "fail"
+    assert rule["domains"]["out"]["lpips"]["verdict"] == "fail"
+    assert rule["domains"]["out"]["psnr"]["verdict"] == "pass"
+    assert rule["domains"]["in"]["verdict"] == "pass"
+    assert rule["domains"]["out"]["lpips"]["ci_high"] == 0.02
+    # PSNR: the lower bound must be >= -tolerance
+    comparisons["input"]["out"] = {"lpips": _cmp(-0.15, -0.30, -0.05),
+                                   "psnr": _cmp(2.0, -0.1, 3.5)}
+    psnr = decide(metrics(), GateConfig(ood_lpips_max=0.5, decide_on="interval"), None,
+                  inputs=INPUT, comparisons=comparisons)
+    assert _rule(psnr, "beats_input")["domains"]["out"]["psnr"]["verdict"] == "fail"
+    tolerant = decide(metrics(), GateConfig(ood_lpips_max=0.5, decide_on="interval",
+                                            input_psnr_tolerance=0.1), None,
+                      inputs=INPUT, comparisons=comparisons)
+    assert tolerant["blessed"], tolerant["reason"]
+    # without comparisons an interval decision cannot pass
+    bare = decide(metrics(), GateConfig(ood_lpips_max=0.5, decide_on="interval"), None,
+                  inputs=INPUT)
+    assert not bare["blessed"]
+
+
+def test_regression_on_the_interval_is_a_non_inferiority_test():
+    prev = metrics(out_lpips=0.30)
+    within = {"previous": {"out": {"lpips": _cmp(0.0, -0.005, 0.008)}}}
+    wide = {"previous": {"out": {"lpips": _cmp(0.0, -0.02, 0.03)}}}
+    cfg = GateConfig(ood_lpips_max=0.5, decide_on="interval", regression_tolerance=0.01)
+    ok = decide(metrics(), cfg, prev, inputs=INPUT, comparisons={
+        **within, "input": {d: {"lpips": _cmp(-0.2, -0.3, -0.1), "psnr": _cmp(1, 0.5, 2)}
+                            for d in ("in", "out")}})
+    assert _rule(ok, "regression")["verdict"] == "pass"
+    assert "[-0.0050, +0.0080], wins 5/8" in _rule(ok, "regression")["detail"]
+    bad = decide(metrics(), cfg, prev, inputs=INPUT, comparisons=wide)
+    assert _rule(bad, "regression")["verdict"] == "fail"
+    # on the mean the same wide interval passes (equal means)
+    assert _rule(decide(metrics(), GateConfig(ood_lpips_max=0.5), prev, inputs=INPUT,
+                        comparisons=wide), "regression")["verdict"] == "pass"
+
+
+def test_new_config_fields_are_checked():
+    with pytest.raises(ValueError, match="decide_on"):
+        GateConfig(decide_on="median")
+    with pytest.raises(ValueError, match="require_beats_baselines"):
+        GateConfig(require_beats_baselines="yes")
+    with pytest.raises(ValueError, match="baseline_psnr_tolerance"):
+        GateConfig(baseline_psnr_tolerance=-1)

@@ -20,7 +20,7 @@ def test_verdict_lists_every_rule_and_each_domain_of_beats_input():
     assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [
         "finite", "ood_lpips", "beats_input", "beats_input: in-domain LPIPS",
         "beats_input: in-domain PSNR", "beats_input: out-of-domain LPIPS",
-        "beats_input: out-of-domain PSNR", "regression"]
+        "beats_input: out-of-domain PSNR", "regression", "beats_baselines"]
     assert "| ood_lpips | FAIL | 0.4500 | 0.4000 |" in md
     assert "None" not in md  # a rule without a value or threshold leaves the cell empty
 
@@ -43,3 +43,27 @@ def test_report_page_embeds_the_plot_and_the_grids(tmp_path):
     assert "<h2>Blessed: YES</h2>" in page and "ddpm-T20-n0.05-K1" in page
     assert page.count("data:image/png;base64,") == 2  # test_ood has no grid file
     assert "<td>blurry input</td><td>23.00</td>" in page
+
+
+def test_the_baselines_rows_and_their_comparisons():
+    classical = {"gaussian_s1": {"in": {"psnr": 26.5, "ssim": 0.7, "lpips": 0.40, "niqe": 6.0},
+                                 "out": {"psnr": 24.5, "ssim": 0.7, "lpips": 0.40, "niqe": 6.0}}}
+    cmp = {"mean_diff": 0.05, "ci_low": 0.01, "ci_high": 0.09, "wins": 2, "losses": 6, "ties": 0,
+           "n": 8, "confidence": 0.95}
+    comparisons = {"baselines": {"gaussian_s1": {"out": {"lpips": cmp, "psnr": cmp}}}}
+    blessing = decide(BEST, GateConfig(), inputs=INPUTS, classical=classical,
+                      comparisons=comparisons)
+    md = report.verdict_markdown(blessing)
+    assert "| beats_baselines | FAIL (not enforced) |" in md
+    assert "beats_baselines: gaussian_s1, out-of-domain LPIPS | FAIL | 0.4500 | 0.4000 | " \
+           "gaussian_s1 0.4000; diff +0.0500 [+0.0100, +0.0900], wins 2/8 |" in md
+    result = {"blessing": blessing, "best": BEST, "best_setting": {"key": "k"},
+              "chosen_on": "validation", "validation": {"splits": {"val": {}, "val_ood": {}}},
+              "classical": {"gaussian_s1": {"label": "Gaussian, sigma 1",
+                                            "domains": classical["gaussian_s1"]}},
+              "comparisons": comparisons,
+              "domains": {d: {"input": INPUTS[d]} for d in BEST}, "splits": {}}
+    page = report.report_html(result, "/nonexistent")
+    assert "setting k chosen on validation (val, val_ood)" in page
+    assert "<td>gaussian_s1: Gaussian, sigma 1</td><td>24.50</td>" in page
+    assert "model - it: LPIPS +0.0500 [+0.0100, +0.0900], wins 2/8" in page

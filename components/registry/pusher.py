@@ -197,6 +197,20 @@ def _serving_copy(model_dir: str, sampling: Optional[Dict[str, Any]]):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _evaluation_record(evaluation: Optional[dict], blessing: dict) -> Optional[dict]:
+    ev = evaluation or {}
+    if not ev and "chosen_on" not in blessing:
+        return None
+    validation = ev.get("validation") or {}
+    return {"chosen_on": ev.get("chosen_on", blessing.get("chosen_on")),
+            "validation_splits": sorted((validation.get("splits") or {})),
+            "validation_metrics": blessing.get("validation_best"),
+            "test_splits": sorted(ev.get("splits") or {}),
+            "input": {d: i.get("input") for d, i in (ev.get("domains") or {}).items()} or None,
+            "classical": ev.get("classical") or blessing.get("classical"),
+            "comparisons": ev.get("comparisons")}
+
+
 def registered_version(registry: Registry, model_uri: Optional[str]) -> Optional[int]:
     """The version whose manifest names this Model artifact (source.model_uri), newest first;
     None if no version does. A damaged manifest is skipped here (latest() names it)."""
@@ -252,6 +266,10 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
         "metrics": metrics or None,
         "sampling": sampling,
         "sampling_source": sampling_source,
+        # the choice on validation, the verdict on test (components/evaluator/evaluate.py):
+        # where the setting was chosen and what it scored there; the classical references on
+        # the test images with the model's paired comparisons (interval, wins)
+        "evaluation": _evaluation_record(evaluation, blessing),
         "blessing": {"blessed": True, "rules": blessing.get("rules", []),
                      **{k: blessing[k] for k in ("reason", "config") if k in blessing}},
         "data": data_fingerprint(examples_uri) if examples_uri else None,
