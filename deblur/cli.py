@@ -283,6 +283,8 @@ def _evaluation_config(args):
         changes["max_images_per_split"] = args.max_images
     if args.splits:
         changes["splits"] = args.splits.split(",")
+    if getattr(args, "validation_splits", None) is not None:
+        changes["validation_splits"] = [v for v in args.validation_splits.split(",") if v]
     # the split left out when --splits is not given: the one training trains on
     changes["train_split"] = cfg.training.build_experiment().data.train_split
     if not os.path.isdir(args.examples) and "://" not in args.examples:
@@ -564,7 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--setting", action="append", type=_setting, default=None,
                    help="sampler:steps:max_noise[:samples] (repeat for a grid), e.g. ddpm:20:0.5")
     s.add_argument("--max-images", type=int, default=None, help="images per split")
-    s.add_argument("--splits", default=None, help="comma-separated (default: all but train)")
+    s.add_argument("--splits", default=None, help="the test splits, comma-separated (default: "
+                                                   "all but train and the validation splits)")
+    s.add_argument("--validation-splits", default=None,
+                   help="the splits the setting is chosen on, comma-separated (default: val and "
+                        "val_*; '' for none: the test splits choose, an optimistic verdict)")
     s.add_argument("--ood-lpips-max", type=float, default=None, help="the gate's threshold")
     s.add_argument("--json", action="store_true")
 
