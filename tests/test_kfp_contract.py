@@ -314,7 +314,7 @@ def test_the_run_summary_lists_what_ran(contract_run):
     assert "TFDV validation against schemas/schema.pbtxt: no anomalies" in md
     assert "| DeblurIngest | ran |" in md and "| ValidationGate | (no output to tell by) |" in md
     assert "what this run did:" in md and "registered: version 1 at gs://" in md
-    assert "inputs: 7 decoded now, 0 reused from the unit store" in md
+    assert "inputs: 12 decoded now, 0 reused from the unit store" in md  # 6 + 2 + 2 + 2
 
 
 # ---- a Trainer pod stopped by SIGTERM ---------------------------------------------------------
