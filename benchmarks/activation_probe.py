@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from core.artifacts import CHECKPOINTS_DIR, EXPERIMENT_FILE
+
 
 def _load(run_dir: str):
     import tensorflow as tf
@@ -31,15 +33,15 @@ def _load(run_dir: str):
     from trainer import experiments
     from trainer import train as train_lib
 
-    with open(os.path.join(run_dir, "experiment.json")) as f:
+    with open(os.path.join(run_dir, EXPERIMENT_FILE)) as f:
         exp = experiments.Experiment.from_dict(json.load(f))
     trainer = train_lib.Trainer(exp, "", None)
     items = {"unet": trainer.model.unet}
     if trainer.model.guidance_net is not None:
         items["guidance"] = trainer.model.guidance_net
-    path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    path = tf.train.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS_DIR))
     if path is None:
-        raise ValueError(f"no checkpoint under {run_dir}/checkpoints")
+        raise ValueError(f"no checkpoint under {run_dir}/{CHECKPOINTS_DIR}")
     tf.train.Checkpoint(**items).restore(path).expect_partial()
     return exp, trainer.model, path
 

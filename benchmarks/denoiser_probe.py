@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 
+from core.artifacts import model_info_path
+
 GAMMAS = (0.999, 0.99, 0.95, 0.8, 0.5, 0.2, 0.05)
 
 
@@ -39,7 +41,7 @@ def probe(model_dir: str, examples: str, splits, images: int, seed: int = 0) -> 
     from trainer import sampling
 
     model = tf.saved_model.load(model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, "deblur.json")) as f:
+    with tf.io.gfile.GFile(model_info_path(model_dir)) as f:
         cfg = json.load(f)["experiment"]["model"]
     scales = [] if cfg["guidance"] == "none" else [int(k) for k in cfg["guidance_scales"]]
     out = {}

@@ -31,6 +31,7 @@ import tempfile
 import time
 
 from benchmarks.learning_curves import _overrides, _setting
+from core.artifacts import SAVED_MODEL_DIR
 
 VARIANTS = {"guided": {"guidance": "latent"}, "none": {"guidance": "none"},
             "input": {"guidance": "input"}}
@@ -61,7 +62,7 @@ def run_variant(examples, exp, variant, seed, grid, images, work, fixed):
     t0 = time.time()
     train_lib.train(exp, examples, work)
     seconds = time.time() - t0
-    res = ev.evaluate(os.path.join(work, "saved_model"), examples, os.path.join(work, "eval"),
+    res = ev.evaluate(os.path.join(work, SAVED_MODEL_DIR), examples, os.path.join(work, "eval"),
                       ev.EvalConfig(grid=grid + ([fixed] if fixed not in grid else []),
                                     max_images_per_split=images, seed=seed,
                                     fid_kid=False, domain_gap=False),  # PSNR/LPIPS only

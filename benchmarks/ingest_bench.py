@@ -54,6 +54,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from benchmarks.machine import machine_info as _machine_info
+from core.artifacts import split_dir
 
 HEIGHT, WIDTH = 720, 1280
 PAIRS_PER_SEQ = 8
@@ -173,7 +174,7 @@ def floor_loop(pairs: List[Tuple[str, str, str]], path: str) -> Tuple[int, float
 
 def run_floor(root: str, out_dir: str) -> int:
     """(a): the floor loop over every pair. Returns the number of examples written."""
-    path = os.path.join(out_dir, "Split-test", "data_tfrecord-00000-of-00001.gz")
+    path = os.path.join(split_dir(out_dir, "test"), "data_tfrecord-00000-of-00001.gz")
     return floor_loop(gopro_pairs(root), path)[0]
 
 
@@ -194,7 +195,8 @@ def run_floor2(pool, root: str, out_dir: str) -> Tuple[int, float]:
     """(e): two already-running processes, each the floor loop on every other pair, each into
     its own file. Returns (examples written, CPU seconds of the two processes)."""
     pairs = gopro_pairs(root)
-    parts = [(pairs[i::2], os.path.join(out_dir, "Split-test", f"data_tfrecord-{i:05d}-of-00002.gz"))
+    parts = [(pairs[i::2], os.path.join(split_dir(out_dir, "test"),
+                                             f"data_tfrecord-{i:05d}-of-00002.gz"))
              for i in range(2)]
     done = list(pool.map(_floor_part, parts))
     return sum(n for n, _ in done), sum(c for _, c in done)
@@ -295,7 +297,7 @@ def read_records(path: str):
 
 def output_digest(out_dir: str) -> Tuple[List[str], int, int]:
     """(sorted sha256 of the examples, total example bytes, total .gz bytes) of Split-test."""
-    d = os.path.join(out_dir, "Split-test")
+    d = split_dir(out_dir, "test")
     shas, ex_bytes, gz_bytes = [], 0, 0
     for name in sorted(os.listdir(d)):
         if name.endswith(".gz"):

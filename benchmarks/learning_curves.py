@@ -23,6 +23,8 @@ import os
 import tempfile
 import time
 
+from core.artifacts import SAVED_MODEL_DIR
+
 DEFAULT_SETTINGS = ["ddim:20:1.0:1", "ddim:20:1.0:4", "ddpm:20:0.5:4"]
 
 
@@ -66,7 +68,7 @@ def run(examples: str, config: str, overrides: dict, steps: int, eval_every: int
         result = train_lib.train(base.replace(train={"steps": target}), examples, work)
         t_train += time.time() - t0
         t0 = time.time()
-        res = ev.evaluate(os.path.join(work, "saved_model"), examples,
+        res = ev.evaluate(os.path.join(work, SAVED_MODEL_DIR), examples,
                           os.path.join(work, f"eval_{target}"), cfg, gate=GateConfig())
         last = result["history"][-1]
         point = {"step": target, "train_seconds": round(t_train, 1),

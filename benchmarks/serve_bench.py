@@ -45,6 +45,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from core.artifacts import model_info_path
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_MODEL = os.path.join(REPO, "models", "local")
 NAME = "deblur-icdpm"
@@ -248,7 +250,7 @@ def main(argv=None) -> int:
     from components.serving import process
 
     python = process.ensure_serve_venv()
-    with open(os.path.join(BASE_MODEL, "deblur.json")) as f:
+    with open(model_info_path(BASE_MODEL)) as f:
         registered = json.load(f)["default_sampling"]
     reg_text = (f"{registered['sampler']}:{registered['steps']}:{registered['max_noise']}:"
                 f"{registered['samples']}")

@@ -60,6 +60,7 @@ import warnings
 from typing import List, Optional, Sequence
 
 from benchmarks.machine import machine_info as _machine_info
+from core.artifacts import split_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
@@ -128,8 +129,8 @@ def prepare_examples(data_dir: str, pairs: int, size, seed: int = 0) -> dict:
 
 
 def split_stats(examples_dir: str) -> dict:
-    files = sorted(f for f in os.listdir(os.path.join(examples_dir, "Split-train")) if f.endswith(".gz"))
-    size = sum(os.path.getsize(os.path.join(examples_dir, "Split-train", f)) for f in files)
+    files = sorted(f for f in os.listdir(split_dir(examples_dir, "train")) if f.endswith(".gz"))
+    size = sum(os.path.getsize(os.path.join(split_dir(examples_dir, "train"), f)) for f in files)
     return {"files": len(files), "gz_bytes": size}
 
 
@@ -549,7 +550,7 @@ def main(argv=None) -> int:
         small_dir = None
         if not args.no_small:
             small_dir = args.small_examples or (LOCAL_EXAMPLES if os.path.isdir(
-                os.path.join(LOCAL_EXAMPLES, "Split-train")) else None)
+                split_dir(LOCAL_EXAMPLES, "train")) else None)
             if small_dir is None:
                 small = prepare_examples(data_dir, 48, SMALL)
                 small_dir = small["examples_dir"]

@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from benchmarks.learning_curves import _overrides, _setting
+from core.artifacts import SAVED_MODEL_DIR
 
 DEFAULT_SETTINGS = ["ddim:20:1.0:1", "ddpm:20:0.5:4"]
 
@@ -88,7 +89,7 @@ def run(work: str, overrides: dict, parent_steps: int, steps: int, pairs: int, t
     parent = train_lib.train(base.replace(train={"steps": parent_steps}), examples["parent"],
                              os.path.join(work, "parent"))["history"]
     timings["parent"] = round(time.time() - t0, 1)
-    parent_model = os.path.join(work, "parent", "saved_model")
+    parent_model = os.path.join(work, "parent", SAVED_MODEL_DIR)
     record = warm_start.decide(os.path.join(work, "warm"), "latest_blessed", steps,
                                lambda: warm_start.Parent(parent_model, "parent"))
     t0 = time.time()
@@ -108,7 +109,7 @@ def run(work: str, overrides: dict, parent_steps: int, steps: int, pairs: int, t
                         domain_gap=False)
     models = {}
     for name in ("parent", "warm", "cold"):
-        res = ev.evaluate(os.path.join(work, name, "saved_model"), examples["both"],
+        res = ev.evaluate(os.path.join(work, name, SAVED_MODEL_DIR), examples["both"],
                           os.path.join(work, f"eval_{name}"), cfg, gate=GateConfig())
         models[name] = {d: {"input": info["input"], "settings": info["settings"]}
                         for d, info in res["domains"].items()}

@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional
 
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from core.artifacts import SUMMARY_FILE
+from core.artifacts import CHECKPOINTS_DIR, SUMMARY_FILE, TRAININGS_DIR
 from trainer import experiments, train, warm_start
 from trainer.warm_start import Parent
 
@@ -111,7 +111,7 @@ def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
         log.warning("Trainer: %s", missing)
     work = training_dir(exp, examples, fn_args.model_run_dir, planned)
     gfile = tf_gfile()
-    if gfile.exists(posixpath.join(work, "checkpoints")):
+    if gfile.exists(posixpath.join(work, CHECKPOINTS_DIR)):
         progress.info("Trainer: resuming the interrupted training in %s (same data, experiment "
                       "and warm start)", work)
     else:
@@ -142,9 +142,6 @@ def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
         training_finished(work, fn_args.model_run_dir)
 
 
-CHECKPOINTS = "checkpoints"  # <pipeline's folder>/Trainer/checkpoints/<key>/: trainings in progress
-
-
 def checkpoint_root(model_run_dir: str) -> str:
     """Where trainings keep their checkpoints until they finish: <the pipeline's folder>/
     Trainer/checkpoints, the pipeline's folder being three levels above the ModelRun (TFX's
@@ -157,7 +154,7 @@ def checkpoint_root(model_run_dir: str) -> str:
         if up in ("", "/") or up.endswith(":") or up.endswith(":/"):  # gs://b/x: stop at gs://b
             break
         path = up
-    return posixpath.join(path, "Trainer", CHECKPOINTS)
+    return posixpath.join(path, "Trainer", TRAININGS_DIR)
 
 
 def training_dir(exp, examples_dir: str, model_run_dir: str, record: dict) -> str:

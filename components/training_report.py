@@ -117,7 +117,7 @@ def report_html(history: List[Dict[str, Any]], warm: Optional[dict],
                 resumed: Optional[list]) -> str:
     head = f"<h2>Training</h2><p>{html.escape(start_text(warm, resumed))}</p>"
     if not history:
-        return head + "<p>No history.json in the ModelRun: the training logged no step.</p>"
+        return head + f"<p>No {HISTORY_FILE} in the ModelRun: the training logged no step.</p>"
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>"
                    for k, v in scalars(history, warm).items())
     png = base64.b64encode(plot_png(history)).decode("ascii")

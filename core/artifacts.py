@@ -16,7 +16,9 @@ from typing import Any, Callable, Iterable, List, Optional
 SPLIT_PREFIX = "Split-"
 SUMMARY_FILE = "summary.json"          # the ingest summary (counts, units, fingerprint)
 QUARANTINE_DIR = "quarantine"
+QUARANTINE_FILE = "quarantine.jsonl"   # quarantine/quarantine.jsonl; a unit store entry's own
 COUNTS_DIR = "counts"
+COUNTS_PREFIX = "counts"               # counts/counts*.jsonl: the Beam counts' text files
 UNIT_FILE = "unit.json"                # a unit store entry's record
 
 # A training output (a ModelRun): history, the experiment, the warm start and resumes.
@@ -24,9 +26,16 @@ HISTORY_FILE = "history.json"
 EXPERIMENT_FILE = "experiment.json"
 WARM_START_FILE = "warm_start.json"
 RESUMED_FILE = "resumed.json"
-SAVED_MODEL_DIR = "saved_model"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+SAVED_MODEL_DIR = "saved_model"        # the command line's export (the pipeline's: Format-Serving)
+# The Trainer's trainings in progress, outside any execution's output until they finish:
+# <pipeline's folder>/Trainer/checkpoints/<key>/ (components/training.py)
+TRAININGS_DIR = "checkpoints"
 
-# An exported model: the SavedModel folder holds the model's record next to saved_model.pb.
+# An exported model: the SavedModel folder holds the model's record next to its graph.
+SAVED_MODEL_FILE = "saved_model.pb"
+SAVED_MODEL_TEXT_FILE = "saved_model.pbtxt"  # the graph in text form (TensorFlow loads either)
 MODEL_INFO_FILE = "deblur.json"
 
 # The evaluator's outputs (ModelEvaluation, ModelBlessing) and the pusher's record.
@@ -34,6 +43,9 @@ EVALUATION_FILE = "evaluation.json"
 BLESSING_FILE = "blessing.json"
 DOMAIN_GAP_FILE = "domain_gap.json"
 PUSH_RECORD_FILE = "push.json"
+
+# A local pipeline run's folder (pipelines/local_runner.py): <work_dir>/summary.json.
+RUN_SUMMARY_FILE = "summary.json"
 
 # Image files the command line reads (folders of images) and writes (predict's OUT).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")

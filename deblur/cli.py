@@ -16,6 +16,8 @@ import time
 import warnings
 from typing import List, Optional, Sequence
 
+from core import artifacts  # the file names (no TensorFlow, no Beam)
+
 EXIT_USAGE = 2  # bad arguments / inputs
 EXIT_FAILED = 1  # the work ran and its result is not acceptable
 EXIT_TERMINATED = 143  # SIGTERM ended the work (128 + 15, as a process killed by it)
@@ -209,9 +211,9 @@ def cmd_train(args) -> int:
     if args.warm_start:  # --steps more steps from the model's weights and step
         from trainer import warm_start
 
-        if not os.path.exists(os.path.join(args.warm_start, "saved_model.pb")):
-            raise UserError(f"--warm-start {args.warm_start}: no saved_model.pb there (give a "
-                            f"SavedModel folder, e.g. a registry version)")
+        if not os.path.exists(os.path.join(args.warm_start, artifacts.SAVED_MODEL_FILE)):
+            raise UserError(f"--warm-start {args.warm_start}: no {artifacts.SAVED_MODEL_FILE} "
+                            "there (give a SavedModel folder, e.g. a registry version)")
         record = warm_start.decide(args.out, "latest_blessed", exp.train.steps,
                                    lambda: warm_start.Parent(args.warm_start, args.warm_start))
         exp, warm = warm_start.training_arguments(exp, record)
@@ -222,7 +224,8 @@ def cmd_train(args) -> int:
           f"loss {last.get('loss', float('nan')):.4f} (dpm {last.get('loss_dpm', float('nan')):.4f}, "
           f"guidance {last.get('loss_guidance', float('nan')):.4f}){skipped}")
     if result["chief"]:
-        print(f"  {args.out}/saved_model, {args.out}/checkpoints, {args.out}/tensorboard")
+        print(f"  {args.out}/{artifacts.SAVED_MODEL_DIR}, {args.out}/{artifacts.CHECKPOINTS_DIR}, "
+              f"{args.out}/{artifacts.TENSORBOARD_DIR}")
     else:
         print(f"  this worker is not the chief: the chief wrote {args.out}")
     return 0
@@ -265,7 +268,8 @@ def _saved_model_dir(path: str) -> str:
     d = saved_model_dir(path)
     if d is not None:
         return d
-    raise UserError(f"{path} holds no SavedModel (saved_model.pb, or Format-Serving/saved_model.pb)")
+    raise UserError(f"{path} holds no SavedModel ({artifacts.SAVED_MODEL_FILE}, or "
+                    f"Format-Serving/{artifacts.SAVED_MODEL_FILE})")
 
 
 def _evaluation_config(args):
@@ -309,8 +313,8 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(ev.format_result(result))
-        print(f"written to {args.out} (evaluation.json, blessing.json, domain_gap.json, "
-              "perception_distortion.png, samples/)")
+        print(f"written to {args.out} ({artifacts.EVALUATION_FILE}, {artifacts.BLESSING_FILE}, "
+              f"{artifacts.DOMAIN_GAP_FILE}, perception_distortion.png, samples/)")
     return 0
 
 
@@ -520,8 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train the guided icDPM on ingested examples")
     s.add_argument("--examples", required=True, help="an ingest output folder (Split-<split>/*.gz)")
-    s.add_argument("--out", required=True, help="checkpoints, tensorboard, saved_model go here; "
-                                                "re-running resumes from its checkpoints")
+    s.add_argument("--out", required=True,
+                   help=f"{artifacts.CHECKPOINTS_DIR}, {artifacts.TENSORBOARD_DIR}, "
+                        f"{artifacts.SAVED_MODEL_DIR} go here; re-running resumes from its "
+                        "checkpoints")
     s.add_argument("--experiment", default="tiny",
                    help="the preset (training.experiment in the pipeline config): tiny, local, "
                         "icDPM-S, icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
@@ -560,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and gate it (the DeblurEvaluator's library function)")
     s.add_argument("--model", required=True, help="a SavedModel (or a Model artifact folder)")
     s.add_argument("--examples", required=True, help="an ingest output folder (Split-<split>/*.gz)")
-    s.add_argument("--out", required=True, help="evaluation.json, blessing.json, plot, samples")
+    s.add_argument("--out", required=True,
+                   help=f"{artifacts.EVALUATION_FILE}, {artifacts.BLESSING_FILE}, plot, samples")
     s.add_argument("--baseline", default=None, help="the blessed model to compare against")
     _config_arguments(s, "pipeline config: its evaluation and gate sections")
     s.add_argument("--setting", action="append", type=_setting, default=None,

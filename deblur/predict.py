@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from components.serving import runtime
-from core.artifacts import IMAGE_EXTENSIONS, model_info_path
+from core.artifacts import IMAGE_EXTENSIONS, SAVED_MODEL_FILE, model_info_path
 from trainer.setting import EXPORT_DEFAULT, NON_FINITE_OUTPUT, SamplingSetting
 
 
@@ -49,7 +49,7 @@ def saved_model_dir(path: str) -> Optional[str]:
     import tensorflow as tf
 
     for d in (path, os.path.join(path, "Format-Serving")):
-        if tf.io.gfile.exists(os.path.join(d, "saved_model.pb")):
+        if tf.io.gfile.exists(os.path.join(d, SAVED_MODEL_FILE)):
             return d
     return None
 

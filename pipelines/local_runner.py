@@ -22,12 +22,12 @@ import time
 from typing import Callable, Optional, Tuple
 
 from components.metadata_store import open_store, sqlite_config
+from core.artifacts import RUN_SUMMARY_FILE  # <work_dir>/summary.json: the run's summary
 from pipelines.config import PipelineConfig
 from pipelines.pipeline import create_pipeline
 from trainer import warm_start
 
 LOCK_FILE = ".run-local.lock"
-RUN_SUMMARY_FILE = "summary.json"  # <work_dir>/summary.json: the run's summary
 SYNTH_MARKER = "synth.json"
 
 

@@ -18,6 +18,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
+from core.artifacts import CHECKPOINTS_DIR
 from trainer import data as data_lib
 from trainer import experiments
 from trainer import train as train_lib
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
 
     trainer = train_lib.Trainer(exp, a.out)
     ckpt = tf.train.Checkpoint(ema=trainer.ema)
-    ckpt.restore(tf.train.latest_checkpoint(os.path.join(a.out, "checkpoints"))).expect_partial()
+    ckpt.restore(tf.train.latest_checkpoint(os.path.join(a.out, CHECKPOINTS_DIR))).expect_partial()
     model = ema_model(trainer)
     m = exp.model
     errors = guidance_errors(model, a.examples, a.eval_split, m.guidance_scales, m.guidance_target)

@@ -56,7 +56,8 @@ import tensorflow as tf
 from tensorflow.io import gfile
 
 from core import example_format as ef
-from core.artifacts import EXPERIMENT_FILE, HISTORY_FILE, RESUMED_FILE
+from core.artifacts import (CHECKPOINTS_DIR, EXPERIMENT_FILE, HISTORY_FILE, RESUMED_FILE,
+                            SAVED_MODEL_DIR, TENSORBOARD_DIR)
 from metrics.lpips import LPIPS
 from trainer import data as data_lib
 from trainer import diffusion
@@ -528,10 +529,10 @@ def _restore(trainer: Trainer, examples_dir: str, out_dir: str, work_dir: str, d
     if with_iterator:
         ckpt_items["iterator"] = iterator  # exact resume of the input pipeline
     ckpt = tf.train.Checkpoint(**ckpt_items)
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(work_dir, "checkpoints"),
+    ckpt_dir = os.path.join(out_dir, CHECKPOINTS_DIR)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(work_dir, CHECKPOINTS_DIR),
                                          max_to_keep=t.keep_checkpoints if chief else 1)
-    tb_dir = os.path.join(out_dir, "tensorboard")
+    tb_dir = os.path.join(out_dir, TENSORBOARD_DIR)
     restored = restore_newest_readable(ckpt, manager if chief else tf.train.CheckpointManager(
         ckpt, ckpt_dir, max_to_keep=None))
     resumed = int(trainer.step.numpy())
@@ -699,7 +700,7 @@ def _export(trainer: Trainer, start: _Start, step: int, skipped: int, last_check
     if chief:
         from trainer import export
 
-        export.export_saved_model(trainer, export_dir or os.path.join(out_dir, "saved_model"),
+        export.export_saved_model(trainer, export_dir or os.path.join(out_dir, SAVED_MODEL_DIR),
                                   info=export_info)
     if num_workers(trainer.strategy) > 1:
         # the workers end together, once the chief has exported: a worker that returns finds

@@ -40,7 +40,7 @@ import posixpath
 import re
 from typing import Callable, Optional
 
-from core.artifacts import WARM_START_FILE
+from core.artifacts import MODEL_INFO_FILE, SAVED_MODEL_FILE, WARM_START_FILE
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ def base_model_missing(setting: str, experiment: str) -> Optional[str]:
     if setting != "auto" or experiment not in SHIPPED_EXPERIMENTS:
         return None
     shipped = posixpath.join(SHIPPED_MODELS, experiment)
-    if os.path.exists(posixpath.join(shipped, "saved_model.pb")):
+    if os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)):
         return None
     return (f"the base model was not found: training.base_model is auto and there is no "
-            f"{shipped}/saved_model.pb, so the Trainer starts from random weights unless a "
+            f"{shipped}/{SAVED_MODEL_FILE}, so the Trainer starts from random weights unless a "
             "blessed model serves as its parent; the quickstart's gate expects the fine-tuned "
             "base model (a model from random weights at 1500 steps is usually not blessed). "
             f"Get it with `git checkout models/{experiment}` or `make base-model` (~65 min), "
@@ -94,7 +94,7 @@ def base_model_dir(setting: str, experiment: str) -> Optional[str]:
         return None
     if setting == "auto":
         shipped = posixpath.join(SHIPPED_MODELS, experiment)
-        return shipped if os.path.exists(posixpath.join(shipped, "saved_model.pb")) else None
+        return shipped if os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)) else None
     return setting
 
 
@@ -134,7 +134,7 @@ def parent_step(info: dict) -> int:
         return int(info["step"])
     steps = ((info.get("experiment") or {}).get("train") or {}).get("steps")
     if steps is None:
-        raise WarmStartError("the parent's deblur.json records neither its step nor its "
+        raise WarmStartError(f"the parent's {MODEL_INFO_FILE} records neither its step nor its "
                              "experiment")
     return int(steps)
 
@@ -146,8 +146,8 @@ def check_parent(saved_model_dir: str) -> Optional[str]:
     the middle of train())."""
     import tensorflow as tf
 
-    if not _gfile().exists(posixpath.join(saved_model_dir, "saved_model.pb")):
-        return (f"its model {saved_model_dir} is missing (no saved_model.pb there: deleted or "
+    if not _gfile().exists(posixpath.join(saved_model_dir, SAVED_MODEL_FILE)):
+        return (f"its model {saved_model_dir} is missing (no {SAVED_MODEL_FILE} there: deleted or "
                 "moved?)")
     variables = posixpath.join(saved_model_dir, "variables", "variables")
     try:

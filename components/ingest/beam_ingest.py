@@ -64,13 +64,14 @@ from components.ingest import decode
 from components.ingest import layouts as L
 from components.ingest.spans import SpanPattern
 from core import artifacts
-from core.artifacts import COUNTS_DIR, QUARANTINE_DIR, SUMMARY_FILE, UNIT_FILE, split_dir
+from core.artifacts import (COUNTS_DIR, COUNTS_PREFIX, QUARANTINE_DIR, QUARANTINE_FILE,
+                            SUMMARY_FILE, UNIT_FILE, split_dir)
 
 log = logging.getLogger(__name__)
 MB = 1 << 20
 PRIVATE_STORE = ".units"  # under out_dir when the ingest has no unit store
 UNIT_DONE = "COMPLETE"  # written last: a unit folder without it is not reused
-UNIT_QUARANTINE = "quarantine.jsonl"  # a stored unit's quarantine lines
+UNIT_QUARANTINE = QUARANTINE_FILE  # a stored unit's quarantine lines
 # Bump when what a stored unit holds changes (example format, decoding, shard naming): every
 # stored unit then has another fingerprint and is ingested again.
 UNIT_FORMAT = 1
@@ -776,7 +777,7 @@ def expand_ingest(p: beam.Pipeline, run: IngestRun) -> None:
         | "Count" >> beam.CombinePerKey(sum)
         | "CountJson" >> beam.MapTuple(lambda k, n: json.dumps({"key": k, "n": n}))
         | "WriteCounts" >> beam.io.WriteToText(
-            f"{run.out_dir}/{COUNTS_DIR}/counts", file_name_suffix=".jsonl",
+            f"{run.out_dir}/{COUNTS_DIR}/{COUNTS_PREFIX}", file_name_suffix=".jsonl",
             shard_name_template="")
     )
 
@@ -878,7 +879,7 @@ def _store_units(run: IngestRun) -> Tuple[Dict[str, Tuple[dict, List[str]]], Lis
     bad: Dict[str, Counter] = defaultdict(Counter)
     reasons: Dict[str, Counter] = defaultdict(Counter)
     if run.todo:
-        for line in _read_lines(f"{run.out_dir}/{COUNTS_DIR}/counts*.jsonl"):
+        for line in _read_lines(f"{run.out_dir}/{COUNTS_DIR}/{COUNTS_PREFIX}*.jsonl"):
             rec = json.loads(line)
             kind, unit, split, *rest = rec["key"].split("|")
             if kind == "written":
@@ -1021,7 +1022,7 @@ def finalize_ingest(run: IngestRun) -> dict:
                 _write_text(_index_path(run.store, u), json.dumps(
                     {"key": u.key, "fingerprint": u.fingerprint}))
         units.append(entry)
-    _write_text(f"{out_dir}/{QUARANTINE_DIR}/quarantine.jsonl",
+    _write_text(f"{out_dir}/{QUARANTINE_DIR}/{QUARANTINE_FILE}",
                 "".join(ln + "\n" for ln in quarantine_lines))
     if run.private:
         _delete_tree(run.store)
@@ -1045,7 +1046,7 @@ def finalize_ingest(run: IngestRun) -> dict:
         # dangling link, an unreadable folder): never dropped without a word
         "links_followed": [r for r in plan.links if r["status"] == "followed"],
         "not_listed": [r for r in plan.links if r["status"] == "skipped"],
-        "quarantine_file": f"{out_dir}/{QUARANTINE_DIR}/quarantine.jsonl",
+        "quarantine_file": f"{out_dir}/{QUARANTINE_DIR}/{QUARANTINE_FILE}",
         "fingerprint": plan.fingerprint(),
         # what this ingest decoded now, and what it took from the unit store unchanged
         "processed": {"units": len(processed), "inputs": sum(e["inputs"] for e in processed)},
@@ -1085,7 +1086,7 @@ def unlabelled_lines(summary: dict) -> List[str]:
     if followed:
         lines.append(f"followed {len(followed)} folder link(s): "
                      + ", ".join(f"{r['path']} -> {r['target']}" for r in followed[:5])
-                     + (", ..." if len(followed) > 5 else "") + " (summary.json: links_followed)")
+                     + (", ..." if len(followed) > 5 else "") + f" ({SUMMARY_FILE}: links_followed)")
     lines.extend(f"not listed: {r['root'].rstrip('/')}/{r['path']}: {r['reason']}; "
                  f"nothing under it is an input" for r in summary.get("not_listed", []))
     lines.extend(f"held out {h['held_groups']} of {h['groups']} "

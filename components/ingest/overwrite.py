@@ -18,7 +18,8 @@ from typing import Callable, Optional
 from apache_beam.io.filesystems import FileSystems
 
 from components.ingest.beam_ingest import PRIVATE_STORE, UNIT_DONE
-from core.artifacts import COUNTS_DIR, QUARANTINE_DIR, SPLIT_PREFIX, SUMMARY_FILE, UNIT_FILE
+from core.artifacts import (COUNTS_DIR, COUNTS_PREFIX, QUARANTINE_DIR, QUARANTINE_FILE,
+                            SPLIT_PREFIX, SUMMARY_FILE, UNIT_FILE)
 
 
 class OutputNotEmpty(ValueError):
@@ -64,14 +65,14 @@ def output_files(summary: dict) -> Callable[[str], bool]:
     tagged = f"(?:{'|'.join(map(re.escape, tags))})-" if tags else ""
     patterns = [
         re.escape(SUMMARY_FILE),
-        f"{re.escape(QUARANTINE_DIR)}/(?:quarantine|ingested)\\.jsonl",
-        f"{re.escape(COUNTS_DIR)}/counts[^/]*\\.jsonl",
+        f"{re.escape(QUARANTINE_DIR)}/(?:{re.escape(QUARANTINE_FILE)}|ingested\\.jsonl)",
+        f"{re.escape(COUNTS_DIR)}/{re.escape(COUNTS_PREFIX)}[^/]*\\.jsonl",
         f"{split}(?:{split_re})/{tagged}{shard}",
     ]
     if fingerprints:  # a private unit store left behind
         fp = "|".join(map(re.escape, fingerprints))
         patterns.append(f"{re.escape(PRIVATE_STORE)}/(?:{fp})/(?:{split}(?:{split_re})/{shard}|"
-                        f"quarantine\\.jsonl|{re.escape(UNIT_FILE)}|{re.escape(UNIT_DONE)})")
+                        f"{re.escape(QUARANTINE_FILE)}|{re.escape(UNIT_FILE)}|{re.escape(UNIT_DONE)})")
     owned = re.compile("(?:" + "|".join(patterns) + ")")
     return lambda rel: owned.fullmatch(rel) is not None
 

@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from components.registry.registry import Registry
 from core import artifacts
-from core.artifacts import BLESSING_FILE, EVALUATION_FILE, MODEL_INFO_FILE, SUMMARY_FILE
+from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, MODEL_INFO_FILE, SAVED_MODEL_FILE,
+                            SUMMARY_FILE)
 
 PACKAGE = "deblur-pipeline"
 GIT_SHA_ENV = "DEBLUR_GIT_SHA"  # set at image build time, where there is no .git
@@ -183,7 +184,7 @@ def _serving_copy(model_dir: str, sampling: Optional[Dict[str, Any]]):
     Serving clients get the blessed setting; the model as it is when there is no setting."""
     import tensorflow as tf
 
-    if not sampling or not tf.io.gfile.exists(f"{model_dir.rstrip('/')}/saved_model.pb"):
+    if not sampling or not tf.io.gfile.exists(f"{model_dir.rstrip('/')}/{SAVED_MODEL_FILE}"):
         yield model_dir, None  # (no SavedModel: Registry.push says so)
         return
     from trainer.export import set_serving_setting

@@ -90,12 +90,14 @@ import tempfile
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from core.artifacts import SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE
+
 DEFAULT_MODEL_NAME = "deblur-icdpm"
 MANIFEST = "manifest.json"
 STAGING = ".staging"
 ISSUED = ".issued"
 CLAIMS = ".claims"
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+SAVED_MODEL_FILES = (SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE)
 RESERVED_KEYS = ("model_name", "version", "created", "registry", "files", "dirs")
 CACHE_ENV = "DEBLUR_REGISTRY_CACHE"
 
@@ -183,7 +185,7 @@ def _model_files(model_dir: str) -> Tuple[List[str], List[str]]:
     if not os.path.isdir(model_dir):
         raise RegistryError(f"model_dir {model_dir} is not a directory")
     if not any(os.path.isfile(os.path.join(model_dir, f)) for f in SAVED_MODEL_FILES):
-        raise RegistryError(f"model_dir {model_dir} is not a SavedModel: it has no saved_model.pb")
+        raise RegistryError(f"model_dir {model_dir} is not a SavedModel: it has no {SAVED_MODEL_FILE}")
     files, dirs = [], []
     for root, dnames, fnames in os.walk(model_dir):
         dnames.sort()
