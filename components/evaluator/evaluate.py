@@ -676,63 +676,68 @@ def _write(out_dir, result, cand, data, domain_of, settings, best, classical_sco
 
 def plot_perception_distortion(result: dict, path: str) -> None:
     """PSNR (distortion, up is better) against LPIPS (perception, left is better), one colour
-    per domain (the paper's Fig. 5): the sampling grid as curves on the splits that chose the
-    setting (validation, or test without one), the chosen setting on test as a star, the
-    blurry input as a cross and each classical reference as a labelled square, on test."""
+    per domain (the paper's Fig. 5). Left: the sampling grid on the splits that chose the
+    setting (validation; test without one), a curve per sampler configuration along
+    max_noise, the blurry input as a cross. Right, with a validation split: the verdict on
+    test, the chosen setting (star), the blurry input (cross) and each classical baseline (a
+    labelled square). Validation and test are different images: they get their own axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
-    fig, ax = plt.subplots(figsize=(7.4, 6.0), dpi=110)
     best = (result.get("best_setting") or {}).get("key")
-    chosen_on = result.get("chosen_on", "test")
-    grid_domains = ((result.get("validation") or {}).get("domains")
-                    if chosen_on == "validation" else result["domains"]) or {}
+    on_val = result.get("chosen_on") == "validation"
+    grid_domains = ((result.get("validation") or {}).get("domains") if on_val
+                    else result["domains"]) or {}
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.8), dpi=100)
     markers = "osD^v<>"
     domains = sorted(set(result["domains"]) | set(grid_domains))
-    for i, domain in enumerate(domains):
-        color = f"C{i}"
-        info = grid_domains.get(domain)
-        if info:
-            curves = {}  # one curve per sampler configuration (sampler, T, K), along max_noise
-            for g in result["grid"]:
-                if g["key"] in info["settings"]:
-                    curves.setdefault((g["sampler"], g["steps"], g["samples"]), []).append(g)
-            for j, ((sampler, steps, k), points) in enumerate(sorted(curves.items())):
-                points = sorted(points, key=lambda g: g["max_noise"])
-                ms = [info["settings"][g["key"]] for g in points]
-                ax.plot([m["lpips"] for m in ms], [m["psnr"] for m in ms], "-", color=color,
-                        marker=markers[j % len(markers)], alpha=0.5 if chosen_on == "validation"
-                        else 0.9, label=f"{domain_name(domain)}: {sampler} T={steps}"
-                        + (f" K={k}" if k > 1 else "") + f" ({chosen_on})")
-                for g, m in zip(points, ms):
-                    ax.annotate(f"{g['max_noise']:g}" + (" *" if g["key"] == best else ""),
-                                (m["lpips"], m["psnr"]), fontsize=7, textcoords="offset points",
-                                xytext=(4, 3))
-        test = result["domains"].get(domain)
-        if not test:
-            continue
+    colour = {d: f"C{i}" for i, d in enumerate(domains)}
+    ax = axes[0]
+    for domain, info in sorted(grid_domains.items()):
+        curves = {}  # one curve per sampler configuration (sampler, T, K), along max_noise
+        for g in result["grid"]:
+            if g["key"] in info["settings"]:
+                curves.setdefault((g["sampler"], g["steps"], g["samples"]), []).append(g)
+        for j, ((sampler, steps, k), points) in enumerate(sorted(curves.items())):
+            points = sorted(points, key=lambda g: g["max_noise"])
+            ms = [info["settings"][g["key"]] for g in points]
+            ax.plot([m["lpips"] for m in ms], [m["psnr"] for m in ms], "-",
+                    color=colour[domain], marker=markers[j % len(markers)],
+                    label=f"{domain_name(domain)}: {sampler} T={steps}" + (f" K={k}" if k > 1 else ""))
+            for g, m in zip(points, ms):
+                ax.annotate(f"{g['max_noise']:g}" + (" *" if g["key"] == best else ""),
+                            (m["lpips"], m["psnr"]), fontsize=7, textcoords="offset points",
+                            xytext=(4, 3))
+        ax.plot(info["input"]["lpips"], info["input"]["psnr"], "x", color=colour[domain],
+                markersize=9, label=f"{domain_name(domain)}: blurry input")
+    ax.set_title(f"The choice: the grid on {'validation' if on_val else 'test (no validation split)'}"
+                 f"\n(labels: max noise; * = chosen by out-of-domain LPIPS)", fontsize=9)
+    ax = axes[1]
+    for domain, test in sorted(result["domains"].items()):
+        c = colour[domain]
         chosen = (result.get("best") or {}).get(domain)
-        if chosen_on == "validation" and chosen:
-            ax.plot(chosen["lpips"], chosen["psnr"], "*", color=color, markersize=13,
-                    markeredgecolor="k", label=f"{domain_name(domain)}: model, chosen setting (test)")
-        ax.plot(test["input"]["lpips"], test["input"]["psnr"], "x", color=color, markersize=9,
-                label=f"{domain_name(domain)}: blurry input (test)")
+        if chosen:
+            ax.plot(chosen["lpips"], chosen["psnr"], "*", color=c, markersize=14,
+                    markeredgecolor="k", label=f"{domain_name(domain)}: model ({best})")
+        ax.plot(test["input"]["lpips"], test["input"]["psnr"], "x", color=c, markersize=9,
+                label=f"{domain_name(domain)}: blurry input")
         for name, ref in sorted((result.get("classical") or {}).items()):
             m = ref["domains"].get(domain)
             if m:
-                ax.plot(m["lpips"], m["psnr"], "s", color=color, markersize=5, alpha=0.8)
-                ax.annotate(name, (m["lpips"], m["psnr"]), fontsize=6, color=color,
-                            textcoords="offset points", xytext=(4, -8))
-    ax.set_xlabel("LPIPS (AlexNet), lower is better")
-    ax.set_ylabel("PSNR (dB), higher is better")
-    ax.set_title(f"Perception-distortion: grid on {chosen_on} (labels: max noise; * = chosen by "
-                 f"out-of-domain LPIPS);\nchosen setting, input and classical baselines "
-                 f"(squares) on test", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+                ax.plot(m["lpips"], m["psnr"], "s", color=c, markersize=5, alpha=0.8)
+                ax.annotate(name, (m["lpips"], m["psnr"]), fontsize=7, color=c,
+                            textcoords="offset points", xytext=(4, -9))
+    ax.set_title("The verdict: the chosen setting on test, beside the blurry input\nand the "
+                 "classical baselines (squares)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("LPIPS (AlexNet), lower is better")
+        ax.set_ylabel("PSNR (dB), higher is better")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "wb") as f:
