@@ -293,7 +293,6 @@ def format_summary(s: dict) -> str:
         lines.append("  test (the verdict): model, blurry input and classical baselines; "
                      "model - it with paired bootstrap intervals, per-image wins")
         for domain, info in sorted(ev["domains"].items()):
-            n = sum(1 for _ in info.get("splits", []))
             lines.append(f"  {domain_name(domain)} ({', '.join(info.get('splits', []))}):")
             lines.extend(reference_lines(ev, domain, indent="    ", width=20))
             fk = info.get("fid_kid")

@@ -24,8 +24,9 @@ import dataclasses
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
-import scipy.stats
-from skimage import filters, restoration
+
+# scikit-image and scipy.stats are imported where they are used: the pipeline config names the
+# baselines (EvalConfig checks them), and loading a config should not load the filters
 
 # 2, not -1: in scikit-image 0.25.2 unsharp_mask(channel_axis=-1) loops over
 # image.shape[-1] (3) but slices with utils.slice_at_axis(c, -1) == (c, ...): it sharpens the
@@ -36,11 +37,17 @@ CHANNEL_AXIS = 2
 
 
 def _unsharp(amount: float) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda img: filters.unsharp_mask(img, radius=2, amount=amount,
-                                            channel_axis=CHANNEL_AXIS)
+    def sharpen(img):
+        from skimage import filters
+
+        return filters.unsharp_mask(img, radius=2, amount=amount, channel_axis=CHANNEL_AXIS)
+
+    return sharpen
 
 
 def _gaussian(img: np.ndarray) -> np.ndarray:
+    from skimage import filters
+
     return filters.gaussian(img, sigma=1, channel_axis=CHANNEL_AXIS)
 
 
@@ -71,6 +78,8 @@ def estimate_sigma(img: np.ndarray) -> float:
     (requirements/*.lock). Equal to skimage's to the last bit on the images measured (axis 0
     then 1, PyWavelets' summation order); the test checks it where PyWavelets is importable.
     """
+    import scipy.stats
+
     sigmas = []
     for c in range(img.shape[CHANNEL_AXIS]):
         dd = _dwt_detail(_dwt_detail(img[:, :, c], 0), 1)
@@ -85,6 +94,8 @@ def _nlmeans(img: np.ndarray) -> np.ndarray:
         return img
     # patch_distance 6: 66-85 ms per 256x256 image here (best of 5; unsharp ~6-9 ms, gaussian
     # ~4 ms), well under the 1 s that would call for a shorter distance
+    from skimage import restoration
+
     return restoration.denoise_nl_means(img, h=0.8 * sigma, fast_mode=True, patch_size=5,
                                         patch_distance=6, channel_axis=CHANNEL_AXIS)
 
