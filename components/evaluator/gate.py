@@ -168,13 +168,14 @@ def _versus(best: Dict[str, Dict[str, float]], reference: Dict[str, Dict[str, fl
                  for m in _CHECKED}
         entry["verdict"] = PASS if all(entry[m]["verdict"] == PASS for m in _CHECKED) else FAIL
         domains[d] = entry
-        if entry["verdict"] == FAIL:
-            lp, ps = entry["lpips"], entry["psnr"]
+        if entry["verdict"] == FAIL:  # the metrics that fail, each with its threshold
             extra = "" if decide_on == "mean" else " (on the interval's bound)"
-            failed.append(f"{domain_name(d)} LPIPS {format_value(lp['value'], '.4f')} vs "
-                          f"{what} {ref['lpips']:.4f} (must be <= {lp['threshold']:.4f}), PSNR "
-                          f"{format_value(ps['value'], '.2f')} vs {what} {ref['psnr']:.2f} "
-                          f"(must be >= {ps['threshold']:.2f}){extra}")
+            parts = [f"{m.upper()} {format_value(entry[m]['value'], spec)} vs {what} "
+                     f"{ref[m]:{spec}} (must be {'>=' if _CHECKED[m] else '<='} "
+                     f"{entry[m]['threshold']:{spec}})"
+                     for m, spec in (("lpips", ".4f"), ("psnr", ".2f"))
+                     if entry[m]["verdict"] == FAIL]
+            failed.append(f"{domain_name(d)} " + ", ".join(parts) + extra)
     return domains, failed
 
 
