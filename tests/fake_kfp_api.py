@@ -2,9 +2,19 @@
 `deblur submit` and `deblur schedule` (pipelines/kubeflow/runner_test.py).
 
 It answers the endpoints kfp's Client calls (paths from kfp_server_api's generated API
-classes): healthz; experiments list/create; pipelines create, list (filter on display_name),
-get; pipeline versions upload (multipart, as PipelineUploadService sends it), list (filter),
-get; runs create; recurring runs create, list, get, enable, disable, delete.
+classes): healthz; experiments list/create; pipelines create, list, get; pipeline versions upload
+(multipart, as PipelineUploadService sends it), list, get; runs create; recurring runs create,
+list, get, enable, disable, delete.
+
+The list endpoints read their query string as the API server's list options do (kubeflow/
+pipelines backend/src/apiserver: list/list.go, filter/filter.go, the models' field maps):
+`filter` is a v2beta1 Filter's JSON whose predicate keys must be API fields of the listed
+resource (`display_name`, `created_at`, ...: LIST_FIELDS; `displayName` is refused), with a
+known operation and a value of the kind it takes; `sort_by` is "field", "field asc" or
+"field desc" on one of those fields; `page_size` must not be negative (0 = 20, at most 200);
+`page_token` must be one this server issued (it carries the filter and the order, as the
+server's token does). Anything else is answered 400 with the server's message and recorded in
+`errors`. Results are filtered, sorted and paged accordingly.
 
 Every request body is checked against the kfp_server_api model of its endpoint
 (V2beta1Experiment, V2beta1Pipeline, V2beta1Run, V2beta1RecurringRun), recursively: a key that
@@ -16,9 +26,9 @@ a PlatformSpec. A run or recurring run that names a pipeline version must name o
 exists, and its runtime parameters must be root inputs of that version's spec, as the API
 server checks; a run that sends a spec inline is recorded as such (`inline`).
 
-What it does not model: authentication and namespaces (multi-user KFP), pagination beyond one
-page, the scheduling itself (a recurring run here never starts a run), the backend's own
-validation of the pipeline spec beyond the proto parse.
+What it does not model: authentication and namespaces (multi-user KFP), the scheduling itself
+(a recurring run here never starts a run), the backend's own validation of the pipeline spec
+beyond the proto parse.
 """
 from __future__ import annotations
 
@@ -129,6 +139,7 @@ class FakeKFP(http.server.ThreadingHTTPServer):
         self.runs: Dict[str, Dict[str, Any]] = {}
         self.recurring_runs: Dict[str, Dict[str, Any]] = {}
         self.ids = itertools.count(1)
+        self.page_tokens: Dict[str, Dict[str, Any]] = {}  # next_page_token -> its list options
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -145,14 +156,130 @@ class FakeKFP(http.server.ThreadingHTTPServer):
         return self.versions[version_id]["_spec"]
 
 
-def _filter_name(query) -> Optional[str]:
-    if "filter" not in query:
-        return None
-    preds = json.loads(query["filter"][0]).get("predicates") or []
+# ---- list query strings, as the API server's list options read them ---------------------------
+# The API names each listed resource takes in `filter` keys and `sort_by` (the server's
+# APIToModelFieldMap of the resource's model, kubeflow/pipelines backend/src/apiserver/model;
+# v1beta1 spellings the server still maps are kept: id, name). `display_name`, not
+# `displayName`: the keys are the proto field names.
+LIST_FIELDS = {
+    "experiments": ("experiment_id", "id", "display_name", "name", "created_at",
+                    "last_run_created_at", "description", "namespace", "storage_state"),
+    "pipelines": ("pipeline_id", "id", "display_name", "name", "created_at", "description",
+                  "namespace"),
+    "pipeline_versions": ("pipeline_version_id", "id", "display_name", "name", "created_at",
+                          "status", "description", "pipeline_spec"),
+    "recurring_runs": ("recurring_run_id", "id", "display_name", "name", "created_at",
+                       "updated_at", "description", "pipeline_name", "pipeline_version_id",
+                       "pipeline_id"),
+}
+LISTABLE = {"experiments": "Experiment", "pipelines": "Pipeline",
+            "pipeline_versions": "PipelineVersion", "recurring_runs": "Job"}
+# the v1beta1/v2beta1 name of a field -> the key of this fake's stored objects
+_STORED = {"id": None, "name": "display_name"}
+OPERATIONS = ("EQUALS", "NOT_EQUALS", "GREATER_THAN", "GREATER_THAN_EQUALS", "LESS_THAN",
+              "LESS_THAN_EQUALS", "IN", "IS_SUBSTRING")
+_VALUE_KEYS = {"intValue": "int_value", "longValue": "long_value", "stringValue": "string_value",
+               "timestampValue": "timestamp_value", "intValues": "int_values",
+               "longValues": "long_values", "stringValues": "string_values"}
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 200
+
+
+class ListError(ValueError):
+    """What the API server answers 400 (InvalidInputError) on a list request."""
+
+
+def _invalid(message: str) -> ListError:
+    return ListError(f"Invalid input error: {message}")
+
+
+def parse_filter(encoded: str, resource: str) -> List[Dict[str, Any]]:
+    """The predicates of a `filter` query parameter: JSON of a v2beta1 Filter (proto JSON: a
+    field's proto name or its lowerCamel JSON name; unknown fields refused), each key a field
+    of the listed resource."""
+    def bad(why):
+        return _invalid(f"failed to parse valid filter from {encoded!r}: {why}")
+
+    try:
+        f = json.loads(encoded)
+    except ValueError as e:
+        raise bad(e) from None
+    if not isinstance(f, dict) or set(f) - {"predicates"}:
+        raise bad(f"unknown field(s) {sorted(set(f) - {'predicates'}) if isinstance(f, dict) else f!r} in Filter")
+    preds = f.get("predicates") or []
+    if not isinstance(preds, list):
+        raise bad("predicates: expected a list")
+    out = []
     for p in preds:
-        if p.get("key") in ("display_name", "name"):
-            return p.get("stringValue", p.get("string_value"))
-    return None
+        if not isinstance(p, dict):
+            raise bad("a predicate must be an object")
+        values = {_VALUE_KEYS.get(k, k): v for k, v in p.items() if k not in ("key", "operation")}
+        unknown = sorted(set(values) - set(_VALUE_KEYS.values()))
+        if unknown:
+            raise bad(f"unknown field(s) {unknown} in Predicate")
+        if len(values) > 1:
+            raise bad("a predicate takes one value")
+        op = p.get("operation", "OPERATION_UNSPECIFIED")
+        if isinstance(op, int) and not isinstance(op, bool) and 1 <= op <= len(OPERATIONS):
+            op = OPERATIONS[op - 1]
+        if op not in OPERATIONS:
+            raise _invalid(f"invalid predicate operation: {op}")
+        (vkey, value), = values.items() if values else ((None, None),)
+        plural = vkey is not None and vkey.endswith("_values")
+        if op == "IN" and not plural:
+            raise _invalid(f"cannot use IN operator with scalar type {vkey}")
+        if op != "IN" and plural:
+            raise _invalid(f"cannot use scalar operator {op} on array type {vkey}")
+        if op == "IS_SUBSTRING" and vkey != "string_value":
+            raise _invalid(f"cannot use non string value type {vkey} with operator {op}")
+        key = p.get("key") or ""
+        if not key:
+            raise _invalid(f"Predicate key cannot be empty for operation {op} and value {value}")
+        if key not in LIST_FIELDS[resource]:
+            raise _invalid(f"no support for filtering on unrecognized field {key!r}")
+        if plural and isinstance(value, dict):
+            value = value.get("values") or []
+        out.append({"key": key, "operation": op, "value": value})
+    return out
+
+
+def parse_sort_by(sort_by: str, resource: str):
+    """(field, descending) of `sort_by`: "field", "field asc" or "field desc" (case ignored),
+    the field one of the resource's; empty: created_at ascending, the server's default."""
+    words = sort_by.lower().split()
+    if len(words) > 2 or (len(words) == 2 and words[1] not in ("asc", "desc")):
+        raise _invalid(f"Received invalid sort by format {sort_by!r}. Supported format: "
+                       f'"field_name", "field_name desc", or "field_name asc"')
+    if not words:
+        return "created_at", False
+    if words[0] not in LIST_FIELDS[resource]:
+        raise _invalid(f"Invalid sorting field: {words[0]!r} on listable type "
+                       f"{LISTABLE[resource]}")
+    return words[0], len(words) == 2 and words[1] == "desc"
+
+
+def _stored_key(resource: str, field: str) -> str:
+    ids = {"experiments": "experiment_id", "pipelines": "pipeline_id",
+           "pipeline_versions": "pipeline_version_id", "recurring_runs": "recurring_run_id"}
+    if field == "id":
+        return ids[resource]
+    return _STORED.get(field) or field
+
+
+def _matches(obj: Dict[str, Any], resource: str, pred: Dict[str, Any]) -> bool:
+    have = obj.get(_stored_key(resource, pred["key"]))
+    v, op = pred["value"], pred["operation"]
+    if op == "EQUALS":
+        return have == v
+    if op == "NOT_EQUALS":
+        return have != v
+    if op == "IN":
+        return have in (v or [])
+    if op == "IS_SUBSTRING":
+        return have is not None and str(v) in str(have)
+    if have is None:
+        return False
+    return {"GREATER_THAN": have > v, "GREATER_THAN_EQUALS": have >= v,
+            "LESS_THAN": have < v, "LESS_THAN_EQUALS": have <= v}[op]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -177,6 +304,49 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _public(obj):
         return {k: v for k, v in obj.items() if not k.startswith("_")}
 
+    def _list(self, srv, query, resource: str, items: List[Dict[str, Any]], out_key: str):
+        """A list endpoint's answer, its query string read as the API server reads it:
+        page_size (negative refused, 0 = 20, at most 200), page_token (one this server
+        issued, which then carries the filter and order), sort_by, filter."""
+        def one(name):
+            values = query.get(name) or [""]
+            return values[-1]
+
+        size_text = one("page_size") or "0"
+        try:
+            size = int(size_text)
+        except ValueError:
+            raise _invalid(f"page_size {size_text!r} is not a number") from None
+        if size < 0:
+            raise _invalid(f"The page size should be greater than 0. Got {size}")
+        size = min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        token = one("page_token")
+        if token:
+            opts = srv.page_tokens.get(token)
+            if opts is None or opts["resource"] != resource:
+                raise ListError("Invalid input error: Invalid package token")
+        else:
+            field, desc = parse_sort_by(one("sort_by"), resource)
+            preds = parse_filter(one("filter"), resource) if one("filter") else []
+            opts = {"resource": resource, "sort": (field, desc), "predicates": preds,
+                    "offset": 0}
+        found = [x for x in items if all(_matches(x, resource, p) for p in opts["predicates"])]
+        field, desc = opts["sort"]
+        key = _stored_key(resource, field)
+        found.sort(key=lambda x: (str(x.get(key, "")), x.get(_stored_key(resource, "id"), "")),
+                   reverse=desc)
+        start = opts["offset"]
+        page = found[start:start + size]
+        out: Dict[str, Any] = {}
+        if page:
+            out[out_key] = page
+            out["total_size"] = len(found)
+        if start + size < len(found):
+            nxt = f"token-{next(srv.ids)}"
+            srv.page_tokens[nxt] = {**opts, "offset": start + size}
+            out["next_page_token"] = nxt
+        return self._reply(200, out)
+
     def _handle(self, method):
         srv: FakeKFP = self.server
         url = urllib.parse.urlsplit(self.path)
@@ -191,7 +361,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv.requests.append(record)
         try:
             return self._route(srv, method, url.path, query, body, raw, ctype, record)
-        except BodyError as e:
+        except (BodyError, ListError) as e:
             srv.errors.append(f"{method} {url.path}: {e}")
             return self._error(400, str(e))
 
@@ -203,11 +373,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._reply(200, {"multi_user": False})
         # ---- experiments
         if (method, p) == ("GET", "/experiments"):
-            name = _filter_name(query)
-            found = [e for e in srv.experiments.values()
-                     if name is None or e["display_name"] == name]
-            return self._reply(200, {"experiments": found, "total_size": len(found)}
-                               if found else {})
+            return self._list(srv, query, "experiments", list(srv.experiments.values()),
+                              "experiments")
         if (method, p) == ("POST", "/experiments"):
             check_model("V2beta1Experiment", body)
             exp = {"experiment_id": f"exp-{next(srv.ids)}", "display_name": body["display_name"],
@@ -226,10 +393,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             srv.pipelines[pipe["pipeline_id"]] = pipe
             return self._reply(200, pipe)
         if (method, p) == ("GET", "/pipelines"):
-            name = _filter_name(query)
-            found = [x for x in srv.pipelines.values() if name is None or x["display_name"] == name]
-            return self._reply(200, {"pipelines": found, "total_size": len(found)}
-                               if found else {})
+            return self._list(srv, query, "pipelines", list(srv.pipelines.values()),
+                              "pipelines")
         if (method, p) == ("POST", "/pipelines/upload_version"):
             pid = (query.get("pipelineid") or [""])[0]
             vname = (query.get("name") or [""])[0]
@@ -255,11 +420,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pipe = srv.pipelines.get(parts[1])
             return self._reply(200, pipe) if pipe else self._error(404, f"no pipeline {parts[1]}")
         if method == "GET" and len(parts) == 3 and parts[0] == "pipelines" and parts[2] == "versions":
-            name = _filter_name(query)
-            found = [self._public(v) for v in srv.versions.values() if v["pipeline_id"] == parts[1]
-                     and (name is None or v["display_name"] == name)]
-            return self._reply(200, {"pipeline_versions": found, "total_size": len(found)}
-                               if found else {})
+            found = [self._public(v) for v in srv.versions.values()
+                     if v["pipeline_id"] == parts[1]]
+            return self._list(srv, query, "pipeline_versions", found, "pipeline_versions")
         if method == "GET" and len(parts) == 4 and parts[0] == "pipelines":
             v = srv.versions.get(parts[3])
             if v is None or v["pipeline_id"] != parts[1]:
@@ -288,8 +451,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             exp = (query.get("experiment_id") or [None])[0]
             found = [r for r in srv.recurring_runs.values()
                      if exp is None or r.get("experiment_id") == exp]
-            return self._reply(200, {"recurringRuns": found,
-                                     "total_size": len(found)} if found else {})
+            return self._list(srv, query, "recurring_runs", found, "recurringRuns")
         if len(parts) == 2 and parts[0] == "recurringruns":
             rid, _, verb = parts[1].partition(":")
             rr = srv.recurring_runs.get(rid)

@@ -35,6 +35,7 @@ import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -514,16 +515,54 @@ def _check_cron_range(part, name, lo, hi, names, expr) -> None:
 
 
 # ---- submit ---------------------------------------------------------------------------------
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a 3xx is answered, not followed
+        return None
+
+
+def _not_the_api(host: str, answered: str, where: str) -> "SubmitError":
+    return SubmitError(f"KFP at {host} answered {answered} on {where}, not the KFP API's JSON "
+                       f"(a login page, or the wrong port?)")
+
+
+def _looks_html(content_type: Optional[str], text) -> bool:
+    if isinstance(text, bytes):
+        text = text[:200].decode("utf-8", "replace")
+    head = (text or "")[:200].lstrip().lower()
+    return "html" in (content_type or "").lower() or head.startswith(("<!doctype", "<html", "<"))
+
+
+def check_answer(host: str, where: str, content_type: Optional[str], text) -> None:
+    """One place for what the KFP API answers: JSON. An HTML page (an auth proxy's login page,
+    the UI or another service behind a wrong port-forward) or any other non-JSON body is
+    refused in one line, before kfp_server_api reads it into an empty model."""
+    if _looks_html(content_type, text):
+        raise _not_the_api(host, "HTML", where)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not (text or "").strip():
+        return  # an empty body (e.g. enable/disable) carries nothing to read
+    try:
+        json.loads(text)
+    except ValueError:
+        raise _not_the_api(host, f"{(content_type or 'no content type').split(';')[0]} "
+                                 f"that is not JSON", where) from None
+
+
 def _check_host(host: str) -> str:
     host = host.rstrip("/")
     if not re.match(r"https?://", host):
         raise SubmitError(f"--host {host}: give the KFP API URL with http:// or https://, "
                           f"e.g. http://localhost:8080 after `kubectl port-forward`")
     url = f"{host}/apis/v2beta1/healthz"
+    where = "GET /apis/v2beta1/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            r.read()
+        with urllib.request.build_opener(_NoRedirect).open(url, timeout=10) as r:
+            check_answer(host, where, r.headers.get("Content-Type"), r.read())
     except urllib.error.HTTPError as e:
+        if 300 <= e.code < 400:
+            raise _not_the_api(host, f"a redirect ({e.code}) to "
+                                     f"{e.headers.get('Location') or 'nowhere'}", where) from e
         raise SubmitError(f"KFP at {host} answered {e.code} {e.reason} on {url}") from e
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
@@ -616,10 +655,15 @@ def _kfp(host: str):
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # kfp prints its own links
-            yield kfp.Client(host=host)
+            client = kfp.Client(host=host)
+            _check_every_answer(client, host)
+            yield client
     except kfp_server_api.ApiException as e:
         body = (e.body or b"").decode() if isinstance(e.body, bytes) else (e.body or "")
         text = body.strip()
+        if text and _looks_html((e.headers or {}).get("Content-Type"), text):
+            raise _not_the_api(host, f"{e.status} {e.reason} with HTML",
+                               "a request of kfp.Client") from e
         try:
             text = json.loads(text).get("error") or json.loads(text).get("message") or text
         except (ValueError, AttributeError):
@@ -628,6 +672,23 @@ def _kfp(host: str):
                           f"{': ' + str(text).splitlines()[0][:300] if text else ''}") from e
     except (urllib3.exceptions.HTTPError, TimeoutError, OSError) as e:
         raise SubmitError(f"KFP at {host}: {e}") from e
+
+
+def _check_every_answer(client, host: str) -> None:
+    """Every response the client's kfp_server_api.ApiClient reads goes through check_answer
+    (urllib3 follows a redirect to a login page: its HTML is caught here)."""
+    api = client._healthz_api.api_client
+    read = api.deserialize
+
+    def deserialize(response, response_type):
+        resp = getattr(response, "urllib3_response", None)
+        url = getattr(resp, "geturl", lambda: None)() if resp is not None else None
+        path = urllib.parse.urlsplit(url).path if url else ""
+        check_answer(host, f"a request of kfp.Client{' (' + path + ')' if path else ''}",
+                     response.getheader("content-type"), response.data)
+        return read(response, response_type)
+
+    api.deserialize = deserialize
 
 
 def _host(config: PipelineConfig, host: Optional[str]) -> str:

@@ -591,6 +591,185 @@ def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, c
     assert len(err) == 1 and err[0].startswith("deblur: error: --schedule")
 
 
+# ---- a host that answers HTML (an auth proxy's login page, a wrong port-forward) ------------
+class _HTMLServer:
+    """A loopback server answering every request with a login page: `mode` "html" (200
+    text/html everywhere), "redirect" (302 to /login, which is the page) or "html-after-healthz"
+    (healthz answers the API's JSON, every other path redirects to the login page: what a
+    proxy protecting only the API's data would do; kfp's urllib3 follows the redirect)."""
+
+    def __init__(self, mode):
+        import http.server
+        import threading
+
+        page = b"<html><head><title>Sign in</title></head><body>login</body></html>"
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _answer(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                path = self.path.split("?")[0]
+                if mode == "html-after-healthz" and path.endswith("/healthz"):
+                    body, ctype, code = b'{"multi_user": false}', "application/json", 200
+                elif mode != "html" and path != "/login":
+                    self.send_response(302)
+                    self.send_header("Location", "/login")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                else:
+                    body, ctype, code = page, "text/html; charset=utf-8", 200
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["html", "redirect", "html-after-healthz"])
+def test_a_host_answering_html_is_named_in_one_line_by_every_command(compiled, capsys, mode):
+    """`schedule list` printed "no recurring runs" and `schedule pause` a TypeError: kfp read
+    the login page into empty models. Every command of the KFP path now stops in one line
+    naming the host and what it answered (exit 2), before anything else is sent."""
+    from deblur import cli
+
+    path = compiled["gke"][3]
+    srv = _HTMLServer(mode)
+    try:
+        host = ["--config", EXAMPLE, "--host", srv.url]
+        commands = [["pipeline", "upload", "--spec", path, *host],
+                    ["submit", "--spec", path, *host],
+                    ["submit", "--spec", path, "--schedule", "@daily", *host],
+                    ["schedule", "list", *host], ["schedule", "list", "--all", *host],
+                    ["schedule", "pause", "rr-1", *host], ["schedule", "resume", "rr-1", *host],
+                    ["schedule", "delete", "rr-1", *host]]
+        for argv in commands:
+            assert cli.main(argv) == 2, argv
+            out, err = capsys.readouterr()
+            lines = err.strip().splitlines()
+            assert len(lines) == 1, (argv, err)
+            assert f"KFP at {srv.url} answered" in lines[0], (argv, lines)
+            assert "a login page, or the wrong port?" in lines[0]
+            said = "a redirect (302) to /login" if mode == "redirect" else "HTML"
+            assert f"answered {said}" in lines[0], (argv, lines)
+            assert "no recurring runs" not in out
+    finally:
+        srv.stop()
+
+
+def test_check_answer_takes_json_and_empty_bodies_only():
+    kr.check_answer("h", "x", "application/json", '{"a": 1}')
+    kr.check_answer("h", "x", "application/json", "")
+    with pytest.raises(kr.SubmitError, match="answered HTML"):
+        kr.check_answer("h", "x", None, "  <!DOCTYPE html><html>login</html>")
+    with pytest.raises(kr.SubmitError, match="answered text/plain that is not JSON"):
+        kr.check_answer("h", "x", "text/plain", "Forbidden")
+
+
+# ---- the fake refuses the list queries the API server refuses ---------------------------------
+def _get(url):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_fake_kfp_refuses_list_queries_the_server_refuses():
+    import urllib.parse
+
+    from tests import fake_kfp_api
+
+    srv = fake_kfp_api.start()
+    try:
+        def q(path, **params):
+            return _get(f"{srv.url}/apis/v2beta1/{path}?{urllib.parse.urlencode(params)}")
+
+        def pred(key, **value):
+            return json.dumps({"predicates": [{"operation": "EQUALS", "key": key, **value}]})
+
+        for name in ("a", "b", "c"):
+            srv.experiments[f"exp-{name}"] = {"experiment_id": f"exp-{name}",
+                                              "display_name": name}
+        # accepted: the API's field names, either spelling of the value, asc/desc any case
+        code, r = q("experiments", filter=pred("display_name", stringValue="b"))
+        assert code == 200 and [e["display_name"] for e in r["experiments"]] == ["b"]
+        code, r = q("experiments", filter=pred("name", string_value="c"), sort_by="created_at DESC")
+        assert code == 200 and [e["display_name"] for e in r["experiments"]] == ["c"]
+        # refused as the server refuses them
+        code, r = q("experiments", filter=pred("displayName", stringValue="b"))
+        assert code == 400 and r["code"] == 3
+        assert r["message"] == ("Invalid input error: no support for filtering on unrecognized "
+                                "field 'displayName'")
+        code, r = q("recurringruns", sort_by="no_such_field desc")
+        assert code == 400 and "Invalid sorting field: 'no_such_field' on listable type Job" \
+            in r["message"]
+        code, r = q("pipelines", sort_by="created_at newest")
+        assert code == 400 and "invalid sort by format" in r["message"]
+        code, r = q("pipelines", filter="{display_name: x}")
+        assert code == 400 and "failed to parse valid filter" in r["message"]
+        code, r = q("pipelines", filter=json.dumps({"predicates": [
+            {"operation": "LIKE", "key": "display_name", "stringValue": "x"}]}))
+        assert code == 400 and "invalid predicate operation: LIKE" in r["message"]
+        code, r = q("pipelines", filter=pred("created_at", intValues={"values": [1]}))
+        assert code == 400 and "scalar operator EQUALS on array" in r["message"]
+        code, r = q("experiments", page_size=-1)
+        assert code == 400 and "page size should be greater than 0" in r["message"]
+        code, r = q("experiments", page_token="made-up")
+        assert code == 400 and "Invalid package token" in r["message"]
+        # a token it issued pages on, with the order and filter of the first request
+        code, r = q("experiments", page_size=2, sort_by="display_name desc")
+        assert code == 200 and [e["display_name"] for e in r["experiments"]] == ["c", "b"]
+        code, r = q("experiments", page_token=r["next_page_token"], page_size=2)
+        assert code == 200 and [e["display_name"] for e in r["experiments"]] == ["a"]
+        assert "next_page_token" not in r
+        assert len(srv.errors) == 8
+    finally:
+        fake_kfp_api.stop(srv)
+
+
+def test_fake_kfp_refusals_reach_kfp_client_calls():
+    """The same refusals through kfp.Client, as the project's calls would meet them."""
+    import kfp_server_api
+
+    from tests import fake_kfp_api
+
+    srv = fake_kfp_api.start()
+    try:
+        with kr._kfp(srv.url) as client:
+            assert client.list_recurring_runs(sort_by="created_at desc").recurring_runs is None
+        with pytest.raises(kr.SubmitError, match=r"400 .*Invalid sorting field: 'no_such_field'"):
+            with kr._kfp(srv.url) as client:
+                client.list_recurring_runs(sort_by="no_such_field desc")
+        with pytest.raises(kr.SubmitError, match="unrecognized field 'displayName'"):
+            with kr._kfp(srv.url) as client:
+                client.list_experiments(filter=json.dumps({"predicates": [{
+                    "operation": "EQUALS", "key": "displayName", "stringValue": "x"}]}))
+        assert len(srv.errors) == 2
+        assert kfp_server_api  # the client's own module raised the ApiException
+    finally:
+        fake_kfp_api.stop(srv)
+
+
 # ---- the placement's custom_config reaches the trainer ----------------------------------------
 @pytest.mark.parametrize("tpu, env_strategy", [("local", False), ("env", True), (None, False)])
 def test_run_fn_turns_custom_config_tpu_into_a_tpu_strategy(monkeypatch, tpu, env_strategy):
