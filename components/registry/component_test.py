@@ -256,3 +256,29 @@ def test_the_run_page_report_gives_the_reason_nothing_was_registered(tmp_path):
                                   tmp_path / "registry")
     assert md.splitlines()[0] == "## Nothing registered"
     assert "model not blessed" in md
+
+
+def test_the_manifest_records_the_choice_on_validation_and_the_baselines_as_plain_json(tmp_path):
+    """evaluation.json's validation choice, classical baselines and paired comparisons go into
+    the manifest; an interval over one image (NaN) is null there: a manifest is plain JSON (a
+    one-image comparison failed the push with "Out of range float values are not JSON
+    compliant")."""
+    nan = float("nan")
+    inputs = make_inputs(tmp_path, blessed=True)
+    cmp = {"n": 1, "mean_diff": -0.01, "ci_low": nan, "ci_high": nan, "wins": 1, "losses": 0,
+           "ties": 0}
+    ev = {"best_setting": SETTING, "best": BEST, "grid": [], "chosen_on": "validation",
+          "validation": {"splits": {"val": {}, "val_ood": {}}},
+          "splits": {"test": {}, "test_ood": {}},
+          "domains": {"out": {"input": {"psnr": 24.0, "lpips": 0.3}}},
+          "classical": {"gaussian_s1": {"label": "Gaussian", "domains": {"out": {"psnr": 25.5}}}},
+          "comparisons": {"baselines": {"gaussian_s1": {"out": {"psnr": cmp}}}}}
+    (Path(inputs[C.EVALUATION_KEY][0].uri) / "evaluation.json").write_text(json.dumps(ev))
+    _, record = run_executor(tmp_path, inputs, tmp_path / "registry")
+    m = Registry(str(tmp_path / "registry"), "deblur-icdpm").show(record["version"])
+    e = m["evaluation"]
+    assert e["chosen_on"] == "validation" and e["validation_splits"] == ["val", "val_ood"]
+    assert e["test_splits"] == ["test", "test_ood"]
+    assert e["classical"]["gaussian_s1"]["domains"]["out"]["psnr"] == 25.5
+    got = e["comparisons"]["baselines"]["gaussian_s1"]["out"]["psnr"]
+    assert got["ci_low"] is None and got["ci_high"] is None and got["mean_diff"] == -0.01

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -198,18 +199,32 @@ def _serving_copy(model_dir: str, sampling: Optional[Dict[str, Any]]):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _plain(value):
+    """value with every non-finite float as None: a manifest is plain JSON, and an interval of
+    fewer than 2 images is NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _evaluation_record(evaluation: Optional[dict], blessing: dict) -> Optional[dict]:
+    """Where the setting was chosen and what it scored there, the test splits, the input and
+    the classical baselines, and the paired comparisons (non-finite values as null)."""
     ev = evaluation or {}
     if not ev and "chosen_on" not in blessing:
         return None
     validation = ev.get("validation") or {}
-    return {"chosen_on": ev.get("chosen_on", blessing.get("chosen_on")),
+    return _plain({"chosen_on": ev.get("chosen_on", blessing.get("chosen_on")),
             "validation_splits": sorted((validation.get("splits") or {})),
             "validation_metrics": blessing.get("validation_best"),
             "test_splits": sorted(ev.get("splits") or {}),
             "input": {d: i.get("input") for d, i in (ev.get("domains") or {}).items()} or None,
             "classical": ev.get("classical") or blessing.get("classical"),
-            "comparisons": ev.get("comparisons")}
+            "comparisons": ev.get("comparisons")})
 
 
 def registered_version(registry: Registry, model_uri: Optional[str]) -> Optional[int]:
