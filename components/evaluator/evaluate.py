@@ -1,22 +1,28 @@
 """Evaluate a deblurring SavedModel in-domain and out-of-domain over a sampling grid, and bless it.
 
-    result = evaluate(model_dir, examples_dir, out_dir, EvalConfig(...))
-    blessing = bless(result, GateConfig(...), baseline=evaluate_baseline(...))
+    result = evaluate(model_dir, examples_dir, out_dir, EvalConfig(...), gate=GateConfig(...))
+    result["blessing"]  # the gate's decision, every rule
+
+Validation chooses, test judges: the grid runs on the validation splits (val, val_*) and the
+setting is chosen there; only that setting runs on the test splits (every other split but the
+train split), beside the blurry input and the classical baselines (classical.py), and every
+comparison is paired image by image with a bootstrap interval (stats.py). Without a
+validation split the grid runs on test and the result says so (chosen_on "test").
 
 The model is the exported SavedModel itself (trainer/export.py, its `deblur_batch`
 function): what is evaluated is what ships. Images: the `max_images_per_split` examples with
-the smallest pair ids of every evaluation split (every split but the train split unless
-named; one pass over the split reads the ids, so the choice does not depend on how an ingest
-run ordered its shards), at full resolution (the model pads to its
+the smallest pair ids of every evaluated split (one pass over the split reads the ids, so the
+choice does not depend on how an ingest run ordered its shards), at full resolution (the model pads to its
 multiple and crops back). Same-size images are sampled together in batches; batch b of a
 split uses the seed (seed, b), so two models evaluated with one config see the same noise.
 
 Metrics per image (metrics/ package): PSNR, SSIM (RGB uint8, no border crop), LPIPS
 (AlexNet v0.1) of the output against the sharp image, NIQE of the output; averaged per split
-and per domain (over all images of the domain's splits) for every sampling setting. The
-blurry input itself is scored too ("input": the do-nothing baseline every model must beat).
-The best setting is the one with the lowest out-of-domain LPIPS among those whose metrics are
-all finite (ties: fewer network evaluations).
+and per domain (over all images of the domain's splits) for every sampling setting run there.
+The blurry input itself is scored too ("input": the do-nothing baseline every model must beat).
+The best setting is the one with the lowest out-of-domain LPIPS on validation among those
+whose metrics are all finite (and that beat the input, when one does; ties: fewer network
+evaluations).
 
 FID and KID per domain (metrics/fid.py, the FID Inception of metrics/inception.py): every
 setting's outputs, and the blurry inputs, against the domain's sharp images, with the image
@@ -28,9 +34,10 @@ the model's guidance regressions R_k.
 Writes to out_dir:
   evaluation.json                      everything below, plus the grid and the best setting
   domain_gap.json                      the Table 1 report (also in evaluation.json)
-  metrics/<domain>/<split>/<setting>.json   mean metrics of one split at one setting
-  per_image.jsonl                      one line per image and setting
-  perception_distortion.png            PSNR against LPIPS over the grid, one curve per domain
+  metrics/<domain>/<split>/<setting>.json   mean metrics of one test split at one setting
+  per_image.jsonl                      one line per test image and method (setting, baseline)
+  perception_distortion.png            PSNR against LPIPS: the grid on validation (the choice),
+                                       the chosen setting, input and baselines on test
   samples/<split>.png                  blurry | output (best setting) | sharp, a row per image
 """
 from __future__ import annotations
