@@ -274,6 +274,13 @@ def test_the_manifest_records_the_choice_on_validation_and_the_baselines_as_plai
           "classical": {"gaussian_s1": {"label": "Gaussian", "domains": {"out": {"psnr": 25.5}}}},
           "comparisons": {"baselines": {"gaussian_s1": {"out": {"psnr": cmp}}}}}
     (Path(inputs[C.EVALUATION_KEY][0].uri) / "evaluation.json").write_text(json.dumps(ev))
+    # the gate's rules carry the same comparisons (beats_input's per-domain checks)
+    blessing = Path(inputs[C.BLESSING_KEY][0].uri) / "blessing.json"
+    b = json.loads(blessing.read_text())
+    b["rules"] = RULES_OK + [{"rule": "beats_input", "verdict": "pass", "value": None,
+                              "threshold": None, "detail": "",
+                              "domains": {"out": {"psnr": {**cmp, "value": 25.1}}}}]
+    blessing.write_text(json.dumps(b))
     _, record = run_executor(tmp_path, inputs, tmp_path / "registry")
     m = Registry(str(tmp_path / "registry"), "deblur-icdpm").show(record["version"])
     e = m["evaluation"]
@@ -282,3 +289,5 @@ def test_the_manifest_records_the_choice_on_validation_and_the_baselines_as_plai
     assert e["classical"]["gaussian_s1"]["domains"]["out"]["psnr"] == 25.5
     got = e["comparisons"]["baselines"]["gaussian_s1"]["out"]["psnr"]
     assert got["ci_low"] is None and got["ci_high"] is None and got["mean_diff"] == -0.01
+    rule = m["blessing"]["rules"][-1]["domains"]["out"]["psnr"]
+    assert rule["ci_low"] is None and rule["value"] == 25.1

@@ -201,7 +201,7 @@ def _serving_copy(model_dir: str, sampling: Optional[Dict[str, Any]]):
 
 def _plain(value):
     """value with every non-finite float as None: a manifest is plain JSON, and an interval of
-    fewer than 2 images is NaN."""
+    fewer than 2 images is NaN (in the evaluation record and in the gate's rules)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -302,6 +302,7 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
     }
     with _serving_copy(model_dir, sampling) as (push_dir, serving):
         manifest["serving_default"] = serving or (model_info or {}).get("default_sampling")
-        version = registry.push(push_dir, manifest)
+        # plain JSON: the gate's rules carry paired intervals, NaN over fewer than 2 images
+        version = registry.push(push_dir, _plain(manifest))
     return PushResult(pushed=True, version=version, destination=registry.version_uri(version),
                       manifest=registry.show(version))
