@@ -213,18 +213,19 @@ def _plain(value):
 
 def _evaluation_record(evaluation: Optional[dict], blessing: dict) -> Optional[dict]:
     """Where the setting was chosen and what it scored there, the test splits, the input and
-    the classical baselines, and the paired comparisons (non-finite values as null)."""
+    the classical baselines, and the paired comparisons (written through _plain with the rest
+    of the manifest)."""
     ev = evaluation or {}
     if not ev and "chosen_on" not in blessing:
         return None
     validation = ev.get("validation") or {}
-    return _plain({"chosen_on": ev.get("chosen_on", blessing.get("chosen_on")),
+    return {"chosen_on": ev.get("chosen_on", blessing.get("chosen_on")),
             "validation_splits": sorted((validation.get("splits") or {})),
             "validation_metrics": blessing.get("validation_best"),
             "test_splits": sorted(ev.get("splits") or {}),
             "input": {d: i.get("input") for d, i in (ev.get("domains") or {}).items()} or None,
             "classical": ev.get("classical") or blessing.get("classical"),
-            "comparisons": ev.get("comparisons")})
+            "comparisons": ev.get("comparisons")}
 
 
 def registered_version(registry: Registry, model_uri: Optional[str]) -> Optional[int]:
