@@ -238,7 +238,7 @@ class RunnerConfig:
     beam_args: List[str] = dataclasses.field(
         default_factory=lambda: ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
     enable_cache: bool = False
-    # "local" or "kubeflow": pipelines/kubeflow/runner.py sets "kubeflow" on its copy of the
+    # "local" or "kubeflow": pipelines/kubeflow/compiler.py sets "kubeflow" on its copy of the
     # config, and only its placement places components per the `kubeflow` section
     # (LocalDagRunner rejects Kubeflow resource specs).
     orchestrator: str = "local"

@@ -168,7 +168,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
             registry_uri=registry_uri, model_name=config.registry.model_name,
             promote_to=config.registry.promote_to or "", train_split=train_split)
     # On Kubeflow, the run page's account of the Trainer (TFX's Trainer has fixed outputs the
-    # frontend does not draw) and of the whole run (never cached: pipelines/kubeflow/runner.py);
+    # frontend does not draw) and of the whole run (never cached: pipelines/kubeflow/compiler.py);
     # locally `deblur run-local` prints the same from ML Metadata.
     training_report = run_summary = None
     if _on_kubeflow(config):

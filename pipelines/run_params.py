@@ -18,7 +18,7 @@ How each runner uses the rows:
 - Kubeflow (compile): attach() gives the component an extra exec property named like the
   parameter, holding a TFX RuntimeParameter whose default is the value the component was built
   with. KubeflowV2DagRunner compiles it to a root input parameter (the UI form field) and a
-  componentInputParameter of the task; pipelines/kubeflow/runner.py writes the defaults into
+  componentInputParameter of the task; pipelines/kubeflow/compiler.py writes the defaults into
   the PipelineJob's runtimeConfig.parameterValues and the package's root inputDefinitions.
   In the pod, pipelines/kubeflow/entrypoint.py folds each parameter's value into its exec property
   (fold()) before the executor runs, so executors see their usual config and nothing else.
@@ -173,7 +173,7 @@ def fold(values: Dict[str, Any]) -> List[str]:
 # ---- checks: `deblur submit --param` and the run's first task (pipelines/kubeflow/check.py) ---------
 # Not a config field: a root parameter of the compiled Kubeflow pipeline. "off" makes the
 # fingerprint task salt its output, so the ingest and everything downstream run again
-# (pipelines/kubeflow/runner.py add_cache_parameter; `deblur submit --no-cache`).
+# (pipelines/kubeflow/compiler.py add_cache_parameter; `deblur submit --no-cache`).
 CACHE = "cache"
 CACHE_VALUES = ("on", "off")
 CACHE_HELP = ("on: reuse the tasks whose inputs did not change; off: this run computes "

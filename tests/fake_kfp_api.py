@@ -1,5 +1,5 @@
 """A loopback fake of the KFP v2beta1 REST API, for the tests of `deblur pipeline upload`,
-`deblur submit` and `deblur schedule` (pipelines/kubeflow/runner_test.py).
+`deblur submit` and `deblur schedule` (pipelines/kubeflow/kubeflow_test.py).
 
 It answers the endpoints kfp's Client calls (paths from kfp_server_api's generated API
 classes): healthz; experiments list/create; pipelines create, list, get; pipeline versions upload

@@ -423,20 +423,20 @@ def _project_calls(spec: str, host: str) -> Dict[str, Any]:
     and `schedule list|pause|resume|delete` against the fake, through the functions the CLI
     calls."""
     from pipelines import config as config_lib
-    from pipelines.kubeflow import runner as kr
+    from pipelines.kubeflow import client as kclient, compiler as kc
 
     cfg = config_lib.load(EXAMPLE)
     with contextlib.redirect_stdout(io.StringIO()):
-        up = kr.upload(cfg, spec, host)
-        run = kr.submit(cfg, spec, host, experiment=EXPERIMENT, run_name="deblur-roundtrip",
+        up = kclient.upload(cfg, spec, host)
+        run = kclient.submit(cfg, spec, host, experiment=EXPERIMENT, run_name="deblur-roundtrip",
                         params={"train_steps": "5"}, no_cache=True)
-        rr = kr.submit(cfg, spec, host, experiment=EXPERIMENT, schedule="0 0 3 * * 1")
-        listed = kr.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
-        kr.schedules(cfg, host, "pause", [rr["id"]])
-        paused = kr.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
-        kr.schedules(cfg, host, "resume", [rr["id"]])
-        kr.schedules(cfg, host, "delete", [rr["id"]])
-        left = kr.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
+        rr = kclient.submit(cfg, spec, host, experiment=EXPERIMENT, schedule="0 0 3 * * 1")
+        listed = kclient.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
+        kclient.schedules(cfg, host, "pause", [rr["id"]])
+        paused = kclient.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
+        kclient.schedules(cfg, host, "resume", [rr["id"]])
+        kclient.schedules(cfg, host, "delete", [rr["id"]])
+        left = kclient.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
     _expect([s["id"] for s in listed] == [rr["id"]], f"schedule list: {listed}")
     _expect(str(paused[0]["status"]) == "DISABLED", f"paused: {paused[0]['status']}")
     _expect(left == [], f"after delete: {left}")
@@ -476,9 +476,9 @@ def run(kfp_python: str, out_dir: Optional[str] = None, spec: Optional[str] = No
     out_dir = os.path.abspath(out_dir or tempfile.mkdtemp(prefix="kfp-roundtrip-"))
     os.makedirs(out_dir, exist_ok=True)
     spec = os.path.abspath(spec) if spec else compile_spec(out_dir)
-    from pipelines.kubeflow import runner as kr
+    from pipelines.kubeflow import client as kclient, compiler as kc
 
-    package = kr.package_path(spec)
+    package = kc.package_path(spec)
     checks: List[Dict[str, Any]] = []
     with _Server(kfp_python) as server:
         try:

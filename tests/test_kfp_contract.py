@@ -29,7 +29,7 @@ import sys
 import pytest
 
 from pipelines import config as config_lib
-from pipelines.kubeflow import runner as kr
+from pipelines.kubeflow import compiler as kc
 from pipelines.config import REPO_ROOT
 from tests.gcs_emulator import fake_gcs
 from tests.kfp_v2_launcher import Run, TaskFailed, topological
@@ -96,14 +96,14 @@ def synthetic_sources(tmp_path, gcs):
 def contract_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kfp-contract")
     cfg = compile_config(tmp)
-    spec_file = kr.compile_pipeline(cfg, str(tmp / "deblur-icdpm.json"))
-    job = kr.load_job(spec_file)
+    spec_file = kc.compile_pipeline(cfg, str(tmp / "deblur-icdpm.json"))
+    job = kc.load_job(spec_file)
     scratch = tmp / "tmp"
     scratch.mkdir()
     with fake_gcs(tmp) as gcs:
         gcs.create_bucket(BUCKET)
         sources = json.dumps(synthetic_sources(tmp, gcs))
-        arguments = kr.run_arguments(cfg, job["pipelineSpec"], {
+        arguments = kc.run_arguments(cfg, job["pipelineSpec"], {
             "data_sources": sources,
             "train_steps": "3",
             "gate_ood_lpips_max": "0.99", "gate_input_lpips_margin": "-1",

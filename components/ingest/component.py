@@ -10,7 +10,7 @@ artifact, `counts` (components/run_page.py), the table the Kubeflow run page dra
 Caching: `input_fingerprint` is the fingerprint of the inputs (beam_ingest.input_fingerprint:
 the listing's names, sizes and modification times per unit) computed by whoever starts the
 run: `deblur run-local` before the pipeline, a task of the run itself on Kubeflow
-(pipelines/kubeflow/runner.py). As an exec property it is part of the cache key (TFX's local
+(pipelines/kubeflow/compiler.py). As an exec property it is part of the cache key (TFX's local
 one and KFP's), so a cached ingest is reused exactly while the inputs are unchanged. The
 executor lists the inputs again and fails if they changed since: examples must never be
 recorded under the key of other data. Unchanged units (one per source, or per span folder)

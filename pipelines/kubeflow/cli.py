@@ -79,21 +79,21 @@ def add_parsers(sub) -> None:
 
 
 def _compile(cfg, out: str):
-    from pipelines.kubeflow import runner as kr
+    from pipelines.kubeflow import compiler as kc
 
-    kr.kubeflow_config(cfg)  # one-line config errors first
+    kc.kubeflow_config(cfg)  # one-line config errors first
     print(f"compiling {cfg.runner.pipeline_name} (TFX KubeflowV2DagRunner)...", file=sys.stderr)
-    path = kr.compile_pipeline(cfg, out)
-    entries = kr.describe(kr.load_job(path), cfg)
+    path = kc.compile_pipeline(cfg, out)
+    entries = kc.describe(kc.load_job(path), cfg)
     print(f"{len(entries)} tasks:")
-    print(kr.format_tasks(entries))
-    unsupported = kr.unsupported_on_kfp(entries)
+    print(kc.format_tasks(entries))
+    unsupported = kc.unsupported_on_kfp(entries)
     if unsupported:
         print(f"warning: {', '.join(unsupported)}: resolver executors run on Vertex AI Pipelines, "
               f"not on the open-source KFP backend; there, set gate.baseline: registry "
-              f"(pipelines/kubeflow/runner.py)", file=sys.stderr)
+              f"(pipelines/kubeflow/compiler.py)", file=sys.stderr)
     print(f"pipeline spec: {os.path.abspath(path)}")
-    print(f"KFP package:   {os.path.abspath(kr.package_path(path))}")
+    print(f"KFP package:   {os.path.abspath(kc.package_path(path))}")
     return path
 
 
@@ -111,7 +111,7 @@ def old_flags(args) -> None:
 
 def run(args) -> int:
     from pipelines import config as config_lib
-    from pipelines.kubeflow import runner as kr
+    from pipelines.kubeflow import client as kclient, cron as kcron
 
     old_flags(args)
     cfg = config_lib.load(args.config, args.set or ())
@@ -122,7 +122,7 @@ def run(args) -> int:
         return _schedule(cfg, args)
     if args.command == "pipeline":
         spec = args.spec or _compile(cfg, DEFAULT_OUT)
-        r = kr.upload(cfg, spec, args.host, version=args.version_name)
+        r = kclient.upload(cfg, spec, args.host, version=args.version_name)
         what = "uploaded" if r["created"] else "already there (same package)"
         print(f"pipeline {r['pipeline']} version {r['version_name']}: {what}")
         print(f"  {r['url']}")
@@ -130,13 +130,13 @@ def run(args) -> int:
     from pipelines import run_params
 
     if args.schedule is not None:  # a bad cron fails before the minute of compiling
-        kr.validate_cron(args.schedule)
+        kcron.validate_cron(args.schedule)
     if args.pin_version and args.schedule is None:
         raise config_lib.ConfigError("--pin-version is for --schedule (a run always runs the "
                                      "version it names)")
     params = run_params.parse(args.param or (), list(run_params.BY_NAME))  # likewise
     spec = args.spec or _compile(cfg, DEFAULT_OUT)
-    r = kr.submit(cfg, spec, args.host, schedule=args.schedule, experiment=args.kfp_experiment,
+    r = kclient.submit(cfg, spec, args.host, schedule=args.schedule, experiment=args.kfp_experiment,
                   run_name=args.run_name, params=params, no_cache=args.no_cache,
                   pin_version=args.pin_version, version=args.version_name)
     ver = r["pipeline_version"]
@@ -160,9 +160,9 @@ def run(args) -> int:
 def _schedule(cfg, args) -> int:
     import json
 
-    from pipelines.kubeflow import runner as kr
+    from pipelines.kubeflow import client as kclient
 
-    r = kr.schedules(cfg, args.host, args.action, args.ids, experiment=args.kfp_experiment,
+    r = kclient.schedules(cfg, args.host, args.action, args.ids, experiment=args.kfp_experiment,
                      all_experiments=args.all)
     if args.json:
         print(json.dumps(r, indent=2, sort_keys=True, default=str))

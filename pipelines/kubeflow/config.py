@@ -11,7 +11,7 @@
 
 Only what a user must decide has no default (image, pipeline_root, project for Dataflow or
 Vertex); `deblur compile` names every such field that is still unset in one ConfigError
-(pipelines/kubeflow/runner.py: check_config). The format checks here run when the config is
+(pipelines/kubeflow/compiler.py: check_config). The format checks here run when the config is
 loaded. No TFX import: the CLI loads configs cheaply.
 
 How each field reaches the cluster (checked against the KFP backend 2.0.5 sources):

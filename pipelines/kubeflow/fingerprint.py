@@ -6,7 +6,7 @@ KFP's cache key holds input parameter *values* (kubeflow/pipelines backend/src/v
 so the ingest, and every task downstream of its Examples artifact, is reused from the cache
 exactly while the fingerprint is unchanged. The task itself is never cached: it runs in every
 run, including each run of a recurring (cron) run and runs started from the KFP UI, whose
-parameters are fixed when the schedule or run is created. pipelines/kubeflow/runner.py adds
+parameters are fixed when the schedule or run is created. pipelines/kubeflow/compiler.py adds
 the task to the compiled spec:
 
     python -m pipelines.kubeflow.fingerprint --sources JSON --options JSON [--data-sources JSON]

@@ -9,7 +9,7 @@ uses pipelines.pipeline.LocalPlacement and never reads the `kubeflow` section).
 - place(config, components): on Kubeflow, sets each component's KFP v2 ResourceSpec (cpu,
   memory, accelerator) from config.kubeflow.resources[component.id]; components that do not
   exist (e.g. DeblurEvaluator before it is added) are skipped. Node selectors cannot ride on
-  the component: pipelines/kubeflow/runner.py writes them into the package's PlatformSpec.
+  the component: pipelines/kubeflow/compiler.py writes them into the package's PlatformSpec.
 
 Nothing changes for config.runner.orchestrator == "local" (LocalDagRunner rejects ResourceSpec
 platform configs), so the local pipeline stays exactly what it was.

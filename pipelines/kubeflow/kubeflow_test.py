@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines import config as config_lib
-from pipelines.kubeflow import runner as kr
+from pipelines.kubeflow import client as kclient, compiler as kc, cron as kcron
 from pipelines.config import REPO_ROOT, ConfigError
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
@@ -38,10 +38,10 @@ def compiled(tmp_path_factory):
     for platform in ("gke", "vertex"):
         cfg = _example(trainer_platform=platform)
         path = str(tmp_path_factory.mktemp(platform) / "deblur-icdpm.json")
-        assert kr.compile_pipeline(cfg, path) == path
-        with open(kr.package_path(path)) as f:
+        assert kc.compile_pipeline(cfg, path) == path
+        with open(kc.package_path(path)) as f:
             docs = list(yaml.safe_load_all(f))
-        out[platform] = (cfg, kr.load_job(path), docs, path)
+        out[platform] = (cfg, kc.load_job(path), docs, path)
     return out
 
 
@@ -75,7 +75,7 @@ def test_example_config_loads_with_typed_kubeflow_section():
     assert tr.node_selector["cloud.google.com/gke-tpu-topology"] == "2x2"
     assert kf.resolved_trainer_tpu() == "local"
     assert _example(trainer_platform="vertex").kubeflow.resolved_trainer_tpu() == "env"
-    kr.check_config(cfg)  # nothing missing
+    kc.check_config(cfg)  # nothing missing
 
 
 @pytest.mark.parametrize("kubeflow, message", [
@@ -96,13 +96,13 @@ def test_config_format_errors(kubeflow, message):
 
 def test_compile_names_every_missing_field_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
-        kr.compile_pipeline(config_lib.PipelineConfig(), str(tmp_path / "p.json"))
+        kc.compile_pipeline(config_lib.PipelineConfig(), str(tmp_path / "p.json"))
     for field in ("kubeflow.image", "kubeflow.pipeline_root", "kubeflow.project", "data.sources"):
         assert field in str(e.value)
     cfg = _example()
     cfg.data.sources[0] = dataclasses.replace(cfg.data.sources[0], root="/data/gopro")
     with pytest.raises(ConfigError, match="cannot read /data/gopro"):
-        kr.check_config(cfg)
+        kc.check_config(cfg)
 
 
 # ---- compiled spec --------------------------------------------------------------------------
@@ -113,8 +113,8 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
 
     for platform in ("gke", "vertex"):
         cfg, job, _, _ = compiled[platform]
-        components = create_pipeline(kr.kubeflow_config(cfg),
-                                     input_fingerprint=kr.FINGERPRINT_PLACEHOLDER).components
+        components = create_pipeline(kc.kubeflow_config(cfg),
+                                     input_fingerprint=kc.FINGERPRINT_PLACEHOLDER).components
         # TFX compiles a Resolver node to one task per resolved channel: <id>-<channel>-resolver
         resolvers = {c.id for c in components if isinstance(c, Resolver)}
         tasks = set(job["pipelineSpec"]["root"]["dag"]["tasks"])
@@ -122,7 +122,7 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
         # + the task that fingerprints the ingest's inputs (add_input_fingerprint_task) and the
         # one that checks the run parameters before it (add_run_check_task)
         assert tasks - resolved == {c.id for c in components} - resolvers | {
-            kr.FINGERPRINT_TASK, kr.CHECK_TASK}
+            kc.FINGERPRINT_TASK, kc.CHECK_TASK}
         assert all(any(t.startswith(r + "-") for t in resolved) for r in resolvers)
         assert set(TODAY) <= tasks
 
@@ -130,8 +130,8 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
 def test_task_order(compiled):
     tasks = _spec(compiled)["root"]["dag"]["tasks"]
     deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
-    assert deps["DeblurIngest"] == {kr.FINGERPRINT_TASK} and deps["ImportSchemaGen"] == set()
-    assert deps[kr.FINGERPRINT_TASK] == {kr.CHECK_TASK} and deps[kr.CHECK_TASK] == set()
+    assert deps["DeblurIngest"] == {kc.FINGERPRINT_TASK} and deps["ImportSchemaGen"] == set()
+    assert deps[kc.FINGERPRINT_TASK] == {kc.CHECK_TASK} and deps[kc.CHECK_TASK] == set()
     assert deps["StatisticsGen"] == {"DeblurIngest"}
     assert deps["ExampleValidator"] == {"StatisticsGen", "ImportSchemaGen"}
     assert deps["ValidationGate"] == {"ExampleValidator"}
@@ -139,7 +139,7 @@ def test_task_order(compiled):
     assert deps["Trainer"] == {"DeblurIngest", "ValidationGate"}
     if "DeblurEvaluator" in deps:
         assert "Trainer" in deps["DeblurEvaluator"]
-    order = [e["name"] for e in kr.describe(compiled["gke"][1])]
+    order = [e["name"] for e in kc.describe(compiled["gke"][1])]
     assert all(order.index(d) < order.index(n) for n in deps for d in deps[n])
 
 
@@ -155,8 +155,8 @@ def test_schema_version_images_and_entrypoint(compiled):
         assert ex["container"]["image"] == cfg.kubeflow.image_for(task)
         # the image's ENTRYPOINT is not used
         assert ex["container"]["command"] == (
-            kr.FINGERPRINT_COMMAND if task == kr.FINGERPRINT_TASK
-            else kr.CHECK_COMMAND if task == kr.CHECK_TASK else ENTRYPOINT)
+            kc.FINGERPRINT_COMMAND if task == kc.FINGERPRINT_TASK
+            else kc.CHECK_COMMAND if task == kc.CHECK_TASK else ENTRYPOINT)
     assert _executor(spec, "Trainer")[1]["container"]["image"].endswith("-tpu")
     assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == cfg.kubeflow.image
     # the checked-in schema, as seen inside the image
@@ -206,7 +206,7 @@ def test_gke_trainer_resources_and_node_selectors(compiled):
     # the package parses as kfp 2.5's Client parses it
     from kfp.client import client as kfp_client
 
-    doc = kfp_client._extract_pipeline_yaml(kr.package_path(compiled["gke"][3]))
+    doc = kfp_client._extract_pipeline_yaml(kc.package_path(compiled["gke"][3]))
     assert doc.pipeline_spec.pipeline_info.name == "deblur-icdpm"
     assert "kubernetes" in doc.platform_spec.platforms
 
@@ -232,7 +232,7 @@ def test_vertex_trainer_runs_a_custom_job_on_a_tpu_pool(compiled):
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(
         docs) > 1 else {}
     assert label not in executors
-    entry = next(e for e in kr.describe(job, cfg) if e["name"] == "Trainer")
+    entry = next(e for e in kc.describe(job, cfg) if e["name"] == "Trainer")
     assert entry["vertex_job"]["accelerator_type"] == "TPU_V3"
 
 
@@ -295,17 +295,17 @@ def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
         job, docs = compiled[platform][1], compiled[platform][2]
         for spec in (job["pipelineSpec"], docs[0]):  # the PipelineJob and the KFP package
             tasks = spec["root"]["dag"]["tasks"]
-            ingest, fp = tasks["DeblurIngest"], tasks[kr.FINGERPRINT_TASK]
+            ingest, fp = tasks["DeblurIngest"], tasks[kc.FINGERPRINT_TASK]
             assert ingest["cachingOptions"] == {"enableCache": True}  # example: enable_cache
             assert fp["cachingOptions"].get("enableCache", False) is False
             assert ingest["inputs"]["parameters"]["input_fingerprint"] == {"taskOutputParameter": {
-                "producerTask": kr.FINGERPRINT_TASK, "outputParameterKey": "fingerprint"}}
+                "producerTask": kc.FINGERPRINT_TASK, "outputParameterKey": "fingerprint"}}
             for name in ("sources", "options"):  # it lists exactly what the ingest reads
                 assert fp["inputs"]["parameters"][name] == ingest["inputs"]["parameters"][name]
             # ingested units are kept for later runs under the pipeline root, not the run's
             assert ingest["inputs"]["parameters"]["unit_store"] == {"runtimeValue": {
                 "constant": "gs://my-deblur-bucket/pipeline_root/DeblurIngest/units"}}
-            comp = spec["components"][kr.FINGERPRINT_TASK]
+            comp = spec["components"][kc.FINGERPRINT_TASK]
             assert comp["outputDefinitions"]["parameters"] == {
                 "fingerprint": {"parameterType": "STRING"}}
             assert spec["components"]["DeblurIngest"]["inputDefinitions"]["parameters"][
@@ -313,7 +313,7 @@ def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
             # every other task is cached (the example config), keyed on the ingest's outputs
             # (but the check before the fingerprint, and the summary of this run)
             assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items()
-                       if n not in (kr.FINGERPRINT_TASK, kr.CHECK_TASK, *kr.NEVER_CACHED))
+                       if n not in (kc.FINGERPRINT_TASK, kc.CHECK_TASK, *kc.NEVER_CACHED))
 
 
 def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
@@ -328,11 +328,11 @@ def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
                       str(tmp_path / "data" / "train" / "sharp" / f"{i}.png"), (16, 16), seed=i)
     sources = [IngestSource("folder", str(tmp_path / "data"))]
     spec = _spec(compiled)
-    _, ex = _executor(spec, kr.FINGERPRINT_TASK)
-    options = _param(spec, kr.FINGERPRINT_TASK, "options")
+    _, ex = _executor(spec, kc.FINGERPRINT_TASK)
+    options = _param(spec, kc.FINGERPRINT_TASK, "options")
     # the data_sources run parameter reaches it as it reaches the ingest, and wins over the
     # compiled sources there as here
-    assert _task_param(spec, kr.FINGERPRINT_TASK, "data_sources") == \
+    assert _task_param(spec, kc.FINGERPRINT_TASK, "data_sources") == \
         _task_param(spec, "DeblurIngest", "data_sources") == {
             "componentInputParameter": "data_sources"}
     values = {"{{$.inputs.parameters['sources']}}": _param(spec, "DeblurIngest", "sources"),
@@ -362,7 +362,7 @@ def test_caching_without_a_fingerprint_is_refused():
 @pytest.mark.parametrize("cron", ["0 0 3 * * 1", "0 30 2 1 * ?", "0 0 */6 * * *", "0 0 4 * * mon-fri",
                                   "0 0 0 1 jan,jul *", "@daily", "@every 12h"])
 def test_valid_cron(cron):
-    assert kr.validate_cron(cron) == cron
+    assert kcron.validate_cron(cron) == cron
 
 
 @pytest.mark.parametrize("cron, message", [
@@ -372,7 +372,7 @@ def test_valid_cron(cron):
 ])
 def test_invalid_cron(cron, message):
     with pytest.raises(ValueError, match=message):
-        kr.validate_cron(cron)
+        kcron.validate_cron(cron)
 
 
 # ---- submit against a fake KFP API ------------------------------------------------------------
@@ -400,10 +400,10 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
     from deblur import cli
 
     cfg, job, _, path = compiled["gke"]
-    r = kr.upload(cfg, path, kfp_server.url)
-    commit, dirty = kr.git_commit()
+    r = kclient.upload(cfg, path, kfp_server.url)
+    commit, dirty = kclient.git_commit()
     assert r["created"] and r["created_pipeline"]
-    assert r["version_name"].startswith(f"{kr.project_version()}-")
+    assert r["version_name"].startswith(f"{kclient.project_version()}-")
     if commit:
         assert r["version_name"].split("-")[1] == commit and ("-dirty-" in r["version_name"]) == dirty
     pipe, = kfp_server.bodies("POST", "/apis/v2beta1/pipelines")
@@ -423,7 +423,7 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
     assert r["url"] == (f"{kfp_server.url}/#/pipelines/details/{r['pipeline_id']}/version/"
                         f"{r['version_id']}")
     # again: nothing new
-    again = kr.upload(cfg, path, kfp_server.url)
+    again = kclient.upload(cfg, path, kfp_server.url)
     assert not again["created"] and again["version_id"] == r["version_id"]
     assert len(_version_uploads(kfp_server)) == 1
     assert len(kfp_server.bodies("POST", "/apis/v2beta1/pipelines")) == 1
@@ -442,7 +442,7 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
 
 def test_submit_run_references_the_pipeline_version(compiled, kfp_server):
     cfg, job, _, path = compiled["gke"]
-    r = kr.submit(cfg, path, kfp_server.url, experiment="deblur-test", run_name="smoke")
+    r = kclient.submit(cfg, path, kfp_server.url, experiment="deblur-test", run_name="smoke")
     ver = r["pipeline_version"]
     assert r["kind"] == "run" and r["id"].startswith("run-") and r["experiment_id"].startswith("exp-")
     assert r["url"] == f"{kfp_server.url}/#/runs/details/{r['id']}"
@@ -456,13 +456,13 @@ def test_submit_run_references_the_pipeline_version(compiled, kfp_server):
     assert run["runtime_config"]["pipeline_root"] == "gs://my-deblur-bucket/pipeline_root"
     assert run["service_account"] == "deblur-pipeline"
     # every parameter's value: the version's defaults (the backend need not fill any)
-    assert run["runtime_config"]["parameters"] == kr.compiled_defaults(
+    assert run["runtime_config"]["parameters"] == kc.compiled_defaults(
         kfp_server.version_spec(ver["version_id"]))
     # the version holds the spec with the node selectors
     assert kfp_server.version_spec(ver["version_id"])["deploymentSpec"] == \
         job["pipelineSpec"]["deploymentSpec"]
     # a second submission reuses the experiment and the version
-    r2 = kr.submit(cfg, path, kfp_server.url, experiment="deblur-test")
+    r2 = kclient.submit(cfg, path, kfp_server.url, experiment="deblur-test")
     assert len(kfp_server.bodies("POST", "/apis/v2beta1/experiments")) == 1
     assert len(_version_uploads(kfp_server)) == 1
     assert r2["pipeline_version"]["version_id"] == ver["version_id"]
@@ -473,7 +473,7 @@ def test_submit_run_references_the_pipeline_version(compiled, kfp_server):
 
 def test_default_run_name_lists_the_parameters_that_differ(compiled, kfp_server):
     cfg, job, _, path = compiled["gke"]
-    r = kr.submit(cfg, path, kfp_server.url, params={
+    r = kclient.submit(cfg, path, kfp_server.url, params={
         "train_steps": "5000", "gate_ood_lpips_max": "0.2",  # 0.2 is the default: not named
         "data_sources": json.dumps([{"layout": "gopro", "root": "gs://b/gopro"}])},
         no_cache=True)
@@ -506,7 +506,7 @@ def test_submit_schedule_follows_the_newest_version(compiled, kfp_server):
     """A recurring run names the pipeline, not a version (KFP >= 2.5.0 runs its newest version
     each time), and sends only the overrides, so each version's own defaults fill the rest."""
     cfg, job, _, path = compiled["vertex"]
-    r = kr.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1",
+    r = kclient.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1",
                   params={"train_steps": "5000"})
     assert r["kind"] == "recurring_run" and r["follows"] == "newest"
     assert r["url"] == f"{kfp_server.url}/#/recurringrun/details/{r['id']}"
@@ -519,7 +519,7 @@ def test_submit_schedule_follows_the_newest_version(compiled, kfp_server):
                                     "parameters": {"train_steps": 5000}}
     assert rr["display_name"] == "deblur-icdpm (newest version) train_steps=5000 0 0 3 * * 1"
     # pinned: the version's id
-    r2 = kr.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True)
+    r2 = kclient.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True)
     rr2 = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")[1]
     assert rr2["pipeline_version_reference"]["pipeline_version_id"] == \
         r2["pipeline_version"]["version_id"]
@@ -530,10 +530,10 @@ def test_schedule_list_pause_resume_delete(compiled, kfp_server, capsys):
     from deblur import cli
 
     cfg, _, _, path = compiled["gke"]
-    a = kr.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1")
-    b = kr.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True,
+    a = kclient.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1")
+    b = kclient.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True,
                   params={"train_steps": "7"})
-    kr.submit(cfg, path, kfp_server.url, schedule="@weekly", experiment="elsewhere")
+    kclient.submit(cfg, path, kfp_server.url, schedule="@weekly", experiment="elsewhere")
     host = ["--config", EXAMPLE, "--host", kfp_server.url]
     assert cli.main(["schedule", "list", *host]) == 0
     out = capsys.readouterr().out
@@ -566,13 +566,13 @@ def test_submit_errors_are_one_liners(compiled, kfp_server):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    with pytest.raises(kr.SubmitError, match="cannot reach the KFP API"):
-        kr.submit(cfg, path, closed)
+    with pytest.raises(kclient.SubmitError, match="cannot reach the KFP API"):
+        kclient.submit(cfg, path, closed)
     with pytest.raises(ValueError, match="has 5 fields"):
-        kr.submit(cfg, path, kfp_server.url, schedule="0 3 * * 1")
+        kclient.submit(cfg, path, kfp_server.url, schedule="0 3 * * 1")
     assert kfp_server.requests == []  # the cron is checked before anything is sent
-    with pytest.raises(kr.SubmitError, match="404"):
-        kr.submit(cfg, path, kfp_server.url + "/nothing-here")
+    with pytest.raises(kclient.SubmitError, match="404"):
+        kclient.submit(cfg, path, kfp_server.url + "/nothing-here")
 
 
 def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, capsys):
@@ -674,12 +674,12 @@ def test_a_host_answering_html_is_named_in_one_line_by_every_command(compiled, c
 
 
 def test_check_answer_takes_json_and_empty_bodies_only():
-    kr.check_answer("h", "x", "application/json", '{"a": 1}')
-    kr.check_answer("h", "x", "application/json", "")
-    with pytest.raises(kr.SubmitError, match="answered HTML"):
-        kr.check_answer("h", "x", None, "  <!DOCTYPE html><html>login</html>")
-    with pytest.raises(kr.SubmitError, match="answered text/plain that is not JSON"):
-        kr.check_answer("h", "x", "text/plain", "Forbidden")
+    kclient.check_answer("h", "x", "application/json", '{"a": 1}')
+    kclient.check_answer("h", "x", "application/json", "")
+    with pytest.raises(kclient.SubmitError, match="answered HTML"):
+        kclient.check_answer("h", "x", None, "  <!DOCTYPE html><html>login</html>")
+    with pytest.raises(kclient.SubmitError, match="answered text/plain that is not JSON"):
+        kclient.check_answer("h", "x", "text/plain", "Forbidden")
 
 
 # ---- the fake refuses the list queries the API server refuses ---------------------------------
@@ -755,13 +755,13 @@ def test_fake_kfp_refusals_reach_kfp_client_calls():
 
     srv = fake_kfp_api.start()
     try:
-        with kr._kfp(srv.url) as client:
+        with kclient._kfp(srv.url) as client:
             assert client.list_recurring_runs(sort_by="created_at desc").recurring_runs is None
-        with pytest.raises(kr.SubmitError, match=r"400 .*Invalid sorting field: 'no_such_field'"):
-            with kr._kfp(srv.url) as client:
+        with pytest.raises(kclient.SubmitError, match=r"400 .*Invalid sorting field: 'no_such_field'"):
+            with kclient._kfp(srv.url) as client:
                 client.list_recurring_runs(sort_by="no_such_field desc")
-        with pytest.raises(kr.SubmitError, match="unrecognized field 'displayName'"):
-            with kr._kfp(srv.url) as client:
+        with pytest.raises(kclient.SubmitError, match="unrecognized field 'displayName'"):
+            with kclient._kfp(srv.url) as client:
                 client.list_experiments(filter=json.dumps({"predicates": [{
                     "operation": "EQUALS", "key": "displayName", "stringValue": "x"}]}))
         assert len(srv.errors) == 2
@@ -867,7 +867,7 @@ def test_run_parameters_with_defaults_in_the_job_and_the_package(compiled):
     # kfp 2.5's Client reads the defaults of the package as the UI does
     from kfp.client import client as kfp_client
 
-    doc = kfp_client._extract_pipeline_yaml(kr.package_path(compiled["gke"][3]))
+    doc = kfp_client._extract_pipeline_yaml(kc.package_path(compiled["gke"][3]))
     ui = doc.pipeline_spec.root.input_definitions.parameters
     assert ui["gate_ood_lpips_max"].default_value.number_value == 0.2
     assert ui["train_steps"].default_value.number_value == 100000
@@ -901,7 +901,7 @@ def test_run_page_artifacts_in_the_spec(compiled):
     assert tasks["RunSummary"]["cachingOptions"] == {}  # never cached: it reports this run
     assert set(tasks["RunSummary"]["dependentTasks"]) >= {"RegistryPusher", "DeblurIngest",
                                                          "DomainDriftReport"}
-    assert spec["components"][kr.CHECK_TASK]["outputDefinitions"]["artifacts"]["report"][
+    assert spec["components"][kc.CHECK_TASK]["outputDefinitions"]["artifacts"]["report"][
         "artifactType"]["schemaTitle"] == "system.Markdown"
 
 
@@ -935,7 +935,7 @@ def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):
     assert sent["gate_input_lpips_margin"] == 0.01  # the others keep their defaults
     assert sent["data_sources"] == job["runtimeConfig"]["parameterValues"]["data_sources"]
     # a recurring run, from the .yaml package the UI uploads: only the overrides
-    assert cli.main(["submit", "--config", EXAMPLE, "--spec", kr.package_path(path),
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", kc.package_path(path),
                      "--host", kfp_server.url, "--schedule", "0 0 3 * * 1",
                      "--param", "gate_input_lpips_margin=0.02"]) == 0
     rr, = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")
@@ -975,8 +975,8 @@ def test_submit_bad_params_are_one_line_errors_before_any_request(compiled, kfp_
 def _check_executor_input(spec, values, tmp_path):
     """The DeblurRunCheck task's ExecutorInput as the driver builds it: its root parameters
     (here `values` over the compiled defaults) and the constant config."""
-    task = spec["root"]["dag"]["tasks"][kr.CHECK_TASK]
-    defaults = kr.compiled_defaults(spec)
+    task = spec["root"]["dag"]["tasks"][kc.CHECK_TASK]
+    defaults = kc.compiled_defaults(spec)
     params = {}
     for key, p in task["inputs"]["parameters"].items():
         params[key] = (p["runtimeValue"]["constant"] if "runtimeValue" in p
@@ -1011,11 +1011,11 @@ def test_the_check_task_comes_first_and_gates_the_fingerprint(compiled):
         cfg, job, docs, _ = compiled[platform]
         for spec in (job["pipelineSpec"], docs[0]):
             tasks = spec["root"]["dag"]["tasks"]
-            check, fp = tasks[kr.CHECK_TASK], tasks[kr.FINGERPRINT_TASK]
+            check, fp = tasks[kc.CHECK_TASK], tasks[kc.FINGERPRINT_TASK]
             assert check.get("dependentTasks", []) == [] and check["cachingOptions"] == {}
-            assert fp["dependentTasks"] == [kr.CHECK_TASK]
+            assert fp["dependentTasks"] == [kc.CHECK_TASK]
             assert fp["inputs"]["parameters"]["problems"] == {"taskOutputParameter": {
-                "producerTask": kr.CHECK_TASK, "outputParameterKey": "problems"}}
+                "producerTask": kc.CHECK_TASK, "outputParameterKey": "problems"}}
             # every run parameter reaches the check, the compiled config as a constant
             root = set(spec["root"]["inputDefinitions"]["parameters"])
             assert root == set(run_params_names()) | {"cache"}
@@ -1023,18 +1023,18 @@ def test_the_check_task_comes_first_and_gates_the_fingerprint(compiled):
                     if "componentInputParameter" in v} == root
             config = json.loads(check["inputs"]["parameters"]["config"]["runtimeValue"]["constant"])
             assert config_lib.from_dict(config).gate == cfg.gate
-            comp = spec["components"][kr.CHECK_TASK]
+            comp = spec["components"][kc.CHECK_TASK]
             assert comp["outputDefinitions"]["artifacts"]["report"]["artifactType"][
                 "schemaTitle"] == "system.Markdown"
-            _, ex = _executor(spec, kr.CHECK_TASK)
-            assert ex["container"]["command"] == kr.CHECK_COMMAND
+            _, ex = _executor(spec, kc.CHECK_TASK)
+            assert ex["container"]["command"] == kc.CHECK_COMMAND
             assert ex["container"]["args"] == ["--executor-input", "{{$}}"]
             # the cache switch: a root parameter, default on
             assert spec["root"]["inputDefinitions"]["parameters"]["cache"]["defaultValue"] == "on"
             assert fp["inputs"]["parameters"]["cache"] == {"componentInputParameter": "cache"}
         # every task depends on the check, through the fingerprint, but ImportSchemaGen
         deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
-        after = {kr.CHECK_TASK}
+        after = {kc.CHECK_TASK}
         changed = True
         while changed:
             changed = False
@@ -1088,7 +1088,7 @@ def test_check_task_checks_the_data_sources_exist(compiled, tmp_path, capsys):
     from pipelines.kubeflow import check as kfp_check
 
     spec = _spec(compiled)
-    sources = json.loads(kr.compiled_defaults(spec)["data_sources"])
+    sources = json.loads(kc.compiled_defaults(spec)["data_sources"])
     good = {"my-deblur-bucket": ["data/GOPRO_Large/train/a.png",
                                  "data/incoming/2025-01-31/blur/1.png",
                                  "data/RealBlur/RealBlur-J/x.png"]}
