@@ -3,7 +3,7 @@
 
 It answers the endpoints kfp's Client calls (paths from kfp_server_api's generated API
 classes): healthz; experiments list/create; pipelines create, list, get; pipeline versions upload
-(multipart, as PipelineUploadService sends it), list, get; runs create; recurring runs create,
+(multipart, as PipelineUploadService sends it), list, get, delete; runs create; recurring runs create,
 list, get, enable, disable, delete.
 
 The list endpoints read their query string as the API server's list options do (kubeflow/
@@ -139,6 +139,7 @@ class FakeKFP(http.server.ThreadingHTTPServer):
         self.runs: Dict[str, Dict[str, Any]] = {}
         self.recurring_runs: Dict[str, Dict[str, Any]] = {}
         self.ids = itertools.count(1)
+        self.clock = itertools.count(1)  # created_at: later objects are newer, as on a server
         self.page_tokens: Dict[str, Dict[str, Any]] = {}  # next_page_token -> its list options
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -148,6 +149,10 @@ class FakeKFP(http.server.ThreadingHTTPServer):
 
     def bodies(self, method, path):
         return [r["body"] for r in self.requests if (r["method"], r["path"]) == (method, path)]
+
+    def now(self) -> str:
+        n = next(self.clock)
+        return f"2026-01-01T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}Z"
 
     def calls(self):
         return [(r["method"], r["path"]) for r in self.requests]
@@ -357,7 +362,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = None
         if raw and ctype.startswith("application/json"):
             body = json.loads(raw)
-        record = {"method": method, "path": url.path, "query": query, "body": body}
+        record = {"method": method, "path": url.path, "query": query, "body": body,
+                  "authorization": self.headers.get("Authorization")}
         srv.requests.append(record)
         try:
             return self._route(srv, method, url.path, query, body, raw, ctype, record)
@@ -389,7 +395,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._error(409, f"pipeline {body.get('display_name')} already exists")
             pipe = {"pipeline_id": f"pipe-{next(srv.ids)}", "display_name": body["display_name"],
                     "description": body.get("description", ""),
-                    "created_at": "2026-01-01T00:00:00Z"}
+                    "created_at": srv.now()}
             srv.pipelines[pipe["pipeline_id"]] = pipe
             return self._reply(200, pipe)
         if (method, p) == ("GET", "/pipelines"):
@@ -410,7 +416,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             ver = {"pipeline_id": pid, "pipeline_version_id": f"ver-{next(srv.ids)}",
                    "display_name": vname,
                    "description": (query.get("description") or [""])[0],
-                   "created_at": "2026-01-01T00:00:00Z",
+                   "created_at": srv.now(),
                    "pipeline_spec": (docs if docs["platform_spec"] else docs["pipeline_spec"]),
                    "_spec": docs["pipeline_spec"]}
             srv.versions[ver["pipeline_version_id"]] = ver
@@ -423,10 +429,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             found = [self._public(v) for v in srv.versions.values()
                      if v["pipeline_id"] == parts[1]]
             return self._list(srv, query, "pipeline_versions", found, "pipeline_versions")
-        if method == "GET" and len(parts) == 4 and parts[0] == "pipelines":
+        if method in ("GET", "DELETE") and len(parts) == 4 and parts[0] == "pipelines":
             v = srv.versions.get(parts[3])
             if v is None or v["pipeline_id"] != parts[1]:
                 return self._error(404, f"no pipeline version {parts[3]}")
+            if method == "DELETE":
+                del srv.versions[parts[3]]
+                return self._reply(200, {})
             return self._reply(200, self._public(v))
         # ---- runs
         if (method, p) == ("POST", "/runs"):
@@ -444,7 +453,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise BodyError("a recurring run needs a trigger")
             rr = {**body, "recurring_run_id": f"rr-{next(srv.ids)}",
                   "status": "ENABLED" if body.get("mode") != "DISABLE" else "DISABLED",
-                  "created_at": "2026-01-01T00:00:00Z"}
+                  "created_at": srv.now()}
             srv.recurring_runs[rr["recurring_run_id"]] = rr
             return self._reply(200, rr)
         if (method, p) == ("GET", "/recurringruns"):

@@ -1,5 +1,5 @@
-"""`deblur compile`, `deblur pipeline upload`, `deblur submit` and `deblur schedule
-list|pause|resume|delete` (deblur/cli.py adds these parsers and dispatches here)."""
+"""`deblur compile`, `deblur pipeline upload|release|versions`, `deblur submit` and `deblur
+schedule list|pause|resume|delete` (deblur/cli.py adds these parsers and dispatches here)."""
 from __future__ import annotations
 
 import argparse
@@ -45,21 +45,40 @@ def add_parsers(sub) -> None:
     s.add_argument("--no-cache", action="store_true",
                    help="this run computes everything again (the run parameter cache=off)")
     s.add_argument("--pin-version", action="store_true",
-                   help="with --schedule: run this version for ever (default: the pipeline's "
-                        "newest version at each run, KFP backend >= 2.5.0)")
+                   help="with --schedule: run today's newest release for ever (default: the "
+                        "newest release at each run, KFP backend >= 2.5.0)")
     s.add_argument("--version-name", default=None,
-                   help="the pipeline version's name (default <project version>-<git commit>)")
+                   help="a run: the dev version's name (default <project version>-<git "
+                        "commit>); with --schedule: pin the release of that name")
 
-    s = sub.add_parser("pipeline", help="register the compiled package in Kubeflow Pipelines")
+    s = sub.add_parser("pipeline", help="versions of the pipeline in Kubeflow Pipelines: "
+                                        "experiments (dev) and releases")
     psub = s.add_subparsers(dest="pipeline_command", required=True)
-    u = psub.add_parser("upload", help="upload the package as a new version of the KFP "
-                                       "pipeline (created when missing)")
-    u.add_argument("--config", default=None, help="JSON or YAML config with a kubeflow section")
-    u.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field (repeatable)")
-    u.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host)")
-    u.add_argument("--spec", default=None,
-                   help="a compiled .json (or KFP .yaml package) instead of compiling")
+    u = psub.add_parser("upload", help="upload the package as a new version of the dev "
+                                       "pipeline (kubeflow.dev_pipeline; created when missing)")
+    r = psub.add_parser("release", help="release a clean commit: a dev version by name, or "
+                                        "this checkout; its newest release is what following "
+                                        "schedules run next")
+    r.add_argument("version", nargs="?", default=None, metavar="DEV_VERSION",
+                   help="a version of the dev pipeline to release as it is (default: compile "
+                        "this checkout, which must have no uncommitted changes)")
+    v = psub.add_parser("versions", help="list the release and dev versions and what protects "
+                                         "them; prune old ones")
+    v.add_argument("--keep", type=int, default=None, metavar="N",
+                   help="mark the versions after each pipeline's N newest for deletion (never "
+                        "the newest release or a version a schedule pins)")
+    v.add_argument("--delete", action="store_true",
+                   help="with --keep: delete them (without it: a dry run)")
+    v.add_argument("--json", action="store_true")
+    for x in (u, r, v):
+        x.add_argument("--config", default=None,
+                       help="JSON or YAML config with a kubeflow section")
+        x.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field (repeatable)")
+        x.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host)")
+    for x in (u, r):
+        x.add_argument("--spec", default=None,
+                       help="a compiled .json (or KFP .yaml package) instead of compiling")
     u.add_argument("--version-name", default=None,
                    help="the version's name (default <project version>-<git commit>)")
 
@@ -121,39 +140,75 @@ def run(args) -> int:
     if args.command == "schedule":
         return _schedule(cfg, args)
     if args.command == "pipeline":
-        spec = args.spec or _compile(cfg, DEFAULT_OUT)
-        r = kclient.upload(cfg, spec, args.host, version=args.version_name)
-        what = "uploaded" if r["created"] else "already there (same package)"
-        print(f"pipeline {r['pipeline']} version {r['version_name']}: {what}")
-        print(f"  {r['url']}")
-        return 0
+        return _pipeline(cfg, args)
     from pipelines import run_params
 
     if args.schedule is not None:  # a bad cron fails before the minute of compiling
         kcron.validate_cron(args.schedule)
+    if args.schedule is not None and args.spec:
+        raise config_lib.ConfigError("--spec with --schedule: a schedule runs a release, "
+                                     "already uploaded (deblur pipeline release)")
     if args.pin_version and args.schedule is None:
         raise config_lib.ConfigError("--pin-version is for --schedule (a run always runs the "
                                      "version it names)")
     params = run_params.parse(args.param or (), list(run_params.BY_NAME))  # likewise
-    spec = args.spec or _compile(cfg, DEFAULT_OUT)
+    # a schedule runs a release, already compiled and uploaded: nothing to compile here
+    spec = None if args.schedule is not None else (args.spec or _compile(cfg, DEFAULT_OUT))
     r = kclient.submit(cfg, spec, args.host, schedule=args.schedule, experiment=args.kfp_experiment,
                   run_name=args.run_name, params=params, no_cache=args.no_cache,
                   pin_version=args.pin_version, version=args.version_name)
     ver = r["pipeline_version"]
-    print(f"pipeline {cfg.runner.pipeline_name} version {ver['version_name']}"
-          f" ({'uploaded' if ver['created'] else 'already there'})")
     if r["kind"] == "recurring_run":
-        follows = ("the pipeline's newest version at each run" if r["follows"] == "newest"
-                   else f"version {ver['version_name']}")
+        follows = (f"the newest release of {ver['pipeline']} at each run (next: "
+                   f"{ver['version_name']})" if r["follows"] == "newest"
+                   else f"release {ver['version_name']} of {ver['pipeline']}")
         print(f"recurring run {r['id']} ({r['schedule']}) in KFP experiment {r['experiment']}: "
               f"{r['name']}; runs {follows}")
     else:
+        print(f"pipeline {ver['pipeline']} version {ver['version_name']}"
+              f" ({'uploaded' if ver['created'] else 'already there'})")
         print(f"run {r['id']} in KFP experiment {r['experiment']}: {r['name']}")
     print(f"  {r['url']}")
     shown = {k: r["parameters"][k] for k in list(params) + (
         [run_params.CACHE] if args.no_cache else []) if k in r["parameters"]}
     if shown:
         print("  parameters: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    return 0
+
+
+def _pipeline(cfg, args) -> int:
+    import json
+
+    from pipelines.kubeflow import client as kclient
+
+    if args.pipeline_command == "versions":
+        r = kclient.versions(cfg, args.host, keep=args.keep, delete=args.delete)
+        if args.json:
+            print(json.dumps(r, indent=2, sort_keys=True, default=str))
+            return 0
+        if not r["versions"]:
+            print(f"no versions of {kclient.release_pipeline(cfg)} or "
+                  f"{kclient.dev_pipeline(cfg)}")
+        for row in r["versions"]:
+            mark = ("deleted" if row["version_id"] in r["deleted"]
+                    else "delete " if row["action"] == "delete" else "       ")
+            print(f"{mark} {row['pipeline']:24s} {row['version_name']:40s} {row['created_at']}"
+                  + (f"  [{row['protected']}]" if row["protected"] else ""))
+        marked = sum(row["action"] == "delete" for row in r["versions"])
+        if marked and not args.delete:
+            print(f"{marked} version(s) would be deleted: add --delete")
+        return 0
+    if args.pipeline_command == "release":
+        spec = None if args.version else (args.spec or _compile(cfg, DEFAULT_OUT))
+        r = kclient.release(cfg, args.host, spec_file=spec, version=args.version)
+    else:
+        spec = args.spec or _compile(cfg, DEFAULT_OUT)
+        r = kclient.upload(cfg, spec, args.host, version=args.version_name)
+    what = "uploaded" if r["created"] else "already there (same package)"
+    print(f"pipeline {r['pipeline']} version {r['version_name']}: {what}")
+    if args.pipeline_command == "release":
+        print(f"  the newest release: schedules that follow {r['pipeline']} run it next")
+    print(f"  {r['url']}")
     return 0
 
 
@@ -179,7 +234,8 @@ def _schedule(cfg, args) -> int:
     for s in rows:
         state = {"ENABLED": "enabled", "DISABLED": "paused"}.get(str(s["status"]), s["status"])
         print(f"{s['id']}  {state:8s} {s['schedule']}  {s['name']}")
-        print(f"    version: {s['version']}"
+        how = {"pinned": "pinned", "newest": "the newest, today"}.get(s["follows"], s["follows"])
+        print(f"    next run: {s['pipeline'] or '-'} {s['version']} ({how})"
               + (f"; parameters: {', '.join(f'{k}={v}' for k, v in sorted(s['parameters'].items()))}"
                  if s["parameters"] else ""))
     return 0

@@ -17,7 +17,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pipelines import run_params
 from pipelines.config import REPO_ROOT, ConfigError, PipelineConfig
@@ -65,15 +65,21 @@ def check_answer(host: str, where: str, content_type: Optional[str], text) -> No
                                  f"that is not JSON", where) from None
 
 
-def _check_host(host: str) -> str:
+def _check_host(host: str, token: Optional[str] = None, check: bool = True) -> str:
+    """The host URL, after a GET of the API's healthz that must answer JSON (`token`: sent as
+    a Bearer token); `check` False: the URL's form only."""
     host = host.rstrip("/")
     if not re.match(r"https?://", host):
         raise SubmitError(f"--host {host}: give the KFP API URL with http:// or https://, "
                           f"e.g. http://localhost:8080 after `kubectl port-forward`")
+    if not check:
+        return host
     url = f"{host}/apis/v2beta1/healthz"
     where = "GET /apis/v2beta1/healthz"
     try:
-        with urllib.request.build_opener(_NoRedirect).open(url, timeout=10) as r:
+        request = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=10) as r:
             check_answer(host, where, r.headers.get("Content-Type"), r.read())
     except urllib.error.HTTPError as e:
         if 300 <= e.code < 400:
@@ -143,15 +149,43 @@ def _api_errors():
     return kfp_server_api, urllib3
 
 
+def client_options(kf) -> Dict[str, Any]:
+    """kfp.Client's keyword arguments for a real cluster's front door, from config.kubeflow:
+    the profile namespace, an IAP client id, and a token file sent as a Bearer token (kfp only
+    reads $KF_PIPELINES_SA_TOKEN_PATH inside a cluster and without a host; here it is read for
+    every host). A token file named but unreadable is a one-line ConfigError."""
+    if kf is None:
+        return {}
+    opts: Dict[str, Any] = {}
+    if kf.namespace:
+        opts["namespace"] = kf.namespace
+    if kf.iap_client_id:
+        opts["client_id"] = kf.iap_client_id
+    path = kf.token_path or os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+    if path:
+        try:
+            with open(path) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"the KFP token file {path} (kubeflow.token_path or "
+                              f"KF_PIPELINES_SA_TOKEN_PATH) cannot be read: {e.strerror}") from None
+        if not token:
+            raise ConfigError(f"the KFP token file {path} is empty")
+        opts["existing_token"] = token
+    return opts
+
+
 @contextlib.contextmanager
-def _kfp(host: str):
-    """A kfp.Client for `host`, with the API's refusals and transport errors as one line."""
+def _kfp(host: str, kf=None):
+    """A kfp.Client for `host` (with config.kubeflow's front-door options, client_options),
+    with the API's refusals and transport errors as one line."""
     kfp_server_api, urllib3 = _api_errors()
     import kfp
 
+    options = client_options(kf)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # kfp prints its own links
-            client = kfp.Client(host=host)
+            client = kfp.Client(host=host, **options)
             _check_every_answer(client, host)
             yield client
     except kfp_server_api.ApiException as e:
@@ -191,29 +225,57 @@ def _host(config: PipelineConfig, host: Optional[str]) -> str:
     host = host or config.kubeflow.host
     if not host:
         raise ConfigError("no KFP host: pass --host URL or set kubeflow.host")
-    return _check_host(host)
+    # the token file is read before any request: a missing one is a config error
+    options = client_options(config.kubeflow)
+    if "client_id" in options:  # behind IAP only kfp's own token gets through: kfp.Client's
+        return _check_host(host, check=False)  # answers are still checked (_kfp)
+    return _check_host(host, options.get("existing_token"))
 
+
+def dev_pipeline(config: PipelineConfig) -> str:
+    """The KFP pipeline of experiments: every `deblur submit` and `deblur pipeline upload`."""
+    return config.kubeflow.dev_pipeline or f"{config.runner.pipeline_name}-dev"
+
+
+def release_pipeline(config: PipelineConfig) -> str:
+    """The KFP pipeline schedules run: only `deblur pipeline release` adds versions to it."""
+    return config.runner.pipeline_name
+
+
+_PIPELINE_DESCRIPTIONS = {
+    "dev": "experiments: a version per `deblur submit` / `deblur pipeline upload`, from any "
+           "work tree; schedules never run these",
+    "release": "releases: clean commits only (`deblur pipeline release`); the schedules run "
+               "its newest version (or the version they pin)",
+}
+
+
+def _pipeline_id(client, name: str, kind: str) -> Tuple[str, bool]:
+    """(id, created now) of the KFP pipeline `name`, created empty when missing (upload_pipeline
+    would add a first version named like the pipeline itself)."""
+    import kfp_server_api
+
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is not None:
+        return pipeline_id, False
+    p = client._pipelines_api.create_pipeline(body=kfp_server_api.V2beta1Pipeline(
+        display_name=name, description=f"{name}: deblurring diffusion model (deblur-pipeline), "
+                                       f"{_PIPELINE_DESCRIPTIONS[kind]}"))
+    return p.pipeline_id, True
 
 
 def _upload(client, config: PipelineConfig, package: str,
-            name_override: Optional[str] = None) -> Dict[str, Any]:
-    """Registers `package` as a version of the pipeline (created when missing); a version of
-    that name holding the same package (SHA-256 in its description) is reused."""
-    import kfp_server_api
-
-    name = config.runner.pipeline_name
-    commit, dirty = git_commit()
+            name_override: Optional[str] = None, kind: str = "dev",
+            commit_dirty: Optional[Tuple[Optional[str], bool]] = None,
+            note: str = "") -> Dict[str, Any]:
+    """Registers `package` as a version of the dev or the release pipeline (created when
+    missing); a version of that name holding the same package (SHA-256 in its description) is
+    reused. `commit_dirty`: the code's (commit, uncommitted changes), default this checkout's."""
+    name = release_pipeline(config) if kind == "release" else dev_pipeline(config)
+    commit, dirty = commit_dirty if commit_dirty is not None else git_commit()
     vname = name_override or version_name(package, commit, dirty)
     digest = file_digest(package)
-    pipeline_id = client.get_pipeline_id(name)
-    created_pipeline = False
-    if pipeline_id is None:
-        # an empty pipeline, then our version: upload_pipeline would add a first version named
-        # like the pipeline itself
-        p = client._pipelines_api.create_pipeline(body=kfp_server_api.V2beta1Pipeline(
-            display_name=name, description=f"{name}: deblurring diffusion model, retrained by "
-                                           f"deblur-pipeline (deblur pipeline upload)"))
-        pipeline_id, created_pipeline = p.pipeline_id, True
+    pipeline_id, created_pipeline = _pipeline_id(client, name, kind)
     found = client.list_pipeline_versions(pipeline_id=pipeline_id, page_size=2, filter=json.dumps(
         {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": vname}]}))
     existing = (found.pipeline_versions or []) if found is not None else []
@@ -225,34 +287,138 @@ def _upload(client, config: PipelineConfig, package: str,
                 f"pipeline {name} already has a version {vname} with another package (its "
                 f"description: {(v.description or '')[:120]!r}); commit the change that made "
                 f"it differ, or name the version with --version-name")
-        return {"pipeline_id": pipeline_id, "version_id": v.pipeline_version_id,
-                "version_name": vname, "created": False, "created_pipeline": created_pipeline,
-                "digest": digest}
+        return {"pipeline": name, "pipeline_id": pipeline_id,
+                "version_id": v.pipeline_version_id, "version_name": vname, "created": False,
+                "created_pipeline": created_pipeline, "digest": digest}
     description = (f"deblur-pipeline {project_version()}, commit {commit or 'unknown'}"
-                   f"{' with uncommitted changes' if dirty else ''}; package sha256:{digest}")
+                   f"{' with uncommitted changes' if dirty else ''}; package sha256:{digest}"
+                   f"{'; ' + note if note else ''}")
     v = client.upload_pipeline_version(package, vname, pipeline_id=pipeline_id,
                                        description=description)
-    return {"pipeline_id": pipeline_id, "version_id": v.pipeline_version_id,
+    return {"pipeline": name, "pipeline_id": pipeline_id, "version_id": v.pipeline_version_id,
             "version_name": vname, "created": True, "created_pipeline": created_pipeline,
             "digest": digest}
 
 
 def upload(config: PipelineConfig, spec_file: str, host: Optional[str],
            version: Optional[str] = None) -> Dict[str, Any]:
-    """`deblur pipeline upload`: the compiled package as a new version of the KFP pipeline named
-    runner.pipeline_name (the UI's Pipelines page lists it and its versions; a run started
-    there takes the version's spec and parameter defaults)."""
+    """`deblur pipeline upload`: the compiled package as a new version of the dev pipeline
+    (dev_pipeline; the UI's Pipelines page lists it and its versions; a run started there
+    takes the version's spec and parameter defaults). Schedules never run these versions."""
     _load_spec(spec_file)
     host = _host(config, host)
     package, _, temporary = _package_for(spec_file, config)
     try:
-        with _kfp(host) as client:
+        with _kfp(host, config.kubeflow) as client:
             r = _upload(client, config, package, version)
     finally:
         if temporary:
             os.unlink(package)
-    r.update(host=host, pipeline=config.runner.pipeline_name,
-             url=f"{host}/#/pipelines/details/{r['pipeline_id']}/version/{r['version_id']}")
+    r.update(host=host, url=_version_url(host, r))
+    return r
+
+
+def _version_url(host: str, ver: Dict[str, Any]) -> str:
+    return f"{host}/#/pipelines/details/{ver['pipeline_id']}/version/{ver['version_id']}"
+
+
+# "deblur-pipeline 0.1.0, commit ab12cd34ef[ with uncommitted changes]; package sha256:..."
+_COMMIT_RE = re.compile(r"\bcommit (\S+?)( with uncommitted changes)?;")
+
+
+def _find_version(client, pipeline_id: str, name: str):
+    found = client.list_pipeline_versions(pipeline_id=pipeline_id, page_size=2, filter=json.dumps(
+        {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}))
+    versions = (found.pipeline_versions or []) if found is not None else []
+    return versions[0] if versions else None
+
+
+def newest_version(client, pipeline_id: str):
+    """The version KFP (>= 2.5.0) runs for a reference without a version id: the newest by
+    creation time (the API server's GetLatestPipelineVersion); None when there is none."""
+    r = client.list_pipeline_versions(pipeline_id=pipeline_id, page_size=1,
+                                      sort_by="created_at desc")
+    versions = (r.pipeline_versions or []) if r is not None else []
+    return versions[0] if versions else None
+
+
+def _package_of_version(v, path: str) -> str:
+    """The KFP package of a stored version (its pipeline spec and, when it has one, its
+    platform spec, as the API returns them), written to `path`."""
+    import yaml
+
+    stored = v.pipeline_spec or {}
+    if "pipeline_spec" in stored:  # a spec with a platform spec
+        docs = [stored["pipeline_spec"]] + ([stored["platform_spec"]]
+                                             if stored.get("platform_spec") else [])
+    else:
+        docs = [stored]
+    if not docs[0] or "root" not in docs[0]:
+        raise SubmitError(f"version {v.display_name} has no pipeline spec in the API's answer")
+    with open(path, "w") as f:
+        yaml.safe_dump_all(docs, f, sort_keys=True)
+    return path
+
+
+def release(config: PipelineConfig, host: Optional[str], spec_file: Optional[str] = None,
+            version: Optional[str] = None) -> Dict[str, Any]:
+    """`deblur pipeline release [VERSION]`: the only way a version reaches the release pipeline
+    (release_pipeline), whose newest version is what every following schedule runs next.
+
+    VERSION: a version of the dev pipeline, released as it is (the package you ran is the one
+    the schedule will run); its description must name a commit without uncommitted changes.
+    No VERSION: `spec_file`, compiled from this checkout, which must be a clean git work tree.
+    Releasing the same package under the same name again changes nothing."""
+    import tempfile
+
+    if version is None:
+        if spec_file is None:
+            raise ConfigError("release: name a dev version, or compile this checkout (--spec)")
+        commit, dirty = git_commit()
+        if commit is None:
+            raise ConfigError("release: this checkout is not a git work tree; a release names "
+                              "the commit it was built from")
+        if dirty:
+            raise ConfigError(f"release: the work tree at {REPO_ROOT} has uncommitted changes; "
+                              f"commit them first (a release is a clean commit), or release a "
+                              f"dev version that was: deblur pipeline release VERSION")
+        _load_spec(spec_file)
+        host = _host(config, host)
+        package, _, temporary = _package_for(spec_file, config)
+        try:
+            with _kfp(host, config.kubeflow) as client:
+                r = _upload(client, config, package, None, kind="release",
+                            commit_dirty=(commit, False), note="released from a clean checkout")
+        finally:
+            if temporary:
+                os.unlink(package)
+        r.update(host=host, url=_version_url(host, r), released_from=None)
+        return r
+    host = _host(config, host)
+    with _kfp(host, config.kubeflow) as client:
+        dev = dev_pipeline(config)
+        dev_id = client.get_pipeline_id(dev)
+        v = _find_version(client, dev_id, version) if dev_id else None
+        if v is None:
+            raise SubmitError(f"release: pipeline {dev} has no version {version} (deblur "
+                              f"pipeline versions lists them)")
+        m = _COMMIT_RE.search(v.description or "")
+        if not m or m.group(1) == "unknown" or m.group(2):
+            why = ("was built with uncommitted changes" if m and m.group(2)
+                   else "names no commit")
+            raise SubmitError(f"release: {dev} version {version} {why}; only a clean commit is "
+                              f"released (commit, submit again, release that version)")
+        fd, package = tempfile.mkstemp(suffix=".yaml", prefix="deblur-release-")
+        os.close(fd)
+        try:
+            _package_of_version(client.get_pipeline_version(dev_id, v.pipeline_version_id),
+                                package)
+            r = _upload(client, config, package, version, kind="release",
+                        commit_dirty=(m.group(1), False),
+                        note=f"released from {dev} version {version}")
+        finally:
+            os.unlink(package)
+    r.update(host=host, url=_version_url(host, r), released_from=f"{dev} {version}")
     return r
 
 
@@ -272,71 +438,120 @@ def default_run_name(pipeline: str, version: str, changed: Dict[str, Any]) -> st
     return " ".join([pipeline, version] + parts)
 
 
-def submit(config: PipelineConfig, spec_file: str, host: Optional[str],
+def submit(config: PipelineConfig, spec_file: Optional[str], host: Optional[str],
            schedule: Optional[str] = None, experiment: Optional[str] = None,
            run_name: Optional[str] = None, params: Optional[Dict[str, str]] = None,
            no_cache: bool = False, pin_version: bool = False,
            version: Optional[str] = None) -> Dict[str, Any]:
-    """Registers the package as a pipeline version (or reuses the same one), then creates a run
-    of that version, or with a cron `schedule` a recurring run, in `experiment` (created when
-    missing), with `params` ({run parameter: value text}, `--param`) over the compiled defaults.
+    """A run of this checkout's package, or with a cron `schedule` a recurring run of a release,
+    in `experiment` (created when missing), with `params` ({run parameter: value text},
+    `--param`) over the version's defaults. Returns ids and UI links.
 
-    A run is sent every parameter's value (the compiled defaults with `params` over them). A
-    recurring run references the pipeline without a version, so each of its runs takes the
-    pipeline's newest version (KFP backend >= 2.5.0; infra/README.md), and only `params`, so
-    that the newest version's defaults fill the rest; `pin_version` pins it to this version
-    (KFP's API cannot move a recurring run to another version: delete it and submit again).
-    `no_cache`: the run parameter cache=off (its ingest, and everything after it, runs again).
-    Returns ids and UI links."""
+    A run: the package becomes a version of the dev pipeline (or reuses the same one), and the
+    run is sent every parameter's value (the compiled defaults with `params` over them). It
+    never changes what a schedule runs, whatever the work tree holds.
+
+    A recurring run uploads nothing: it runs the release pipeline (`deblur pipeline release`).
+    It references the pipeline without a version, so each of its runs takes the newest release
+    (KFP backend >= 2.5.0; infra/README.md), and sends only `params`, so that the release's
+    defaults fill the rest; `pin_version` pins it to today's newest release, `version` to the
+    release of that name (KFP's API cannot move a recurring run to another version: delete it
+    and submit again). `no_cache`: the run parameter cache=off."""
     kf = config.kubeflow
     if schedule is not None:
         schedule = validate_cron(schedule)
     if not kf.pipeline_root:
         raise ConfigError("kubeflow.pipeline_root is not set (gs://BUCKET/pipeline_root)")
-    spec = _load_spec(spec_file)
     values = dict(params or {})
+    if schedule is not None:
+        return _schedule_release(config, host, schedule, experiment, run_name, values,
+                                 no_cache, pin_version, version)
+    spec = _load_spec(spec_file)
     if no_cache:
-        if run_params.CACHE not in parameter_types(spec):
-            raise ConfigError(f"--no-cache: {spec_file} has no `{run_params.CACHE}` run "
-                              f"parameter; compile it again with this version of deblur")
-        values[run_params.CACHE] = "off"
+        values[run_params.CACHE] = _cache_off(spec, spec_file)
     overrides = run_arguments(config, spec, values)  # before any request
     host = _host(config, host)
     experiment = experiment or kf.kfp_experiment
-    name = config.runner.pipeline_name
     defaults = compiled_defaults(spec)
     changed = {k: v for k, v in overrides.items() if defaults.get(k) != v}
     package, _, temporary = _package_for(spec_file, config)
     result: Dict[str, Any] = {"host": host, "experiment": experiment,
                               "pipeline_root": kf.pipeline_root}
     try:
-        with _kfp(host) as client:
+        with _kfp(host, config.kubeflow) as client:
             ver = _upload(client, config, package, version)
             result["pipeline_version"] = ver
             exp = client.create_experiment(name=experiment)
             result["experiment_id"] = exp.experiment_id
-            if schedule:
-                result["parameters"] = overrides
-                result.update(_create_schedule(
-                    client, config, exp.experiment_id, ver, schedule, overrides, pin_version,
-                    run_name or default_run_name(
-                        name, ver["version_name"] if pin_version else "(newest version)",
-                        changed) + f" {schedule}"))
-                result["url"] = f"{host}/#/recurringrun/details/{result['id']}"
-            else:
-                result["parameters"] = {**defaults, **overrides}
-                run = client.run_pipeline(
-                    experiment_id=exp.experiment_id,
-                    job_name=run_name or default_run_name(name, ver["version_name"], changed),
-                    params=result["parameters"], pipeline_id=ver["pipeline_id"],
-                    version_id=ver["version_id"], pipeline_root=kf.pipeline_root,
-                    service_account=kf.service_account)
-                result.update(kind="run", id=run.run_id, name=run.display_name,
-                              url=f"{host}/#/runs/details/{run.run_id}")
+            result["parameters"] = {**defaults, **overrides}
+            run = client.run_pipeline(
+                experiment_id=exp.experiment_id,
+                job_name=run_name or default_run_name(ver["pipeline"], ver["version_name"],
+                                                      changed),
+                params=result["parameters"], pipeline_id=ver["pipeline_id"],
+                version_id=ver["version_id"], pipeline_root=kf.pipeline_root,
+                service_account=kf.service_account)
+            result.update(kind="run", id=run.run_id, name=run.display_name,
+                          url=f"{host}/#/runs/details/{run.run_id}")
     finally:
         if temporary:
             os.unlink(package)
     return result
+
+
+def _cache_off(spec: Dict[str, Any], where: str) -> str:
+    if run_params.CACHE not in parameter_types(spec):
+        raise ConfigError(f"--no-cache: {where} has no `{run_params.CACHE}` run parameter; "
+                          f"compile it again with this version of deblur")
+    return "off"
+
+
+def _schedule_release(config: PipelineConfig, host: Optional[str], schedule: str,
+                      experiment: Optional[str], run_name: Optional[str],
+                      values: Dict[str, str], no_cache: bool, pin_version: bool,
+                      version: Optional[str]) -> Dict[str, Any]:
+    """submit(schedule=...): a recurring run of the release pipeline (see submit)."""
+    kf = config.kubeflow
+    host = _host(config, host)
+    experiment = experiment or kf.kfp_experiment
+    name = release_pipeline(config)
+    result: Dict[str, Any] = {"host": host, "experiment": experiment,
+                              "pipeline_root": kf.pipeline_root}
+    with _kfp(host, config.kubeflow) as client:
+        pipeline_id = client.get_pipeline_id(name)
+        v = None
+        if pipeline_id is not None:
+            v = (_find_version(client, pipeline_id, version) if version
+                 else newest_version(client, pipeline_id))
+        if v is None:
+            raise SubmitError(
+                f"pipeline {name} has no {'release ' + version if version else 'release'} "
+                f"yet: schedules run releases only (deblur pipeline release [DEV_VERSION])")
+        pin = pin_version or version is not None
+        spec = _package_spec_of(client.get_pipeline_version(pipeline_id, v.pipeline_version_id))
+        if no_cache:
+            values[run_params.CACHE] = _cache_off(spec, f"release {v.display_name}")
+        overrides = run_arguments(config, spec, values)  # checked against what will run
+        defaults = compiled_defaults(spec)
+        changed = {k: x for k, x in overrides.items() if defaults.get(k) != x}
+        ver = {"pipeline": name, "pipeline_id": pipeline_id,
+               "version_id": v.pipeline_version_id, "version_name": v.display_name,
+               "created": False}
+        result["pipeline_version"] = ver
+        exp = client.create_experiment(name=experiment)
+        result["experiment_id"] = exp.experiment_id
+        result["parameters"] = overrides
+        result.update(_create_schedule(
+            client, config, exp.experiment_id, ver, schedule, overrides, pin,
+            run_name or default_run_name(
+                name, v.display_name if pin else "(newest release)", changed) + f" {schedule}"))
+        result["url"] = f"{host}/#/recurringrun/details/{result['id']}"
+    return result
+
+
+def _package_spec_of(v) -> Dict[str, Any]:
+    stored = v.pipeline_spec or {}
+    return stored.get("pipeline_spec", stored) if "root" not in stored else stored
 
 
 def _create_schedule(client, config: PipelineConfig, experiment_id: str, ver: Dict[str, Any],
@@ -347,9 +562,9 @@ def _create_schedule(client, config: PipelineConfig, experiment_id: str, ver: Di
     kf = config.kubeflow
     body = kfp_server_api.V2beta1RecurringRun(
         experiment_id=experiment_id, display_name=name,
-        description=f"scheduled retraining of {config.runner.pipeline_name}"
-                    + (f", version {ver['version_name']}" if pin_version
-                       else ", the pipeline's newest version at each run"),
+        description=f"scheduled retraining of {ver['pipeline']}"
+                    + (f", release {ver['version_name']}" if pin_version
+                       else ", its newest release at each run"),
         mode=kfp_server_api.RecurringRunMode.ENABLE,
         pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
             pipeline_id=ver["pipeline_id"],
@@ -380,7 +595,7 @@ def schedules(config: PipelineConfig, host: Optional[str], action: str = "list",
     host = _host(config, host)
     experiment = experiment or config.kubeflow.kfp_experiment
     out: Dict[str, Any] = {"host": host, "action": action, "experiment": experiment}
-    with _kfp(host) as client:
+    with _kfp(host, config.kubeflow) as client:
         if action == "list":
             experiment_id = None
             if not all_experiments:
@@ -388,15 +603,8 @@ def schedules(config: PipelineConfig, host: Optional[str], action: str = "list",
                 if experiment_id is None:
                     out["schedules"] = []
                     return out
-            rows, token = [], ""
-            while True:
-                r = client.list_recurring_runs(page_token=token, page_size=100,
-                                               experiment_id=experiment_id,
-                                               sort_by="created_at desc")
-                rows += r.recurring_runs or []
-                token = r.next_page_token or ""
-                if not token:
-                    break
+            rows = _all_pages(client.list_recurring_runs, "recurring_runs",
+                              experiment_id=experiment_id, sort_by="created_at desc")
             out["schedules"] = [_schedule_row(client, rr) for rr in rows]
             return out
         done = []
@@ -415,6 +623,68 @@ def schedules(config: PipelineConfig, host: Optional[str], action: str = "list",
     return out
 
 
+def _all_pages(call, key: str, **kwargs) -> list:
+    rows, token = [], ""
+    while True:
+        r = call(page_token=token, page_size=100, **kwargs)
+        rows += getattr(r, key) or []
+        token = r.next_page_token or ""
+        if not token:
+            return rows
+
+
+def versions(config: PipelineConfig, host: Optional[str], keep: Optional[int] = None,
+             delete: bool = False) -> Dict[str, Any]:
+    """`deblur pipeline versions [--keep N] [--delete]`: the versions of the release and dev
+    pipelines, newest first, each with what protects it: the newest release (what following
+    schedules run next) and every version a schedule pins, in any experiment. With `keep`, the
+    versions after the N newest of each pipeline are marked for deletion, protected ones never;
+    `delete` deletes them (without it, nothing changes: a dry run)."""
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+        raise ConfigError(f"--keep {keep!r}: expected an integer >= 0")
+    if delete and keep is None:
+        raise ConfigError("--delete needs --keep N (how many of each pipeline's newest to keep)")
+    host = _host(config, host)
+    out: Dict[str, Any] = {"host": host, "keep": keep, "deleted": [], "versions": []}
+    with _kfp(host, config.kubeflow) as client:
+        pinned: Dict[str, List[str]] = {}
+        following: Dict[str, List[str]] = {}
+        for rr in _all_pages(client.list_recurring_runs, "recurring_runs"):
+            ref = rr.pipeline_version_reference
+            if ref is None or not ref.pipeline_id:
+                continue
+            if ref.pipeline_version_id:
+                pinned.setdefault(ref.pipeline_version_id, []).append(rr.recurring_run_id)
+            else:
+                following.setdefault(ref.pipeline_id, []).append(rr.recurring_run_id)
+        for kind, name in (("release", release_pipeline(config)), ("dev", dev_pipeline(config))):
+            pipeline_id = client.get_pipeline_id(name)
+            if pipeline_id is None:
+                continue
+            rows = _all_pages(client.list_pipeline_versions, "pipeline_versions",
+                              pipeline_id=pipeline_id, sort_by="created_at desc")
+            for i, v in enumerate(rows):
+                why = []
+                if i == 0 and kind == "release":
+                    why.append("the newest release: what following schedules run next")
+                elif i == 0 and pipeline_id in following:
+                    why.append(f"newest: followed by {', '.join(following[pipeline_id])}")
+                if v.pipeline_version_id in pinned:
+                    why.append(f"pinned by {', '.join(pinned[v.pipeline_version_id])}")
+                prune = keep is not None and i >= keep and not why
+                out["versions"].append({
+                    "pipeline": name, "kind": kind, "pipeline_id": pipeline_id,
+                    "version_id": v.pipeline_version_id, "version_name": v.display_name,
+                    "created_at": str(v.created_at or ""), "protected": "; ".join(why),
+                    "action": "delete" if prune else "keep"})
+        if delete:
+            for row in out["versions"]:
+                if row["action"] == "delete":
+                    client.delete_pipeline_version(row["pipeline_id"], row["version_id"])
+                    out["deleted"].append(row["version_id"])
+    return out
+
+
 def _experiment_id(client, name: str) -> Optional[str]:
     r = client.list_experiments(page_size=2, filter=json.dumps({"predicates": [{
         "operation": "EQUALS", "key": "display_name", "stringValue": name}]}))
@@ -423,23 +693,36 @@ def _experiment_id(client, name: str) -> Optional[str]:
 
 
 def _schedule_row(client, rr) -> Dict[str, Any]:
+    """One schedule, with the exact version its next run takes: the pinned one, or the
+    pipeline's newest now (what KFP >= 2.5.0 resolves when the run starts)."""
     ref = rr.pipeline_version_reference
     trigger = rr.trigger
     cron = trigger.cron_schedule.cron if trigger and trigger.cron_schedule else None
     every = (trigger.periodic_schedule.interval_second
              if trigger and trigger.periodic_schedule else None)
-    version = None
-    if ref is not None and ref.pipeline_version_id:
+    pipeline = version = None
+    follows = "inline"
+    if ref is not None and ref.pipeline_id:
         try:
-            version = client.get_pipeline_version(ref.pipeline_id,
-                                                  ref.pipeline_version_id).display_name
-        except Exception:  # noqa: BLE001 - a deleted version: show its id
-            version = ref.pipeline_version_id
+            pipeline = client.get_pipeline(ref.pipeline_id).display_name
+        except Exception:  # noqa: BLE001 - a deleted pipeline: show its id
+            pipeline = ref.pipeline_id
+        if ref.pipeline_version_id:
+            follows = "pinned"
+            try:
+                version = client.get_pipeline_version(ref.pipeline_id,
+                                                      ref.pipeline_version_id).display_name
+            except Exception:  # noqa: BLE001 - a deleted version: show its id
+                version = f"{ref.pipeline_version_id} (deleted)"
+        else:
+            follows = "newest"
+            v = newest_version(client, ref.pipeline_id)
+            version = v.display_name if v is not None else "none (the pipeline has no version)"
     return {"id": rr.recurring_run_id, "name": rr.display_name,
             "status": rr.status, "mode": rr.mode,
             "schedule": cron or (f"every {every} s" if every else None),
-            "version": version if version else (
-                "the pipeline's newest" if ref is not None and ref.pipeline_id
-                else "inline spec (frozen at creation)"),
+            "pipeline": pipeline, "follows": follows,
+            "version_id": ref.pipeline_version_id if ref is not None else None,
+            "version": version or "inline spec (frozen at creation)",
             "parameters": dict((rr.runtime_config.parameters or {})
                                if rr.runtime_config else {})}

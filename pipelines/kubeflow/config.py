@@ -179,6 +179,19 @@ class KubeflowConfig:
     # the KFP experiment the runs are filed under (not the training preset: training.experiment)
     kfp_experiment: str = "deblur"
     service_account: Optional[str] = None  # Kubernetes service account of the run's pods
+    # Experiments and releases are two KFP pipelines (pipelines/kubeflow/client.py): runs of
+    # any work tree (`deblur submit`, `deblur pipeline upload`) are versions of the dev
+    # pipeline, default "<runner.pipeline_name>-dev"; only `deblur pipeline release` adds a
+    # version to runner.pipeline_name, the pipeline every schedule runs.
+    dev_pipeline: Optional[str] = None
+    # Front doors of a real cluster (kfp.Client's options): the profile namespace of a
+    # multi-user KFP; the OAuth client id of an IAP-protected endpoint (or the environment's
+    # KF_PIPELINES_IAP_OAUTH2_CLIENT_ID, which kfp reads itself); a file holding a token sent
+    # as `Authorization: Bearer` (default: $KF_PIPELINES_SA_TOKEN_PATH, the projected service
+    # account token KFP mounts at /var/run/secrets/kubeflow/pipelines/token in its pods).
+    namespace: Optional[str] = None
+    iap_client_id: Optional[str] = None
+    token_path: Optional[str] = None
     dataflow: DataflowConfig = dataclasses.field(default_factory=DataflowConfig)
     trainer_platform: str = "gke"  # gke: the Trainer pod holds the accelerator; vertex: CustomJob
     # What the trainer hands TPUClusterResolver: None derives it (gke + google.com/tpu and

@@ -407,7 +407,7 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
     if commit:
         assert r["version_name"].split("-")[1] == commit and ("-dirty-" in r["version_name"]) == dirty
     pipe, = kfp_server.bodies("POST", "/apis/v2beta1/pipelines")
-    assert pipe["display_name"] == "deblur-icdpm"
+    assert pipe["display_name"] == "deblur-icdpm-dev"  # experiments: never what a schedule runs
     up, = _version_uploads(kfp_server)
     assert up["query"]["pipelineid"] == [r["pipeline_id"]]
     assert up["query"]["name"] == [r["version_name"]]
@@ -436,7 +436,7 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
     assert cli.main(["pipeline", "upload", "--config", EXAMPLE, "--spec", other,
                      "--host", kfp_server.url, "--version-name", "vertex-1"]) == 0
     out = capsys.readouterr().out
-    assert "pipeline deblur-icdpm version vertex-1: uploaded" in out
+    assert "pipeline deblur-icdpm-dev version vertex-1: uploaded" in out
     assert len(_version_uploads(kfp_server)) == 2
 
 
@@ -468,7 +468,7 @@ def test_submit_run_references_the_pipeline_version(compiled, kfp_server):
     assert r2["pipeline_version"]["version_id"] == ver["version_id"]
     # its default name: the pipeline and the version, no temp file
     second = kfp_server.bodies("POST", "/apis/v2beta1/runs")[1]
-    assert second["display_name"] == f"deblur-icdpm {ver['version_name']}"
+    assert second["display_name"] == f"deblur-icdpm-dev {ver['version_name']}"
 
 
 def test_default_run_name_lists_the_parameters_that_differ(compiled, kfp_server):
@@ -480,7 +480,7 @@ def test_default_run_name_lists_the_parameters_that_differ(compiled, kfp_server)
     run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
     v = r["pipeline_version"]["version_name"]
     assert run["display_name"] == (
-        f"deblur-icdpm {v} cache=off data_sources=1 source(s) train_steps=5000")
+        f"deblur-icdpm-dev {v} cache=off data_sources=1 source(s) train_steps=5000")
     assert run["runtime_config"]["parameters"]["cache"] == "off"
 
 
@@ -502,44 +502,167 @@ def test_no_cache_turns_the_cache_parameter_off_for_that_run_only(compiled, kfp_
     assert first["pipeline_version_reference"] == second["pipeline_version_reference"]
 
 
-def test_submit_schedule_follows_the_newest_version(compiled, kfp_server):
-    """A recurring run names the pipeline, not a version (KFP >= 2.5.0 runs its newest version
-    each time), and sends only the overrides, so each version's own defaults fill the rest."""
+CLEAN = ("ab12cd34ef", False)
+
+
+def _release(cfg, path, srv, monkeypatch, commit=CLEAN, name=None):
+    """A release of `path` from a clean checkout (git_commit as `commit` says)."""
+    monkeypatch.setattr(kclient, "git_commit", lambda *a: commit)
+    return kclient.release(cfg, srv.url, spec_file=path) if name is None else \
+        kclient.release(cfg, srv.url, version=name)
+
+
+def test_submit_schedule_follows_the_newest_release(compiled, kfp_server, monkeypatch):
+    """A recurring run uploads nothing: it names the release pipeline, not a version (KFP >=
+    2.5.0 runs its newest version each time), and sends only the overrides, so each release's
+    own defaults fill the rest."""
     cfg, job, _, path = compiled["vertex"]
-    r = kclient.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1",
-                  params={"train_steps": "5000"})
+    with pytest.raises(kclient.SubmitError, match="no release yet: schedules run releases only"):
+        kclient.submit(cfg, None, kfp_server.url, schedule="0 0 3 * * 1")
+    rel = _release(cfg, path, kfp_server, monkeypatch)
+    assert rel["pipeline"] == "deblur-icdpm" and rel["version_name"].endswith("-ab12cd34ef")
+    uploads = len(_version_uploads(kfp_server))
+    r = kclient.submit(cfg, None, kfp_server.url, schedule="0 0 3 * * 1",
+                       params={"train_steps": "5000"})
+    assert len(_version_uploads(kfp_server)) == uploads  # nothing uploaded by a schedule
     assert r["kind"] == "recurring_run" and r["follows"] == "newest"
+    assert r["pipeline_version"]["version_id"] == rel["version_id"]
     assert r["url"] == f"{kfp_server.url}/#/recurringrun/details/{r['id']}"
     rr, = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")
     assert rr["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
     assert rr["mode"] == "ENABLE" and int(rr["max_concurrency"]) == 1 and rr["no_catchup"] is True
-    assert rr["pipeline_version_reference"] == {"pipeline_id": r["pipeline_version"]["pipeline_id"]}
+    assert rr["pipeline_version_reference"] == {"pipeline_id": rel["pipeline_id"]}
     assert rr.get("pipeline_spec") is None
     assert rr["runtime_config"] == {"pipeline_root": cfg.kubeflow.pipeline_root,
                                     "parameters": {"train_steps": 5000}}
-    assert rr["display_name"] == "deblur-icdpm (newest version) train_steps=5000 0 0 3 * * 1"
-    # pinned: the version's id
-    r2 = kclient.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True)
+    assert rr["service_account"] == "deblur-pipeline"
+    assert rr["display_name"] == "deblur-icdpm (newest release) train_steps=5000 0 0 3 * * 1"
+    # pinned: the release's id; by name: that release
+    r2 = kclient.submit(cfg, None, kfp_server.url, schedule="@daily", pin_version=True)
     rr2 = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")[1]
-    assert rr2["pipeline_version_reference"]["pipeline_version_id"] == \
-        r2["pipeline_version"]["version_id"]
+    assert rr2["pipeline_version_reference"]["pipeline_version_id"] == rel["version_id"]
     assert r2["follows"] == "pinned"
+    with pytest.raises(kclient.SubmitError, match="no release nope"):
+        kclient.submit(cfg, None, kfp_server.url, schedule="@daily", version="nope")
+    # a parameter the release does not take is refused against the release's own spec
+    with pytest.raises(ConfigError, match="no_such_param"):
+        kclient.submit(cfg, None, kfp_server.url, schedule="@daily",
+                       params={"no_such_param": "1"})
 
 
-def test_schedule_list_pause_resume_delete(compiled, kfp_server, capsys):
+def test_a_dirty_one_off_run_never_changes_what_a_schedule_runs(compiled, kfp_server,
+                                                                monkeypatch, capsys):
+    """The reproduction of issue 36: a weekly schedule, then a one-off run from a work tree
+    with uncommitted changes (another package). The run's version goes to the dev pipeline;
+    the schedule's next version is still the release."""
     from deblur import cli
 
     cfg, _, _, path = compiled["gke"]
-    a = kclient.submit(cfg, path, kfp_server.url, schedule="0 0 3 * * 1")
-    b = kclient.submit(cfg, path, kfp_server.url, schedule="@daily", pin_version=True,
-                  params={"train_steps": "7"})
-    kclient.submit(cfg, path, kfp_server.url, schedule="@weekly", experiment="elsewhere")
+    other = compiled["vertex"][3]
+    rel = _release(cfg, path, kfp_server, monkeypatch)
+    sched = kclient.submit(cfg, None, kfp_server.url, schedule="0 0 3 * * 1")
+    host = ["--config", EXAMPLE, "--host", kfp_server.url]
+    monkeypatch.setattr(kclient, "git_commit", lambda *a: ("ab12cd34ef", True))
+    assert cli.main(["submit", "--spec", other, *host]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline deblur-icdpm-dev version" in out and "-dirty-" in out
+    run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
+    dev_pipeline = run["pipeline_version_reference"]["pipeline_id"]
+    assert dev_pipeline != rel["pipeline_id"]
+    # the schedule's next run: still the release (listed, and as the server resolves it)
+    assert cli.main(["schedule", "list", *host]) == 0
+    out = capsys.readouterr().out
+    assert f"next run: deblur-icdpm {rel['version_name']} (the newest, today)" in out
+    listed, = kclient.schedules(cfg, kfp_server.url)["schedules"]
+    assert listed["id"] == sched["id"] and listed["version"] == rel["version_name"]
+    newest = max((v for v in kfp_server.versions.values()
+                  if v["pipeline_id"] == rel["pipeline_id"]), key=lambda v: v["created_at"])
+    assert newest["pipeline_version_id"] == rel["version_id"]
+    # and a release from that dirty tree is refused, in one line, before any request
+    n = len(kfp_server.requests)
+    assert cli.main(["pipeline", "release", "--spec", other, *host]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uncommitted changes" in err[0]
+    assert len(kfp_server.requests) == n
+    # so is releasing the dirty dev version by name
+    dirty_name = kfp_server.versions[run["pipeline_version_reference"][
+        "pipeline_version_id"]]["display_name"]
+    assert cli.main(["pipeline", "release", dirty_name, *host]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "built with uncommitted changes" in err[0]
+    assert listed["version"] == kclient.schedules(cfg, kfp_server.url)["schedules"][0]["version"]
+
+
+def test_release_a_tested_dev_version_as_it_is(compiled, kfp_server, monkeypatch, capsys):
+    """`deblur pipeline release DEV_VERSION`: the package that ran on dev becomes the newest
+    release (same spec, its commit in the description), and a following schedule takes it."""
+    from deblur import cli
+
+    cfg, _, _, path = compiled["gke"]
+    first = _release(cfg, compiled["vertex"][3], kfp_server, monkeypatch,
+                     commit=("0123456789", False))
+    monkeypatch.setattr(kclient, "git_commit", lambda *a: CLEAN)
+    sched = kclient.submit(cfg, None, kfp_server.url, schedule="@weekly")
+    dev = kclient.submit(cfg, path, kfp_server.url)["pipeline_version"]
+    host = ["--config", EXAMPLE, "--host", kfp_server.url]
+    assert cli.main(["pipeline", "release", dev["version_name"], *host]) == 0
+    out = capsys.readouterr().out
+    assert f"pipeline deblur-icdpm version {dev['version_name']}: uploaded" in out
+    rel = [v for v in kfp_server.versions.values() if v["pipeline_id"] == first["pipeline_id"]]
+    assert [v["display_name"] for v in rel] == [first["version_name"], dev["version_name"]]
+    assert rel[1]["_spec"] == kfp_server.version_spec(dev["version_id"])
+    assert "commit ab12cd34ef;" in rel[1]["description"]
+    assert f"released from deblur-icdpm-dev version {dev['version_name']}" in rel[1]["description"]
+    row, = kclient.schedules(cfg, kfp_server.url)["schedules"]
+    assert row["id"] == sched["id"] and row["version"] == dev["version_name"]
+    # again: the same package, nothing new
+    assert cli.main(["pipeline", "release", dev["version_name"], *host]) == 0
+    assert "already there" in capsys.readouterr().out
+    assert cli.main(["pipeline", "release", "no-such-version", *host]) == 2
+    assert "has no version no-such-version" in capsys.readouterr().err
+
+
+def test_pipeline_versions_prunes_but_never_a_release_or_a_pinned_version(
+        compiled, kfp_server, monkeypatch, capsys):
+    from deblur import cli
+
+    cfg, _, _, path = compiled["gke"]
+    old_rel = _release(cfg, path, kfp_server, monkeypatch, commit=("0123456789", False))
+    pinned = kclient.submit(cfg, None, kfp_server.url, schedule="@daily", pin_version=True)
+    new_rel = _release(cfg, compiled["vertex"][3], kfp_server, monkeypatch)
+    kclient.submit(cfg, None, kfp_server.url, schedule="@weekly")  # follows new_rel
+    devs = [kclient.upload(cfg, path, kfp_server.url, version=f"exp-{i}")["version_id"]
+            for i in range(3)]
+    host = ["--config", EXAMPLE, "--host", kfp_server.url]
+    assert cli.main(["pipeline", "versions", "--keep", "1", *host]) == 0
+    out = capsys.readouterr().out
+    assert "2 version(s) would be deleted: add --delete" in out
+    assert "the newest release" in out and f"pinned by {pinned['id']}" in out
+    assert len(kfp_server.versions) == 5  # a dry run
+    assert cli.main(["pipeline", "versions", "--keep", "1", "--delete", *host]) == 0
+    assert ("DELETE", f"/apis/v2beta1/pipelines/{kfp_server.versions[devs[2]]['pipeline_id']}"
+                      f"/versions/{devs[0]}") in kfp_server.calls()
+    assert set(kfp_server.versions) == {old_rel["version_id"], new_rel["version_id"], devs[2]}
+    assert cli.main(["pipeline", "versions", "--delete", *host]) == 2
+    assert "--delete needs --keep" in capsys.readouterr().err
+
+
+def test_schedule_list_pause_resume_delete(compiled, kfp_server, capsys, monkeypatch):
+    from deblur import cli
+
+    cfg, _, _, path = compiled["gke"]
+    rel = _release(cfg, path, kfp_server, monkeypatch)
+    a = kclient.submit(cfg, None, kfp_server.url, schedule="0 0 3 * * 1")
+    b = kclient.submit(cfg, None, kfp_server.url, schedule="@daily", pin_version=True,
+                       params={"train_steps": "7"})
+    kclient.submit(cfg, None, kfp_server.url, schedule="@weekly", experiment="elsewhere")
     host = ["--config", EXAMPLE, "--host", kfp_server.url]
     assert cli.main(["schedule", "list", *host]) == 0
     out = capsys.readouterr().out
     assert a["id"] in out and b["id"] in out and out.count("enabled") == 2  # not "elsewhere"'s
-    assert "version: the pipeline's newest" in out
-    assert f"version: {b['pipeline_version']['version_name']}; parameters: train_steps=7" in out
+    assert f"next run: deblur-icdpm {rel['version_name']} (the newest, today)" in out
+    assert (f"next run: deblur-icdpm {rel['version_name']} (pinned); "
+            f"parameters: train_steps=7") in out
     assert cli.main(["schedule", "pause", a["id"], *host]) == 0
     assert f"{a['id']}  paused" in capsys.readouterr().out
     assert kfp_server.recurring_runs[a["id"]]["status"] == "DISABLED"
@@ -583,7 +706,7 @@ def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, c
                      "--host", kfp_server.url]) == 0
     out = capsys.readouterr().out
     run_id = next(iter(kfp_server.runs))
-    assert f"run {run_id} in KFP experiment deblur: deblur-icdpm " in out
+    assert f"run {run_id} in KFP experiment deblur: deblur-icdpm-dev " in out
     assert f"/#/runs/details/{run_id}" in out and "(uploaded)" in out
     assert cli.main(["submit", "--config", EXAMPLE, "--spec", path, "--host", kfp_server.url,
                      "--schedule", "0 3 * * 1"]) == 2
@@ -655,7 +778,9 @@ def test_a_host_answering_html_is_named_in_one_line_by_every_command(compiled, c
         host = ["--config", EXAMPLE, "--host", srv.url]
         commands = [["pipeline", "upload", "--spec", path, *host],
                     ["submit", "--spec", path, *host],
-                    ["submit", "--spec", path, "--schedule", "@daily", *host],
+                    ["submit", "--schedule", "@daily", *host],
+                    ["pipeline", "release", "0.1.0-ab12cd34ef", *host],
+                    ["pipeline", "versions", *host],
                     ["schedule", "list", *host], ["schedule", "list", "--all", *host],
                     ["schedule", "pause", "rr-1", *host], ["schedule", "resume", "rr-1", *host],
                     ["schedule", "delete", "rr-1", *host]]
@@ -922,7 +1047,7 @@ def test_run_summary_tells_cached_tasks_by_their_outputs_folder():
         "DeblurIngest"] == "CACHED"
 
 
-def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):
+def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys, monkeypatch):
     from deblur import cli
 
     cfg, job, _, path = compiled["gke"]
@@ -934,8 +1059,9 @@ def test_submit_params_reach_the_kfp_api(compiled, kfp_server, capsys):
     assert sent["train_steps"] == 5000 and sent["gate_ood_lpips_max"] == 0.25
     assert sent["gate_input_lpips_margin"] == 0.01  # the others keep their defaults
     assert sent["data_sources"] == job["runtimeConfig"]["parameterValues"]["data_sources"]
-    # a recurring run, from the .yaml package the UI uploads: only the overrides
-    assert cli.main(["submit", "--config", EXAMPLE, "--spec", kc.package_path(path),
+    # a recurring run of a release of the .yaml package the UI uploads: only the overrides
+    _release(cfg, kc.package_path(path), kfp_server, monkeypatch)
+    assert cli.main(["submit", "--config", EXAMPLE,
                      "--host", kfp_server.url, "--schedule", "0 0 3 * * 1",
                      "--param", "gate_input_lpips_margin=0.02"]) == 0
     rr, = kfp_server.bodies("POST", "/apis/v2beta1/recurringruns")
@@ -1141,3 +1267,27 @@ def test_cache_off_salts_the_fingerprint_the_ingest_still_checks(tmp_path):
     assert outs[0] == want
     assert outs[1].split(" ")[0] == outs[2].split(" ")[0] == want
     assert outs[1] != outs[2] and " no-cache " in outs[1]  # a new cache key each time
+
+
+def test_front_door_options_reach_every_request(compiled, kfp_server, tmp_path, monkeypatch):
+    """kubeflow.namespace (multi-user KFP) files experiments in the profile; a token file
+    (kubeflow.token_path, or $KF_PIPELINES_SA_TOKEN_PATH) is sent on every request."""
+    cfg, _, _, path = compiled["gke"]
+    cfg = copy.deepcopy(cfg)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    cfg.kubeflow.namespace = "team-deblur"
+    kclient.submit(cfg, path, kfp_server.url)
+    assert {r["authorization"] for r in kfp_server.requests} == {"Bearer s3cret-token"}
+    exp, = kfp_server.bodies("POST", "/apis/v2beta1/experiments")
+    assert exp["namespace"] == "team-deblur"
+    # the config's path wins over the environment's; an unreadable one is one line, no request
+    cfg.kubeflow.token_path = str(tmp_path / "missing")
+    n = len(kfp_server.requests)
+    with pytest.raises(ConfigError, match=r"token file .*missing .*cannot be read"):
+        kclient.schedules(cfg, kfp_server.url)
+    assert len(kfp_server.requests) == n
+    # a run and a schedule are created with the service account infra/ binds
+    run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
+    assert run["service_account"] == cfg.kubeflow.service_account == "deblur-pipeline"
