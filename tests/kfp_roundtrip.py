@@ -419,18 +419,24 @@ def compile_spec(out_dir: str) -> str:
 
 
 def _project_calls(spec: str, host: str) -> Dict[str, Any]:
-    """`deblur pipeline upload`, `submit` (a run with --param and --no-cache, a recurring run)
-    and `schedule list|pause|resume|delete` against the fake, through the functions the CLI
+    """`deblur pipeline upload`, `submit` (a run with --param and --no-cache), `pipeline
+    release`, `submit --schedule` (a recurring run of the release) and `schedule
+    list|pause|resume|delete` against the fake, through the functions the CLI
     calls."""
     from pipelines import config as config_lib
     from pipelines.kubeflow import client as kclient, compiler as kc
 
+    from unittest import mock
+
     cfg = config_lib.load(EXAMPLE)
-    with contextlib.redirect_stdout(io.StringIO()):
+    # as from a clean commit, whatever this checkout holds: only those are released
+    with contextlib.redirect_stdout(io.StringIO()), mock.patch.object(
+            kclient, "git_commit", return_value=("0123456789", False)):
         up = kclient.upload(cfg, spec, host)
         run = kclient.submit(cfg, spec, host, experiment=EXPERIMENT, run_name="deblur-roundtrip",
-                        params={"train_steps": "5"}, no_cache=True)
-        rr = kclient.submit(cfg, spec, host, experiment=EXPERIMENT, schedule="0 0 3 * * 1")
+                             params={"train_steps": "5"}, no_cache=True)
+        rel = kclient.release(cfg, host, version=up["version_name"])
+        rr = kclient.submit(cfg, None, host, experiment=EXPERIMENT, schedule="0 0 3 * * 1")
         listed = kclient.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
         kclient.schedules(cfg, host, "pause", [rr["id"]])
         paused = kclient.schedules(cfg, host, "list", experiment=EXPERIMENT)["schedules"]
@@ -440,7 +446,9 @@ def _project_calls(spec: str, host: str) -> Dict[str, Any]:
     _expect([s["id"] for s in listed] == [rr["id"]], f"schedule list: {listed}")
     _expect(str(paused[0]["status"]) == "DISABLED", f"paused: {paused[0]['status']}")
     _expect(left == [], f"after delete: {left}")
+    _expect(listed[0]["version"] == rel["version_name"], f"the schedule's next: {listed[0]}")
     return {"pipeline_id": up["pipeline_id"], "version_id": up["version_id"],
+            "release_pipeline_id": rel["pipeline_id"],
             "version_name": up["version_name"], "run_id": run["id"],
             "run_parameters": run["parameters"], "recurring_run_id": rr["id"]}
 
@@ -455,7 +463,7 @@ def _check_server(rec: Dict[str, Any], project: Dict[str, Any],
     want = {**{n: p["default"] for n, p in defaults.items()}, "train_steps": 5, "cache": "off"}
     _no_diff(_same(mine["parameters"], want), "deblur submit's run parameters")
     rr, = rec["recurring_runs"]
-    _expect(rr["pipeline_version_reference"] == {"pipeline_id": project["pipeline_id"]},
+    _expect(rr["pipeline_version_reference"] == {"pipeline_id": project["release_pipeline_id"]},
             f"the recurring run references {rr['pipeline_version_reference']}")
     inline, by_version = [r for r in rec["runs"] if r["run_id"] != project["run_id"]]
     _expect(inline["inline"] and inline["parameters"] == RUN_OVERRIDES,
@@ -463,8 +471,9 @@ def _check_server(rec: Dict[str, Any], project: Dict[str, Any],
     _expect(by_version["pipeline_version_reference"]["pipeline_version_id"] ==
             project["version_id"] and by_version["parameters"] == VERSION_OVERRIDE,
             f"the kfp Client's run of the version: {by_version}")
-    version, = rec["versions"]
-    _expect(version["root_inputs"] == sorted(defaults), f"the stored version's inputs")
+    dev, released = rec["versions"]  # the dev version and its release: the same package
+    for version in (dev, released):
+        _expect(version["root_inputs"] == sorted(defaults), f"the stored version's inputs")
     return (f"{len(rec['calls'])} requests, none refused by kfp_server_api's models; the "
             f"uploaded package parsed strictly; runs and the recurring run reference version "
             f"{project['version_name']} with the parameters sent")
@@ -485,8 +494,8 @@ def run(kfp_python: str, out_dir: Optional[str] = None, spec: Optional[str] = No
             project = _project_calls(spec, server.url)
             checks.append({"name": "project_calls", "ok": True, "detail": (
                 f"pipeline upload (version {project['version_name']}), submit --param "
-                f"train_steps=5 --no-cache, submit --schedule, schedule list/pause/resume/"
-                f"delete")})
+                f"train_steps=5 --no-cache, pipeline release, submit --schedule, schedule "
+                f"list/pause/resume/delete")})
         except Exception as e:  # noqa: BLE001
             project = {}
             checks.append({"name": "project_calls", "ok": False,
