@@ -25,6 +25,14 @@ gcloud iam service-accounts add-iam-policy-binding "$sa" \
     --role=roles/iam.workloadIdentityUser
 kubectl -n "$KFP_NAMESPACE" annotate serviceaccount "$KSA" --overwrite \
     iam.gke.io/gcp-service-account="$sa"
+# Runs started from the KFP UI's form run as KFP's default account, pipeline-runner, unless the
+# form names another: a PipelineSpec cannot carry a service account. Bind it to the same
+# Google service account, so those runs read and write the bucket too.
+gcloud iam service-accounts add-iam-policy-binding "$sa" \
+    --member="serviceAccount:$PROJECT.svc.id.goog[$KFP_NAMESPACE/pipeline-runner]" \
+    --role=roles/iam.workloadIdentityUser
+kubectl -n "$KFP_NAMESPACE" annotate serviceaccount pipeline-runner --overwrite \
+    iam.gke.io/gcp-service-account="$sa"
 
 # The KFP UI server reads the run page's Markdown/HTML artifacts (and the Metrics' files) from
 # gs:// itself, with its own identity (frontend/server: the Google Cloud Storage client with
