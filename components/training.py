@@ -91,7 +91,10 @@ def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
     if tpu:  # as `deblur train --tpu`: TPUStrategy, bfloat16 unless the overrides say otherwise
         overrides.setdefault("train", {})["tpu"] = tpu
         overrides["train"].setdefault("mixed_precision", "bfloat16")
-    exp = experiments.get(cfg.get("experiment", "tiny"), **overrides)
+    if not cfg.get("experiment"):
+        raise ValueError("the Trainer's custom_config names no experiment (create_pipeline "
+                         "passes training.experiment): no preset to fall back to")
+    exp = experiments.get(cfg["experiment"], **overrides)
     strategy = tpu_strategy_from_environment() if tpu == "env" else None
     examples = examples_uri(fn_args.train_files)
     chief = train.is_chief_task()

@@ -33,7 +33,7 @@ wire (tests parse them with tf.train.Example and tf.io.parse_single_example).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Mapping
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -79,14 +79,6 @@ def box_downsample(gray: np.ndarray, factor: int) -> np.ndarray:
         raise ValueError(f"image {gray.shape} is smaller than the pyramid factor {factor}")
     blocks = gray[: h * factor, : w * factor].reshape(h, factor, w, factor)
     return blocks.mean(axis=(1, 3))
-
-
-def gray_pyramid(rgb: np.ndarray) -> Dict[int, np.ndarray]:
-    """{factor: level} for factors 2, 4, 8 (float64), each computed directly from the luma.
-    (Chaining box means level by level gives the same blocks, since floor(floor(H/2)/2) =
-    floor(H/4); computing from the luma avoids compounding float rounding.)"""
-    y = luma(rgb)
-    return {f: box_downsample(y, f) for f in PYRAMID_FACTORS}
 
 
 def encode_level(level: np.ndarray) -> bytes:

@@ -1,7 +1,7 @@
 """One typed config per experiment (google-research/vdm style): model, diffusion, data, train.
 
     exp = get("S+Guide-S")                       # the paper's recipe at size S + Guide-S
-    exp = get("tiny", train={"steps": 300})      # CPU-sized, for tests and the local pipeline
+    exp = get("tiny", train={"steps": 300})      # CPU-sized, for tests (the local pipeline: "local")
 
 Every preset uses the paper's training recipe (SPEC section 5) except "tiny", which shrinks
 the model, the batch, the crop and the warm-ups so a few CPU minutes show learning.

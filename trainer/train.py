@@ -1,6 +1,6 @@
 """The training loop of the guided icDPM: one custom loop under tf.distribute.
 
-    exp = experiments.get("tiny"); exp = exp.replace_train(steps=200)
+    exp = experiments.get("tiny", train={"steps": 200})
     train(exp, examples_dir="...", out_dir="...")      # the CLI and the TFX run_fn call this
 
 - Strategy (trainer/distribute.py, make_strategy): TPUStrategy when train.tpu is set;
