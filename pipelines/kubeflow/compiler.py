@@ -432,11 +432,32 @@ def format_tasks(entries: List[Dict[str, Any]]) -> str:
 
 
 
-def _package_for(spec_file: str, config: PipelineConfig) -> Tuple[str, Dict[str, Any], bool]:
-    """(package path, PipelineJob dict or {}, temporary?) for a .json spec or a .yaml package."""
+def _package_for(spec_file: str, config: PipelineConfig,
+                 pin: bool = True) -> Tuple[str, Dict[str, Any], bool]:
+    """(package path, PipelineJob dict or {}, temporary?) for a .json spec or a .yaml package.
+    `pin`: what upload and submit send, every image named by digest (pipelines/kubeflow/
+    images.py: a version then runs the builds it was uploaded with, whatever the tags do
+    later); an image the registry cannot resolve is one ImageError line, before any request
+    to KFP. A .yaml package already pinned is sent as it is."""
+    from pipelines.kubeflow import images
+
     if spec_file.endswith((".yaml", ".yml")):
-        return spec_file, {}, False
+        if not pin or not images.tag_images(_package_spec(spec_file)):
+            return spec_file, {}, False
+        import yaml
+
+        with open(spec_file) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d is not None]
+        images.pin_images(docs[0])
+        fd, tmp = tempfile.mkstemp(suffix=".yaml", prefix="deblur-kfp-")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# {os.path.basename(spec_file)} with its images pinned to digests "
+                    f"(pipelines/kubeflow/images.py)\n")
+            yaml.safe_dump_all(docs, f, sort_keys=True)
+        return tmp, {}, True
     job = load_job(spec_file)
+    if pin:
+        images.pin_images(job["pipelineSpec"])
     fd, tmp = tempfile.mkstemp(suffix=".yaml", prefix="deblur-kfp-")
     os.close(fd)
     write_package(job, config, tmp)

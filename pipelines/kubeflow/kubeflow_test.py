@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines import config as config_lib
-from pipelines.kubeflow import client as kclient, compiler as kc, cron as kcron
+from pipelines.kubeflow import client as kclient, compiler as kc, cron as kcron, images
 from pipelines.config import REPO_ROOT, ConfigError
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
@@ -31,12 +31,40 @@ def _example(**kubeflow_changes) -> config_lib.PipelineConfig:
     return cfg
 
 
+IMAGE_REPO = "deblur/deblur-pipeline"
+IMAGE_TAGS = ("0.1.0", "0.1.0-tpu", "0.1.0-gpu")
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """{platform: (config, PipelineJob dict, package docs, spec path)} for gke and vertex."""
+def registry():
+    """tests/fake_registry.py serving the example's three images (the base, -tpu, -gpu): what
+    upload and submit resolve the compiled specs' tags through."""
+    from tests import fake_registry
+
+    reg = fake_registry.start()
+    for tag in IMAGE_TAGS:
+        reg.push(IMAGE_REPO, tag)
+    yield reg
+    fake_registry.stop(reg)
+
+
+def _on(reg, cfg: config_lib.PipelineConfig) -> config_lib.PipelineConfig:
+    """The example's images, on the fake registry (same tags)."""
+    kf = cfg.kubeflow
+    cfg.kubeflow = dataclasses.replace(
+        kf, image=reg.image(IMAGE_REPO, kf.image.rsplit(":", 1)[1]),
+        component_images={k: reg.image(IMAGE_REPO, v.rsplit(":", 1)[1])
+                          for k, v in kf.component_images.items()})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, registry):
+    """{platform: (config, PipelineJob dict, package docs, spec path)} for gke and vertex, the
+    images on the fake registry."""
     out = {}
     for platform in ("gke", "vertex"):
-        cfg = _example(trainer_platform=platform)
+        cfg = _on(registry, _example(trainer_platform=platform))
         path = str(tmp_path_factory.mktemp(platform) / "deblur-icdpm.json")
         assert kc.compile_pipeline(cfg, path) == path
         with open(kc.package_path(path)) as f:
@@ -387,6 +415,13 @@ def kfp_server():
     assert srv.errors == [], srv.errors  # no body the real API would refuse
 
 
+def _pinned(job):
+    """The job's pipeline spec as upload sends it: images by digest (from the fake registry)."""
+    spec = copy.deepcopy(job["pipelineSpec"])
+    images.pin_images(spec)
+    return spec
+
+
 def _version_uploads(srv):
     return [r for r in srv.requests
             if (r["method"], r["path"]) == ("POST", "/apis/v2beta1/pipelines/upload_version")]
@@ -411,10 +446,17 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
     up, = _version_uploads(kfp_server)
     assert up["query"]["pipelineid"] == [r["pipeline_id"]]
     assert up["query"]["name"] == [r["version_name"]]
-    assert f"package sha256:{r['digest']}" in up["query"]["description"][0]
-    # the package uploaded is the one `deblur compile` writes: spec with defaults + platform spec
+    description = up["query"]["description"][0]
+    assert f"package sha256:{r['digest']}" in description
+    # the package uploaded is the one `deblur compile` writes (spec with defaults + platform
+    # spec), its images named by digest
     docs = list(yaml.safe_load_all(up["file"]))
-    assert docs[0]["root"] == job["pipelineSpec"]["root"]
+    assert docs[0]["root"] == _pinned(job)["root"]
+    assert images.tag_images(docs[0]) == [] and images.tag_images(job["pipelineSpec"])
+    # the description records them, and the config's hash
+    pinned = images.images(docs[0])
+    assert len(pinned) == 3 and all(f"{i}" in description for i in pinned)
+    assert f"config sha256:{images.config_digest(docs[0])}" in description
     assert docs[0]["defaultPipelineRoot"] == cfg.kubeflow.pipeline_root
     assert "kubernetes" in docs[1]["platforms"]
     stored = kfp_server.version_spec(r["version_id"])
@@ -460,7 +502,7 @@ def test_submit_run_references_the_pipeline_version(compiled, kfp_server):
         kfp_server.version_spec(ver["version_id"]))
     # the version holds the spec with the node selectors
     assert kfp_server.version_spec(ver["version_id"])["deploymentSpec"] == \
-        job["pipelineSpec"]["deploymentSpec"]
+        _pinned(job)["deploymentSpec"]
     # a second submission reuses the experiment and the version
     r2 = kclient.submit(cfg, path, kfp_server.url, experiment="deblur-test")
     assert len(kfp_server.bodies("POST", "/apis/v2beta1/experiments")) == 1
