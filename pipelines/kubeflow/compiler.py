@@ -318,8 +318,6 @@ def platform_spec(job: Dict[str, Any], config: PipelineConfig) -> Optional[Dict[
 
 
 def write_package(job: Dict[str, Any], config: PipelineConfig, path: str) -> str:
-    import yaml
-
     spec = copy.deepcopy(job["pipelineSpec"])
     # Runs started from the KFP UI (no runtime pipeline root) write here too, not to MinIO.
     spec["defaultPipelineRoot"] = config.kubeflow.pipeline_root
@@ -327,6 +325,14 @@ def write_package(job: Dict[str, Any], config: PipelineConfig, path: str) -> str
     plat = platform_spec(job, config)
     if plat:
         docs.append(plat)
+    return write_docs(docs, path)
+
+
+def write_docs(docs: List[Dict[str, Any]], path: str) -> str:
+    """The package's documents (pipeline spec, platform spec) as `deblur compile` writes them."""
+    import yaml
+
+    spec = docs[0]
     with open(path, "w") as f:
         f.write(f"# KFP package of {spec['pipelineInfo']['name']}: the pipeline spec compiled by "
                 f"TFX {spec.get('sdkVersion', '')}\n# and a Kubernetes platform spec with the "
@@ -450,10 +456,8 @@ def _package_for(spec_file: str, config: PipelineConfig,
             docs = [d for d in yaml.safe_load_all(f) if d is not None]
         images.pin_images(docs[0])
         fd, tmp = tempfile.mkstemp(suffix=".yaml", prefix="deblur-kfp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"# {os.path.basename(spec_file)} with its images pinned to digests "
-                    f"(pipelines/kubeflow/images.py)\n")
-            yaml.safe_dump_all(docs, f, sort_keys=True)
+        os.close(fd)
+        write_docs(docs, tmp)  # byte for byte what the .json it was compiled with gives
         return tmp, {}, True
     job = load_job(spec_file)
     if pin:

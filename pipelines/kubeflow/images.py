@@ -150,7 +150,8 @@ def resolve_digest(image: str, credential: Optional[str] = None) -> str:
     image = (image or "").strip()
     if "@" in image:
         if not is_digest(image):
-            raise ImageError(f"image {image}: a digest is sha256: and 64 lowercase hex digits")
+            raise ImageError(f"image {image}: a digest is sha256: and 64 lowercase hex digits; "
+                             f"copy it from the registry (repo@sha256:...)")
         parse(image)
         return image
     registry, repository, tag, _ = parse(image)
@@ -273,8 +274,10 @@ def pin_images(spec: Dict[str, Any], resolve=resolve_digest) -> Dict[str, str]:
 
 
 def config_digest(spec: Dict[str, Any]) -> Optional[str]:
-    """SHA-256 of the compiled config the spec's DeblurRunCheck task carries (what the run's
-    check task reads), or None for a spec without that task."""
+    """SHA-256 of the compiled config the spec's DeblurRunCheck task carries, exactly as the
+    run's check task reads it (in a pinned spec, with the images by digest: the same config
+    with another build behind a tag hashes differently), or None for a spec without that
+    task."""
     task = spec.get("root", {}).get("dag", {}).get("tasks", {}).get("DeblurRunCheck", {})
     constant = task.get("inputs", {}).get("parameters", {}).get("config", {}).get(
         "runtimeValue", {}).get("constant")
