@@ -121,8 +121,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body is None:
             return self._error(404, "MANIFEST_UNKNOWN",
                                f"manifest unknown: {repo}:{ref}", head)
-        self._send(200, body, {"Content-Type": OCI_MANIFEST,
-                               "Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()},
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()  # as a registry computes it
+        self._send(200, body, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest},
                    head)
 
     def _token(self, srv: FakeRegistry, head: bool):

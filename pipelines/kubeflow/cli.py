@@ -62,7 +62,8 @@ def add_parsers(sub) -> None:
     u.add_argument("--spec", default=None,
                    help="a compiled .json (or KFP .yaml package) instead of compiling")
     u.add_argument("--version-name", default=None,
-                   help="the version's name (default <project version>-<git commit>-<package hash>)")
+                   help="the version's name (default <project version>-<git commit>-"
+                        "<package hash>)")
 
     s = sub.add_parser("schedule", help="list, pause, resume or delete recurring runs")
     s.add_argument("action", choices=("list", "pause", "resume", "delete"))

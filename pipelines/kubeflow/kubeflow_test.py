@@ -648,11 +648,8 @@ def test_resolve_digest_asks_the_registry_for_the_tag(auth, monkeypatch):
                 f"{reg.host}/deblur/pipeline@{digest}"
             assert reg.requests == [("HEAD", "/v2/deblur/pipeline/manifests/0.1.0",
                                      "Bearer access-123")]
-            # a registry that wants the realm's token: Basic oauth2accesstoken:<token> there
-            reg.credential_direct = False
+            # at the realm: Basic oauth2accesstoken:<token>
             reg.requests.clear()
-            reg.issued.clear()
-            monkeypatch.setattr(reg, "credential", "access-123")
             images._token("i", {"realm": f"http://{reg.host}/token", "service": "s"},
                           "access-123")
             basic = base64.b64encode(b"oauth2accesstoken:access-123").decode()
