@@ -418,19 +418,41 @@ def compile_spec(out_dir: str) -> str:
     return spec
 
 
+@contextlib.contextmanager
+def _stopping(registry):
+    from tests import fake_registry
+
+    try:
+        yield
+    finally:
+        fake_registry.stop(registry)
+
+
 def _project_calls(spec: str, host: str) -> Dict[str, Any]:
     """`deblur pipeline upload`, `submit` (a run with --param and --no-cache), `pipeline
     release`, `submit --schedule` (a recurring run of the release) and `schedule
     list|pause|resume|delete` against the fake, through the functions the CLI
     calls."""
     from pipelines import config as config_lib
-    from pipelines.kubeflow import client as kclient, compiler as kc
-
+    from pipelines.kubeflow import client as kclient, compiler as kc, images
     from unittest import mock
 
+    from tests import fake_registry
+
     cfg = config_lib.load(EXAMPLE)
+    # upload and submit send images by digest: the spec's images, on a loopback registry
+    registry = fake_registry.start()
+    job = kc.load_job(spec)
+    text = json.dumps(job)
+    for name in images.tag_images(job["pipelineSpec"]):
+        where, repo, tag, _ = images.parse(name)
+        registry.push(repo, tag)
+        text = text.replace(f"{where}/", f"{registry.host}/")
+    spec = os.path.splitext(spec)[0] + "-on-registry.json"
+    with open(spec, "w") as f:
+        f.write(text)
     # as from a clean commit, whatever this checkout holds: only those are released
-    with contextlib.redirect_stdout(io.StringIO()), mock.patch.object(
+    with contextlib.redirect_stdout(io.StringIO()), _stopping(registry), mock.patch.object(
             kclient, "git_commit", return_value=("0123456789", False)):
         up = kclient.upload(cfg, spec, host)
         run = kclient.submit(cfg, spec, host, experiment=EXPERIMENT, run_name="deblur-roundtrip",

@@ -49,7 +49,7 @@ def add_parsers(sub) -> None:
                         "newest release at each run, KFP backend >= 2.5.0)")
     s.add_argument("--version-name", default=None,
                    help="a run: the dev version's name (default <project version>-<git "
-                        "commit>); with --schedule: pin the release of that name")
+                        "commit>-<package hash>); with --schedule: pin the release of that name")
 
     s = sub.add_parser("pipeline", help="versions of the pipeline in Kubeflow Pipelines: "
                                         "experiments (dev) and releases")
@@ -80,7 +80,8 @@ def add_parsers(sub) -> None:
         x.add_argument("--spec", default=None,
                        help="a compiled .json (or KFP .yaml package) instead of compiling")
     u.add_argument("--version-name", default=None,
-                   help="the version's name (default <project version>-<git commit>)")
+                   help="the version's name (default <project version>-<git commit>-"
+                        "<package hash>)")
 
     s = sub.add_parser("schedule", help="list, pause, resume or delete recurring runs")
     s.add_argument("action", choices=("list", "pause", "resume", "delete"))
@@ -111,6 +112,13 @@ def _compile(cfg, out: str):
         print(f"warning: {', '.join(unsupported)}: resolver executors run on Vertex AI Pipelines, "
               f"not on the open-source KFP backend; there, set gate.baseline: registry "
               f"(pipelines/kubeflow/compiler.py)", file=sys.stderr)
+    from pipelines.kubeflow import images
+
+    tagged = images.tag_images(kc.load_job(path)["pipelineSpec"])
+    if tagged:  # compile needs no registry; the version is what must not move
+        print(f"note: {len(tagged)} image(s) named by tag ({', '.join(tagged)}); `deblur "
+              f"pipeline upload` and `deblur submit` send them by digest, resolved then "
+              f"(pipelines/kubeflow/images.py)", file=sys.stderr)
     print(f"pipeline spec: {os.path.abspath(path)}")
     print(f"KFP package:   {os.path.abspath(kc.package_path(path))}")
     return path

@@ -21,8 +21,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pipelines import run_params
 from pipelines.config import REPO_ROOT, ConfigError, PipelineConfig
-from pipelines.kubeflow.compiler import (_load_spec, _package_for, compiled_defaults,
-                                         parameter_types, run_arguments)
+from pipelines.kubeflow import images
+from pipelines.kubeflow.compiler import (_load_spec, _package_for, _package_spec,
+                                         compiled_defaults, parameter_types, run_arguments)
 from pipelines.kubeflow.cron import validate_cron
 
 
@@ -129,14 +130,16 @@ def file_digest(path: str) -> str:
 
 
 def version_name(package: str, commit: Optional[str] = None, dirty: bool = False) -> str:
-    """<project version>-<git commit> of the code the package was compiled from; a work tree
-    with uncommitted changes adds -dirty-<first 8 of the package's SHA-256>, and outside git
-    the digest stands for the commit."""
+    """<project version>-<git commit>-<first 8 of the package's SHA-256>: the code the package
+    was compiled from, and the package itself (its config and its images' digests), so one
+    commit compiled with another config, or uploaded after an image was pushed again, is
+    another version; a work tree with uncommitted changes says -dirty- before the hash, and
+    outside git the hash stands alone."""
     digest = file_digest(package)[:8]
     base = project_version()
     if commit is None:
         return f"{base}-{digest}"
-    return f"{base}-{commit}" + (f"-dirty-{digest}" if dirty else "")
+    return f"{base}-{commit}-" + ("dirty-" if dirty else "") + digest
 
 
 _DIGEST_RE = re.compile(r"package sha256:([0-9a-f]{64})")
@@ -292,6 +295,7 @@ def _upload(client, config: PipelineConfig, package: str,
                 "created_pipeline": created_pipeline, "digest": digest}
     description = (f"deblur-pipeline {project_version()}, commit {commit or 'unknown'}"
                    f"{' with uncommitted changes' if dirty else ''}; package sha256:{digest}"
+                   f"; {images.describe(_package_spec(package))}"  # images by digest, config
                    f"{'; ' + note if note else ''}")
     v = client.upload_pipeline_version(package, vname, pipeline_id=pipeline_id,
                                        description=description)
@@ -306,9 +310,9 @@ def upload(config: PipelineConfig, spec_file: str, host: Optional[str],
     (dev_pipeline; the UI's Pipelines page lists it and its versions; a run started there
     takes the version's spec and parameter defaults). Schedules never run these versions."""
     _load_spec(spec_file)
-    host = _host(config, host)
-    package, _, temporary = _package_for(spec_file, config)
+    package, _, temporary = _package_for(spec_file, config)  # images pinned: before any request
     try:
+        host = _host(config, host)
         with _kfp(host, config.kubeflow) as client:
             r = _upload(client, config, package, version)
     finally:
@@ -383,9 +387,9 @@ def release(config: PipelineConfig, host: Optional[str], spec_file: Optional[str
                               f"commit them first (a release is a clean commit), or release a "
                               f"dev version that was: deblur pipeline release VERSION")
         _load_spec(spec_file)
-        host = _host(config, host)
-        package, _, temporary = _package_for(spec_file, config)
+        package, _, temporary = _package_for(spec_file, config)  # images pinned first
         try:
+            host = _host(config, host)
             with _kfp(host, config.kubeflow) as client:
                 r = _upload(client, config, package, None, kind="release",
                             commit_dirty=(commit, False), note="released from a clean checkout")

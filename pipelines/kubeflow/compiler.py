@@ -318,8 +318,6 @@ def platform_spec(job: Dict[str, Any], config: PipelineConfig) -> Optional[Dict[
 
 
 def write_package(job: Dict[str, Any], config: PipelineConfig, path: str) -> str:
-    import yaml
-
     spec = copy.deepcopy(job["pipelineSpec"])
     # Runs started from the KFP UI (no runtime pipeline root) write here too, not to MinIO.
     spec["defaultPipelineRoot"] = config.kubeflow.pipeline_root
@@ -327,6 +325,14 @@ def write_package(job: Dict[str, Any], config: PipelineConfig, path: str) -> str
     plat = platform_spec(job, config)
     if plat:
         docs.append(plat)
+    return write_docs(docs, path)
+
+
+def write_docs(docs: List[Dict[str, Any]], path: str) -> str:
+    """The package's documents (pipeline spec, platform spec) as `deblur compile` writes them."""
+    import yaml
+
+    spec = docs[0]
     with open(path, "w") as f:
         f.write(f"# KFP package of {spec['pipelineInfo']['name']}: the pipeline spec compiled by "
                 f"TFX {spec.get('sdkVersion', '')}\n# and a Kubernetes platform spec with the "
@@ -432,11 +438,30 @@ def format_tasks(entries: List[Dict[str, Any]]) -> str:
 
 
 
-def _package_for(spec_file: str, config: PipelineConfig) -> Tuple[str, Dict[str, Any], bool]:
-    """(package path, PipelineJob dict or {}, temporary?) for a .json spec or a .yaml package."""
+def _package_for(spec_file: str, config: PipelineConfig,
+                 pin: bool = True) -> Tuple[str, Dict[str, Any], bool]:
+    """(package path, PipelineJob dict or {}, temporary?) for a .json spec or a .yaml package.
+    `pin`: what upload and submit send, every image named by digest (pipelines/kubeflow/
+    images.py: a version then runs the builds it was uploaded with, whatever the tags do
+    later); an image the registry cannot resolve is one ImageError line, before any request
+    to KFP. A .yaml package already pinned is sent as it is."""
+    from pipelines.kubeflow import images
+
     if spec_file.endswith((".yaml", ".yml")):
-        return spec_file, {}, False
+        if not pin or not images.tag_images(_package_spec(spec_file)):
+            return spec_file, {}, False
+        import yaml
+
+        with open(spec_file) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d is not None]
+        images.pin_images(docs[0])
+        fd, tmp = tempfile.mkstemp(suffix=".yaml", prefix="deblur-kfp-")
+        os.close(fd)
+        write_docs(docs, tmp)  # byte for byte what the .json it was compiled with gives
+        return tmp, {}, True
     job = load_job(spec_file)
+    if pin:
+        images.pin_images(job["pipelineSpec"])
     fd, tmp = tempfile.mkstemp(suffix=".yaml", prefix="deblur-kfp-")
     os.close(fd)
     write_package(job, config, tmp)

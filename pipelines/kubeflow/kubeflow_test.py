@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines import config as config_lib
-from pipelines.kubeflow import client as kclient, compiler as kc, cron as kcron
+from pipelines.kubeflow import client as kclient, compiler as kc, cron as kcron, images
 from pipelines.config import REPO_ROOT, ConfigError
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
@@ -31,12 +31,40 @@ def _example(**kubeflow_changes) -> config_lib.PipelineConfig:
     return cfg
 
 
+IMAGE_REPO = "deblur/deblur-pipeline"
+IMAGE_TAGS = ("0.1.0", "0.1.0-tpu", "0.1.0-gpu")
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """{platform: (config, PipelineJob dict, package docs, spec path)} for gke and vertex."""
+def registry():
+    """tests/fake_registry.py serving the example's three images (the base, -tpu, -gpu): what
+    upload and submit resolve the compiled specs' tags through."""
+    from tests import fake_registry
+
+    reg = fake_registry.start()
+    for tag in IMAGE_TAGS:
+        reg.push(IMAGE_REPO, tag)
+    yield reg
+    fake_registry.stop(reg)
+
+
+def _on(reg, cfg: config_lib.PipelineConfig) -> config_lib.PipelineConfig:
+    """The example's images, on the fake registry (same tags)."""
+    kf = cfg.kubeflow
+    cfg.kubeflow = dataclasses.replace(
+        kf, image=reg.image(IMAGE_REPO, kf.image.rsplit(":", 1)[1]),
+        component_images={k: reg.image(IMAGE_REPO, v.rsplit(":", 1)[1])
+                          for k, v in kf.component_images.items()})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, registry):
+    """{platform: (config, PipelineJob dict, package docs, spec path)} for gke and vertex, the
+    images on the fake registry."""
     out = {}
     for platform in ("gke", "vertex"):
-        cfg = _example(trainer_platform=platform)
+        cfg = _on(registry, _example(trainer_platform=platform))
         path = str(tmp_path_factory.mktemp(platform) / "deblur-icdpm.json")
         assert kc.compile_pipeline(cfg, path) == path
         with open(kc.package_path(path)) as f:
@@ -387,6 +415,13 @@ def kfp_server():
     assert srv.errors == [], srv.errors  # no body the real API would refuse
 
 
+def _pinned(job):
+    """The job's pipeline spec as upload sends it: images by digest (from the fake registry)."""
+    spec = copy.deepcopy(job["pipelineSpec"])
+    images.pin_images(spec)
+    return spec
+
+
 def _version_uploads(srv):
     return [r for r in srv.requests
             if (r["method"], r["path"]) == ("POST", "/apis/v2beta1/pipelines/upload_version")]
@@ -411,10 +446,17 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
     up, = _version_uploads(kfp_server)
     assert up["query"]["pipelineid"] == [r["pipeline_id"]]
     assert up["query"]["name"] == [r["version_name"]]
-    assert f"package sha256:{r['digest']}" in up["query"]["description"][0]
-    # the package uploaded is the one `deblur compile` writes: spec with defaults + platform spec
+    description = up["query"]["description"][0]
+    assert f"package sha256:{r['digest']}" in description
+    # the package uploaded is the one `deblur compile` writes (spec with defaults + platform
+    # spec), its images named by digest
     docs = list(yaml.safe_load_all(up["file"]))
-    assert docs[0]["root"] == job["pipelineSpec"]["root"]
+    assert docs[0]["root"] == _pinned(job)["root"]
+    assert images.tag_images(docs[0]) == [] and images.tag_images(job["pipelineSpec"])
+    # the description records them, and the config's hash
+    pinned = images.images(docs[0])
+    assert len(pinned) == 3 and all(f"{i}" in description for i in pinned)
+    assert f"config sha256:{images.config_digest(docs[0])}" in description
     assert docs[0]["defaultPipelineRoot"] == cfg.kubeflow.pipeline_root
     assert "kubernetes" in docs[1]["platforms"]
     stored = kfp_server.version_spec(r["version_id"])
@@ -460,7 +502,7 @@ def test_submit_run_references_the_pipeline_version(compiled, kfp_server):
         kfp_server.version_spec(ver["version_id"]))
     # the version holds the spec with the node selectors
     assert kfp_server.version_spec(ver["version_id"])["deploymentSpec"] == \
-        job["pipelineSpec"]["deploymentSpec"]
+        _pinned(job)["deploymentSpec"]
     # a second submission reuses the experiment and the version
     r2 = kclient.submit(cfg, path, kfp_server.url, experiment="deblur-test")
     assert len(kfp_server.bodies("POST", "/apis/v2beta1/experiments")) == 1
@@ -520,7 +562,7 @@ def test_submit_schedule_follows_the_newest_release(compiled, kfp_server, monkey
     with pytest.raises(kclient.SubmitError, match="no release yet: schedules run releases only"):
         kclient.submit(cfg, None, kfp_server.url, schedule="0 0 3 * * 1")
     rel = _release(cfg, path, kfp_server, monkeypatch)
-    assert rel["pipeline"] == "deblur-icdpm" and rel["version_name"].endswith("-ab12cd34ef")
+    assert rel["pipeline"] == "deblur-icdpm" and rel["version_name"].startswith(f"{kclient.project_version()}-ab12cd34ef-")
     uploads = len(_version_uploads(kfp_server))
     r = kclient.submit(cfg, None, kfp_server.url, schedule="0 0 3 * * 1",
                        params={"train_steps": "5000"})
@@ -696,6 +738,171 @@ def test_submit_errors_are_one_liners(compiled, kfp_server):
     assert kfp_server.requests == []  # the cron is checked before anything is sent
     with pytest.raises(kclient.SubmitError, match="404"):
         kclient.submit(cfg, path, kfp_server.url + "/nothing-here")
+
+
+# ---- images by digest (pipelines/kubeflow/images.py, tests/fake_registry.py) ---------------
+@pytest.mark.parametrize("auth", ["none", "anonymous token", "credential"])
+def test_resolve_digest_asks_the_registry_for_the_tag(auth, monkeypatch):
+    """A tag's digest is the registry's Docker-Content-Digest, the sha256 of the manifest it
+    serves; behind a Bearer challenge, with a token from the realm (anonymous, or for the
+    access token in DEBLUR_REGISTRY_TOKEN, sent as Basic oauth2accesstoken:<token>)."""
+    import base64
+    import hashlib
+
+    from tests import fake_registry
+
+    reg = fake_registry.start(token=auth != "none",
+                              credential="access-123" if auth == "credential" else None)
+    try:
+        digest = reg.push("deblur/pipeline", "0.1.0")
+        body = reg.manifests[("deblur/pipeline", "0.1.0")]
+        assert digest == "sha256:" + hashlib.sha256(body).hexdigest()
+        monkeypatch.delenv(images.TOKEN_ENV, raising=False)
+        if auth == "credential":
+            # without the credential the realm refuses: one line naming the variable
+            with pytest.raises(images.ImageError) as e:
+                images.resolve_digest(reg.image("deblur/pipeline", "0.1.0"))
+            assert len(str(e.value).splitlines()) == 1 and images.TOKEN_ENV in str(e.value)
+            assert "401" in str(e.value) and "0.1.0" in str(e.value)
+            monkeypatch.setenv(images.TOKEN_ENV, "access-123")
+            reg.requests.clear()
+            # the access token is sent as a Bearer first (Artifact Registry takes it so)
+            assert images.resolve_digest(reg.image("deblur/pipeline", "0.1.0")) == \
+                f"{reg.host}/deblur/pipeline@{digest}"
+            assert reg.requests == [("HEAD", "/v2/deblur/pipeline/manifests/0.1.0",
+                                     "Bearer access-123")]
+            # at the realm: Basic oauth2accesstoken:<token>
+            reg.requests.clear()
+            images._token("i", {"realm": f"http://{reg.host}/token", "service": "s"},
+                          "access-123")
+            basic = base64.b64encode(b"oauth2accesstoken:access-123").decode()
+            assert reg.requests == [("GET", "/token", f"Basic {basic}")]
+            return
+        assert images.resolve_digest(reg.image("deblur/pipeline", "0.1.0")) == \
+            f"{reg.host}/deblur/pipeline@{digest}"
+        paths = [(m, p) for m, p, _ in reg.requests]
+        if auth == "none":
+            assert paths == [("HEAD", "/v2/deblur/pipeline/manifests/0.1.0")]
+        else:
+            assert paths == [("HEAD", "/v2/deblur/pipeline/manifests/0.1.0"), ("GET", "/token"),
+                             ("HEAD", "/v2/deblur/pipeline/manifests/0.1.0")]
+            assert reg.requests[-1][2] == f"Bearer {reg.issued[0]}"
+    finally:
+        fake_registry.stop(reg)
+
+
+def test_image_names_and_refusals(registry):
+    """A digest is kept as it is (no request); an image without tag or digest, a malformed
+    digest, an unknown tag, an unreachable registry: one line each, saying what to do."""
+    pinned = f"{registry.host}/deblur/x@sha256:{'ab' * 32}"
+    before = len(registry.requests)
+    assert images.resolve_digest(pinned) == pinned and len(registry.requests) == before
+    assert images.parse("ubuntu:22.04") == ("registry-1.docker.io", "library/ubuntu", "22.04",
+                                            None)
+    assert images.parse("localhost/a/b:1")[:2] == ("localhost", "a/b")
+    assert images.parse("us-docker.pkg.dev/p/r/i:1.0")[:3] == ("us-docker.pkg.dev", "p/r/i",
+                                                               "1.0")
+    assert images._scheme("127.0.0.1:5000") == "http" and images._scheme("gcr.io") == "https"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    for image, message in [
+            (f"{registry.host}/{IMAGE_REPO}", "names neither a tag nor a digest"),
+            (f"{registry.host}/{IMAGE_REPO}@sha256:abc", "64 lowercase hex"),
+            (registry.image(IMAGE_REPO, "9.9.9"), "404 Not Found; no manifest under that tag"),
+            (f"{closed}/deblur/x:1", "cannot reach the registry")]:
+        with pytest.raises(images.ImageError) as e:
+            images.resolve_digest(image)
+        text = str(e.value)
+        assert len(text.splitlines()) == 1 and message in text and image in text, text
+        assert "repo@sha256:" in text
+
+
+def test_pin_images_names_every_image_of_the_spec_by_digest(compiled, registry):
+    """Executors, the Dataflow --sdk_container_image, the Vertex CustomJob's image_uri and the
+    compiled config the check task carries: each tag resolved once, whole names only (the
+    base tag 0.1.0 must not be matched inside 0.1.0-tpu)."""
+    cfg, job, _, _ = compiled["vertex"]
+    spec = copy.deepcopy(job["pipelineSpec"])
+    assert sorted(images.tag_images(spec)) == sorted(
+        registry.image(IMAGE_REPO, t) for t in IMAGE_TAGS)
+    before = len(registry.manifest_requests())
+    table = images.pin_images(spec)
+    assert len(registry.manifest_requests()) - before == 3  # one HEAD per distinct image
+    assert images.tag_images(spec) == []
+    digests = {t: registry.host + "/" + IMAGE_REPO + "@" + registry.push(IMAGE_REPO, t)
+               for t in IMAGE_TAGS}  # the same manifests again: the same digests
+    assert table == {registry.image(IMAGE_REPO, t): d for t, d in digests.items()}
+    text = json.dumps(spec)
+    assert registry.image(IMAGE_REPO, "0.1.0") not in text
+    assert _executor(spec, "Trainer")[1]["container"]["image"] == digests["0.1.0-tpu"]
+    assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == digests["0.1.0"]
+    assert f"--sdk_container_image={digests['0.1.0']}" in _executor(
+        spec, "DeblurIngest")[1]["container"]["args"]
+    custom = json.loads(_param(spec, "Trainer", "custom_config"))
+    pool = custom["ai_platform_training_args"]["job_spec"]["worker_pool_specs"][0]
+    assert pool["container_spec"]["image_uri"] == digests["0.1.0-tpu"]
+    config = json.loads(_param(spec, kc.CHECK_TASK, "config"))
+    assert config["kubeflow"]["image"] == digests["0.1.0"]
+    assert config["kubeflow"]["component_images"]["DeblurEvaluator"] == digests["0.1.0-gpu"]
+    # pinned again: nothing to resolve
+    assert images.pin_images(spec) == {}
+
+
+def test_an_unknown_tag_is_refused_in_one_line_before_any_upload(compiled, kfp_server,
+                                                                  tmp_path, capsys):
+    from deblur import cli
+
+    _, job, _, _ = compiled["gke"]
+    bad = copy.deepcopy(job)
+    label, ex = _executor(bad["pipelineSpec"], "Trainer")
+    tpu = ex["container"]["image"]
+    missing = tpu.replace(":0.1.0-tpu", ":9.9.9-tpu")
+    ex["container"]["image"] = missing
+    spec = tmp_path / "deblur-icdpm.json"
+    spec.write_text(json.dumps(bad))
+    assert cli.main(["pipeline", "upload", "--config", EXAMPLE, "--spec", str(spec),
+                     "--host", kfp_server.url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and missing in err[0] and "push the image first" in err[0], err
+    assert kfp_server.requests == []  # not even healthz
+    assert cli.main(["submit", "--config", EXAMPLE, "--spec", str(spec),
+                     "--host", kfp_server.url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and missing in err[0], err
+    assert _version_uploads(kfp_server) == [] and kfp_server.runs == {}
+
+
+def test_same_commit_other_config_or_image_is_another_version(compiled, kfp_server, registry,
+                                                              tmp_path):
+    """The version name holds the pinned package's hash: the gke and the vertex compiles of one
+    commit are two versions, and so is the same spec once its tag was pushed again (and a .yaml
+    package named by tags is pinned like the .json)."""
+    cfg, _, _, gke = compiled["gke"]
+    vertex_cfg, _, _, vertex = compiled["vertex"]
+    a = kclient.upload(cfg, gke, kfp_server.url)
+    b = kclient.upload(vertex_cfg, vertex, kfp_server.url)
+    assert a["created"] and b["created"] and a["version_name"] != b["version_name"]
+    commit, _ = kclient.git_commit()
+    if commit:
+        assert a["version_name"].split("-")[1] == b["version_name"].split("-")[1] == commit
+    # the KFP package written by compile (tags) is pinned too: the same version as its .json
+    again = kclient.upload(cfg, kc.package_path(gke), kfp_server.url)
+    assert not again["created"] and again["version_id"] == a["version_id"]
+    try:
+        moved = registry.push(IMAGE_REPO, "0.1.0", content="rebuilt")
+        c = kclient.upload(cfg, gke, kfp_server.url)
+        assert c["created"] and c["version_name"] not in (a["version_name"], b["version_name"])
+        up = _version_uploads(kfp_server)[-1]
+        assert f"{IMAGE_REPO}@{moved}" in up["query"]["description"][0]
+        stored = kfp_server.version_spec(c["version_id"])
+        assert _executor(stored, "StatisticsGen")[1]["container"]["image"].endswith(moved)
+    finally:
+        registry.push(IMAGE_REPO, "0.1.0")  # the digest the other tests pinned
+    assert len(_version_uploads(kfp_server)) == 3
+    descriptions = [u["query"]["description"][0] for u in _version_uploads(kfp_server)]
+    # the config as the run's check task reads it (its images by digest): three configs
+    assert len({d.split("config sha256:")[1] for d in descriptions}) == 3
 
 
 def test_cli_submit_prints_the_run_and_fails_in_one_line(compiled, kfp_server, capsys):
