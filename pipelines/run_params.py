@@ -52,9 +52,11 @@ class RunParam:
 
 PARAMS: Sequence[RunParam] = (
     RunParam("data_sources", "data.sources", "DeblurIngest", "sources", None, str,
-             "JSON list of ingest sources ({layout, root, subsets, dataset, domain, ...})",
+             "JSON list of ingest sources ({layout, root, subsets, dataset, domain, ...}), or "
+             "the gs:// path of a .json/.yaml file holding that list",
              'a non-empty JSON list of sources, each {"layout": gopro|realblur|hide|reds|folder, '
-             '"root": "gs://...", ...}, every root on gs:// and not empty'),
+             '"root": "gs://...", ...}, every root on gs:// and not empty, or the gs:// path of '
+             'a .json/.yaml file holding it'),
     RunParam("train_steps", "training.train.steps", "Trainer", "train_args", "num_steps", int,
              "training steps (after a warm start: steps more than the parent's)",
              "an integer >= 1"),
@@ -118,6 +120,8 @@ def as_overrides(values: Mapping[str, str]) -> List[str]:
     for name, text in values.items():
         if name not in BY_NAME:
             raise unknown(name, list(BY_NAME))
+        if name == "data_sources":
+            text = data_sources_text(text)
         out.append(f"{BY_NAME[name].field}={text}")
     return out
 
@@ -160,6 +164,8 @@ def fold(values: Dict[str, Any]) -> List[str]:
         if p.name not in values:
             continue
         value = p.ptype(values.pop(p.name))
+        if p.name == "data_sources":
+            value = data_sources_text(value)  # a sources file: its list
         if p.key is None:
             values[p.exec_property] = value
         else:
@@ -187,10 +193,63 @@ def allowed(name: str) -> str:
     return p.allowed if p is not None else "any value"
 
 
+SOURCES_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def is_sources_file(text: Any) -> bool:
+    """The short form of data_sources: a path (gs:// on the cluster) of a .json/.yaml file that
+    holds the list, instead of the list itself (the KFP UI's form shows one text field)."""
+    return (isinstance(text, str) and not text.lstrip().startswith(("[", "{"))
+            and text.strip().lower().endswith(SOURCES_FILE_SUFFIXES))
+
+
+def data_sources_text(text: Any) -> Any:
+    """The data_sources value as the JSON list text: a sources file is read (TensorFlow's file
+    system: gs:// in the pods, a local path on this machine), anything else is returned as it
+    is, for check_data_sources to judge. One place, so the check task, the fingerprint task and
+    the ingest read the same list. An unreadable or malformed file is a one-line ConfigError."""
+    if not is_sources_file(text):
+        return text
+    path = text.strip()
+    try:
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "r") as f:
+            content = f.read()
+    except Exception as e:  # noqa: BLE001 - NotFound, PermissionDenied, ...: one line
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"data_sources={path}: the sources file cannot be read ({why})") from None
+    import yaml
+
+    try:
+        value = yaml.safe_load(content)  # JSON is YAML
+    except yaml.YAMLError as e:
+        raise ConfigError(f"data_sources={path}: not JSON or YAML "
+                          f"({str(e).splitlines()[0]})") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"data_sources={path}: the file holds a {type(value).__name__}, not "
+                          f"a list of sources")
+    return json.dumps(value, sort_keys=True)
+
+
 def check_data_sources(text: Any, gcs_only: bool = True) -> List[Any]:
-    """The data_sources run parameter as IngestSources; a ConfigError naming the parameter and
-    what is allowed when it is not a non-empty JSON list of valid sources whose roots are on
-    gs:// (the pods cannot read this machine's paths)."""
+    """The data_sources run parameter as IngestSources; a ConfigError naming the parameter (and
+    the sources file, for the short form) and what is allowed when it is not a non-empty JSON
+    list of valid sources whose roots are on gs:// (the pods cannot read this machine's
+    paths)."""
+    if not is_sources_file(text):
+        return _check_sources_list(text, gcs_only)
+    if gcs_only and not text.strip().startswith("gs://"):
+        raise ConfigError(f"data_sources={text.strip()}: the sources file must be on gs:// (the "
+                          f"pipeline's pods cannot read a path of another machine)")
+    listed = data_sources_text(text)
+    try:
+        return _check_sources_list(listed, gcs_only)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {text.strip()})") from None
+
+
+def _check_sources_list(text: Any, gcs_only: bool) -> List[Any]:
     from components.ingest.beam_ingest import IngestSource
 
     want = f"expected {BY_NAME['data_sources'].allowed}"

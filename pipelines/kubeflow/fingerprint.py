@@ -45,8 +45,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(args.problems.strip().splitlines()[0], file=sys.stderr)
         return 1
     from components.ingest.beam_ingest import IngestOptions, IngestSource, plan_ingest
+    from pipelines import run_params
 
-    sources = [IngestSource.from_json(s) for s in json.loads(args.data_sources or args.sources)]
+    listed = run_params.data_sources_text(args.data_sources) if args.data_sources else args.sources
+    sources = [IngestSource.from_json(s) for s in json.loads(listed)]
     plan = plan_ingest(sources, IngestOptions(**json.loads(args.options)))
     fingerprint = plan.fingerprint()
     if args.cache == "off":  # a cache key no earlier run had (the ingest checks the first word)

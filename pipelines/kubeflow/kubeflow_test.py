@@ -1498,3 +1498,52 @@ def test_front_door_options_reach_every_request(compiled, kfp_server, tmp_path, 
     # a run and a schedule are created with the service account infra/ binds
     run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
     assert run["service_account"] == cfg.kubeflow.service_account == "deblur-pipeline"
+
+
+def test_data_sources_short_form_a_sources_file(compiled, tmp_path, capsys):
+    """issue 36 item 8: the UI's data_sources field takes the path of a .json/.yaml file that
+    holds the list (gs:// on the cluster); the check, the fingerprint task and the ingest's exec
+    property all read that list, through run_params.data_sources_text."""
+    from pipelines import run_params
+    from pipelines.kubeflow import fingerprint as kfp_fingerprint
+    from tests import fixtures as fx
+
+    root = tmp_path / "data"
+    for i in range(2):
+        fx.write_pair(str(root / "train" / "blur" / f"{i}.png"),
+                      str(root / "train" / "sharp" / f"{i}.png"), (16, 16), seed=i)
+    listed = [{"layout": "folder", "root": str(root)}]
+    as_json, as_yaml = tmp_path / "sources.json", tmp_path / "sources.yaml"
+    as_json.write_text(json.dumps(listed))
+    as_yaml.write_text(yaml.safe_dump(listed))
+    for path in (as_json, as_yaml):
+        assert json.loads(run_params.data_sources_text(str(path))) == listed
+        src, = run_params.check_data_sources(str(path), gcs_only=False)
+        assert src.root == str(root)
+    # the ingest's exec property gets the list, not the path
+    values = {"data_sources": str(as_yaml), "sources": json.dumps([{"layout": "x", "root": "y"}])}
+    run_params.fold(values)
+    assert json.loads(values["sources"]) == listed
+    # the fingerprint task: the same fingerprint from the file as from the list itself
+    outs = []
+    for arg in (str(as_json), json.dumps(listed)):
+        out = tmp_path / f"fp{len(outs)}"
+        assert kfp_fingerprint.main(["--sources", "[]", "--options", "{}", "--data-sources", arg,
+                                     "--fingerprint-file", str(out)]) == 0
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and outs[0]
+    # on the cluster the file must be on gs://; errors are one line naming the file
+    with pytest.raises(ConfigError, match="sources file must be on gs://"):
+        run_params.check_value("data_sources", str(as_json))
+    with pytest.raises(ConfigError, match=r"data_sources=.*missing\.json: the sources file "
+                                          r"cannot be read"):
+        run_params.check_data_sources(str(tmp_path / "missing.json"), gcs_only=False)
+    (tmp_path / "dict.yaml").write_text("layout: gopro\n")
+    with pytest.raises(ConfigError, match="holds a dict, not a list"):
+        run_params.check_data_sources(str(tmp_path / "dict.yaml"), gcs_only=False)
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"the list is empty.*\(in .*empty\.json\)"):
+        run_params.check_data_sources(str(tmp_path / "empty.json"), gcs_only=False)
+    # the JSON list itself still works
+    assert run_params.check_value("data_sources", json.dumps(
+        [{"layout": "gopro", "root": "gs://b/gopro"}])).startswith("[")
