@@ -208,7 +208,9 @@ def test_wait_exits_by_the_runs_outcome(kfp_server, package, capsys, state, code
 
 def test_wait_timeout_exits_3_and_leaves_the_run(kfp_server, package, capsys):
     run_id = _submit(kfp_server, package)
-    kfp_server.script_run(run_id, [("RUNNING", {"Trainer": "RUNNING"})])
+    # it would succeed at the second look (so a wait that missed its timeout ends 0, not hangs)
+    kfp_server.script_run(run_id, [("RUNNING", {"Trainer": "RUNNING"}),
+                                   ("SUCCEEDED", {"Trainer": "SUCCEEDED"})])
     capsys.readouterr()
     assert _runs(kfp_server, "wait", run_id, "--poll", "0", "--timeout", "0") == 3
     out = capsys.readouterr().out
@@ -226,7 +228,7 @@ def test_wait_polls_every_poll_seconds_until_the_timeout(kfp_server, package):
 
     cfg = config_lib.load(EXAMPLE)
     run_id = _submit(kfp_server, package)
-    kfp_server.script_run(run_id, [("RUNNING", {})])
+    kfp_server.script_run(run_id, [("RUNNING", {})] * 3 + [("SUCCEEDED", {})])
     ticks, slept = iter([0, 4, 8, 12]), []
     r = runs.wait(cfg, kfp_server.url, run_id, poll=7, timeout=10, sleep=slept.append,
                   clock=lambda: next(ticks))
@@ -236,6 +238,7 @@ def test_wait_polls_every_poll_seconds_until_the_timeout(kfp_server, package):
     def interrupt(seconds):
         raise KeyboardInterrupt
 
+    kfp_server.script_run(run_id, [("RUNNING", {})])
     r = runs.wait(cfg, kfp_server.url, run_id, poll=1, sleep=interrupt)
     assert (r["exit_code"], r["interrupted"], r["state"]) == (130, True, "RUNNING")
     assert not [p for p in _posts(kfp_server) if p.startswith(f"{RUN_PATH}/")]
