@@ -195,7 +195,9 @@ def _schedule(cfg, args) -> int:
 
 # ---- deblur runs, deblur submit --wait (pipelines/kubeflow/runs.py) ---------------------------
 WAIT_EXITS = ("exit code: 0 the run SUCCEEDED, 1 it FAILED, 2 it was CANCELED (or is "
-              "CANCELING), 3 --timeout passed first; Ctrl-C stops the waiting (130), not the run")
+              "CANCELING), 3 --timeout passed first, 4 the KFP API could not be asked (the "
+              "outcome is unknown); Ctrl-C stops the waiting (130), not the run")
+EXIT_API_LOST = 4  # not 2, the usage errors' code: CANCELED is 2 here
 
 
 def _add_wait_arguments(s) -> None:
@@ -296,12 +298,21 @@ def _print_end(r, timeout=None) -> int:
     return r["exit_code"]
 
 
-def _wait_after_submit(cfg, args, submitted) -> int:
+def _wait(cfg, host, run_id, poll, timeout, report):
+    """runs.wait, or None after printing why the API could not be asked (EXIT_API_LOST)."""
     from pipelines.kubeflow import runs
+    from pipelines.kubeflow.client import SubmitError
 
-    r = runs.wait(cfg, submitted["host"], submitted["id"], poll=args.poll,
-                  timeout=args.timeout, report=_print_change)
-    return _print_end(r, args.timeout)
+    try:
+        return runs.wait(cfg, host, run_id, poll=poll, timeout=timeout, report=report)
+    except SubmitError as e:
+        print(f"deblur: error: {e} (run {run_id}: outcome unknown)", file=sys.stderr)
+        return None
+
+
+def _wait_after_submit(cfg, args, submitted) -> int:
+    r = _wait(cfg, submitted["host"], submitted["id"], args.poll, args.timeout, _print_change)
+    return EXIT_API_LOST if r is None else _print_end(r, args.timeout)
 
 
 def _runs(cfg, args) -> int:
@@ -339,8 +350,10 @@ def _runs(cfg, args) -> int:
         print(f"  {r['url']}")
         return 0
     if cmd == "wait":
-        r = runs.wait(cfg, args.host, args.run_id, poll=args.poll, timeout=args.timeout,
-                      report=(lambda *a: None) if args.json else _print_change)
+        r = _wait(cfg, args.host, args.run_id, args.poll, args.timeout,
+                  (lambda *a: None) if args.json else _print_change)
+        if r is None:
+            return EXIT_API_LOST
         if args.json:
             print(runs.as_json(r))
             return r["exit_code"]

@@ -163,10 +163,14 @@ def test_status_of_a_failed_run_names_the_failed_tasks_error(kfp_server, package
     assert r["state"] == "FAILED" and r["failure"].startswith("Trainer: ResourceExhausted")
 
 
-def test_status_of_an_unknown_run_is_one_line(kfp_server, capsys):
+def test_an_unknown_run_is_one_line_and_wait_says_the_outcome_is_unknown(kfp_server, capsys):
     assert _runs(kfp_server, "status", "run-nope") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "404" in err[0] and "run-nope" in err[0]
+    # wait: 4, not 2 (CANCELED): the API could not tell how the run ended
+    assert _runs(kfp_server, "wait", "run-nope", "--poll", "0") == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "404" in err[0] and err[0].endswith("outcome unknown)")
 
 
 # ---- wait -----------------------------------------------------------------------------------
