@@ -252,12 +252,17 @@ def _add_runs_parser(sub) -> None:
 
 
 def _check_wait(args) -> None:
-    """--wait follows one run: refused with --schedule, before compiling."""
-    if getattr(args, "wait", False) and args.schedule is not None:
-        from pipelines.config import ConfigError
+    """--wait follows one run: refused with --schedule, and its seconds checked, before
+    compiling and submitting."""
+    from pipelines.config import ConfigError
 
+    if not getattr(args, "wait", False):
+        return
+    if args.schedule is not None:
         raise ConfigError("--wait follows a run; a --schedule starts runs later (deblur runs "
                           "list --schedule ID shows them, deblur runs wait RUN_ID follows one)")
+    if args.poll < 0 or (args.timeout is not None and args.timeout < 0):
+        raise ConfigError("--poll and --timeout are seconds, not negative")
 
 
 def _print_tasks(rows) -> None:

@@ -343,4 +343,7 @@ def test_submit_wait_with_a_schedule_is_refused_before_any_request(kfp_server, p
                    "--schedule", "@daily", "--wait") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("deblur: error: --wait follows a run")
+    assert _deblur("submit", "--config", EXAMPLE, "--spec", package, "--host", kfp_server.url,
+                   "--wait", "--poll", "-1") == 2
+    assert "not negative" in capsys.readouterr().err
     assert kfp_server.requests == []
