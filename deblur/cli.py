@@ -639,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipelines.kubeflow import cli as kubeflow_cli
 
-    kubeflow_cli.add_parsers(sub)  # compile, submit, pipeline upload, schedule
+    kubeflow_cli.add_parsers(sub)  # compile, submit, pipeline upload, schedule, runs
 
     from components.registry import cli as registry_cli
 
@@ -667,7 +667,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_model_stats(args)
         if args.command == "train":
             return cmd_train(args)
-        if args.command in ("compile", "submit", "pipeline", "schedule"):
+        if args.command in ("compile", "submit", "pipeline", "schedule", "runs"):
             from pipelines.kubeflow import cli as kubeflow_cli
 
             return kubeflow_cli.run(args)

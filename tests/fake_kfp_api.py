@@ -1,10 +1,25 @@
 """A loopback fake of the KFP v2beta1 REST API, for the tests of `deblur pipeline upload`,
-`deblur submit` and `deblur schedule` (pipelines/kubeflow/kubeflow_test.py).
+`deblur submit`, `deblur schedule` (pipelines/kubeflow/kubeflow_test.py) and `deblur runs`
+(pipelines/kubeflow/runs_test.py).
 
 It answers the endpoints kfp's Client calls (paths from kfp_server_api's generated API
 classes): healthz; experiments list/create; pipelines create, list, get; pipeline versions upload
-(multipart, as PipelineUploadService sends it), list, get, delete; runs create; recurring runs create,
-list, get, enable, disable, delete.
+(multipart, as PipelineUploadService sends it), list, get, delete; runs create, list, get, terminate
+(POST /runs/{id}:terminate), retry (POST /runs/{id}:retry); recurring runs create, list, get,
+enable, disable, delete.
+
+Runs do not run by themselves: a created run stays PENDING, and a test scripts its progress
+with `script_run(run_id, [(state, {task: state or task fields}), ...])`, one step per GET of
+the run (the last step stays), so that following a run does not depend on timing
+(`script_next_run` scripts the run the next POST /runs creates). States are V2beta1RuntimeState
+values and every scripted answer is checked against the V2beta1Run model.
+`scheduled_run(recurring_run_id)` makes the run a recurring run would have started (the fake
+has no scheduler), `add_run(**fields)` any run. Terminate turns a PENDING, RUNNING or PAUSED
+run CANCELING and refuses any other
+(400, as the API server's RunStore.TerminateRun); retry turns a FAILED or CANCELED run
+RUNNING and refuses any other (400; the server's checks and message may differ). Times
+(created_at, a task's start and end) come from a clock that moves one second per reading, so
+runs created later are newer.
 
 The list endpoints read their query string as the API server's list options do (kubeflow/
 pipelines backend/src/apiserver: list/list.go, filter/filter.go, the models' field maps):
@@ -27,14 +42,15 @@ exists, and its runtime parameters must be root inputs of that version's spec, a
 server checks; a run that sends a spec inline is recorded as such (`inline`).
 
 What it does not model: authentication and namespaces (multi-user KFP), the scheduling itself
-(a recurring run here never starts a run), the backend's own validation of the pipeline spec
-beyond the proto parse.
+(a recurring run here starts a run only through `scheduled_run`), running a run (see
+`script_run`), the backend's own validation of the pipeline spec beyond the proto parse.
 """
 from __future__ import annotations
 
 import email.parser
 import http.server
 import itertools
+import datetime
 import json
 import threading
 import urllib.parse
@@ -139,7 +155,9 @@ class FakeKFP(http.server.ThreadingHTTPServer):
         self.runs: Dict[str, Dict[str, Any]] = {}
         self.recurring_runs: Dict[str, Dict[str, Any]] = {}
         self.ids = itertools.count(1)
-        self.clock = itertools.count(1)  # created_at: later objects are newer, as on a server
+        self.seconds = itertools.count(0)  # the fake's clock: one second per reading
+        self.scripts: Dict[str, List[Any]] = {}  # run id -> steps left (script_run)
+        self.next_script: Optional[List[Any]] = None  # script_next_run
         self.page_tokens: Dict[str, Dict[str, Any]] = {}  # next_page_token -> its list options
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -150,15 +168,89 @@ class FakeKFP(http.server.ThreadingHTTPServer):
     def bodies(self, method, path):
         return [r["body"] for r in self.requests if (r["method"], r["path"]) == (method, path)]
 
-    def now(self) -> str:
-        n = next(self.clock)
-        return f"2026-01-01T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}Z"
-
     def calls(self):
         return [(r["method"], r["path"]) for r in self.requests]
 
     def version_spec(self, version_id: str) -> Dict[str, Any]:
         return self.versions[version_id]["_spec"]
+
+    def now(self) -> str:
+        """The fake's clock, RFC 3339 as the API answers: one second later at each reading."""
+        return (datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+                + datetime.timedelta(seconds=next(self.seconds))).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def script_run(self, run_id: str, steps) -> None:
+        """The run's progress: each GET of the run takes the next (run state, {task display
+        name: state, or a dict of V2beta1PipelineTaskDetail fields}) step; the last one stays.
+        Task times and the run's finished_at are filled in as the states change."""
+        if run_id is not None and run_id not in self.runs:
+            raise KeyError(run_id)
+        for state, tasks in steps:
+            check_model("V2beta1RuntimeState", state, "script state")
+            for name, task in tasks.items():
+                check_model("V2beta1PipelineTaskDetail",
+                            task if isinstance(task, dict) else {"state": task}, name)
+        if run_id is None:
+            self.next_script = list(steps)
+        else:
+            self.scripts[run_id] = list(steps)
+
+    def script_next_run(self, steps) -> None:
+        """script_run for the run the next POST /runs creates (`deblur submit --wait`)."""
+        self.script_run(None, steps)
+
+    def add_run(self, **fields) -> str:
+        """A run stored as POST /runs stores it, from V2beta1Run fields (no pipeline version
+        needed: e.g. a runtime_config with a local pipeline_root); returns its id."""
+        run = {"run_id": f"run-{next(self.ids)}", "storage_state": "AVAILABLE",
+               "state": "PENDING", "created_at": self.now(), **fields}
+        check_model("V2beta1Run", run)
+        self.runs[run["run_id"]] = run
+        if self.next_script is not None:
+            self.scripts[run["run_id"]], self.next_script = self.next_script, None
+        return run["run_id"]
+
+    def scheduled_run(self, recurring_run_id: str, display_name: Optional[str] = None) -> str:
+        """The run that the recurring run would start now (its experiment, version reference
+        and runtime config); returns its id."""
+        rr = self.recurring_runs[recurring_run_id]
+        return self.add_run(
+            experiment_id=rr.get("experiment_id"), recurring_run_id=recurring_run_id,
+            display_name=display_name or f"{rr.get('display_name')}-{next(self.ids)}",
+            pipeline_version_reference=rr.get("pipeline_version_reference"),
+            runtime_config=rr.get("runtime_config"))
+
+    def advance(self, run_id: str) -> Dict[str, Any]:
+        """The run as a GET answers it: its scripted next step, if any, applied first."""
+        run = self.runs[run_id]
+        steps = self.scripts.get(run_id)
+        if steps:
+            state, tasks = steps.pop(0) if len(steps) > 1 else steps[0]
+            self._apply(run, state, tasks)
+        return run
+
+    def _apply(self, run: Dict[str, Any], state: str, tasks: Dict[str, Any]) -> None:
+        done = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
+        details = {t["display_name"]: t for t in
+                   (run.get("run_details") or {}).get("task_details") or []}
+        for name, task in tasks.items():
+            fields = dict(task) if isinstance(task, dict) else {"state": task}
+            t = details.get(name)
+            if t is None:
+                t = details[name] = {"run_id": run["run_id"], "display_name": name,
+                                     "task_id": f"task-{next(self.ids)}",
+                                     "create_time": self.now()}
+            if fields.get("state") != t.get("state"):
+                if fields.get("state") not in (None, "PENDING") and "start_time" not in t:
+                    t["start_time"] = self.now()
+                if fields.get("state") in done:
+                    t["end_time"] = self.now()
+            t.update(fields)
+        run["run_details"] = {"task_details": list(details.values())}
+        if state != run.get("state") and state in done:
+            run["finished_at"] = self.now()
+        run["state"] = state
+        check_model("V2beta1Run", run)
 
 
 # ---- list query strings, as the API server's list options read them ---------------------------
@@ -176,9 +268,14 @@ LIST_FIELDS = {
     "recurring_runs": ("recurring_run_id", "id", "display_name", "name", "created_at",
                        "updated_at", "description", "pipeline_name", "pipeline_version_id",
                        "pipeline_id"),
+    # runAPIToModelFieldMap (model/run.go); pipeline_version_id is in the 2.x map only
+    "runs": ("run_id", "id", "display_name", "name", "created_at", "finished_at", "description",
+             "scheduled_at", "storage_state", "status", "namespace", "experiment_id", "state",
+             "state_history", "runtime_details", "recurring_run_id", "pipeline_version_id",
+             "pipeline_id"),
 }
 LISTABLE = {"experiments": "Experiment", "pipelines": "Pipeline",
-            "pipeline_versions": "PipelineVersion", "recurring_runs": "Job"}
+            "pipeline_versions": "PipelineVersion", "recurring_runs": "Job", "runs": "Run"}
 # the v1beta1/v2beta1 name of a field -> the key of this fake's stored objects
 _STORED = {"id": None, "name": "display_name"}
 OPERATIONS = ("EQUALS", "NOT_EQUALS", "GREATER_THAN", "GREATER_THAN_EQUALS", "LESS_THAN",
@@ -264,7 +361,8 @@ def parse_sort_by(sort_by: str, resource: str):
 
 def _stored_key(resource: str, field: str) -> str:
     ids = {"experiments": "experiment_id", "pipelines": "pipeline_id",
-           "pipeline_versions": "pipeline_version_id", "recurring_runs": "recurring_run_id"}
+           "pipeline_versions": "pipeline_version_id", "recurring_runs": "recurring_run_id",
+           "runs": "run_id"}
     if field == "id":
         return ids[resource]
     return _STORED.get(field) or field
@@ -441,9 +539,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if (method, p) == ("POST", "/runs"):
             check_model("V2beta1Run", body)
             self._check_reference(srv, body, record)
-            run = {**body, "run_id": f"run-{next(srv.ids)}", "state": "PENDING"}
-            srv.runs[run["run_id"]] = run
-            return self._reply(200, run)
+            return self._reply(200, srv.runs[srv.add_run(**body)])
+        if (method, p) == ("GET", "/runs"):
+            exp = (query.get("experiment_id") or [None])[0]
+            found = [r for r in srv.runs.values()
+                     if exp is None or r.get("experiment_id") == exp]
+            return self._list(srv, query, "runs", found, "runs")
+        if len(parts) == 2 and parts[0] == "runs":
+            rid, _, verb = parts[1].partition(":")
+            if rid not in srv.runs:
+                return self._error(404, f"run {rid} not found")
+            if method == "GET" and not verb:
+                return self._reply(200, srv.advance(rid))
+            run = srv.runs[rid]
+            if method == "POST" and verb == "terminate":
+                # RunStore.TerminateRun: UPDATE ... WHERE State IN (the four below)
+                if run["state"] not in ("PAUSED", "PENDING", "RUNNING",
+                                        "RUNTIME_STATE_UNSPECIFIED"):
+                    return self._error(400, f"Invalid input error: Failed to terminate a run "
+                                            f"{rid}. Row not found")
+                srv.scripts.pop(rid, None)
+                run["state"] = "CANCELING"
+                return self._reply(200, {})
+            if method == "POST" and verb == "retry":
+                if run["state"] not in ("FAILED", "CANCELED"):
+                    return self._error(400, f"Failed to retry run {rid}: run is in "
+                                            f"{run['state']} state, not FAILED or CANCELED")
+                srv.scripts.pop(rid, None)
+                run["state"] = "RUNNING"
+                run.pop("finished_at", None)
+                return self._reply(200, {})
         # ---- recurring runs
         if (method, p) == ("POST", "/recurringruns"):
             check_model("V2beta1RecurringRun", body)

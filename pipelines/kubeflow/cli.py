@@ -50,6 +50,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--version-name", default=None,
                    help="a run: the dev version's name (default <project version>-<git "
                         "commit>-<package hash>); with --schedule: pin the release of that name")
+    _add_wait_arguments(s)
 
     s = sub.add_parser("pipeline", help="versions of the pipeline in Kubeflow Pipelines: "
                                         "experiments (dev) and releases")
@@ -96,6 +97,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--all", action="store_true",
                    help="list the schedules of every KFP experiment")
     s.add_argument("--json", action="store_true")
+
+    _add_runs_parser(sub)
 
 
 def _compile(cfg, out: str):
@@ -147,6 +150,8 @@ def run(args) -> int:
         return 0
     if args.command == "schedule":
         return _schedule(cfg, args)
+    if args.command == "runs":
+        return _runs(cfg, args)
     if args.command == "pipeline":
         return _pipeline(cfg, args)
     from pipelines import run_params
@@ -159,6 +164,7 @@ def run(args) -> int:
     if args.pin_version and args.schedule is None:
         raise config_lib.ConfigError("--pin-version is for --schedule (a run always runs the "
                                      "version it names)")
+    _check_wait(args)
     params = run_params.parse(args.param or (), list(run_params.BY_NAME))  # likewise
     # a schedule runs a release, already compiled and uploaded: nothing to compile here
     spec = None if args.schedule is not None else (args.spec or _compile(cfg, DEFAULT_OUT))
@@ -181,6 +187,8 @@ def run(args) -> int:
         [run_params.CACHE] if args.no_cache else []) if k in r["parameters"]}
     if shown:
         print("  parameters: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    if args.wait:
+        return _wait_after_submit(cfg, args, r)
     return 0
 
 
@@ -246,4 +254,181 @@ def _schedule(cfg, args) -> int:
         print(f"    next run: {s['pipeline'] or '-'} {s['version']} ({how})"
               + (f"; parameters: {', '.join(f'{k}={v}' for k, v in sorted(s['parameters'].items()))}"
                  if s["parameters"] else ""))
+    return 0
+
+
+# ---- deblur runs, deblur submit --wait (pipelines/kubeflow/runs.py) ---------------------------
+WAIT_EXITS = ("exit code: 0 the run SUCCEEDED, 1 it FAILED, 2 it was CANCELED (or is "
+              "CANCELING), 3 --timeout passed first, 4 the KFP API could not be asked (the "
+              "outcome is unknown); Ctrl-C stops the waiting (130), not the run")
+EXIT_API_LOST = 4  # not 2, the usage errors' code: CANCELED is 2 here
+
+
+def _add_wait_arguments(s) -> None:
+    s.add_argument("--wait", action="store_true",
+                   help="follow the run until it ends and exit by its outcome (as deblur runs "
+                        "wait; not with --schedule)")
+    s.add_argument("--poll", type=float, default=15, metavar="SECONDS",
+                   help="with --wait: seconds between two looks at the run (default 15)")
+    s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: stop waiting after this long (exit code 3)")
+
+
+def _add_runs_parser(sub) -> None:
+    s = sub.add_parser("runs", help="list, follow, terminate or retry the KFP runs")
+    rsub = s.add_subparsers(dest="runs_command", required=True)
+
+    def common(p):
+        p.add_argument("--config", default=None,
+                       help="JSON or YAML config with a kubeflow section")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field (repeatable)")
+        p.add_argument("--host", default=None, help="KFP API URL (default kubeflow.host)")
+        return p
+
+    p = common(rsub.add_parser("list", help="the runs of the KFP experiment, or of one "
+                                            "recurring run, newest first"))
+    p.add_argument("--schedule", default=None, metavar="RECURRING_RUN_ID",
+                   help="the runs this recurring run started (deblur schedule list shows ids)")
+    p.add_argument("--kfp-experiment", default=None,
+                   help="list this KFP experiment's runs (default kubeflow.kfp_experiment)")
+    p.add_argument("--all", action="store_true", help="the runs of every KFP experiment")
+    p.add_argument("--limit", type=int, default=20,
+                   help="at most this many runs, the newest (default 20; 0: all)")
+    p.add_argument("--json", action="store_true")
+    p = common(rsub.add_parser("status", help="the run's state, its tasks, and why it failed"))
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--json", action="store_true")
+    p = common(rsub.add_parser(
+        "wait", help="follow a run until it ends: each task's state change, then the tasks and "
+                     "the run summary", epilog=WAIT_EXITS))
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--poll", type=float, default=15, metavar="SECONDS",
+                   help="seconds between two looks at the run (default 15)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop waiting after this long (exit code 3; the run goes on)")
+    p.add_argument("--json", action="store_true", help="the final status as JSON")
+    p = common(rsub.add_parser("terminate", help="stop a run (KFP cancels its running tasks)"))
+    p.add_argument("run_id", metavar="RUN_ID")
+    p = common(rsub.add_parser("retry", help="run a FAILED or CANCELED run again from the tasks "
+                                             "that did not succeed"))
+    p.add_argument("run_id", metavar="RUN_ID")
+
+
+def _check_wait(args) -> None:
+    """--wait follows one run: refused with --schedule, and its seconds checked, before
+    compiling and submitting."""
+    from pipelines.config import ConfigError
+
+    if not getattr(args, "wait", False):
+        return
+    if args.schedule is not None:
+        raise ConfigError("--wait follows a run; a --schedule starts runs later (deblur runs "
+                          "list --schedule ID shows them, deblur runs wait RUN_ID follows one)")
+    if args.poll < 0 or (args.timeout is not None and args.timeout < 0):
+        raise ConfigError("--poll and --timeout are seconds, not negative")
+
+
+def _print_tasks(rows) -> None:
+    if not rows:
+        print("  (no tasks reported by the API yet)")
+        return
+    width = max(len("task"), *(len(str(r["name"])) for r in rows))
+    print(f"  {'task':{width}s}  {'state':10s} {'started':19s}  finished")
+    for r in rows:
+        print(f"  {str(r['name']):{width}s}  {str(r['state'] or '-'):10s} "
+              f"{r['started'] or '-':19s}  {r['finished'] or '-'}")
+
+
+def _print_change(at, task, old, new) -> None:
+    print(f"{at}  {task}  {old or '-'} -> {new}", flush=True)
+
+
+def _print_end(r, timeout=None) -> int:
+    """The end of a wait: the run, its tasks, why it failed, its summary; the exit code."""
+    if r["interrupted"]:
+        print(f"stopped waiting: run {r['id']} goes on ({r['state']}); deblur runs terminate "
+              f"{r['id']} stops it", file=sys.stderr)
+        return r["exit_code"]
+    if r["timed_out"]:
+        print(f"run {r['id']}: still {r['state']} after --timeout {timeout:g} s (it goes on; "
+              f"deblur runs wait {r['id']} follows it again)")
+    else:
+        print(f"run {r['id']}: {r['state']}" + (f" at {r['finished']}" if r["finished"] else ""))
+    _print_tasks(r["tasks"])
+    if r["failure"]:
+        print(f"  failed: {r['failure']}")
+    print(f"  {r['url']}")
+    if r["summary"]:
+        print()
+        print(r["summary"].rstrip("\n"))
+    elif r["summary_note"]:
+        print(f"run summary not shown: {r['summary_note']}", file=sys.stderr)
+    return r["exit_code"]
+
+
+def _wait(cfg, host, run_id, poll, timeout, report):
+    """runs.wait, or None after printing why the API could not be asked (EXIT_API_LOST)."""
+    from pipelines.kubeflow import runs
+    from pipelines.kubeflow.client import SubmitError
+
+    try:
+        return runs.wait(cfg, host, run_id, poll=poll, timeout=timeout, report=report)
+    except SubmitError as e:
+        print(f"deblur: error: {e} (run {run_id}: outcome unknown)", file=sys.stderr)
+        return None
+
+
+def _wait_after_submit(cfg, args, submitted) -> int:
+    r = _wait(cfg, submitted["host"], submitted["id"], args.poll, args.timeout, _print_change)
+    return EXIT_API_LOST if r is None else _print_end(r, args.timeout)
+
+
+def _runs(cfg, args) -> int:
+    from pipelines.kubeflow import runs
+
+    cmd = args.runs_command
+    if cmd == "list":
+        r = runs.list_runs(cfg, args.host, schedule=args.schedule,
+                           experiment=args.kfp_experiment, all_experiments=args.all,
+                           limit=args.limit)
+        if args.json:
+            print(runs.as_json(r))
+            return 0
+        if not r["runs"]:
+            where = (f"of recurring run {args.schedule}" if args.schedule else
+                     "in any KFP experiment" if args.all else
+                     f"in KFP experiment {r['experiment']}")
+            print(f"no runs {where}")
+            return 0
+        for x in r["runs"]:
+            print(f"{x['id']}  {str(x['state']):10s} {x['created'] or '-'}  "
+                  f"{x['version'] or '-'}  {x['name']}")
+        return 0
+    if cmd == "status":
+        r = runs.status(cfg, args.host, args.run_id)
+        if args.json:
+            print(runs.as_json(r))
+            return 0
+        print(f"run {r['id']}: {r['state']}  {r['name']}")
+        print(f"  created {r['created'] or '-'}, finished {r['finished'] or '-'}; "
+              f"version {r['version'] or '-'}")
+        _print_tasks(r["tasks"])
+        if r["failure"]:
+            print(f"  failed: {r['failure']}")
+        print(f"  {r['url']}")
+        return 0
+    if cmd == "wait":
+        r = _wait(cfg, args.host, args.run_id, args.poll, args.timeout,
+                  (lambda *a: None) if args.json else _print_change)
+        if r is None:
+            return EXIT_API_LOST
+        if args.json:
+            print(runs.as_json(r))
+            return r["exit_code"]
+        return _print_end(r, args.timeout)
+    r = (runs.terminate if cmd == "terminate" else runs.retry)(cfg, args.host, args.run_id)
+    print(f"run {r['id']}: {r['state']} ({cmd} asked)"
+          + (f"; deblur runs wait {r['id']} follows it" if r["state"] not in (
+              "SUCCEEDED", "FAILED", "CANCELED") else ""))
     return 0
