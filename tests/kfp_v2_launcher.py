@@ -192,8 +192,10 @@ class Run:
     def resolve_inputs(self, name: str) -> Dict[str, Any]:
         task = self.tasks[name]
         defs = self._component(task).get("inputDefinitions", {})
-        scope = self.root_params if self.parent[name] is None else self.dag_inputs[
-            self.parent[name]]
+        dag = self.parent[name]
+        if dag is not None and dag not in self.dag_inputs:  # a task run on its own
+            self.dag_inputs[dag] = self.resolve_inputs(dag)["parameterValues"]
+        scope = self.root_params if dag is None else self.dag_inputs[dag]
         values: Dict[str, Any] = {}
         for key, p in task.get("inputs", {}).get("parameters", {}).items():
             if "runtimeValue" in p:

@@ -46,7 +46,8 @@ ExecutorOutput it wrote. TFX itself is not modified (no file in site-packages ch
    (pipelines/kubeflow/compiler.py add_cache_salt). It is there for KFP's cache key only and
    is removed, from the parameters and the inputs spec, before TFX sees the exec properties.
 8. KFP's PipelineTaskFinalStatus (the exit task's `final_status`, backend >= 2.14) arrives as a
-   struct; TFX takes a string exec property, so it is handed over as JSON text.
+   struct; TFX takes a string exec property (and would pass the Struct proto on), so a struct
+   value not declared STRUCT is handed over as JSON text.
 9. A failed executor's one-line error is written to <run folder>/<task>/task_error.json
    (core/artifacts.py), beside its outputs, before the exception goes on and fails the task:
    the exit task RunEnd names it in the failure summary. A task with no output artifact
@@ -129,11 +130,12 @@ def rewrite_executor_input(executor_input_json: str, inputs_spec_json: str,
         spec.parameters.pop(name, None)
     values.pop(run_params.CACHE_SALT, None)  # 7
     spec.parameters.pop(run_params.CACHE_SALT, None)
-    for name, v in list(values.items()):  # 8
-        if isinstance(v, (dict, list)) and name in spec.parameters and \
-                spec.parameters[name].parameter_type == pb.ParameterType.TASK_FINAL_STATUS:
+    for name, v in list(values.items()):  # 8 (the compiled inputs spec may not list it)
+        ptype = spec.parameters[name].parameter_type if name in spec.parameters else None
+        if isinstance(v, dict) and ptype not in (pb.ParameterType.STRUCT,):
             values[name] = json.dumps(v, sort_keys=True)
-            spec.parameters[name].parameter_type = pb.ParameterType.STRING
+            if ptype is not None:
+                spec.parameters[name].parameter_type = pb.ParameterType.STRING
     ei.inputs.ClearField("parameter_values")
     for k, v in values.items():
         ei.inputs.parameter_values[k].CopyFrom(json_format.ParseDict(v, struct_pb2.Value()))
