@@ -77,8 +77,9 @@ def task_errors(run_dir: str, present: Set[str]) -> Dict[str, str]:
     """{task: one-line error} from the entrypoint's task_error.json files."""
     out = {}
     for task in sorted(present):
-        path = _find_file(posixpath.join(run_dir, task), artifacts.TASK_ERROR_FILE)
-        if path:
+        # at <run>/<task>/, never under an output: no walk of a task's (large) outputs
+        path = artifacts.join(run_dir, task, artifacts.TASK_ERROR_FILE)
+        if fileio.exists(path):
             record = artifacts.read_json(path, artifacts.text_reader(fileio)) or {}
             out[task] = str(record.get("error") or "failed (no message)")
     return out

@@ -286,7 +286,7 @@ def submit(config: PipelineConfig, spec_file: str, host: Optional[str],
     pipeline's newest version (KFP backend >= 2.5.0; infra/README.md), and only `params`, so
     that the newest version's defaults fill the rest; `pin_version` pins it to this version
     (KFP's API cannot move a recurring run to another version: delete it and submit again).
-    `no_cache`: the run parameter cache=off (its ingest, and everything after it, runs again).
+    `no_cache`: the run parameter cache=off (every task runs again: compiler.add_cache_salt).
     Returns ids and UI links."""
     kf = config.kubeflow
     if schedule is not None:

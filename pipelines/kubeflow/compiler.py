@@ -14,6 +14,9 @@ Compiling adds the run parameters of pipelines/run_params.py (root input paramet
 config's values as defaults: runtimeConfig.parameterValues of the PipelineJob, defaultValue in
 the root inputDefinitions of both documents) and makes every task's command
 pipelines/kubeflow/entrypoint.py, TFX's entrypoint with what the open-source KFP v2 launcher needs.
+With TFX's exit handler the pipeline's tasks are in the sub-DAG tfx-dag (dag_tasks(), which every
+post-processing step edits) and the exit task RunEnd runs after it whatever its outcome
+(add_exit_task); cache=off gives every cached task a new cache key (add_cache_salt).
 
 KFP facts this relies on (kfp SDK 2.5.0 sources here; KFP backend sources at tag 2.0.5):
 - the backend accepts only pipeline specs of schemaVersion 2.1.0, so the runner compiles with

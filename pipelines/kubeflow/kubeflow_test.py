@@ -1250,3 +1250,31 @@ def test_run_folder_and_summary_path_for_both_kfp_output_layouts():
     assert artifacts.kfp_task_folder(f"{run}/Trainer/{uid}/model", "model") == f"{run}/Trainer"
     assert artifacts.kfp_task_folder(f"{run}/Trainer/model", "model") == f"{run}/Trainer"
     assert artifacts.kfp_run_summary_path(run) == f"{run}/summary.md"
+
+
+def test_run_end_tells_failed_not_started_and_cached_tasks(tmp_path):
+    """RunEnd's reading of a run folder (KFP >= 2.4 layout): the failed task by its
+    task_error.json, the tasks after it not started, a task without outputs cached."""
+    from core import artifacts
+    from pipelines import run_end_component as re_
+
+    run = tmp_path / "deblur-icdpm" / "run-3"
+    uid = "0f4c6a1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
+    (run / "DeblurRunCheck" / uid).mkdir(parents=True)
+    (run / "DeblurRunCheck" / uid / "report").write_text("## Run parameters: all good\n")
+    (run / "Trainer" / uid / "model").mkdir(parents=True)
+    (run / "Trainer" / artifacts.TASK_ERROR_FILE).write_text(
+        json.dumps({"error": "ValueError: no split 'train'"}))
+    graph = {"DeblurRunCheck": [], "DeblurIngest": ["DeblurRunCheck"],
+             "Trainer": ["DeblurIngest"], "RunSummary": ["Trainer"]}
+    s = re_.build(str(run), graph, None)
+    assert not s["succeeded"] and s["errors"] == {"Trainer": "ValueError: no split 'train'"}
+    assert s["outcome"] == {"DeblurRunCheck": "outputs here", "DeblurIngest": "no output here",
+                            "Trainer": "FAILED", "RunSummary": "not started"}
+    md = re_.markdown(s)
+    assert md.startswith("## Run failed: Trainer\n") and "| RunSummary | not started" in md
+    # KFP's final status wins over the inference; a succeeded run is one RunSummary finished
+    assert re_.build(str(run), graph, re_.parse_status('{"state": "FAILED"}'))["state"] == "FAILED"
+    (run / "Trainer" / artifacts.TASK_ERROR_FILE).unlink()
+    (run / "summary.md").write_text("## Run summary\n")
+    assert re_.build(str(run), graph, None)["succeeded"]
