@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Callable, Iterable, List, Optional
 
 # An ingest output (an Examples artifact): <uri>/Split-<split>/*.gz and these files.
@@ -47,6 +48,14 @@ PUSH_RECORD_FILE = "push.json"
 # A local pipeline run's folder (pipelines/local_runner.py): <work_dir>/summary.json.
 RUN_SUMMARY_FILE = "summary.json"
 
+# A Kubeflow run's folder, <pipeline root>/<pipeline>/<run id> (pipelines/run_summary_component.py):
+# the run's Markdown summary, written by RunSummary when every task succeeded and by the exit
+# task RunEnd otherwise, so that one path tells what the run did whatever its outcome.
+KFP_RUN_SUMMARY_FILE = "summary.md"
+# <run folder>/<task>/task_error.json: a task's one-line error, written by
+# pipelines/kubeflow/entrypoint.py when the executor raises (RunEnd reads it)
+TASK_ERROR_FILE = "task_error.json"
+
 # Image files the command line reads (folders of images) and writes (predict's OUT).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -54,6 +63,31 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 def join(uri: str, *names: str) -> str:
     """uri/names..., for a local path or a gs:// URI (never a backslash, one slash each)."""
     return "/".join([uri.rstrip("/")] + [n.strip("/") for n in names])
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def kfp_task_folder(output_uri: str, output_key: str) -> str:
+    """<run folder>/<task> from a KFP task's output artifact URI and its output key. KFP's
+    driver writes <run folder>/<task>/<output key> up to backend 2.3, and from 2.4 (fix of
+    kubeflow/pipelines#10186) <run folder>/<task>/<uuid>/<output key>, a uuid per execution;
+    both are taken (driver.go provisionOutputs)."""
+    folder = output_uri.rstrip("/")
+    if folder.endswith("/" + output_key):
+        folder = folder[:-len(output_key) - 1]
+    head, _, last = folder.rpartition("/")
+    return head if head and _UUID.match(last) else folder
+
+
+def kfp_run_folder(output_uri: str, output_key: str) -> str:
+    """<pipeline root>/<pipeline>/<run id> from a task's output artifact URI (kfp_task_folder)."""
+    return kfp_task_folder(output_uri, output_key).rpartition("/")[0]
+
+
+def kfp_run_summary_path(run_folder: str) -> str:
+    """<run folder>/summary.md: the run's summary whatever its outcome (KFP_RUN_SUMMARY_FILE)."""
+    return join(run_folder, KFP_RUN_SUMMARY_FILE)
 
 
 def split_dir(examples_uri: str, split: str) -> str:

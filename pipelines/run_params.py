@@ -182,6 +182,9 @@ def fold(values: Dict[str, Any]) -> List[str]:
 # (pipelines/kubeflow/compiler.py add_cache_parameter; `deblur submit --no-cache`).
 CACHE = "cache"
 CACHE_VALUES = ("on", "off")
+# DeblurInputFingerprint's output "" (cache=on) or a nonce (off), an extra input parameter of
+# every cached task not otherwise keyed on `cache` (pipelines/kubeflow/compiler.py add_cache_salt)
+CACHE_SALT = "cache_salt"
 CACHE_HELP = ("on: reuse the tasks whose inputs did not change; off: this run computes "
               "everything again (the KFP cache is keyed on the inputs' fingerprint)")
 

@@ -14,8 +14,11 @@ DeblurRunCheck and DeblurInputFingerprint are never cached; ValidationGate has n
 tell by and is listed as such. Locally the pipeline has no RunSummary (`deblur run-local`
 prints the summary from ML Metadata, whose executions say CACHED or COMPLETE).
 
-If a task fails, the run stops there and this task does not run (KFP v2 runs a task only when
-every task it depends on succeeded); the failed task's own page then tells why.
+The same Markdown is also written to <run folder>/summary.md (core/artifacts.py
+kfp_run_summary_path), where `deblur` can read it without KFP's API. If a task fails, the run
+stops there and this task does not run (KFP v2 runs a task only when every task it depends on
+succeeded): the exit task RunEnd (pipelines/run_end_component.py) then writes a failure
+summary to the run page and to that same path.
 """
 from __future__ import annotations
 
@@ -54,8 +57,9 @@ NOT_TOLD = ("ValidationGate",)
 
 
 def run_folder(own_output_uri: str) -> str:
-    """<root>/<pipeline>/<run id> from this task's output URI <...>/<task>/<output>."""
-    return posixpath.dirname(posixpath.dirname(own_output_uri.rstrip("/")))
+    """<root>/<pipeline>/<run id> from this task's output URI <...>/<task>/[<uuid>/]<output>
+    (the uuid: KFP backend >= 2.4, core/artifacts.py kfp_task_folder)."""
+    return artifacts.kfp_run_folder(own_output_uri, SUMMARY_KEY)
 
 
 def task_states(run_dir: str, uris: Dict[str, str]) -> Dict[str, str]:
@@ -171,6 +175,8 @@ class Executor(base_executor.BaseExecutor):
         s = build(arts, run_folder(out.uri))
         text = markdown(s)
         run_page.write_text(out, "run summary", text)
+        with fileio.open(artifacts.kfp_run_summary_path(run_folder(out.uri)), "w") as f:
+            f.write(text)
         print(text.split("\n", 1)[0].lstrip("# "))
 
 

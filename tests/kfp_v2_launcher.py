@@ -40,7 +40,21 @@ Kubernetes (resources, node selectors, the PlatformSpec, retries), Argo, the cac
 the same conversions), object storage (the launcher copies gs:// inputs to /gcs/... and
 uploads outputs from there; here the pipeline root is a local folder, a scheme KFP's launcher
 refuses, and executors read and write it directly), importer and resolver executors (refused),
-conditions, loops and exit handlers (the pipeline has none).
+conditions and loops (the pipeline has none).
+
+Sub-DAGs and exit tasks (TFX's exit handler: the pipeline's tasks in the sub-DAG `tfx-dag`, the
+exit task at the root): a sub-DAG's task resolves its inputs from the root like a container
+task, and the tasks inside take a componentInputParameter from the sub-DAG's inputs (driver.go:
+the parent DAG's execution; "parent DAG does not have input parameter" otherwise). A task runs
+when every task it depends on succeeded (argocompiler/dag.go depends: `X.Succeeded`); when one
+fails, the tasks after it do not start and the DAG fails. A task with triggerPolicy
+ALL_UPSTREAM_TASKS_COMPLETED runs once its dependencies are over whatever their outcome
+(depends_exit_handler: Succeeded, Skipped, Failed or Errored). Its `taskFinalStatus` input (KFP
+backend >= 2.14, resolve.go; refused by the Argo compiler before) is the struct of
+PipelineTaskFinalStatus of its first dependency: state = that execution's ML Metadata state
+(COMPLETE, FAILED), an empty error (the backend's TODO), pipelineJobResourceName = the run,
+pipelineTaskName = the producer. A task already in `outputs` before execute() is one KFP served
+from its cache: it does not run, and its outputs are an earlier run's.
 """
 from __future__ import annotations
 
@@ -79,6 +93,10 @@ def _check_type(name: str, value: Any, ptype: str) -> Any:
     """driver.go handleParamTypeValidationAndConversion."""
     if ptype == "STRING":
         return _text(value)
+    if ptype == "TASK_FINAL_STATUS":
+        if not isinstance(value, dict):
+            raise TaskFailed(f"input parameter {name!r}: expect a PipelineTaskFinalStatus struct")
+        return value
     if value is None:
         raise TaskFailed(f"got null for input parameter {name!r}")
     kind = ("bool" if isinstance(value, bool) else "number" if isinstance(value, (int, float))
@@ -150,23 +168,47 @@ class Run:
         self.outputs: Dict[str, Dict[str, Any]] = {}  # task -> {"artifacts": {key: id}, ...}
         self.executor_inputs: Dict[str, Dict[str, Any]] = {}
         self.process: Optional[subprocess.Popen] = None  # the task's command while it runs
+        self.run_id = run_id
+        # every task by name, with the DAG it is in (None: the root) and each DAG's inputs
+        self.tasks: Dict[str, Dict[str, Any]] = {}
+        self.parent: Dict[str, Optional[str]] = {}
+        for name, task in self.spec["root"]["dag"]["tasks"].items():
+            self.tasks[name], self.parent[name] = task, None
+            for inner, t in self._component(task).get("dag", {}).get("tasks", {}).items():
+                self.tasks[inner], self.parent[inner] = t, name
+        self.dag_inputs: Dict[str, Dict[str, Any]] = {}
+        self.states: Dict[str, str] = {}  # task or DAG -> COMPLETE | FAILED (ML Metadata)
+        self.failures: Dict[str, str] = {}  # failed task -> TaskFailed text
 
     # ---- driver ------------------------------------------------------------------------
     def _component(self, task: Dict[str, Any]) -> Dict[str, Any]:
         return self.spec["components"][task["componentRef"]["name"]]
 
+    def final_status(self, producer: str) -> Dict[str, Any]:
+        """resolve.go TaskFinalStatus: the producer's PipelineTaskFinalStatus as a struct."""
+        return {"state": self.states.get(producer, "RUNNING"), "error": {},
+                "pipelineJobResourceName": self.run_id, "pipelineTaskName": producer}
+
     def resolve_inputs(self, name: str) -> Dict[str, Any]:
-        task = self.spec["root"]["dag"]["tasks"][name]
+        task = self.tasks[name]
         defs = self._component(task).get("inputDefinitions", {})
+        dag = self.parent[name]
+        if dag is not None and dag not in self.dag_inputs:  # a task run on its own
+            self.dag_inputs[dag] = self.resolve_inputs(dag)["parameterValues"]
+        scope = self.root_params if dag is None else self.dag_inputs[dag]
         values: Dict[str, Any] = {}
         for key, p in task.get("inputs", {}).get("parameters", {}).items():
             if "runtimeValue" in p:
                 values[key] = p["runtimeValue"]["constant"]
             elif "componentInputParameter" in p:
                 root = p["componentInputParameter"]
-                if root not in self.root_params:
+                if root not in scope:
                     raise TaskFailed(f"{name}: parent DAG does not have input parameter {root}")
-                values[key] = self.root_params[root]
+                values[key] = scope[root]
+            elif "taskFinalStatus" in p:
+                if not task.get("dependentTasks"):
+                    raise TaskFailed(f"task {name} has no dependent tasks")
+                values[key] = self.final_status(task["dependentTasks"][0])
             elif "taskOutputParameter" in p:
                 src = p["taskOutputParameter"]
                 values[key] = self.outputs[src["producerTask"]]["parameters"][
@@ -192,7 +234,7 @@ class Run:
         return {"parameterValues": values, "artifacts": artifacts}
 
     def provision_outputs(self, name: str) -> Dict[str, Any]:
-        task = self.spec["root"]["dag"]["tasks"][name]
+        task = self.tasks[name]
         out_defs = self._component(task).get("outputDefinitions", {})
         task_root = f"{self.run_root}/{name}"
         return {
@@ -230,7 +272,7 @@ class Run:
         return out
 
     def execute_task(self, name: str) -> Dict[str, Any]:
-        task = self.spec["root"]["dag"]["tasks"][name]
+        task = self.tasks[name]
         component = self._component(task)
         executor = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
         if "container" not in executor:
@@ -327,19 +369,57 @@ class Run:
         return self.outputs[name]
 
     def execute(self, stop_after: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
-        """Every task in dependency order; with stop_after, that task and the tasks it depends
-        on (directly or not) only, the part of the run that leads to it."""
-        tasks = self.spec["root"]["dag"]["tasks"]
-        order = topological(tasks)
+        """Every task in dependency order, sub-DAGs included, then the exit tasks; a task that
+        failed is raised once the exit tasks ran. With stop_after, that task and the tasks it
+        depends on (directly or not) only, the part of the run that leads to it, no exit task,
+        and a failure is raised at once."""
         if stop_after is not None:
+            dag = self.parent[stop_after]
+            tasks = self._dag_tasks(dag)
+            if dag is not None:
+                self.dag_inputs[dag] = self.resolve_inputs(dag)["parameterValues"]
             needed = {stop_after}
+            order = topological(tasks)
             for name in reversed(order):  # a task's dependencies come before it in the order
                 if name in needed:
                     needed.update(tasks[name].get("dependentTasks", []))
-            order = [name for name in order if name in needed]
-        for name in order:
-            self.execute_task(name)
+            for name in order:
+                if name in needed and name not in self.outputs:
+                    self.execute_task(name)
+                    self.states[name] = "COMPLETE"
+            return self.outputs
+        self._execute_dag(None)
+        if self.failures:
+            first = next(iter(self.failures.values()))
+            raise TaskFailed(first)
         return self.outputs
+
+    def _dag_tasks(self, dag: Optional[str]) -> Dict[str, Any]:
+        return {n: self.tasks[n] for n, p in self.parent.items() if p == dag}
+
+    def _execute_dag(self, dag: Optional[str]) -> str:
+        tasks = self._dag_tasks(dag)
+        for name in topological(tasks):
+            task = tasks[name]
+            deps = task.get("dependentTasks", [])
+            exit_task = task.get("triggerPolicy", {}).get(
+                "strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"
+            if not exit_task and any(self.states.get(d) != "COMPLETE" for d in deps):
+                continue  # not started: an upstream task failed
+            if name in self.outputs:  # served from the cache
+                self.states[name] = "COMPLETE"
+                continue
+            if "dag" in self._component(task):
+                self.dag_inputs[name] = self.resolve_inputs(name)["parameterValues"]
+                self.states[name] = self._execute_dag(name)
+                continue
+            try:
+                self.execute_task(name)
+                self.states[name] = "COMPLETE"
+            except TaskFailed as e:
+                self.states[name] = "FAILED"
+                self.failures[name] = str(e)
+        return "FAILED" if any(self.states.get(n) == "FAILED" for n in tasks) else "COMPLETE"
 
     # ---- what ML Metadata would hold -------------------------------------------------------
     def artifact(self, task: str, key: str) -> Dict[str, Any]:

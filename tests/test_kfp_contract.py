@@ -119,13 +119,12 @@ def contract_run(tmp_path_factory):
 
         latest = Registry(f"gs://{BUCKET}/registry", "deblur-icdpm").latest()
         # a value typed in the UI form that KFP's type check lets through: the run stops at
-        # once, before the ingest (the launcher model runs the path to the fingerprint task,
-        # where it must fail, and not ImportSchemaGen, which depends on nothing)
+        # once, before the ingest, and the exit task RunEnd tells why
         bad = Run(job, str(tmp / "pipeline_root"), run_id="run-bad",
                   arguments={**arguments, "train_steps": 0, "warm_start": "newest"},
                   python=sys.executable, env=env, timeout=600, cwd=REPO_ROOT)
         try:
-            bad.execute(stop_after="DeblurInputFingerprint")
+            bad.execute()  # the whole run: it stops at the fingerprint, then the exit task
             bad_error = None
         except TaskFailed as e:
             bad_error = e
@@ -141,8 +140,11 @@ def contract_run(tmp_path_factory):
 
 def test_every_task_runs_in_dependency_order(contract_run):
     run, job = contract_run[:2]
-    order = topological(job["pipelineSpec"]["root"]["dag"]["tasks"])
-    assert sorted(order) == sorted(TASKS) and list(run.outputs) == order
+    order = topological(kc.dag_tasks(job["pipelineSpec"]))
+    # the exit task last, after the sub-DAG tfx-dag
+    assert sorted(order) == sorted(TASKS) and list(run.outputs) == order + [kc.EXIT_TASK]
+    assert run.states == {**{t: "COMPLETE" for t in TASKS}, kc.TFX_DAG: "COMPLETE",
+                          kc.EXIT_TASK: "COMPLETE"}
 
 
 def test_the_executor_input_is_what_the_driver_builds(contract_run):
@@ -263,8 +265,8 @@ def test_a_bad_value_stops_the_run_first_in_one_line(contract_run):
     one line, nothing else starts."""
     bad, error = contract_run[4], contract_run[5]
     assert error is not None and "DeblurInputFingerprint: the command exited 1" in str(error)
-    # ImportSchemaGen depends on nothing, so it may run beside the check; nothing else ran
-    assert set(bad.outputs) <= {"DeblurRunCheck", "ImportSchemaGen"}
+    # nothing else ran (ImportSchemaGen waits for the fingerprint's cache_salt) but the exit task
+    assert set(bad.outputs) == {"DeblurRunCheck", kc.EXIT_TASK}
     assert "DeblurRunCheck" in bad.outputs and "DeblurIngest" not in bad.outputs
     log = open(f"{bad.run_root}/DeblurInputFingerprint/launcher.log").read().strip().splitlines()
     assert len(log) == 1, log
@@ -371,7 +373,7 @@ def test_a_trainer_pod_stopped_by_sigterm_resumes_in_the_next_run(contract_run, 
     import time
 
     run, job, _, _, _, _, _ = contract_run
-    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    tasks = kc.dag_tasks(job["pipelineSpec"])
     upstream = set(tasks["Trainer"].get("dependentTasks", []))
     for name in reversed(topological(tasks)):
         if name in upstream:
@@ -427,3 +429,96 @@ def test_a_trainer_pod_stopped_by_sigterm_resumes_in_the_next_run(contract_run, 
         assert [h["step"] for h in json.load(f)] == [10, 20]
     assert os.path.exists(os.path.join(model_run, "checkpoints", "ckpt-20.index"))
     assert not os.path.exists(os.path.dirname(announced))  # moved into the ModelRun
+
+
+# ---- the exit task: what a run did, whatever its outcome (issue 36 item 6) -------------------
+def test_a_run_that_succeeded_ends_with_the_run_summary(contract_run):
+    run = contract_run[0]
+    end = run.artifact(kc.EXIT_TASK, "summary")
+    assert end["type"] == "system.Markdown"
+    md = open(end["uri"]).read()
+    summary = open(run.artifact("RunSummary", "summary")["uri"]).read()
+    assert md == "## Run succeeded: run-1\n\n" + summary
+    # the run's summary at the one path `deblur` reads, whatever the outcome
+    assert open(f"{run.run_root}/summary.md").read() == summary
+    # cache on: an empty salt, the same in every run, for ImportSchemaGen's cache key
+    assert run.outputs["DeblurInputFingerprint"]["parameters"]["cache_salt"] == ""
+    assert run.executor_inputs["ImportSchemaGen"]["inputs"]["parameterValues"][
+        "cache_salt"] == ""
+
+
+def test_a_run_stopped_by_a_bad_value_ends_with_a_failure_summary(contract_run):
+    bad = contract_run[4]
+    assert bad.states[kc.TFX_DAG] == "FAILED" and bad.states[kc.EXIT_TASK] == "COMPLETE"
+    end = bad.artifact(kc.EXIT_TASK, "summary")
+    assert end["custom_properties"]["display_name"] == {"string": "run end: failed"}
+    md = open(end["uri"]).read()
+    assert md.startswith("## Run failed: DeblurInputFingerprint\n")
+    assert "- final state: FAILED (inferred from the run folder)" in md
+    assert "- **DeblurInputFingerprint**: run parameters refused: **train_steps** = `0`" in md
+    assert "| DeblurRunCheck | wrote outputs in this run |" in md
+    assert "| DeblurIngest | not started (after a failure) |" in md
+    assert "| RunSummary | not started (after a failure) |" in md
+    assert open(f"{bad.run_root}/summary.md").read() == md
+
+
+FAILING_PYTHON = r'''#!{python}
+"""The image's python, with the executor class DEBLUR_TEST_FAIL_EXECUTOR made to raise."""
+import importlib, os, runpy, sys
+
+sys.path.insert(0, os.getcwd())
+target = os.environ["DEBLUR_TEST_FAIL_EXECUTOR"]
+if target in sys.argv:
+    module, _, name = target.rpartition(".")
+
+    def fail(self, input_dict, output_dict, exec_properties):
+        raise RuntimeError("forced by the test\nsecond line")
+
+    setattr(getattr(importlib.import_module(module), name), "Do", fail)
+assert sys.argv[1] == "-m", sys.argv
+module = sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+'''
+
+
+def test_a_failed_evaluator_is_named_with_its_error_in_the_failure_summary(contract_run,
+                                                                           tmp_path):
+    """The evaluator raises in a run whose earlier tasks came from the cache (run-1's
+    outputs); the exit task, given KFP's final status (backend >= 2.14: with_final_status),
+    names the task and its error, the tasks that did not start and the cached ones."""
+    run, job = contract_run[:2]
+    job = kc.with_final_status(job)
+    tasks = kc.dag_tasks(job["pipelineSpec"])
+    after = {"DeblurEvaluator"}
+    for name in topological(tasks):
+        if set(tasks[name].get("dependentTasks", [])) & after:
+            after.add(name)
+    label = job["pipelineSpec"]["components"][tasks["DeblurEvaluator"]["componentRef"][
+        "name"]]["executorLabel"]
+    args = job["pipelineSpec"]["deploymentSpec"]["executors"][label]["container"]["args"]
+    executor_class = args[args.index("--executor_class_path") + 1]
+    wrapper = tmp_path / "python-failing"
+    wrapper.write_text(FAILING_PYTHON.format(python=sys.executable))
+    wrapper.chmod(0o755)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
+           "DEBLUR_TEST_FAIL_EXECUTOR": executor_class}
+    pipeline_root = run.run_root.rsplit("/", 2)[0]
+    failing = Run(job, pipeline_root, run_id="run-fail", arguments=run.root_params,
+                  python=str(wrapper), env=env, timeout=1800, cwd=REPO_ROOT)
+    failing.outputs = {t: run.outputs[t] for t in tasks if t not in after}  # cached
+    failing.mlmd = dict(run.mlmd)
+    with pytest.raises(TaskFailed, match="DeblurEvaluator: the command exited"):
+        failing.execute()
+    assert set(failing.executor_inputs) == {"DeblurEvaluator", kc.EXIT_TASK}
+    status = failing.executor_inputs[kc.EXIT_TASK]["inputs"]["parameterValues"]["final_status"]
+    assert status == {"state": "FAILED", "error": {}, "pipelineJobResourceName": "run-fail",
+                      "pipelineTaskName": kc.TFX_DAG}
+    md = open(failing.artifact(kc.EXIT_TASK, "summary")["uri"]).read()
+    assert md.startswith("## Run failed: DeblurEvaluator\n")
+    assert "- final state: FAILED\n" in md and "- reported by KFP for: tfx-dag" in md
+    assert "- **DeblurEvaluator**: RuntimeError: forced by the test\n" in md
+    for name in ("RegistryPusher", "ServabilityCheck", "RunSummary"):
+        assert f"| {name} | not started (after a failure) |" in md
+    assert "| Trainer | no output in this run (cached, or stopped without a record) |" in md
+    assert open(f"{failing.run_root}/summary.md").read() == md

@@ -460,7 +460,7 @@ def submit(config: PipelineConfig, spec_file: Optional[str], host: Optional[str]
     (KFP backend >= 2.5.0; infra/README.md), and sends only `params`, so that the release's
     defaults fill the rest; `pin_version` pins it to today's newest release, `version` to the
     release of that name (KFP's API cannot move a recurring run to another version: delete it
-    and submit again). `no_cache`: the run parameter cache=off."""
+    and submit again). `no_cache`: the run parameter cache=off (every task runs again: compiler.add_cache_salt)."""
     kf = config.kubeflow
     if schedule is not None:
         schedule = validate_cron(schedule)

@@ -14,6 +14,9 @@ Compiling adds the run parameters of pipelines/run_params.py (root input paramet
 config's values as defaults: runtimeConfig.parameterValues of the PipelineJob, defaultValue in
 the root inputDefinitions of both documents) and makes every task's command
 pipelines/kubeflow/entrypoint.py, TFX's entrypoint with what the open-source KFP v2 launcher needs.
+With TFX's exit handler the pipeline's tasks are in the sub-DAG tfx-dag (dag_tasks(), which every
+post-processing step edits) and the exit task RunEnd runs after it whatever its outcome
+(add_exit_task); cache=off gives every cached task a new cache key (add_cache_salt).
 
 KFP facts this relies on (kfp SDK 2.5.0 sources here; KFP backend sources at tag 2.0.5):
 - the backend accepts only pipeline specs of schemaVersion 2.1.0, so the runner compiles with
@@ -113,12 +116,18 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
             use_pipeline_spec_2_1=True),  # KFP backend 2.0.x takes schemaVersion 2.1.0 only
         output_dir=os.path.dirname(os.path.abspath(out_file)),
         output_filename=os.path.basename(out_file))
+    from pipelines.run_end_component import RunEnd
+
+    # the exit task: every other task goes into the sub-DAG tfx-dag (add_exit_task)
+    runner.set_exit_handler(RunEnd())
     job = runner.run(pipeline, parameter_values=defaults, write_out=True)
     add_parameter_defaults(job)
     add_input_fingerprint_task(job, kf.image_for(INGEST_TASK))
     add_run_check_task(job, kf.image, cfg.to_dict())
     never_cached(job, NEVER_CACHED)
+    add_cache_salt(job)
     add_trainer_retry_policy(job, kf.trainer_max_retries)
+    add_exit_task(job)
     with open(out_file, "w") as f:  # the runner's file, with the retry policy added
         json.dump(job, f, indent=2, sort_keys=True)
     write_package(job, cfg, package_path(out_file))
@@ -172,6 +181,32 @@ def run_arguments(config: PipelineConfig, spec: Dict[str, Any],
     return args
 
 
+# ---- the DAG ----------------------------------------------------------------------------------
+# TFX's exit handler (KubeflowV2DagRunner.set_exit_handler) puts every task of the pipeline in
+# a sub-DAG of this name, a component of the spec, and the exit task at the root after it
+TFX_DAG = "tfx-dag"
+EXIT_TASK = "RunEnd"
+
+
+def dag_tasks(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """{name: PipelineTaskSpec} of the pipeline's tasks: the sub-DAG tfx-dag's with an exit
+    handler, else the root DAG's. Every post-processing step edits these."""
+    sub = spec["components"].get(TFX_DAG, {}).get("dag")
+    return sub["tasks"] if sub is not None else spec["root"]["dag"]["tasks"]
+
+
+def exit_tasks(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """{name: PipelineTaskSpec} of the root tasks that run after tfx-dag whatever its outcome."""
+    if TFX_DAG not in spec["components"]:
+        return {}
+    return {k: v for k, v in spec["root"]["dag"]["tasks"].items() if k != TFX_DAG}
+
+
+def all_tasks(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Every task that runs a container: the DAG's, then the exit tasks."""
+    return {**dag_tasks(spec), **exit_tasks(spec)}
+
+
 INGEST_TASK = "DeblurIngest"
 FINGERPRINT_TASK = "DeblurInputFingerprint"
 # create_pipeline's input_fingerprint on Kubeflow: replaced by the fingerprint task's output
@@ -187,7 +222,7 @@ def add_input_fingerprint_task(job: Dict[str, Any], image: str) -> None:
     task is never cached; it runs in every run, recurring and UI-started ones included, where
     a fingerprint computed by `deblur submit` would be frozen into the schedule."""
     spec = job["pipelineSpec"]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = dag_tasks(spec)
     ingest = tasks[INGEST_TASK]
     params = ingest["inputs"]["parameters"]
     current = params.get("input_fingerprint", {}).get("runtimeValue", {}).get("constant")
@@ -243,7 +278,7 @@ def add_run_check_task(job: Dict[str, Any], image: str, config_dict: Dict[str, A
     root_params[run_params.CACHE] = {"parameterType": "STRING", "defaultValue": "on",
                                      "isOptional": True, "description": run_params.CACHE_HELP}
     job.setdefault("runtimeConfig", {}).setdefault("parameterValues", {})[run_params.CACHE] = "on"
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = dag_tasks(spec)
     label = f"{CHECK_TASK}_executor"
     from pipelines.kubeflow import check as kfp_check
 
@@ -286,9 +321,106 @@ def add_run_check_task(job: Dict[str, Any], image: str, config_dict: Dict[str, A
 
 def never_cached(job: Dict[str, Any], names) -> None:
     for name in names:
-        task = job["pipelineSpec"]["root"]["dag"]["tasks"].get(name)
+        task = all_tasks(job["pipelineSpec"]).get(name)
         if task is not None:
             task["cachingOptions"] = {}
+
+
+def cache_dependent(tasks: Dict[str, Any]) -> List[str]:
+    """The tasks whose cache key changes with the `cache` run parameter: it is one of their
+    input parameters, or an input comes from a task that is (an output parameter, or an
+    output artifact, whose ML Metadata id is in the key). A task after another only through
+    dependentTasks is not: KFP's cache key holds the inputs only (backend/src/v2/cacheutils
+    GenerateCacheKey: input parameter values, input artifact names, output specs, command,
+    image)."""
+    out: List[str] = []
+    for name in _topological(tasks):
+        inputs = tasks[name].get("inputs", {})
+        producers = [p["taskOutputParameter"]["producerTask"]
+                     for p in inputs.get("parameters", {}).values() if "taskOutputParameter" in p]
+        producers += [a["taskOutputArtifact"]["producerTask"]
+                      for a in inputs.get("artifacts", {}).values() if "taskOutputArtifact" in a]
+        if any(p.get("componentInputParameter") == run_params.CACHE
+               for p in inputs.get("parameters", {}).values()) or set(producers) & set(out):
+            out.append(name)
+    return out
+
+
+def add_cache_salt(job: Dict[str, Any]) -> None:
+    """cache=off gives every cached task a new cache key, not only DeblurIngest and what reads
+    its Examples: DeblurInputFingerprint also outputs `cache_salt` ("" when cache=on, so keys
+    stay the same from run to run; its fresh nonce when off), and each cached task that does
+    not already depend on `cache` through its inputs (cache_dependent: ImportSchemaGen, which
+    has no upstream) takes it as an extra input parameter, whose value is part of KFP's cache
+    key. pipelines/kubeflow/entrypoint.py (rule 7) removes it before TFX sees the exec
+    properties. The `cache` parameter typed in the KFP UI's form and `deblur submit
+    --no-cache` are the same run parameter."""
+    spec = job["pipelineSpec"]
+    tasks = dag_tasks(spec)
+    comp = spec["components"][FINGERPRINT_TASK]
+    comp["outputDefinitions"]["parameters"][run_params.CACHE_SALT] = {"parameterType": "STRING"}
+    executor = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
+    executor["args"] += ["--cache-salt-file",
+                         f"{{{{$.outputs.parameters['{run_params.CACHE_SALT}'].output_file}}}}"]
+    salted = set(cache_dependent(tasks))
+    for name in _topological(tasks):
+        task = tasks[name]
+        if name in salted or not task.get("cachingOptions", {}).get("enableCache"):
+            continue
+        task.setdefault("inputs", {}).setdefault("parameters", {})[run_params.CACHE_SALT] = {
+            "taskOutputParameter": {"producerTask": FINGERPRINT_TASK,
+                                    "outputParameterKey": run_params.CACHE_SALT}}
+        task["dependentTasks"] = sorted(set(task.get("dependentTasks", [])) | {FINGERPRINT_TASK})
+        spec["components"][task["componentRef"]["name"]].setdefault(
+            "inputDefinitions", {}).setdefault("parameters", {})[run_params.CACHE_SALT] = {
+            "parameterType": "STRING"}
+        salted = set(cache_dependent(tasks))
+
+
+def add_exit_task(job: Dict[str, Any]) -> None:
+    """The exit task RunEnd (pipelines/run_end_component.py) that TFX's exit handler put at the
+    root, after the sub-DAG tfx-dag with triggerPolicy ALL_UPSTREAM_TASKS_COMPLETED, gets the
+    DAG's task graph as its `tasks` constant; and the run parameters reach the tasks inside
+    tfx-dag. TFX compiles their componentInputParameter as in a flat pipeline, but gives
+    tfx-dag no inputs: KFP's driver resolves a componentInputParameter from the parent DAG's
+    own inputs ("parent DAG does not have input parameter"), so the tfx-dag component gets the
+    root's parameters as its inputDefinitions and its task passes each root parameter (what
+    the KFP SDK compiles for a dsl.ExitHandler). Never cached (TFX sets no cachingOptions)."""
+    from pipelines import run_end_component
+
+    spec = job["pipelineSpec"]
+    if TFX_DAG not in spec["components"]:
+        raise ValueError(f"the compiled spec has no {TFX_DAG} sub-DAG: the exit handler was not "
+                         f"compiled the way TFX 1.16 does it")
+    tasks = dag_tasks(spec)
+    end = spec["root"]["dag"]["tasks"][EXIT_TASK]
+    graph = {n: sorted(tasks[n].get("dependentTasks", [])) for n in _topological(tasks)}
+    end["inputs"]["parameters"][run_end_component.TASKS] = {"runtimeValue": {
+        "constant": json.dumps(graph)}}
+    end["cachingOptions"] = {}
+    root_params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    spec["components"][TFX_DAG]["inputDefinitions"] = {"parameters": {
+        n: {"parameterType": d.get("parameterType", "STRING")} for n, d in root_params.items()}}
+    spec["root"]["dag"]["tasks"][TFX_DAG]["inputs"] = {"parameters": {
+        n: {"componentInputParameter": n} for n in root_params}}
+
+
+def with_final_status(job: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of the job whose exit task also takes KFP's PipelineTaskFinalStatus of tfx-dag
+    (TFX's FinalStatusStr compiles to the same input). Only for a KFP backend >= 2.14.0: before
+    it, the backend's Argo compiler refuses the whole pipeline ("task final status not
+    supported yet", backend/src/v2/compiler/argocompiler/dag.go; kubeflow/pipelines#11953),
+    so `deblur compile` leaves it out and RunEnd infers the outcome from the run folder."""
+    from pipelines import run_end_component
+
+    job = copy.deepcopy(job)
+    spec = job["pipelineSpec"]
+    end = spec["root"]["dag"]["tasks"][EXIT_TASK]
+    end["inputs"]["parameters"][run_end_component.FINAL_STATUS] = {
+        "taskFinalStatus": {"producerTask": TFX_DAG}}
+    spec["components"][end["componentRef"]["name"]]["inputDefinitions"]["parameters"][
+        run_end_component.FINAL_STATUS] = {"parameterType": "TASK_FINAL_STATUS"}
+    return job
 
 
 def add_trainer_retry_policy(job: Dict[str, Any], max_retries: int) -> None:
@@ -296,7 +428,7 @@ def add_trainer_retry_policy(job: Dict[str, Any], max_retries: int) -> None:
     pod resumes from the checkpoints in its ModelRun folder. Vertex AI Pipelines honours it;
     on open-source KFP it needs a backend whose Argo compiler reads retryPolicy."""
     if max_retries:
-        job["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"]["retryPolicy"] = {
+        dag_tasks(job["pipelineSpec"])["Trainer"]["retryPolicy"] = {
             "maxRetryCount": max_retries, "backoffDuration": "60s", "backoffFactor": 2.0,
             "backoffMaxDuration": "3600s"}
 
@@ -305,7 +437,7 @@ def platform_spec(job: Dict[str, Any], config: PipelineConfig) -> Optional[Dict[
     """The Kubernetes PlatformSpec (kfp-kubernetes format) with each placed task's node selector,
     keyed by its executor label; None when no placed component has one."""
     spec = job["pipelineSpec"]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = all_tasks(spec)
     executors = {}
     for cid, r in placement.placed_resources(config, list(tasks)).items():
         if not r.node_selector:
@@ -367,12 +499,13 @@ def describe(job: Dict[str, Any], config: Optional[PipelineConfig] = None) -> Li
     """One entry per task, dependencies first: name, dependencies, image, resources, node
     selector, Beam runner, Vertex machine (from the Trainer's custom_config)."""
     spec = job["pipelineSpec"]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = all_tasks(spec)
     plat = (platform_spec(job, config) if config is not None else None) or {}
     selectors = plat.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get(
         "executors", {})
     out = []
-    for name in _topological(tasks):
+    exits = exit_tasks(spec)
+    for name in _topological(dag_tasks(spec)) + sorted(exits):
         task = tasks[name]
         label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
         executor = spec["deploymentSpec"]["executors"][label]
@@ -380,7 +513,8 @@ def describe(job: Dict[str, Any], config: Optional[PipelineConfig] = None) -> Li
         args = container.get("args", [])
         runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), None)
         entry = {"name": name, "kind": next(iter(executor), None),
-                 "depends_on": sorted(task.get("dependentTasks", [])),
+                 "depends_on": (["every task, whatever its outcome"] if name in exits
+                                else sorted(task.get("dependentTasks", []))),
                  "image": container.get("image"), "resources": container.get("resources", {}),
                  "node_selector":
                      selectors.get(label, {}).get("nodeSelector", {}).get("labels", {}),

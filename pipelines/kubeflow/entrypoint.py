@@ -41,6 +41,17 @@ ExecutorOutput it wrote. TFX itself is not modified (no file in site-packages ch
    test runs with a local pipeline root): its folder is made before the executor runs, as
    LocalDagRunner does, since on GCS an executor writes <uri>/file with no folder to make.
    Nothing is made on gs:// (TensorFlow would write zero-byte "folder/" marker objects).
+7. The cache salt (run_params.CACHE_SALT): an input parameter the compiler gives every cached
+   task whose cache key would not otherwise change with the `cache` run parameter
+   (pipelines/kubeflow/compiler.py add_cache_salt). It is there for KFP's cache key only and
+   is removed, from the parameters and the inputs spec, before TFX sees the exec properties.
+8. KFP's PipelineTaskFinalStatus (the exit task's `final_status`, backend >= 2.14) arrives as a
+   struct; TFX takes a string exec property (and would pass the Struct proto on), so a struct
+   value not declared STRUCT is handed over as JSON text.
+9. A failed executor's one-line error is written to <run folder>/<task>/task_error.json
+   (core/artifacts.py), beside its outputs, before the exception goes on and fails the task:
+   the exit task RunEnd names it in the failure summary. A task with no output artifact
+   (ValidationGate) has no folder to write it to.
 
 The executor output file (ExecutorInput.outputs.outputFile) is what KFP's launcher reads: the
 output artifacts' metadata, which the driver hands to the next task as its inputs' metadata.
@@ -117,6 +128,14 @@ def rewrite_executor_input(executor_input_json: str, inputs_spec_json: str,
     values = {k: json_format.MessageToDict(v) for k, v in ei.inputs.parameter_values.items()}
     for name in run_params.fold(values):
         spec.parameters.pop(name, None)
+    values.pop(run_params.CACHE_SALT, None)  # 7
+    spec.parameters.pop(run_params.CACHE_SALT, None)
+    for name, v in list(values.items()):  # 8 (the compiled inputs spec may not list it)
+        ptype = spec.parameters[name].parameter_type if name in spec.parameters else None
+        if isinstance(v, dict) and ptype not in (pb.ParameterType.STRUCT,):
+            values[name] = json.dumps(v, sort_keys=True)
+            if ptype is not None:
+                spec.parameters[name].parameter_type = pb.ParameterType.STRING
     ei.inputs.ClearField("parameter_values")
     for k, v in values.items():
         ei.inputs.parameter_values[k].CopyFrom(json_format.ParseDict(v, struct_pb2.Value()))
@@ -187,6 +206,28 @@ def clean_executor_output(executor_input_json: str) -> None:
         json.dump(out, f)
 
 
+def write_task_error(executor_input_json: str, error: BaseException) -> str:
+    """<run folder>/<task>/task_error.json with the error's first line (9 above); returns its
+    path, "" when the task has no output artifact to find its folder by."""
+    from tfx.dsl.io import fileio
+
+    from core import artifacts
+
+    ei = json.loads(executor_input_json)
+    outputs = ((ei.get("outputs") or {}).get("artifacts") or {})
+    for key, lst in sorted(outputs.items()):
+        for a in lst.get("artifacts", []):
+            if a.get("uri"):
+                folder = artifacts.kfp_task_folder(a["uri"], key)
+                first = (str(error).strip().splitlines() or [""])[0][:500]
+                path = artifacts.join(folder, artifacts.TASK_ERROR_FILE)
+                fileio.makedirs(folder)
+                with fileio.open(path, "w") as f:
+                    json.dump({"error": f"{type(error).__name__}: {first}"}, f)
+                return path
+    return ""
+
+
 def _replace(argv: List[str], flag: str, value: str) -> List[str]:
     out = list(argv)
     for i, a in enumerate(out):
@@ -222,7 +263,14 @@ def main(argv: List[str]) -> None:
 
     def run(parsed):
         make_local_output_dirs(executor_input)
-        tfx_entry.main(parsed)
+        try:
+            tfx_entry.main(parsed)
+        except Exception as e:  # noqa: BLE001 - recorded for RunEnd, then raised again
+            try:
+                write_task_error(original, e)
+            except Exception:  # noqa: BLE001 - the task's own error is the one to show
+                pass
+            raise
         clean_executor_output(original)
         remove_gcs_folder_markers(output_uris(original))
 

@@ -167,3 +167,37 @@ def test_gcs_folder_markers_are_removed_so_the_launcher_can_copy_the_input(tmp_p
     _download_like_the_launcher(store.objects, root, tmp_path / "after")
     assert (tmp_path / "after/Format-Serving/variables/variables.index").read_bytes() == b"ix"
     assert kfp_entrypoint.remove_gcs_folder_markers(["/local/path"]) == []
+
+
+def test_the_cache_salt_never_reaches_the_executor():
+    """Rule 7: cache_salt is in the ExecutorInput for KFP's cache key only."""
+    spec = json.dumps({"parameters": {"schema_file": {"parameterType": "STRING"},
+                                      run_params.CACHE_SALT: {"parameterType": "STRING"}}})
+    ei, out_spec = kfp_entrypoint.rewrite_executor_input(
+        _executor_input(schema_file="/s.pbtxt", **{run_params.CACHE_SALT: "ab12"}), spec)
+    assert json.loads(ei)["inputs"]["parameterValues"] == {"schema_file": "/s.pbtxt"}
+    assert set(json.loads(out_spec)["parameters"]) == {"schema_file"}
+
+
+def test_the_final_status_struct_reaches_tfx_as_json_text():
+    """Rule 8: KFP's PipelineTaskFinalStatus (a struct) becomes a string exec property."""
+    status = {"state": "FAILED", "error": {}, "pipelineTaskName": "tfx-dag",
+              "pipelineJobResourceName": "run-1"}
+    spec = json.dumps({"parameters": {"final_status": {"parameterType": "TASK_FINAL_STATUS"},
+                                      "tasks": {"parameterType": "STRING"}}})
+    ei, out_spec = kfp_entrypoint.rewrite_executor_input(
+        _executor_input(final_status=status, tasks="{}"), spec)
+    assert json.loads(json.loads(ei)["inputs"]["parameterValues"]["final_status"]) == status
+    assert json.loads(out_spec)["parameters"]["final_status"] == {"parameterType": "STRING"}
+
+
+def test_a_failed_executor_leaves_its_error_in_its_task_folder(tmp_path):
+    """Rule 9: <run folder>/<task>/task_error.json, for either KFP output layout."""
+    for layout in ("Trainer/model", "Trainer/0f4c6a1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b/model"):
+        run = tmp_path / layout.count("/").__str__()
+        ei = json.dumps({"outputs": {"artifacts": {"model": {"artifacts": [
+            {"uri": f"{run}/{layout}"}]}}}})
+        path = kfp_entrypoint.write_task_error(ei, ValueError("no split 'train'\nmore"))
+        assert path == f"{run}/Trainer/task_error.json"
+        assert json.load(open(path)) == {"error": "ValueError: no split 'train'"}
+    assert kfp_entrypoint.write_task_error(json.dumps({"outputs": {}}), ValueError("x")) == ""

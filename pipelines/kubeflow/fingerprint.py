@@ -21,6 +21,10 @@ bad value typed in the KFP UI stops the run within a minute. --cache off (the `c
 parameter, `deblur submit --no-cache`) appends a fresh nonce to the fingerprint: the ingest's
 cache key, and so every task downstream of its Examples, is new, and the run computes
 everything again; the ingest compares only the fingerprint itself (its first word).
+--cache-salt-file is the task's `cache_salt` output parameter: "" with --cache on (cache keys
+stay the same from run to run), that same nonce with --cache off. Every cached task whose cache
+key would not otherwise change (ImportSchemaGen: no upstream) takes it as an input parameter
+(pipelines/kubeflow/compiler.py add_cache_salt), so cache=off reruns every task.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fingerprint-file", required=True, help="KFP's output parameter file")
     p.add_argument("--problems", default="", help="DeblurRunCheck's verdict ('' = all good)")
     p.add_argument("--cache", default="on", help="on, or off: salt the fingerprint")
+    p.add_argument("--cache-salt-file", default="",
+                   help="KFP's output parameter file of cache_salt ('' or the nonce)")
     args = p.parse_args(argv)
     if args.problems.strip():
         print(args.problems.strip().splitlines()[0], file=sys.stderr)
@@ -51,15 +57,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sources = [IngestSource.from_json(s) for s in json.loads(listed)]
     plan = plan_ingest(sources, IngestOptions(**json.loads(args.options)))
     fingerprint = plan.fingerprint()
+    salt = ""
     if args.cache == "off":  # a cache key no earlier run had (the ingest checks the first word)
         import uuid
 
-        fingerprint = f"{fingerprint} no-cache {uuid.uuid4().hex}"
-    folder = os.path.dirname(args.fingerprint_file)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(args.fingerprint_file, "w") as f:
-        f.write(fingerprint)
+        salt = uuid.uuid4().hex
+        fingerprint = f"{fingerprint} no-cache {salt}"
+    for path, value in ((args.fingerprint_file, fingerprint), (args.cache_salt_file, salt)):
+        if not path:
+            continue
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(value)
     print(f"input fingerprint {fingerprint} of {len(plan.units)} unit(s) "
           f"({len(plan.candidates)} inputs) in {len(sources)} source(s)", file=sys.stderr)
     return 0

@@ -278,7 +278,9 @@ def config_digest(spec: Dict[str, Any]) -> Optional[str]:
     run's check task reads it (in a pinned spec, with the images by digest: the same config
     with another build behind a tag hashes differently), or None for a spec without that
     task."""
-    task = spec.get("root", {}).get("dag", {}).get("tasks", {}).get("DeblurRunCheck", {})
+    dags = [spec.get("root", {})] + list(spec.get("components", {}).values())  # tfx-dag too
+    task = next((d["dag"]["tasks"]["DeblurRunCheck"] for d in dags
+                 if "DeblurRunCheck" in d.get("dag", {}).get("tasks", {})), {})
     constant = task.get("inputs", {}).get("parameters", {}).get("config", {}).get(
         "runtimeValue", {}).get("constant")
     if not isinstance(constant, str):

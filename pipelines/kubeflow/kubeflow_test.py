@@ -78,17 +78,17 @@ def _spec(compiled, platform="gke"):
 
 
 def _executor(spec, task):
-    label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]][
+    label = spec["components"][kc.all_tasks(spec)[task]["componentRef"]["name"]][
         "executorLabel"]
     return label, spec["deploymentSpec"]["executors"][label]
 
 
 def _task_param(spec, task, name):
-    return spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]
+    return kc.dag_tasks(spec)[task]["inputs"]["parameters"][name]
 
 
 def _param(spec, task, name):
-    p = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]
+    p = kc.dag_tasks(spec)[task]["inputs"]["parameters"][name]
     return p["runtimeValue"]["constant"]
 
 
@@ -145,7 +145,7 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
                                      input_fingerprint=kc.FINGERPRINT_PLACEHOLDER).components
         # TFX compiles a Resolver node to one task per resolved channel: <id>-<channel>-resolver
         resolvers = {c.id for c in components if isinstance(c, Resolver)}
-        tasks = set(job["pipelineSpec"]["root"]["dag"]["tasks"])
+        tasks = set(kc.dag_tasks(job["pipelineSpec"]))
         resolved = {t for t in tasks if any(t.startswith(r + "-") for r in resolvers)}
         # + the task that fingerprints the ingest's inputs (add_input_fingerprint_task) and the
         # one that checks the run parameters before it (add_run_check_task)
@@ -156,9 +156,11 @@ def test_tasks_are_exactly_the_pipeline_components(compiled):
 
 
 def test_task_order(compiled):
-    tasks = _spec(compiled)["root"]["dag"]["tasks"]
+    tasks = kc.dag_tasks(_spec(compiled))
     deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
-    assert deps["DeblurIngest"] == {kc.FINGERPRINT_TASK} and deps["ImportSchemaGen"] == set()
+    # ImportSchemaGen waits for the fingerprint task's cache_salt (add_cache_salt)
+    assert deps["DeblurIngest"] == {kc.FINGERPRINT_TASK}
+    assert deps["ImportSchemaGen"] == {kc.FINGERPRINT_TASK}
     assert deps[kc.FINGERPRINT_TASK] == {kc.CHECK_TASK} and deps[kc.CHECK_TASK] == set()
     assert deps["StatisticsGen"] == {"DeblurIngest"}
     assert deps["ExampleValidator"] == {"StatisticsGen", "ImportSchemaGen"}
@@ -176,7 +178,7 @@ def test_schema_version_images_and_entrypoint(compiled):
     spec = job["pipelineSpec"]
     assert spec["schemaVersion"] == "2.1.0"  # the only one the KFP 2.0.x backend takes
     assert job["runtimeConfig"]["gcsOutputDirectory"] == cfg.kubeflow.pipeline_root
-    for task in spec["root"]["dag"]["tasks"]:
+    for task in kc.all_tasks(spec):
         _, ex = _executor(spec, task)
         if "container" not in ex:
             continue  # TFX Resolver nodes (see unsupported_on_kfp)
@@ -225,7 +227,7 @@ def test_gke_trainer_resources_and_node_selectors(compiled):
     assert executors[label]["nodeSelector"]["labels"] == {
         "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
         "cloud.google.com/gke-tpu-topology": "2x2"}
-    if "DeblurEvaluator" in spec["root"]["dag"]["tasks"]:
+    if "DeblurEvaluator" in kc.dag_tasks(spec):
         elabel, eex = _executor(spec, "DeblurEvaluator")
         assert eex["container"]["resources"]["accelerator"] == {"type": "nvidia.com/gpu",
                                                                 "count": "1"}
@@ -322,7 +324,7 @@ def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
     for platform in ("gke", "vertex"):
         job, docs = compiled[platform][1], compiled[platform][2]
         for spec in (job["pipelineSpec"], docs[0]):  # the PipelineJob and the KFP package
-            tasks = spec["root"]["dag"]["tasks"]
+            tasks = kc.dag_tasks(spec)
             ingest, fp = tasks["DeblurIngest"], tasks[kc.FINGERPRINT_TASK]
             assert ingest["cachingOptions"] == {"enableCache": True}  # example: enable_cache
             assert fp["cachingOptions"].get("enableCache", False) is False
@@ -335,7 +337,8 @@ def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
                 "constant": "gs://my-deblur-bucket/pipeline_root/DeblurIngest/units"}}
             comp = spec["components"][kc.FINGERPRINT_TASK]
             assert comp["outputDefinitions"]["parameters"] == {
-                "fingerprint": {"parameterType": "STRING"}}
+                "fingerprint": {"parameterType": "STRING"},
+                "cache_salt": {"parameterType": "STRING"}}  # add_cache_salt
             assert spec["components"]["DeblurIngest"]["inputDefinitions"]["parameters"][
                 "input_fingerprint"] == {"parameterType": "STRING"}
             # every other task is cached (the example config), keyed on the ingest's outputs
@@ -367,6 +370,7 @@ def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
               "{{$.inputs.parameters['data_sources']}}": json.dumps([s.to_json() for s in sources]),
               "{{$.inputs.parameters['options']}}": options,
               "{{$.outputs.parameters['fingerprint'].output_file}}": str(tmp_path / "out" / "fp"),
+              "{{$.outputs.parameters['cache_salt'].output_file}}": str(tmp_path / "out" / "salt"),
               # DeblurRunCheck found nothing wrong; the run keeps its cache
               "{{$.inputs.parameters['problems']}}": "", "{{$.inputs.parameters['cache']}}": "on"}
     args = [values.get(a, a) for a in ex["container"]["args"]]
@@ -375,6 +379,7 @@ def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
     assert kfp_fingerprint.main(args) == 0
     want = input_fingerprint(sources, IngestOptions(**json.loads(options)))
     assert (tmp_path / "out" / "fp").read_text() == want
+    assert (tmp_path / "out" / "salt").read_text() == ""  # cache on: keys as in earlier runs
 
 
 def test_caching_without_a_fingerprint_is_refused():
@@ -1153,13 +1158,13 @@ def test_the_trainer_task_is_retried(compiled):
 
     for platform in ("gke", "vertex"):
         cfg, job, docs, path = compiled[platform]
-        tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+        tasks = kc.dag_tasks(job["pipelineSpec"])
         policy = tasks["Trainer"]["retryPolicy"]
         assert policy["maxRetryCount"] == cfg.kubeflow.trainer_max_retries == 3
         task = json_format.ParseDict(tasks["Trainer"], pipeline_spec_pb2.PipelineTaskSpec())
         assert task.retry_policy.max_retry_count == 3
         assert task.retry_policy.backoff_duration.seconds == 60
-        assert docs[0]["root"]["dag"]["tasks"]["Trainer"]["retryPolicy"] == policy  # the package
+        assert kc.dag_tasks(docs[0])["Trainer"]["retryPolicy"] == policy  # the package
         assert [t for t in tasks if "retryPolicy" in tasks[t]] == ["Trainer"]
 
 
@@ -1211,7 +1216,7 @@ def test_run_page_artifacts_in_the_spec(compiled):
     spec = _spec(compiled)
 
     def titles(task):
-        comp = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]]
+        comp = spec["components"][kc.dag_tasks(spec)[task]["componentRef"]["name"]]
         return {k: yaml.safe_load(v["artifactType"]["instanceSchema"])["title"]
                 for k, v in comp["outputDefinitions"]["artifacts"].items()}
 
@@ -1227,7 +1232,7 @@ def test_run_page_artifacts_in_the_spec(compiled):
     assert titles("RegistryPusher") == {"pushed_model": "tfx.PushedModel",
                                         "report": "system.Markdown"}
     assert titles("RunSummary") == {"summary": "system.Markdown"}
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = kc.dag_tasks(spec)
     assert tasks["TrainingReport"]["dependentTasks"] == ["Trainer"]
     assert tasks["TrainingReport"]["cachingOptions"] == {"enableCache": True}  # with the Trainer
     assert tasks["RunSummary"]["cachingOptions"] == {}  # never cached: it reports this run
@@ -1308,7 +1313,7 @@ def test_submit_bad_params_are_one_line_errors_before_any_request(compiled, kfp_
 def _check_executor_input(spec, values, tmp_path):
     """The DeblurRunCheck task's ExecutorInput as the driver builds it: its root parameters
     (here `values` over the compiled defaults) and the constant config."""
-    task = spec["root"]["dag"]["tasks"][kc.CHECK_TASK]
+    task = kc.dag_tasks(spec)[kc.CHECK_TASK]
     defaults = kc.compiled_defaults(spec)
     params = {}
     for key, p in task["inputs"]["parameters"].items():
@@ -1343,7 +1348,7 @@ def test_the_check_task_comes_first_and_gates_the_fingerprint(compiled):
     for platform in ("gke", "vertex"):
         cfg, job, docs, _ = compiled[platform]
         for spec in (job["pipelineSpec"], docs[0]):
-            tasks = spec["root"]["dag"]["tasks"]
+            tasks = kc.dag_tasks(spec)
             check, fp = tasks[kc.CHECK_TASK], tasks[kc.FINGERPRINT_TASK]
             assert check.get("dependentTasks", []) == [] and check["cachingOptions"] == {}
             assert fp["dependentTasks"] == [kc.CHECK_TASK]
@@ -1365,7 +1370,8 @@ def test_the_check_task_comes_first_and_gates_the_fingerprint(compiled):
             # the cache switch: a root parameter, default on
             assert spec["root"]["inputDefinitions"]["parameters"]["cache"]["defaultValue"] == "on"
             assert fp["inputs"]["parameters"]["cache"] == {"componentInputParameter": "cache"}
-        # every task depends on the check, through the fingerprint, but ImportSchemaGen
+        # every task depends on the check, through the fingerprint (ImportSchemaGen through
+        # its cache_salt)
         deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
         after = {kc.CHECK_TASK}
         changed = True
@@ -1375,7 +1381,7 @@ def test_the_check_task_comes_first_and_gates_the_fingerprint(compiled):
                 if n not in after and d & after:
                     after.add(n)
                     changed = True
-        assert set(tasks) - after == {"ImportSchemaGen"}
+        assert set(tasks) - after == set()
 
 
 def run_params_names():
@@ -1547,3 +1553,134 @@ def test_data_sources_short_form_a_sources_file(compiled, tmp_path, capsys):
     # the JSON list itself still works
     assert run_params.check_value("data_sources", json.dumps(
         [{"layout": "gopro", "root": "gs://b/gopro"}])).startswith("[")
+
+
+# ---- the exit task and cache=off (issue 36 item 6) ----------------------------------------------
+def test_the_exit_task_runs_after_the_dag_whatever_its_outcome(compiled):
+    """TFX's exit handler: every task in the sub-DAG tfx-dag, RunEnd at the root after it with
+    ALL_UPSTREAM_TASKS_COMPLETED (KFP's Argo compiler: tfx-dag Succeeded, Failed, Errored or
+    Skipped), never cached, with the DAG's graph; the run parameters reach the tasks inside."""
+    from pipelines import run_end_component as re_
+
+    for platform in ("gke", "vertex"):
+        spec = _spec(compiled, platform)
+        root = spec["root"]["dag"]["tasks"]
+        assert set(root) == {kc.TFX_DAG, kc.EXIT_TASK}
+        end = root[kc.EXIT_TASK]
+        assert end["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+        assert end["dependentTasks"] == [kc.TFX_DAG] and not end["cachingOptions"]
+        assert "inputs" not in end or "artifacts" not in end["inputs"]
+        graph = json.loads(end["inputs"]["parameters"][re_.TASKS]["runtimeValue"]["constant"])
+        tasks = kc.dag_tasks(spec)
+        assert graph == {n: sorted(t.get("dependentTasks", [])) for n, t in tasks.items()}
+        # the compiled exit task asks for no PipelineTaskFinalStatus (KFP backend < 2.14
+        # refuses the whole pipeline); with_final_status adds it
+        assert re_.FINAL_STATUS not in end["inputs"]["parameters"]
+        final = kc.with_final_status(compiled[platform][1])["pipelineSpec"]["root"]["dag"][
+            "tasks"][kc.EXIT_TASK]["inputs"]["parameters"][re_.FINAL_STATUS]
+        assert final == {"taskFinalStatus": {"producerTask": kc.TFX_DAG}}
+        label, ex = _executor(spec, kc.EXIT_TASK)
+        assert ex["container"]["command"] == ENTRYPOINT
+        assert "pipelines.run_end_component.Executor" in ex["container"]["args"]
+        # every root parameter goes into tfx-dag, whose tasks take it from there
+        root_params = spec["root"]["inputDefinitions"]["parameters"]
+        dag = spec["components"][kc.TFX_DAG]
+        assert set(dag["inputDefinitions"]["parameters"]) == set(root_params)
+        assert root[kc.TFX_DAG]["inputs"]["parameters"] == {
+            n: {"componentInputParameter": n} for n in root_params}
+        used = {p["componentInputParameter"] for t in tasks.values()
+                for p in t.get("inputs", {}).get("parameters", {}).values()
+                if "componentInputParameter" in p}
+        assert used and used <= set(dag["inputDefinitions"]["parameters"])
+        assert kc.describe(compiled[platform][1])[-1]["name"] == kc.EXIT_TASK
+
+
+def test_no_cached_task_is_independent_of_the_cache_parameter(compiled):
+    """cache=off gives every cached task a new cache key: each one has, in its inputs, a path
+    from the `cache` run parameter (directly, or through an upstream task's output parameter
+    or artifact: KFP's cache key holds input parameter values and input artifact ids)."""
+    from pipelines import run_params
+
+    for platform in ("gke", "vertex"):
+        spec = _spec(compiled, platform)
+        tasks = kc.dag_tasks(spec)
+        keyed = set()
+        for name in kc._topological(tasks):
+            inputs = tasks[name].get("inputs", {})
+            sources = [p.get("componentInputParameter") or p.get("taskOutputParameter", {}).get(
+                "producerTask") for p in inputs.get("parameters", {}).values()]
+            sources += [a.get("taskOutputArtifact", {}).get("producerTask")
+                        for a in inputs.get("artifacts", {}).values()]
+            if run_params.CACHE in sources or keyed & set(sources):
+                keyed.add(name)
+        cached = {n for n, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
+        assert cached and cached <= keyed, sorted(cached - keyed)
+        schema = tasks["ImportSchemaGen"]["inputs"]["parameters"][run_params.CACHE_SALT]
+        assert schema == {"taskOutputParameter": {"producerTask": kc.FINGERPRINT_TASK,
+                                                  "outputParameterKey": run_params.CACHE_SALT}}
+        comp = spec["components"][tasks["ImportSchemaGen"]["componentRef"]["name"]]
+        assert comp["inputDefinitions"]["parameters"][run_params.CACHE_SALT] == {
+            "parameterType": "STRING"}
+        fp = spec["components"][kc.FINGERPRINT_TASK]
+        assert run_params.CACHE_SALT in fp["outputDefinitions"]["parameters"]
+        # only where needed: the ingest is keyed through the fingerprint already
+        assert run_params.CACHE_SALT not in tasks["DeblurIngest"]["inputs"]["parameters"]
+
+
+def test_the_cache_salt_is_empty_with_cache_on_and_the_nonce_with_cache_off(tmp_path):
+    from pipelines.kubeflow import fingerprint
+    from components.ingest.beam_ingest import IngestSource
+    from tests import fixtures as fx
+
+    fx.write_pair(str(tmp_path / "d" / "train" / "blur" / "0.png"),
+                  str(tmp_path / "d" / "train" / "sharp" / "0.png"), (16, 16), seed=0)
+    sources = json.dumps([IngestSource("folder", str(tmp_path / "d")).to_json()])
+    out = {}
+    for cache in ("on", "off"):
+        fp, salt = tmp_path / f"fp-{cache}", tmp_path / f"salt-{cache}"
+        assert fingerprint.main(["--sources", sources, "--options", "{}", "--cache", cache,
+                                 "--fingerprint-file", str(fp),
+                                 "--cache-salt-file", str(salt)]) == 0
+        out[cache] = (fp.read_text(), salt.read_text())
+    assert out["on"][1] == "" and len(out["off"][1]) == 32
+    assert out["off"][0] == f"{out['on'][0]} no-cache {out['off'][1]}"
+
+
+def test_run_folder_and_summary_path_for_both_kfp_output_layouts():
+    from core import artifacts
+    from pipelines import run_summary_component as rs
+
+    run = "gs://b/root/deblur-icdpm/run-2"
+    uid = "0f4c6a1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
+    assert rs.run_folder(f"{run}/RunSummary/{uid}/summary") == run  # backend >= 2.4
+    assert artifacts.kfp_task_folder(f"{run}/Trainer/{uid}/model", "model") == f"{run}/Trainer"
+    assert artifacts.kfp_task_folder(f"{run}/Trainer/model", "model") == f"{run}/Trainer"
+    assert artifacts.kfp_run_summary_path(run) == f"{run}/summary.md"
+
+
+def test_run_end_tells_failed_not_started_and_cached_tasks(tmp_path):
+    """RunEnd's reading of a run folder (KFP >= 2.4 layout): the failed task by its
+    task_error.json, the tasks after it not started, a task without outputs cached."""
+    from core import artifacts
+    from pipelines import run_end_component as re_
+
+    run = tmp_path / "deblur-icdpm" / "run-3"
+    uid = "0f4c6a1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
+    (run / "DeblurRunCheck" / uid).mkdir(parents=True)
+    (run / "DeblurRunCheck" / uid / "report").write_text("## Run parameters: all good\n")
+    (run / "Trainer" / uid / "model").mkdir(parents=True)
+    (run / "Trainer" / artifacts.TASK_ERROR_FILE).write_text(
+        json.dumps({"error": "ValueError: no split 'train'"}))
+    graph = {"DeblurRunCheck": [], "DeblurIngest": ["DeblurRunCheck"],
+             "Trainer": ["DeblurIngest"], "RunSummary": ["Trainer"]}
+    s = re_.build(str(run), graph, None)
+    assert not s["succeeded"] and s["errors"] == {"Trainer": "ValueError: no split 'train'"}
+    assert s["outcome"] == {"DeblurRunCheck": "outputs here", "DeblurIngest": "no output here",
+                            "Trainer": "FAILED", "RunSummary": "not started"}
+    md = re_.markdown(s)
+    assert md.startswith("## Run failed: Trainer\n") and "| RunSummary | not started" in md
+    # KFP's final status wins over the inference; a succeeded run is one RunSummary finished
+    assert re_.build(str(run), graph, re_.parse_status('{"state": "FAILED"}'))["state"] == "FAILED"
+    (run / "Trainer" / artifacts.TASK_ERROR_FILE).unlink()
+    (run / "summary.md").write_text("## Run summary\n")
+    assert re_.build(str(run), graph, None)["succeeded"]

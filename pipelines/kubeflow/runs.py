@@ -11,11 +11,13 @@ The tasks are the API's run_details.task_details as the backend fills them (disp
 state, start and end, error): their names and how many there are (drivers, executors) depend
 on the KFP backend version, so they are shown as given and followed by task id.
 
-The run summary that `wait` prints is the Markdown the pipeline's RunSummary task writes
-(pipelines/run_summary_component.py, a system.Markdown artifact whose URI is the file). The
-KFP API does not give artifact URIs reliably, so it is found by path, where the KFP v2 driver
-puts a task's outputs: <pipeline root>/<pipeline>/<run id>/RunSummary/summary (or a file named
-`summary` deeper under RunSummary/, for backends that add a folder per execution). It is read
+The run summary that `wait` prints is <pipeline root>/<pipeline>/<run id>/summary.md
+(core/artifacts.kfp_run_summary_path): RunSummary writes it when the run succeeds, the exit
+task RunEnd when a task failed (pipelines/run_end_component.py). The KFP API does not give
+artifact URIs reliably, so it is found by path under the run's folder, as the KFP v2 driver
+names it; a run compiled before RunEnd existed has only RunSummary's Markdown output,
+<run folder>/RunSummary/summary (or a file named `summary` deeper under RunSummary/, for
+backends that add a folder per execution), which is read instead. It is read
 with tfx.dsl.io.fileio, so a local root (tests) and gs:// (a cluster) both work; on a cluster
 the one who waits needs read access to the pipeline root's bucket (roles/storage.objectViewer),
 or the summary is skipped with a one-line note and the run page shows it instead.
@@ -25,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import posixpath
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from core import artifacts
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.kubeflow.client import SubmitError, _experiment_id, _host, _kfp
 
@@ -210,6 +214,10 @@ def read_summary(pipeline_root: str, pipeline: str,
 
     folder = summary_folder(pipeline_root, pipeline, run_id)
     try:
+        path = artifacts.kfp_run_summary_path(posixpath.dirname(folder))
+        if fileio.exists(path):
+            with fileio.open(path, "r") as f:
+                return path, f.read(), None
         path = f"{folder}/{SUMMARY_OUTPUT}"
         if not (fileio.exists(path) and not fileio.isdir(path)):
             found = sorted(f"{d.rstrip('/')}/{SUMMARY_OUTPUT}" for d, _, files in
@@ -275,9 +283,7 @@ def wait(config: PipelineConfig, host: Optional[str], run_id: str, poll: float =
     out["failure"] = failure(run, out["tasks"]) if run is not None and run.state == "FAILED" \
         else None
     out["summary"] = out["summary_path"] = out["summary_note"] = None
-    summary_task = [r for r in out["tasks"] if r["name"] == SUMMARY_TASK]
-    if run is not None and (run.state == "SUCCEEDED" or any(
-            r["state"] == "SUCCEEDED" for r in summary_task)):
+    if run is not None and run.state in EXIT_CODES:  # ended: RunSummary's or RunEnd's
         root = (run.runtime_config.pipeline_root if run.runtime_config else None) \
             or config.kubeflow.pipeline_root
         if root:

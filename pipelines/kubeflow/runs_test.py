@@ -295,6 +295,20 @@ def test_wait_prints_the_run_summary_markdown_under_the_pipeline_root(kfp_server
     assert captured.err.strip() == (f"run summary not shown: no summary under "
                                     f"{root}/deblur-icdpm/{run3}/RunSummary")
 
+    # a failed run: the exit task RunEnd's failure summary, <run folder>/summary.md (also
+    # where RunSummary writes on success), is printed, and the exit code is the outcome's
+    from core import artifacts
+
+    run4 = kfp_server.add_run(display_name="failed", runtime_config={"pipeline_root": str(root)})
+    folder = root / "deblur-icdpm" / run4
+    folder.mkdir(parents=True)
+    failure = "## Run failed: DeblurEvaluator\n\nValueError: no test split\n"
+    with open(artifacts.kfp_run_summary_path(str(folder)), "w") as f:
+        f.write(failure)
+    kfp_server.script_run(run4, [("FAILED", {"DeblurEvaluator": "FAILED"})])
+    assert _runs(kfp_server, "wait", run4, "--poll", "0") == 1
+    assert capsys.readouterr().out.rstrip("\n").endswith(failure.rstrip("\n"))
+
 
 # ---- terminate, retry -----------------------------------------------------------------------
 def test_terminate_asks_kfp_to_stop_the_run(kfp_server, package, capsys):
