@@ -408,7 +408,9 @@ def compile_spec(out_dir: str) -> str:
     """`deblur compile --config infra/kubeflow.example.yaml --out OUT/deblur-icdpm.json` with
     this Python (the project's .venv); the PipelineJob's path, the KFP package beside it."""
     spec = os.path.join(out_dir, "deblur-icdpm.json")
-    cmd = [sys.executable, "-m", "deblur.cli", "compile", "--config", EXAMPLE, "--out", spec]
+    # --keep-tags: the example's images are on no registry here; _project_calls serves them
+    cmd = [sys.executable, "-m", "deblur.cli", "compile", "--config", EXAMPLE, "--out", spec,
+           "--keep-tags"]
     r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     with open(os.path.join(out_dir, "compile.log"), "w") as f:
         f.write(r.stdout + r.stderr)

@@ -20,6 +20,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", default=DEFAULT_OUT,
                    help=f"PipelineJob JSON (default {DEFAULT_OUT}); the KFP package is written "
                         f"beside it as .yaml")
+    s.add_argument("--keep-tags", action="store_true",
+                   help="write the images as the config names them (no registry needed; upload "
+                        "and submit pin them when they send the package). Default: every image "
+                        "by digest, resolved through its registry now")
 
     s = sub.add_parser("submit",
                        help="start a run, or a recurring (cron) run, on Kubeflow Pipelines")
@@ -101,7 +105,7 @@ def add_parsers(sub) -> None:
     _add_runs_parser(sub)
 
 
-def _compile(cfg, out: str):
+def _compile(cfg, out: str, keep_tags: bool = False):
     from pipelines.kubeflow import compiler as kc
 
     kc.kubeflow_config(cfg)  # one-line config errors first
@@ -117,8 +121,11 @@ def _compile(cfg, out: str):
               f"(pipelines/kubeflow/compiler.py)", file=sys.stderr)
     from pipelines.kubeflow import images
 
+    if not keep_tags:
+        for tag, digest in kc.pin_compiled(cfg, path).items():
+            print(f"image {tag} -> {digest}", file=sys.stderr)
     tagged = images.tag_images(kc.load_job(path)["pipelineSpec"])
-    if tagged:  # compile needs no registry; the version is what must not move
+    if tagged:  # --keep-tags: no registry asked; the version is what must not move
         print(f"note: {len(tagged)} image(s) named by tag ({', '.join(tagged)}); `deblur "
               f"pipeline upload` and `deblur submit` send them by digest, resolved then "
               f"(pipelines/kubeflow/images.py)", file=sys.stderr)
@@ -146,7 +153,7 @@ def run(args) -> int:
     old_flags(args)
     cfg = config_lib.load(args.config, args.set or ())
     if args.command == "compile":
-        _compile(cfg, args.out)
+        _compile(cfg, args.out, keep_tags=args.keep_tags)
         return 0
     if args.command == "schedule":
         return _schedule(cfg, args)

@@ -572,6 +572,21 @@ def format_tasks(entries: List[Dict[str, Any]]) -> str:
 
 
 
+def pin_compiled(config: PipelineConfig, spec_file: str) -> Dict[str, str]:
+    """`deblur compile`'s default: the PipelineJob at spec_file and its KFP package beside it
+    rewritten with every image by digest (images.pin_images; an image the registry cannot
+    resolve is one ImageError line and nothing is rewritten). Returns {tag: digest}."""
+    from pipelines.kubeflow import images
+
+    job = load_job(spec_file)
+    table = images.pin_images(job["pipelineSpec"])
+    if table:
+        with open(spec_file, "w") as f:
+            json.dump(job, f, indent=2, sort_keys=True)
+        write_package(job, config, package_path(spec_file))
+    return table
+
+
 def _package_for(spec_file: str, config: PipelineConfig,
                  pin: bool = True) -> Tuple[str, Dict[str, Any], bool]:
     """(package path, PipelineJob dict or {}, temporary?) for a .json spec or a .yaml package.

@@ -1684,3 +1684,32 @@ def test_run_end_tells_failed_not_started_and_cached_tasks(tmp_path):
     (run / "Trainer" / artifacts.TASK_ERROR_FILE).unlink()
     (run / "summary.md").write_text("## Run summary\n")
     assert re_.build(str(run), graph, None)["succeeded"]
+
+
+def test_compile_writes_only_digests_unless_told_to_keep_tags(compiled, registry, tmp_path):
+    """`deblur compile`'s default (pin_compiled): the PipelineJob and the KFP package beside it
+    name every image by digest, the digests the registry serves; --keep-tags leaves the tags."""
+    import hashlib
+    import re
+    import shutil
+
+    from pipelines.kubeflow import images
+
+    cfg, job, _, path = compiled["vertex"]
+    assert images.tag_images(job["pipelineSpec"])  # the library compiles the config's names
+    out = str(tmp_path / "deblur-icdpm.json")
+    shutil.copy(path, out)
+    table = kc.pin_compiled(cfg, out)
+    assert sorted(table) == sorted(images.tag_images(job["pipelineSpec"]))
+    pinned = kc.load_job(out)["pipelineSpec"]
+    with open(kc.package_path(out)) as f:
+        package = list(yaml.safe_load_all(f))[0]
+    for spec in (pinned, package):
+        assert images.tag_images(spec) == []
+        assert all(re.fullmatch(r"127\.0\.0\.1:\d+/deblur/deblur-pipeline@sha256:[0-9a-f]{64}", i)
+                   for i in images.images(spec)), images.images(spec)
+    digests = {t: "sha256:" + hashlib.sha256(registry.manifests[(IMAGE_REPO, t)]).hexdigest()
+               for t in IMAGE_TAGS}  # as a registry computes it, from the manifest served
+    want = {f"{registry.host}/{IMAGE_REPO}@{d}" for d in digests.values()}
+    assert set(images.images(pinned)) == want
+    assert kc.pin_compiled(cfg, out) == {}  # already pinned: nothing to resolve
