@@ -223,13 +223,15 @@ def read_summary(pipeline_root: str, pipeline: str,
             found = sorted(f"{d.rstrip('/')}/{SUMMARY_OUTPUT}" for d, _, files in
                            fileio.walk(folder) if SUMMARY_OUTPUT in files)
             if not found:
-                return None, None, f"no {SUMMARY_OUTPUT} under {folder}"
+                return None, None, (f"no {artifacts.KFP_RUN_SUMMARY_FILE} in "
+                                    f"{posixpath.dirname(folder)}, no {SUMMARY_OUTPUT} under "
+                                    f"{folder}")
             path = found[0]
         with fileio.open(path, "r") as f:
             return path, f.read(), None
     except Exception as e:  # noqa: BLE001 - no read access to the bucket, a transport error
         text = (getattr(e, "message", None) or str(e)).strip()
-        return None, None, (f"cannot read {folder}: "
+        return None, None, (f"cannot read {posixpath.dirname(folder)}: "
                             f"{text.splitlines()[0] if text else type(e).__name__}")
 
 

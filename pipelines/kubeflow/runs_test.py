@@ -292,7 +292,8 @@ def test_wait_prints_the_run_summary_markdown_under_the_pipeline_root(kfp_server
     assert _runs(kfp_server, "wait", run3, "--poll", "0") == 0
     captured = capsys.readouterr()
     assert "## Run summary" not in captured.out
-    assert captured.err.strip() == (f"run summary not shown: no summary under "
+    assert captured.err.strip() == (f"run summary not shown: no summary.md in "
+                                    f"{root}/deblur-icdpm/{run3}, no summary under "
                                     f"{root}/deblur-icdpm/{run3}/RunSummary")
 
     # a failed run: the exit task RunEnd's failure summary, <run folder>/summary.md (also
