@@ -19,10 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 
+BETA_START = 1e-6  # beta_1: the training schedule's and the sampling schedules' first beta
+
+
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
     num_train_steps: int = 2000  # T_train
-    beta_start: float = 1e-6
+    beta_start: float = BETA_START
     beta_end: float = 1e-2
 
     def __post_init__(self):

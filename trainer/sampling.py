@@ -41,10 +41,10 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import luma_levels
+from trainer.diffusion import BETA_START
 from trainer.setting import (NON_FINITE_OUTPUT, PAPER_MAX_NOISE, PAPER_STEPS, SAMPLERS,  # noqa: F401
                             SamplingSetting)
 
-BETA_START = 1e-6
 PURE_NOISE_GAMMA = 1e-4  # gamma_T at max_noise = 1 (module docstring)
 
 

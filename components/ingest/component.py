@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 from tfx import types
 from tfx.components.util import examples_utils
@@ -122,7 +122,3 @@ class DeblurIngest(base_beam_component.BaseBeamComponent):
             counts=types.Channel(type=run_page.Metrics),
         )
         super().__init__(spec=spec)
-
-
-def sources_from_json(text: str) -> List[IngestSource]:
-    return [IngestSource.from_json(s) for s in json.loads(text)]
