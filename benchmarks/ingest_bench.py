@@ -204,7 +204,8 @@ def run_floor2(pool, root: str, out_dir: str) -> Tuple[int, float]:
 
 def run_beam(root: str, out_dir: str, beam_args: List[str]) -> int:
     """(b) / (c): the library entry point. Returns the number of examples written."""
-    from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+    from components.ingest.beam_ingest import run_ingest
+    from components.ingest.sources import IngestOptions, IngestSource
 
     summary = run_ingest([IngestSource("gopro", root)], out_dir, IngestOptions(), beam_args)
     if summary["status"] != "ok" or summary["quarantined"]:

@@ -108,7 +108,8 @@ def prepare_examples(data_dir: str, pairs: int, size, seed: int = 0) -> dict:
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out)
-    from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+    from components.ingest.beam_ingest import run_ingest
+    from components.ingest.sources import IngestOptions, IngestSource
     from core import synth
 
     t0 = time.time()

@@ -48,7 +48,7 @@ def _data(work: str, pairs: int, test_pairs: int, size) -> dict:
 
 
 def _sources(data: dict):
-    from components.ingest.beam_ingest import IngestSource
+    from components.ingest.sources import IngestSource
 
     return [IngestSource("gopro", data["train"], subsets=["train"], dataset="gopro_synth",
                          domain="in", span_pattern="span-{SPAN}"),
@@ -63,7 +63,8 @@ def run(work: str, overrides: dict, parent_steps: int, steps: int, pairs: int, t
         size, images: int, settings, log=print) -> dict:
     from components.evaluator import evaluate as ev
     from components.evaluator.gate import GateConfig
-    from components.ingest.beam_ingest import IngestOptions, run_ingest
+    from components.ingest.beam_ingest import run_ingest
+    from components.ingest.sources import IngestOptions
     from trainer import experiments, train as train_lib, warm_start
 
     data = _data(work, pairs, test_pairs, size)

@@ -83,13 +83,13 @@ def _check_writable(path: str, flag: str) -> None:
 
 
 def cmd_ingest(args, beam_args: List[str]) -> int:
-    from components.ingest import beam_ingest as bi
+    from components.ingest import beam_ingest as bi, sources
 
     subsets = None if args.split in (None, "", "all") else [s for s in args.split.split(",") if s]
-    source = bi.IngestSource(layout=args.layout, root=args.root, subsets=subsets,
+    source = sources.IngestSource(layout=args.layout, root=args.root, subsets=subsets,
                              dataset=args.dataset, domain=args.domain, blur_kind=args.blur_kind,
                              variant=args.variant, span_pattern=args.span_pattern)
-    options = bi.IngestOptions(max_quarantine_fraction=args.max_quarantine_fraction,
+    options = sources.IngestOptions(max_quarantine_fraction=args.max_quarantine_fraction,
                                train_crop_size=args.crop_size, span_window=args.span_window)
     if args.workers > 1:
         beam_args = [f"--direct_num_workers={args.workers}",

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from components.evaluator.evaluate import EvalConfig
 from components.evaluator.gate import GateConfig
-from components.ingest.beam_ingest import IngestOptions, IngestSource
+from components.ingest.sources import IngestOptions, IngestSource
 from core.fields import check_scalar
 from pipelines.kubeflow.config import KubeflowConfig
 from trainer.warm_start import MODES as WARM_START_MODES  # imports no TensorFlow

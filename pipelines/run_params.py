@@ -253,7 +253,7 @@ def check_data_sources(text: Any, gcs_only: bool = True) -> List[Any]:
 
 
 def _check_sources_list(text: Any, gcs_only: bool) -> List[Any]:
-    from components.ingest.beam_ingest import IngestSource
+    from components.ingest.sources import IngestSource
 
     want = f"expected {BY_NAME['data_sources'].allowed}"
     if isinstance(text, str):

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from components.ingest import layouts as L
-from components.ingest.beam_ingest import IngestOptions, IngestSource, list_files, run_ingest
+from components.ingest.beam_ingest import list_files, run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from tests import fixtures as fx
 from tests.gcs_emulator import fake_gcs
 from tests.tfrecords import read_split

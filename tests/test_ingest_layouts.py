@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from components.ingest import layouts as L
-from components.ingest.beam_ingest import IngestError, IngestOptions, IngestSource, run_ingest
+from components.ingest.beam_ingest import IngestError, run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from core import example_format as ef
 from tests import fixtures as fx
 from tests.tfrecords import read_split

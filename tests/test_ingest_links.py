@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import os
 
-from components.ingest.beam_ingest import IngestOptions, IngestSource, list_files, run_ingest
+from components.ingest.beam_ingest import list_files, run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from deblur import cli
 from tests import fixtures as fx
 from tests.tfrecords import read_split

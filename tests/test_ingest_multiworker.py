@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 
 from components.ingest import layouts as L
-from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+from components.ingest.beam_ingest import run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from core import example_format as ef
 from tests import fixtures as fx
 from tests.tfrecords import read_records

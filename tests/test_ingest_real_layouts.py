@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from components.ingest import layouts as L
-from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+from components.ingest.beam_ingest import run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from deblur import cli
 from pipelines import config as C
 from tests import fixtures as fx

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+from components.ingest.beam_ingest import run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from tests import fixtures as fx
 from trainer import data as D
 

@@ -40,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+from components.ingest.beam_ingest import run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from tests import fixtures as fx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

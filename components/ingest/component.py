@@ -32,7 +32,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components import run_page
-from components.ingest.beam_ingest import IngestOptions, IngestSource, run_ingest
+from components.ingest.beam_ingest import run_ingest
+from components.ingest.sources import IngestOptions, IngestSource
 from core.artifacts import SUMMARY_FILE
 
 EXAMPLES_KEY = "examples"

@@ -50,7 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.problems.strip():
         print(args.problems.strip().splitlines()[0], file=sys.stderr)
         return 1
-    from components.ingest.beam_ingest import IngestOptions, IngestSource, plan_ingest
+    from components.ingest.beam_ingest import plan_ingest
+    from components.ingest.sources import IngestOptions, IngestSource
     from pipelines import run_params
 
     listed = run_params.data_sources_text(args.data_sources) if args.data_sources else args.sources

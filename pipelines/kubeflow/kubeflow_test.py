@@ -350,7 +350,8 @@ def test_ingest_cache_key_sees_the_fingerprint_of_the_inputs(compiled):
 def test_fingerprint_task_writes_what_the_ingest_will_check(compiled, tmp_path):
     """The task's container, its placeholders resolved as KFP's launcher resolves them, writes
     the fingerprint of the sources to its output parameter file."""
-    from components.ingest.beam_ingest import IngestOptions, IngestSource, input_fingerprint
+    from components.ingest.beam_ingest import input_fingerprint
+    from components.ingest.sources import IngestOptions, IngestSource
     from pipelines.kubeflow import fingerprint as kfp_fingerprint
     from tests import fixtures as fx
 
@@ -1464,7 +1465,8 @@ def test_check_task_checks_the_data_sources_exist(compiled, tmp_path, capsys):
 
 
 def test_cache_off_salts_the_fingerprint_the_ingest_still_checks(tmp_path):
-    from components.ingest.beam_ingest import IngestOptions, IngestSource, input_fingerprint
+    from components.ingest.beam_ingest import input_fingerprint
+    from components.ingest.sources import IngestOptions, IngestSource
     from pipelines.kubeflow import fingerprint as kfp_fingerprint
     from tests import fixtures as fx
 
@@ -1629,7 +1631,7 @@ def test_no_cached_task_is_independent_of_the_cache_parameter(compiled):
 
 def test_the_cache_salt_is_empty_with_cache_on_and_the_nonce_with_cache_off(tmp_path):
     from pipelines.kubeflow import fingerprint
-    from components.ingest.beam_ingest import IngestSource
+    from components.ingest.sources import IngestSource
     from tests import fixtures as fx
 
     fx.write_pair(str(tmp_path / "d" / "train" / "blur" / "0.png"),
