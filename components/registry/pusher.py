@@ -24,22 +24,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
 import shutil
-import subprocess
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from components.registry.registry import Registry
 from core import artifacts
+from core.version import code_version
 from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, MODEL_INFO_FILE, SAVED_MODEL_FILE,
                             SUMMARY_FILE)
 
-PACKAGE = "deblur-pipeline"
-GIT_SHA_ENV = "DEBLUR_GIT_SHA"  # set at image build time, where there is no .git
 FAILING_VERDICTS = ("false", "fail", "failed")
 
 
@@ -153,28 +150,6 @@ def data_fingerprint(examples_uri: str) -> Dict[str, Any]:
         out["summary"] = {k: summary[k] for k in ("inputs", "written", "quarantined", "splits")
                           if k in summary}
     return out
-
-
-def code_version() -> Dict[str, Any]:
-    """The package version and git commit of this code ($DEBLUR_GIT_SHA in images)."""
-    try:
-        package_version = importlib.metadata.version(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        package_version = None
-    sha, dirty = os.environ.get(GIT_SHA_ENV) or None, None
-    if sha is None:
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        try:
-            run = dict(cwd=repo, capture_output=True, text=True, timeout=10)
-            r = subprocess.run(["git", "rev-parse", "HEAD"], **run)
-            if r.returncode == 0:
-                sha = r.stdout.strip()
-                st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
-                dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return {"package": PACKAGE, "package_version": package_version, "git_sha": sha,
-            "git_dirty": dirty}
 
 
 # ------------------------------------------------------------------------------- the push

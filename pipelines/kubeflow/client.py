@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from core import version as code_version
 from pipelines import run_params
 from pipelines.config import REPO_ROOT, ConfigError, PipelineConfig
 from pipelines.kubeflow import images
@@ -97,29 +98,15 @@ def _check_host(host: str, token: Optional[str] = None, check: bool = True) -> s
 # ---- pipeline versions, runs, schedules --------------------------------------------------------
 def project_version() -> str:
     """The project's version (pyproject.toml's, as installed)."""
-    try:
-        from importlib.metadata import version
-
-        return version("deblur-pipeline")
-    except Exception:  # noqa: BLE001 - not installed: read pyproject.toml
-        with open(os.path.join(REPO_ROOT, "pyproject.toml")) as f:
-            m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
-        return m.group(1) if m else "0"
+    return code_version.package_version() or "0"
 
 
 def git_commit(repo: str = REPO_ROOT) -> Tuple[Optional[str], bool]:
-    """(short commit, work tree has uncommitted changes) of the checkout; (None, False) outside
-    git."""
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short=10", "HEAD"],
-                                capture_output=True, text=True, timeout=20, check=True).stdout
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, False
-    return commit.strip() or None, bool(dirty.strip())
+    """(short commit, work tree has uncommitted changes) of the checkout, as version names
+    spell it (core/version.py: the same commit the registry's manifests record); (None, False)
+    when unknown. A commit from $DEBLUR_GIT_SHA (no .git) counts as clean."""
+    sha, dirty = code_version.git_commit(repo)
+    return (sha[:10] if sha else None), bool(dirty)
 
 
 def file_digest(path: str) -> str:
