@@ -104,6 +104,7 @@ def test_the_same_path_with_one_prefix_in_both_commands():
     """--set SECTION.FIELD in `deblur train` is --set training.SECTION.FIELD in run-local, and
     builds the same experiment."""
     from deblur import cli
+    from deblur.commands import train as train_commands
 
     sets = ["train.steps=7", "train.global_batch_size=2", "model.dropout=0.1",
             "data.crop_size=32", "diffusion.num_train_steps=100"]
@@ -111,7 +112,7 @@ def test_the_same_path_with_one_prefix_in_both_commands():
         ["train", "--examples", "e", "--out", "o", "--experiment", "local"]
         + [a for s in sets for a in ("--set", s)])
     cfg = C.load(None, ["training.experiment=local"] + [f"training.{s}" for s in sets])
-    assert cli.train_experiment(args) == cfg.training.build_experiment()
+    assert train_commands.train_experiment(args) == cfg.training.build_experiment()
 
 
 def test_the_example_kubeflow_config_has_the_new_spellings():

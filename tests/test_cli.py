@@ -275,7 +275,9 @@ def test_evaluate_into_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypa
                                                           "Permission denied")
 
     monkeypatch.setattr(ev, "evaluate", denied)
-    monkeypatch.setattr(cli, "_saved_model_dir", lambda path: path)
+    from deblur.commands import evaluate as evaluate_commands
+
+    monkeypatch.setattr(evaluate_commands, "_saved_model_dir", lambda path: path)
     assert cli.main(["evaluate", "--model", str(tmp_path), "--examples", examples,
                      "--out", str(tmp_path / "out")]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == (f"deblur: error: {tmp_path}/out/evaluation.json; "

@@ -1073,13 +1073,14 @@ def test_train_set_overrides_the_experiment_like_run_local(tmp_path, capsys):
     """`deblur train --set SECTION.FIELD=VALUE`: values read as YAML (run-local's parser), a
     --set wins over a flag, and a typo or a wrong type fails in one line before training."""
     from deblur import cli
+    from deblur.commands import train as train_commands
 
     base = ["train", "--examples", str(tmp_path), "--out", str(tmp_path / "o")]
     args = cli.build_parser().parse_args(base + [
         "--steps", "5", "--set", "train.steps=7", "--set", "train.steps_per_loop=10",
         "--set", "train.jit_compile=false", "--set", "model.guidance=none",
         "--set", "model.channel_multipliers=[1, 2]", "--set", "train.on_nonfinite=skip"])
-    exp = cli.train_experiment(args)
+    exp = train_commands.train_experiment(args)
     assert (exp.train.steps, exp.train.steps_per_loop, exp.train.jit_compile) == (7, 10, False)
     assert exp.train.on_nonfinite == "skip"
     assert (exp.model.guidance, exp.model.channel_multipliers) == ("none", (1, 2))
