@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 
 from core import example_format as ef  # noqa: E402
 
-RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
+RESULTS_DIR = os.path.join(REPO, "benchmarks", "out")  # not in git: copy what a document cites to results/
 SCHEMA_PATH = os.path.join(REPO, "schemas", "schema.pbtxt")
 FEATURES = tuple(ef.STAT_KEYS)
 BLURRY = tuple(f for f in FEATURES if f.startswith("blurry_"))

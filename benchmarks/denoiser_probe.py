@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--splits", default="test,test_ood,train")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--name", default="probe")
-    p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results-dir", default=os.path.join("benchmarks", "out"))
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from benchmarks.machine import machine_info

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="an override of the preset for every variant (repeatable)")
     p.add_argument("--name", default=None, help="results go to guidance_ablation_<name>.*")
-    p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results-dir", default=os.path.join("benchmarks", "out"))
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from benchmarks.machine import machine_info

@@ -58,7 +58,7 @@ from core.artifacts import split_dir
 
 HEIGHT, WIDTH = 720, 1280
 PAIRS_PER_SEQ = 8
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")  # not in git
 TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 TARGET_RATIO = 1.5  # the target: beam-2 at least 1.5x the single-process floor
 

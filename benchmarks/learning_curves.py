@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                    help="sampler:steps:max_noise[:samples] (repeatable); default "
                         + ", ".join(DEFAULT_SETTINGS))
     p.add_argument("--name", default="tiny")
-    p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results-dir", default=os.path.join("benchmarks", "out"))
     p.add_argument("--work-dir", default=None, help="default: a temporary folder")
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

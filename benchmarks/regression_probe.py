@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--name", default="tiny")
-    p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results-dir", default=os.path.join("benchmarks", "out"))
     a = p.parse_args(argv)
     result = run(a.examples, a.config, _overrides(a.set), a.steps, a.images)
     write_results(os.path.join(a.results_dir, f"regression_probe_{a.name}"), result,

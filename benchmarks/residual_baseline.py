@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--constant-lr", action="store_true")
     p.add_argument("--width", type=int, default=48)
     p.add_argument("--name", default="local")
-    p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results-dir", default=os.path.join("benchmarks", "out"))
     a = p.parse_args(argv)
     result = run(a.examples, a.config, _overrides(a.set), a.steps, a.images, a.norm, a.beta1,
                  not a.constant_lr, a.width)

@@ -141,7 +141,7 @@ def main(argv=None):
     p.add_argument("--steps", default="20,50", help="comma-separated T values, one row each")
     p.add_argument("--short-steps", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--results-dir", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--results-dir", default=os.path.join(os.path.dirname(__file__), "out"))
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf

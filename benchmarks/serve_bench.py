@@ -50,7 +50,7 @@ from core.artifacts import model_info_path
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_MODEL = os.path.join(REPO, "models", "local")
 NAME = "deblur-icdpm"
-OUT = os.path.join(REPO, "benchmarks", "results", "serve_bench")
+OUT = os.path.join(REPO, "benchmarks", "out", "serve_bench")
 
 
 def _setting(text: str) -> dict:

@@ -63,7 +63,7 @@ from benchmarks.machine import machine_info as _machine_info
 from core.artifacts import split_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
+RESULTS_DIR = os.path.join(REPO, "benchmarks", "out")  # not in git: copy what a document cites to results/
 LOCAL_EXAMPLES = os.path.join(REPO, "runs", "local", "pipeline_root", "DeblurIngest", "examples", "1")
 EXPERIMENT = "S+Guide-S"
 TARGET_RATIO = 5.0

@@ -42,7 +42,7 @@ import warnings
 from benchmarks.machine import machine_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
+RESULTS_DIR = os.path.join(REPO, "benchmarks", "out")  # not in git: copy what a document cites to results/
 
 
 def log(msg: str) -> None:

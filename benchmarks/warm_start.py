@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=8, help="images per evaluation split")
     p.add_argument("--setting", action="append", type=_setting, default=None)
     p.add_argument("--name", default="c16")
-    p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results-dir", default=os.path.join("benchmarks", "out"))
     p.add_argument("--work-dir", default=None, help="default: a temporary folder")
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
