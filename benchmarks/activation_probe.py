@@ -11,7 +11,7 @@ channels). Then F (conv_out, the preconditioned output) for two different noise 
 a second image crop: a dead network gives the same F whatever its input.
 
 Why it exists: on 2026-12-03 the no-normalisation UNet (model.norm "none") was found dead
-after training (docs/evaluation.md): its decoder activations had drifted to -1e6, the SiLU
+after training (docs/experiments.md): its decoder activations had drifted to -1e6, the SiLU
 before conv_out returned 0 everywhere and F was a constant, so every sample was the blurry
 input. The training loss does not show this (a constant F is the L1 median of the target);
 this does. Not a test: a diagnostic of a run.

@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=500, help="steps of warm and of cold")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override of the tiny experiment (repeatable); default "
-                        "model.diffusion_channels=16 (docs/evaluation.md's learning curves)")
+                        "model.diffusion_channels=16 (docs/experiments.md's learning curves)")
     p.add_argument("--pairs", type=int, default=24, help="training pairs per span")
     p.add_argument("--test-pairs", type=int, default=8)
     p.add_argument("--size", type=int, default=256)

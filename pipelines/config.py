@@ -106,7 +106,7 @@ class TrainingConfig:
     data: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # TrainConfig. 1500 steps: from the shipped base model, the fine-tuning on the run's own
     # training split that fits the quickstart's 15 minutes on 2 CPU cores (~6 min of the local
-    # model; docs/evaluation.md); the pipeline's default, whatever the preset's (local: 2000).
+    # model; docs/experiments.md); the pipeline's default, whatever the preset's (local: 2000).
     # After a warm start: this many more steps.
     train: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"steps": 1500})
     # none: random weights; latest_blessed: the weights and step of the latest blessed model

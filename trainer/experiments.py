@@ -258,7 +258,7 @@ TINY_TRAIN = TrainConfig(
     image_summary_every=100)
 
 # The quickstart's recipe (pipelines/config.py's default experiment; the pipeline fine-tunes
-# the base model trained with it, models/local/; docs/evaluation.md has the measurements
+# the base model trained with it, models/local/; docs/experiments.md has the measurements
 # behind each choice):
 # mixed bfloat16 where the CPU has it, 64 px crops, a short regression-only start, an EMA
 # that follows a run of a few thousand steps, and L_DPM weighing the preconditioned output's
@@ -268,7 +268,7 @@ TINY_TRAIN = TrainConfig(
 # against 0.495 for the one-step estimate without it; benchmarks/results/
 # learning_curves_lpips1_3000.json), and a cosine learning rate that ends at 0 with the run
 # (the quickstart's fine-tune from the base model, 3 seeds: in-domain LPIPS 0.2016-0.2022,
-# against 0.2103 for the constant rate's seed 0; docs/evaluation.md "The fine-tune's
+# against 0.2103 for the constant rate's seed 0; docs/experiments.md "The fine-tune's
 # spread"). The shipped base model was trained at the constant rate (make base-model).
 LOCAL_TRAIN = TrainConfig(
     steps=2000, global_batch_size=8, learning_rate=1e-3, lr_warmup_steps=50,

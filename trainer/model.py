@@ -79,8 +79,9 @@ class ModelConfig:
     # every gamma (Karras et al.), so at the pure-noise end its x_t channels are unit-variance
     # noise that carries nothing of x; "signal": sqrt(gamma) c_in r_t, variance gamma, which
     # fades to 0 as the noise takes over and leaves the UNet [~0, y] there, the input of a
-    # plain regressor. Measured: a regressor fed unit noise beside y learns to return y
-    # unchanged (docs/evaluation.md, 2026-12-03)
+    # plain regressor. Measured: a regressor fed unit noise beside y returned y unchanged, a
+    # reading withdrawn the same day: those networks had gone dead (docs/experiments.md,
+    # 2026-12-03)
     input_scaling: str = "edm"
     sigma_data: float = 0.5  # std of the clean signal the chain diffuses (x, or x - y)
     guidance_noise_sigma: float = 0.05  # sigma of n in phi_k(y), [-1, 1] scale (tf.data adds it)
@@ -192,7 +193,7 @@ PRESETS: Dict[str, dict] = {
     # per level and 2 in the middle, no normalisation (GroupNorm's image-wide statistics kept
     # it from denoising out of domain; without a norm, SkipInit gains and a linear read-out
     # keep it alive), the noised residual x - y as its input, scaled to ~0 at the pure-noise
-    # end, preconditioned output (docs/evaluation.md, 2026-12-03).
+    # end, preconditioned output (docs/experiments.md, 2026-12-03).
     "local": dict(diffusion_channels=32, channel_multipliers=(1, 2), num_res_blocks=2,
                   num_middle_blocks=2, patch_size=2, guidance="latent", guidance_channels=16,
                   guidance_multiplier=1, guidance_blocks=2, guidance_scales=(2, 4),
@@ -383,7 +384,7 @@ class ResidualGain(layers.Layer):
     path. Without it the no-norm UNet's decoder activations grew without bound in training
     (to -1e6 after 8000 steps), its last SiLU saw only large negative values and the network
     went dead: a constant output, whatever the input. It alone did not stop that in a full
-    diffusion run; build_unet's linear read-out for norm "none" did (docs/evaluation.md,
+    diffusion run; build_unet's linear read-out for norm "none" did (docs/experiments.md,
     2026-12-03)."""
 
     def build(self, input_shape):
@@ -544,7 +545,7 @@ def build_unet(cfg: ModelConfig, height: Optional[int] = None,
             h = _conv(chs[lvl], 3, f"dec{lvl}_up_conv")(h)
     # norm "none": no SiLU before conv_out. Nothing bypasses that last activation, and an
     # unnormalised stream can drift where it is ~0 everywhere: the network went dead so in
-    # training (F constant), which a normalised stream cannot (docs/evaluation.md, 2026-12-03)
+    # training (F constant), which a normalised stream cannot (docs/experiments.md, 2026-12-03)
     h = layers.Activation("linear" if cfg.norm == "none" else "silu",
                           name="out_act")(_norm(cfg, chs[0], "out_norm")(h))
     out = _conv(3 * p * p, 3, "conv_out", "float32")(h)  # float32 outputs under mixed precision

@@ -68,7 +68,7 @@ FID_KID_NOTE = ("FID and KID of the outputs (and of the blurry inputs) against t
 
 
 def _default_grid():
-    # The settings that win with the local model (docs/evaluation.md, "An LPIPS term on the x0
+    # The settings that win with the local model (docs/experiments.md, "An LPIPS term on the x0
     # estimate"), both from pure noise (max_noise 1: gamma_T = 1e-4): the one-step x0 estimate
     # (DDIM, T = 1) and DDPM T = 20 with sample averaging of 4 (the paper's SA), the best
     # setting of every measurement since the LPIPS term. DDIM T = 20 and DDPM from the blurry
