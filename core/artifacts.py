@@ -48,7 +48,7 @@ PUSH_RECORD_FILE = "push.json"
 # A local pipeline run's folder (pipelines/local_runner.py): <work_dir>/summary.json.
 RUN_SUMMARY_FILE = "summary.json"
 
-# A Kubeflow run's folder, <pipeline root>/<pipeline>/<run id> (pipelines/run_summary_component.py):
+# A Kubeflow run's folder, <pipeline root>/<pipeline>/<run id> (pipelines/kubeflow/run_summary.py):
 # the run's Markdown summary, written by RunSummary when every task succeeded and by the exit
 # task RunEnd otherwise, so that one path tells what the run did whatever its outcome.
 KFP_RUN_SUMMARY_FILE = "summary.md"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from tfx.dsl.components.common import resolver as tfx_resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
@@ -33,15 +33,14 @@ from components.validation_component import DomainDriftReport, ValidationGate
 from pipelines.config import ConfigError, PipelineConfig
 
 
-def _on_kubeflow(config: PipelineConfig) -> bool:
-    """Kubeflow's pods have no SQLite ML Metadata, and its run page draws only its own
-    artifact types: what the pipeline needs to know of its orchestrator."""
-    return config.runner.orchestrator == "kubeflow"
-
-
 class LocalPlacement:
-    """Where components run when the runner says nothing: TFX's standard Trainer, no
-    resources. The Kubeflow runner passes its own (pipelines/kubeflow/placement.py)."""
+    """What differs by orchestrator, when the runner says nothing: TFX's standard Trainer, no
+    resources, the SQLite ML Metadata store readable by the components, no extra components.
+    The Kubeflow runner passes its own (pipelines/kubeflow/placement.py): its pods have no
+    SQLite store, and its run page draws only its own artifact types, so it adds the
+    components that write them (TrainingReport, RunSummary)."""
+
+    SQLITE_METADATA = True  # the components can read the runner's ML Metadata store
 
     @staticmethod
     def trainer(config: PipelineConfig, custom_config: dict, **kwargs):
@@ -53,15 +52,22 @@ class LocalPlacement:
     def place(config: PipelineConfig, components: list) -> list:
         return components
 
+    @staticmethod
+    def run_page(config: PipelineConfig, outputs: Dict[str, Any]) -> list:
+        """Extra components reading the pipeline's `outputs` ({name: channel}): none here."""
+        return []
 
-def warm_start_config(config: PipelineConfig, registry_uri: str) -> dict:
+
+def warm_start_config(config: PipelineConfig, registry_uri: str,
+                      sqlite_metadata: bool = True) -> dict:
     """The Trainer's custom_config keys of the warm start (components/training.py): the mode,
     and where the latest blessed model is, the same place the gate's baseline comes from (ML
     Metadata's SQLite store locally, the registry with gate.baseline: registry and always on
-    Kubeflow, whose pods have no SQLite store). Written for `none` too, so that a run can
-    switch the mode alone (a run parameter) and still find the parent."""
+    Kubeflow, whose pods have no SQLite store: `sqlite_metadata` False, the placement's).
+    Written for `none` too, so that a run can switch the mode alone (a run parameter) and
+    still find the parent."""
     source = {"registry_uri": registry_uri, "model_name": config.registry.model_name}
-    if config.gate.baseline == "ml-metadata" and not _on_kubeflow(config):
+    if config.gate.baseline == "ml-metadata" and sqlite_metadata:
         source.update(metadata_path=os.path.abspath(config.runner.resolved_metadata_path()),
                       pipeline_name=config.runner.pipeline_name)
     source["base_model"] = config.training.base_model_setting()  # resolved in the Trainer
@@ -122,7 +128,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         eval_args=EvalArgs(splits=[train_split], num_steps=0),
         custom_config={"experiment": config.training.experiment,
                        "overrides": trainer_overrides(config),
-                       **warm_start_config(config, registry_uri)},
+                       **warm_start_config(config, registry_uri, placement.SQLITE_METADATA)},
     )
     trainer.add_upstream_node(gate)  # never train on data that failed validation
     # The baseline of the gate: the latest blessed model, from ML Metadata through a Resolver
@@ -167,29 +173,21 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
             pushed_model=pusher.outputs["pushed_model"], examples=ingest.outputs["examples"],
             registry_uri=registry_uri, model_name=config.registry.model_name,
             promote_to=config.registry.promote_to or "", train_split=train_split)
-    # On Kubeflow, the run page's account of the Trainer (TFX's Trainer has fixed outputs the
-    # frontend does not draw) and of the whole run (never cached: pipelines/kubeflow/compiler.py);
-    # locally `deblur run-local` prints the same from ML Metadata.
-    training_report = run_summary = None
-    if _on_kubeflow(config):
-        from components.training_report import TrainingReport
-        from pipelines.run_summary_component import RunSummary
-
-        training_report = TrainingReport(model_run=trainer.outputs["model_run"])
-        run_summary = RunSummary(
-            examples=ingest.outputs["examples"], statistics=statistics.outputs["statistics"],
-            schema=schema.outputs["schema"], anomalies=validator.outputs["anomalies"],
-            drift=drift.outputs["report"], model=trainer.outputs["model"],
-            model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["evaluation"],
-            blessing=evaluator.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"])
+    # the orchestrator's own reporting (on Kubeflow, the run page's account of the Trainer and
+    # of the whole run; locally `deblur run-local` prints the same from ML Metadata)
+    extras = placement.run_page(config, {
+        "examples": ingest.outputs["examples"], "statistics": statistics.outputs["statistics"],
+        "schema": schema.outputs["schema"], "anomalies": validator.outputs["anomalies"],
+        "drift": drift.outputs["report"], "model": trainer.outputs["model"],
+        "model_run": trainer.outputs["model_run"], "evaluation": evaluator.outputs["evaluation"],
+        "blessing": evaluator.outputs["blessing"], "pushed_model": pusher.outputs["pushed_model"]})
     return tfx_pipeline.Pipeline(
         pipeline_name=config.runner.pipeline_name,
         pipeline_root=root,
         # the Kubeflow placement sets each component's resources from config.kubeflow
         components=placement.place(
             config, [c for c in (ingest, statistics, schema, validator, gate, drift, trainer,
-                                 training_report, latest_blessed, evaluator, pusher, servability,
-                                 run_summary)
+                                 latest_blessed, evaluator, pusher, servability, *extras)
                      if c is not None]),
         enable_cache=config.runner.enable_cache,
         metadata_connection_config=metadata_connection_config,

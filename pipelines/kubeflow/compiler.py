@@ -116,7 +116,7 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
             use_pipeline_spec_2_1=True),  # KFP backend 2.0.x takes schemaVersion 2.1.0 only
         output_dir=os.path.dirname(os.path.abspath(out_file)),
         output_filename=os.path.basename(out_file))
-    from pipelines.run_end_component import RunEnd
+    from pipelines.kubeflow.run_end import RunEnd
 
     # the exit task: every other task goes into the sub-DAG tfx-dag (add_exit_task)
     runner.set_exit_handler(RunEnd())
@@ -378,7 +378,7 @@ def add_cache_salt(job: Dict[str, Any]) -> None:
 
 
 def add_exit_task(job: Dict[str, Any]) -> None:
-    """The exit task RunEnd (pipelines/run_end_component.py) that TFX's exit handler put at the
+    """The exit task RunEnd (pipelines/kubeflow/run_end.py) that TFX's exit handler put at the
     root, after the sub-DAG tfx-dag with triggerPolicy ALL_UPSTREAM_TASKS_COMPLETED, gets the
     DAG's task graph as its `tasks` constant; and the run parameters reach the tasks inside
     tfx-dag. TFX compiles their componentInputParameter as in a flat pipeline, but gives
@@ -386,7 +386,7 @@ def add_exit_task(job: Dict[str, Any]) -> None:
     own inputs ("parent DAG does not have input parameter"), so the tfx-dag component gets the
     root's parameters as its inputDefinitions and its task passes each root parameter (what
     the KFP SDK compiles for a dsl.ExitHandler). Never cached (TFX sets no cachingOptions)."""
-    from pipelines import run_end_component
+    from pipelines.kubeflow import run_end
 
     spec = job["pipelineSpec"]
     if TFX_DAG not in spec["components"]:
@@ -395,7 +395,7 @@ def add_exit_task(job: Dict[str, Any]) -> None:
     tasks = dag_tasks(spec)
     end = spec["root"]["dag"]["tasks"][EXIT_TASK]
     graph = {n: sorted(tasks[n].get("dependentTasks", [])) for n in _topological(tasks)}
-    end["inputs"]["parameters"][run_end_component.TASKS] = {"runtimeValue": {
+    end["inputs"]["parameters"][run_end.TASKS] = {"runtimeValue": {
         "constant": json.dumps(graph)}}
     end["cachingOptions"] = {}
     root_params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
@@ -411,15 +411,15 @@ def with_final_status(job: Dict[str, Any]) -> Dict[str, Any]:
     it, the backend's Argo compiler refuses the whole pipeline ("task final status not
     supported yet", backend/src/v2/compiler/argocompiler/dag.go; kubeflow/pipelines#11953),
     so `deblur compile` leaves it out and RunEnd infers the outcome from the run folder."""
-    from pipelines import run_end_component
+    from pipelines.kubeflow import run_end
 
     job = copy.deepcopy(job)
     spec = job["pipelineSpec"]
     end = spec["root"]["dag"]["tasks"][EXIT_TASK]
-    end["inputs"]["parameters"][run_end_component.FINAL_STATUS] = {
+    end["inputs"]["parameters"][run_end.FINAL_STATUS] = {
         "taskFinalStatus": {"producerTask": TFX_DAG}}
     spec["components"][end["componentRef"]["name"]]["inputDefinitions"]["parameters"][
-        run_end_component.FINAL_STATUS] = {"parameterType": "TASK_FINAL_STATUS"}
+        run_end.FINAL_STATUS] = {"parameterType": "TASK_FINAL_STATUS"}
     return job
 
 

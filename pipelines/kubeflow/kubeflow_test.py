@@ -135,14 +135,17 @@ def test_compile_names_every_missing_field_at_once(tmp_path):
 
 # ---- compiled spec --------------------------------------------------------------------------
 def test_tasks_are_exactly_the_pipeline_components(compiled):
+    from pipelines.kubeflow import placement
     from pipelines.pipeline import create_pipeline
 
     from tfx.dsl.components.common.resolver import Resolver
 
     for platform in ("gke", "vertex"):
         cfg, job, _, _ = compiled[platform]
-        components = create_pipeline(kc.kubeflow_config(cfg),
+        components = create_pipeline(kc.kubeflow_config(cfg), placement=placement,
                                      input_fingerprint=kc.FINGERPRINT_PLACEHOLDER).components
+        # the run page's components come from the Kubeflow placement, not the pipeline
+        assert {"TrainingReport", "RunSummary"} <= {c.id for c in components}
         # TFX compiles a Resolver node to one task per resolved channel: <id>-<channel>-resolver
         resolvers = {c.id for c in components if isinstance(c, Resolver)}
         tasks = set(kc.dag_tasks(job["pipelineSpec"]))
@@ -1244,7 +1247,7 @@ def test_run_page_artifacts_in_the_spec(compiled):
 
 
 def test_run_summary_tells_cached_tasks_by_their_outputs_folder():
-    from pipelines import run_summary_component as rs
+    from pipelines.kubeflow import run_summary as rs
 
     run = "gs://b/root/deblur-icdpm/run-2"
     assert rs.run_folder(f"{run}/RunSummary/summary") == run
@@ -1562,7 +1565,7 @@ def test_the_exit_task_runs_after_the_dag_whatever_its_outcome(compiled):
     """TFX's exit handler: every task in the sub-DAG tfx-dag, RunEnd at the root after it with
     ALL_UPSTREAM_TASKS_COMPLETED (KFP's Argo compiler: tfx-dag Succeeded, Failed, Errored or
     Skipped), never cached, with the DAG's graph; the run parameters reach the tasks inside."""
-    from pipelines import run_end_component as re_
+    from pipelines.kubeflow import run_end as re_
 
     for platform in ("gke", "vertex"):
         spec = _spec(compiled, platform)
@@ -1583,7 +1586,7 @@ def test_the_exit_task_runs_after_the_dag_whatever_its_outcome(compiled):
         assert final == {"taskFinalStatus": {"producerTask": kc.TFX_DAG}}
         label, ex = _executor(spec, kc.EXIT_TASK)
         assert ex["container"]["command"] == ENTRYPOINT
-        assert "pipelines.run_end_component.Executor" in ex["container"]["args"]
+        assert "pipelines.kubeflow.run_end.Executor" in ex["container"]["args"]
         # every root parameter goes into tfx-dag, whose tasks take it from there
         root_params = spec["root"]["inputDefinitions"]["parameters"]
         dag = spec["components"][kc.TFX_DAG]
@@ -1650,7 +1653,7 @@ def test_the_cache_salt_is_empty_with_cache_on_and_the_nonce_with_cache_off(tmp_
 
 def test_run_folder_and_summary_path_for_both_kfp_output_layouts():
     from core import artifacts
-    from pipelines import run_summary_component as rs
+    from pipelines.kubeflow import run_summary as rs
 
     run = "gs://b/root/deblur-icdpm/run-2"
     uid = "0f4c6a1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -1664,7 +1667,7 @@ def test_run_end_tells_failed_not_started_and_cached_tasks(tmp_path):
     """RunEnd's reading of a run folder (KFP >= 2.4 layout): the failed task by its
     task_error.json, the tasks after it not started, a task without outputs cached."""
     from core import artifacts
-    from pipelines import run_end_component as re_
+    from pipelines.kubeflow import run_end as re_
 
     run = tmp_path / "deblur-icdpm" / "run-3"
     uid = "0f4c6a1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -1,6 +1,7 @@
 """Where components run on Kubeflow, from config.kubeflow: the Kubeflow runner passes this
-module to create_pipeline as its `placement`, which calls these two functions (the local run
-uses pipelines.pipeline.LocalPlacement and never reads the `kubeflow` section).
+module to create_pipeline as its `placement`, which calls these functions and reads
+SQLITE_METADATA (the local run uses pipelines.pipeline.LocalPlacement and never reads the
+`kubeflow` section).
 
 - trainer(config, **kwargs): the Trainer component. With trainer_platform=gke, TFX's standard
   Trainer (on GKE its pod gets the accelerator through place()); with trainer_platform=vertex,
@@ -10,6 +11,8 @@ uses pipelines.pipeline.LocalPlacement and never reads the `kubeflow` section).
   memory, accelerator) from config.kubeflow.resources[component.id]; components that do not
   exist (e.g. DeblurEvaluator before it is added) are skipped. Node selectors cannot ride on
   the component: pipelines/kubeflow/compiler.py writes them into the package's PlatformSpec.
+- run_page(config, outputs): the components only the KFP run page needs (TrainingReport,
+  RunSummary); the pipeline itself never names them.
 
 Nothing changes for config.runner.orchestrator == "local" (LocalDagRunner rejects ResourceSpec
 platform configs), so the local pipeline stays exactly what it was.
@@ -21,6 +24,9 @@ from typing import Any, Dict, List, Optional
 from pipelines.kubeflow.config import PodResources
 
 TRAINER_ID = "Trainer"
+# The pods cannot read the runner's SQLite ML Metadata: the warm start finds its parent in the
+# registry (pipelines/pipeline.py warm_start_config).
+SQLITE_METADATA = False
 
 
 def on_kubeflow(config) -> bool:
@@ -112,3 +118,18 @@ def place(config, components: List) -> List:
         if c.id in placed:
             c.with_platform_config(resource_spec(placed[c.id]))
     return components
+
+
+def run_page(config, outputs: Dict[str, Any]) -> List:
+    """The components the KFP run page needs, over the pipeline's `outputs` ({name: channel}):
+    the Trainer's curves and metrics (TFX's Trainer has fixed outputs the frontend does not
+    draw) and the whole run's summary (never cached: pipelines/kubeflow/compiler.py)."""
+    if not on_kubeflow(config):
+        return []
+    from pipelines.kubeflow.run_summary import RunSummary
+    from pipelines.kubeflow.training_report import TrainingReport
+
+    return [TrainingReport(model_run=outputs["model_run"]),
+            RunSummary(**{k: outputs[k] for k in (
+                "examples", "statistics", "schema", "anomalies", "drift", "model", "model_run",
+                "evaluation", "blessing", "pushed_model")})]

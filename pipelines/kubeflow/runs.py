@@ -13,7 +13,7 @@ on the KFP backend version, so they are shown as given and followed by task id.
 
 The run summary that `wait` prints is <pipeline root>/<pipeline>/<run id>/summary.md
 (core/artifacts.kfp_run_summary_path): RunSummary writes it when the run succeeds, the exit
-task RunEnd when a task failed (pipelines/run_end_component.py). The KFP API does not give
+task RunEnd when a task failed (pipelines/kubeflow/run_end.py). The KFP API does not give
 artifact URIs reliably, so it is found by path under the run's folder, as the KFP v2 driver
 names it; a run compiled before RunEnd existed has only RunSummary's Markdown output,
 <run folder>/RunSummary/summary (or a file named `summary` deeper under RunSummary/, for
@@ -41,7 +41,7 @@ EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "SKIPPED": 1, "CANCELING": 2, "CANCEL
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C: the waiting stops, the run goes on
 RETRYABLE = ("FAILED", "CANCELED")
-# RunSummary's task name in the compiled spec and its output key (run_summary_component.py
+# RunSummary's task name in the compiled spec and its output key (run_summary.py
 # SUMMARY_KEY; not imported: that module imports TFX)
 SUMMARY_TASK = "RunSummary"
 SUMMARY_OUTPUT = "summary"

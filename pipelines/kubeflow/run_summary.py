@@ -17,7 +17,7 @@ prints the summary from ML Metadata, whose executions say CACHED or COMPLETE).
 The same Markdown is also written to <run folder>/summary.md (core/artifacts.py
 kfp_run_summary_path), where `deblur` can read it without KFP's API. If a task fails, the run
 stops there and this task does not run (KFP v2 runs a task only when every task it depends on
-succeeded): the exit task RunEnd (pipelines/run_end_component.py) then writes a failure
+succeeded): the exit task RunEnd (pipelines/kubeflow/run_end.py) then writes a failure
 summary to the run page and to that same path.
 """
 from __future__ import annotations

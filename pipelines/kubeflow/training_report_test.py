@@ -6,7 +6,7 @@ import json
 from tfx.types import standard_artifacts
 
 from components import run_page
-from components import training_report as T
+from pipelines.kubeflow import training_report as T
 
 
 def test_curves_and_metrics_of_a_warm_started_training(tmp_path):
