@@ -57,12 +57,23 @@ def _wait(predicate, what: str, bound: float = BOUND_S):
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
+    """Versions 1 and 2, and 3 damaged after its push (one flipped byte: only the SHA-256
+    tells); production -> 1. A test that moves the alias moves it back to 1 before it ends,
+    so the tests pass in any order (issue 38 item 7: they passed only in file order)."""
     root = str(tmp_path_factory.mktemp("registry"))
     reg = Registry(root)
     assert reg.push(BASE_MODEL, _manifest(SAMPLING_1)) == 1
     assert reg.push(BASE_MODEL, _manifest(SAMPLING_2)) == 2
+    assert reg.push(BASE_MODEL, _manifest(SAMPLING_1)) == DAMAGED
+    _flip_a_byte(os.path.join(root, NAME, str(DAMAGED)))
+    assert reg.verify(DAMAGED, hashes=True)  # damaged
     Aliases(reg).move("production", 1, reason="test")
     return root
+
+
+def _back_to_1(client, registry):
+    Aliases(Registry(registry)).move("production", 1, reason="test: back to 1")
+    _wait(lambda: client.metadata(NAME)["versions"] == ["1"], "the server serves version 1")
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +254,7 @@ def test_unknown_version_is_404_naming_the_version_served(client):
     assert e.value.status == 404
 
 
-# ------------------------------------------------------------------- alias moves (last)
+# ------------------------------- alias moves (each moves production back to 1 at its end)
 def test_an_alias_move_is_served_without_a_restart(client, server, registry):
     image = _image(SMALL, 7)
     assert client.infer(NAME, image, mode="binary")[1] == "1"
@@ -255,6 +266,10 @@ def test_an_alias_move_is_served_without_a_restart(client, server, registry):
     with pytest.raises(V2Error) as e:
         client.infer(NAME, image, version=1)
     assert e.value.status == 404 and "serves version 2" in e.value.error
+    _back_to_1(client, registry)
+
+
+DAMAGED = 3  # the registry fixture's damaged version
 
 
 def _flip_a_byte(version_dir: str) -> None:
@@ -269,27 +284,25 @@ def _flip_a_byte(version_dir: str) -> None:
 def test_a_damaged_target_is_refused_and_the_old_version_keeps_serving(client, server,
                                                                        registry, monkeypatch):
     reg = Registry(registry)
-    assert reg.push(BASE_MODEL, _manifest(SAMPLING_1)) == 3
-    _flip_a_byte(os.path.join(registry, NAME, "3"))
-    assert reg.verify(3, hashes=True)  # damaged
+    # serving another version than the fixture's, so that "keeps serving" is not the default
+    Aliases(reg).move("production", 2, reason="test: serve 2 first")
+    _wait(lambda: client.metadata(NAME)["versions"] == ["2"], "the server serves version 2")
     # an alias is never moved onto a damaged version through the API; write the record as a
     # move made before the damage would have (the server must check for itself)
     monkeypatch.setattr(Aliases, "check_target", lambda self, v: int(v))
-    Aliases(reg).move("production", 3, reason="test: a damaged target")
+    Aliases(reg).move("production", DAMAGED, reason="test: a damaged target")
     monkeypatch.undo()
-    _wait(lambda: "refused" in server.log() and "version 3" in server.log().split("refused", 1)[1],
-          "the server logs the refusal of version 3")
+    _wait(lambda: "refused" in server.log()
+          and f"version {DAMAGED}" in server.log().split("refused", 1)[1],
+          f"the server logs the refusal of version {DAMAGED}")
     assert client.metadata(NAME)["versions"] == ["2"]
     assert client.infer(NAME, _image(SMALL, 8), mode="binary")[1] == "2"
     # and it keeps following the alias: moved to an intact version, served
-    Aliases(reg).move("production", 1, reason="test: back to 1")
-    _wait(lambda: client.metadata(NAME)["versions"] == ["1"], "the server serves version 1")
+    _back_to_1(client, registry)
 
 
 def test_a_damaged_version_is_refused_at_start(registry, tmp_path, capsys):
-    damaged = f"{NAME}/3"  # damaged by the test above; damage it here if run alone
-    if Registry(registry).verify(3, hashes=True) is None:
-        _flip_a_byte(os.path.join(registry, NAME, "3"))
+    damaged = f"{NAME}/{DAMAGED}"  # the registry fixture's
     from deblur import cli
 
     assert cli.main(["serve", "--model", damaged, "--registry", registry]) == cli.EXIT_USAGE
