@@ -413,17 +413,6 @@ def test_invalid_cron(cron, message):
 
 
 # ---- submit against a fake KFP API ------------------------------------------------------------
-@pytest.fixture()
-def kfp_server():
-    """tests/fake_kfp_api.py: every request body checked against the kfp_server_api models."""
-    from tests import fake_kfp_api
-
-    srv = fake_kfp_api.start()
-    yield srv
-    fake_kfp_api.stop(srv)
-    assert srv.errors == [], srv.errors  # no body the real API would refuse
-
-
 def _pinned(job):
     """The job's pipeline spec as upload sends it: images by digest (from the fake registry)."""
     spec = copy.deepcopy(job["pipelineSpec"])

@@ -16,17 +16,6 @@ RUN_PATH = "/apis/v2beta1/runs"
 
 
 @pytest.fixture()
-def kfp_server():
-    """tests/fake_kfp_api.py: every request checked as the API server checks it."""
-    from tests import fake_kfp_api
-
-    srv = fake_kfp_api.start()
-    yield srv
-    fake_kfp_api.stop(srv)
-    assert srv.errors == [], srv.errors  # no request the real API would refuse
-
-
-@pytest.fixture()
 def package(tmp_path):
     """A small KFP package (no TFX compile): one run parameter, one task."""
     path = tmp_path / "small.yaml"
