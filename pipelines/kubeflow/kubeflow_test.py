@@ -15,6 +15,7 @@ import yaml
 from pipelines import config as config_lib
 from pipelines.kubeflow import client as kclient, compiler as kc, cron as kcron, images
 from pipelines.config import REPO_ROOT, ConfigError
+from tests.kfp_fixtures import kfp_server  # noqa: F401 - the fixture
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
 # TFX's KFP v2 entrypoint with the project's fixes for the open-source launcher

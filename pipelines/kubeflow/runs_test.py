@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from pipelines.config import REPO_ROOT
+from tests.kfp_fixtures import kfp_server  # noqa: F401 - the fixture
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
 RUN_PATH = "/apis/v2beta1/runs"
