@@ -39,6 +39,26 @@ def size_arg(text: str):
     return h, w
 
 
+# Each orchestrator's check of its own section of the pipeline config, which pipelines/config.py
+# keeps as plain data: adding an orchestrator (a folder under pipelines/) adds its line here.
+ORCHESTRATOR_SECTIONS = ("pipelines.kubeflow.config:kubeflow_section",)
+
+
+def load_config(args, extra_overrides=()):
+    """The pipeline config of --config and --set (then `extra_overrides`), every orchestrator's
+    section checked too: a typo in `kubeflow:` fails `deblur run-local` as it fails `deblur
+    compile`, before any work."""
+    import importlib
+
+    from pipelines import config as config_lib
+
+    cfg = config_lib.load(args.config, [*(args.set or ()), *extra_overrides])
+    for entry in ORCHESTRATOR_SECTIONS:
+        module, _, name = entry.partition(":")
+        getattr(importlib.import_module(module), name)(cfg)
+    return cfg
+
+
 def config_arguments(parser: argparse.ArgumentParser, text: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help=text)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",

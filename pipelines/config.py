@@ -25,7 +25,6 @@ from components.evaluator.evaluate import EvalConfig
 from components.evaluator.gate import GateConfig
 from components.ingest.sources import IngestOptions, IngestSource
 from core.fields import check_scalar
-from pipelines.kubeflow.config import KubeflowConfig
 from trainer.warm_start import MODES as WARM_START_MODES  # imports no TensorFlow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,7 +260,11 @@ class PipelineConfig:
     gate: GateConfig = dataclasses.field(default_factory=GateConfig)  # the blessing rules
     registry: RegistryConfig = dataclasses.field(default_factory=RegistryConfig)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
-    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
+    # The Kubeflow orchestrator's section, kept here as plain data: pipelines/kubeflow/
+    # config.py types and checks it (kubeflow_section(config)), so loading a config needs no
+    # orchestrator's code. The command line checks it with the rest of the config as it loads
+    # one (deblur/common.py load_config), so a typo there still fails before any work.
+    kubeflow: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         # not a field: lets training.build_experiment() check the crop against the images
@@ -318,7 +321,10 @@ class PipelineConfig:
         return d
 
 
-def _build(cls, value: Any, path: str):
+def build_section(cls, value: Any, path: str):
+    """`value` (a mapping, None, or already a `cls`) as the dataclass `cls`, every nested
+    dataclass field built alike; an unknown key or a wrong scalar type is a ConfigError naming
+    its dotted `path`."""
     if cls is not None and dataclasses.is_dataclass(cls):
         if value is None:
             return cls()
@@ -339,7 +345,7 @@ def _build(cls, value: Any, path: str):
             check_scalar(hints[name], v, where, ConfigError)
             if name in merged and isinstance(v, dict):  # over the default, field by field
                 v = {**fields[name].default_factory(), **v}
-            kwargs[name] = _build(_field_type(cls, name), v, where)
+            kwargs[name] = build_section(_field_type(cls, name), v, where)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
@@ -474,7 +480,7 @@ def _elsewhere(path: str, unknown: Sequence[str], value: Dict[str, Any]) -> str:
 
 def from_dict(d: Optional[Dict[str, Any]]) -> PipelineConfig:
     _refuse_old_spellings(d)
-    cfg = _build(PipelineConfig, d or {}, "")
+    cfg = build_section(PipelineConfig, d or {}, "")
     srcs = []
     if not isinstance(cfg.data.sources, (list, tuple)):
         raise ConfigError(f"data.sources: expected a list of sources such as [{{layout: gopro, "

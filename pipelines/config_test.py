@@ -117,7 +117,7 @@ def test_the_same_path_with_one_prefix_in_both_commands():
 
 def test_the_example_kubeflow_config_has_the_new_spellings():
     cfg = C.load(EXAMPLE)
-    assert cfg.training.train["steps"] == 100000 and cfg.kubeflow.kfp_experiment == "deblur"
+    assert cfg.training.train["steps"] == 100000 and cfg.kubeflow["kfp_experiment"] == "deblur"
 
 
 def test_respell_moves_the_old_spellings_of_a_compiled_config():
@@ -132,7 +132,7 @@ def test_respell_moves_the_old_spellings_of_a_compiled_config():
     cfg = C.from_dict(C.respell(old))
     assert cfg.training.train == {"steps": 50, "global_batch_size": 2}
     assert cfg.training.model == {"dropout": 0.1} and cfg.training.data == {"train_split": "train"}
-    assert cfg.evaluation.max_images_per_split == 2 and cfg.kubeflow.kfp_experiment == "deblur"
+    assert cfg.evaluation.max_images_per_split == 2 and cfg.kubeflow["kfp_experiment"] == "deblur"
     assert C.respell(cfg.to_dict()) == cfg.to_dict()  # a current config is left as it is
 
 

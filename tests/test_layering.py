@@ -96,6 +96,24 @@ def upward_imports(edges):
     return found
 
 
+def orchestrator_doors(edges):
+    """["module:line imports name"] for each module of pipelines/ outside an orchestrator's
+    folder (pipelines/<name>/, e.g. pipelines/kubeflow/) that imports from one: the pipeline,
+    its config and the local runner know no orchestrator, so adding one is a new folder plus
+    its line in the command line (deblur/common.py ORCHESTRATOR_SECTIONS)."""
+    doors = {name for name in os.listdir(os.path.join(REPO, "pipelines"))
+             if os.path.isfile(os.path.join(REPO, "pipelines", name, "__init__.py"))}
+    found = []
+    for module, line, name in edges:
+        parts, theirs = module.split("."), name.split(".")
+        if parts[0] != "pipelines" or theirs[0] != "pipelines" or len(theirs) < 2:
+            continue
+        mine = parts[1] if len(parts) > 2 else None  # the folder a module is in, if any
+        if theirs[1] in doors and theirs[1] != mine:
+            found.append(f"{module}:{line} imports {name}")
+    return found
+
+
 def test_no_module_imports_from_above():
     edges = import_edges()
     assert len(edges) > 50  # the walk found the project's imports
@@ -106,6 +124,23 @@ def test_the_library_imports_no_orchestrator():
     """trainer/ imports no TFX (its run_fn lives in components/training.py), core/ no
     TensorFlow or Beam."""
     assert forbidden_imports() == []
+
+
+def test_each_orchestrator_stays_behind_its_door():
+    """issue 38 item 2: no pipelines/ module outside kubeflow/ imports it."""
+    assert orchestrator_doors(import_edges()) == []
+
+
+def test_the_door_check_sees_a_config_importing_an_orchestrator(tmp_path, monkeypatch):
+    (tmp_path / "pipelines" / "kubeflow").mkdir(parents=True)
+    (tmp_path / "pipelines" / "kubeflow" / "__init__.py").write_text("")
+    (tmp_path / "pipelines" / "kubeflow" / "client.py").write_text(
+        "from pipelines.config import PipelineConfig\nfrom pipelines.kubeflow import config\n")
+    (tmp_path / "pipelines" / "config.py").write_text(
+        "import os\nfrom pipelines.kubeflow.config import KubeflowConfig\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", str(tmp_path))
+    assert orchestrator_doors(import_edges()) == [
+        "pipelines.config:2 imports pipelines.kubeflow.config"]
 
 
 def test_the_check_sees_a_forbidden_import(tmp_path, monkeypatch):

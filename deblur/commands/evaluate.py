@@ -6,7 +6,7 @@ import json
 import os
 
 from core import artifacts
-from deblur.common import UserError, check_writable, config_arguments
+from deblur.common import UserError, check_writable, config_arguments, load_config
 
 
 
@@ -40,9 +40,7 @@ def _evaluation_config(args):
     `deblur evaluate` and `deblur domain-gap`; --examples must be a folder."""
     import dataclasses
 
-    from pipelines import config as config_lib
-
-    cfg = config_lib.load(args.config, args.set or ())
+    cfg = load_config(args)
     changes = {}
     if getattr(args, "setting", None):
         changes["grid"] = args.setting

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from deblur.common import UserError, config_arguments
+from deblur.common import UserError, config_arguments, load_config
 
 
 
@@ -18,9 +18,7 @@ def cmd_predict(args) -> int:
     pr.plan(args.input, args.output)  # a missing input or an unsafe output, before any loading
     spec = args.model
     if spec is None:
-        from pipelines import config as config_lib
-
-        cfg = config_lib.load(args.config, args.set or ())
+        cfg = load_config(args)
         spec = cfg.registry.resolved_uri(cfg.runner.work_dir)
         model_name = args.model_name or cfg.registry.model_name
     else:
@@ -30,9 +28,7 @@ def cmd_predict(args) -> int:
     if looks_like_ref(spec) and not os.path.exists(spec):  # NAME@ALIAS: the config's registry
         if args.version is not None:
             raise UserError(f"--version does not apply to {spec}: the ref names the version")
-        from pipelines import config as config_lib
-
-        cfg = config_lib.load(args.config, args.set or ())
+        cfg = load_config(args)
         model = pr.resolve_ref_model(cfg.registry.resolved_uri(cfg.runner.work_dir), spec,
                                      args.model_name or cfg.registry.model_name)
     else:
@@ -63,9 +59,7 @@ def cmd_registry(args) -> int:
     from components.registry import cli as registry_cli
 
     if args.registry is None or args.model is None:  # the registry of the pipeline config
-        from pipelines import config as config_lib
-
-        cfg = config_lib.load(args.config, args.set or ())
+        cfg = load_config(args)
         args.registry = args.registry or cfg.registry.resolved_uri(cfg.runner.work_dir)
         args.model = args.model or cfg.registry.model_name
     return registry_cli.run(args)
@@ -80,9 +74,7 @@ def cmd_serve(args) -> int:
 
     registry, model_name = args.registry, "deblur-icdpm"
     if registry is None or args.config or args.set:
-        from pipelines import config as config_lib
-
-        cfg = config_lib.load(args.config, args.set or ())
+        cfg = load_config(args)
         registry = registry or cfg.registry.resolved_uri(cfg.runner.work_dir)
         model_name = cfg.registry.model_name
     resolved = resolve_ref(registry, args.model, default_model=model_name)

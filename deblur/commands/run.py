@@ -5,7 +5,7 @@ import logging
 import sys
 import time
 
-from deblur.common import UserError, check_writable, config_arguments
+from deblur.common import UserError, check_writable, config_arguments, load_config
 
 
 
@@ -26,13 +26,12 @@ class _ComponentProgress(logging.Filter):
 
 
 def cmd_run_local(args) -> int:
-    from pipelines import config as config_lib
     from pipelines import run_params
 
     t0 = time.time()  # the wall time the summary reports: data, pipeline, summary
     # --param NAME=VALUE: the Kubeflow run parameters' names, each the --set of its field
     params = run_params.parse(args.param or (), list(run_params.BY_NAME))
-    cfg = config_lib.load(args.config, [*(args.set or ()), *run_params.as_overrides(params)])
+    cfg = load_config(args, run_params.as_overrides(params))
     if args.work_dir:
         cfg.runner.work_dir = args.work_dir
     cfg.training.build_experiment()  # the whole config is valid before anything runs

@@ -149,9 +149,11 @@ def old_flags(args) -> None:
 def run(args) -> int:
     from pipelines import config as config_lib
     from pipelines.kubeflow import client as kclient, cron as kcron
+    from pipelines.kubeflow.config import kubeflow_section
 
     old_flags(args)
     cfg = config_lib.load(args.config, args.set or ())
+    kubeflow_section(cfg)  # a typo in the kubeflow section: one line, before any request
     if args.command == "compile":
         _compile(cfg, args.out, keep_tags=args.keep_tags)
         return 0

@@ -26,6 +26,7 @@ from pipelines.kubeflow import images
 from pipelines.kubeflow.compiler import (_load_spec, _package_for, _package_spec,
                                          compiled_defaults, parameter_types, run_arguments)
 from pipelines.kubeflow.cron import validate_cron
+from pipelines.kubeflow.config import kubeflow_section
 
 
 class SubmitError(ValueError):
@@ -212,11 +213,11 @@ def _check_every_answer(client, host: str) -> None:
 
 
 def _host(config: PipelineConfig, host: Optional[str]) -> str:
-    host = host or config.kubeflow.host
+    host = host or kubeflow_section(config).host
     if not host:
         raise ConfigError("no KFP host: pass --host URL or set kubeflow.host")
     # the token file is read before any request: a missing one is a config error
-    options = client_options(config.kubeflow)
+    options = client_options(kubeflow_section(config))
     if "client_id" in options:  # behind IAP only kfp's own token gets through: kfp.Client's
         return _check_host(host, check=False)  # answers are still checked (_kfp)
     return _check_host(host, options.get("existing_token"))
@@ -224,7 +225,7 @@ def _host(config: PipelineConfig, host: Optional[str]) -> str:
 
 def dev_pipeline(config: PipelineConfig) -> str:
     """The KFP pipeline of experiments: every `deblur submit` and `deblur pipeline upload`."""
-    return config.kubeflow.dev_pipeline or f"{config.runner.pipeline_name}-dev"
+    return kubeflow_section(config).dev_pipeline or f"{config.runner.pipeline_name}-dev"
 
 
 def release_pipeline(config: PipelineConfig) -> str:
@@ -300,7 +301,7 @@ def upload(config: PipelineConfig, spec_file: str, host: Optional[str],
     package, _, temporary = _package_for(spec_file, config)  # images pinned: before any request
     try:
         host = _host(config, host)
-        with _kfp(host, config.kubeflow) as client:
+        with _kfp(host, kubeflow_section(config)) as client:
             r = _upload(client, config, package, version)
     finally:
         if temporary:
@@ -377,7 +378,7 @@ def release(config: PipelineConfig, host: Optional[str], spec_file: Optional[str
         package, _, temporary = _package_for(spec_file, config)  # images pinned first
         try:
             host = _host(config, host)
-            with _kfp(host, config.kubeflow) as client:
+            with _kfp(host, kubeflow_section(config)) as client:
                 r = _upload(client, config, package, None, kind="release",
                             commit_dirty=(commit, False), note="released from a clean checkout")
         finally:
@@ -386,7 +387,7 @@ def release(config: PipelineConfig, host: Optional[str], spec_file: Optional[str
         r.update(host=host, url=_version_url(host, r), released_from=None)
         return r
     host = _host(config, host)
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         dev = dev_pipeline(config)
         dev_id = client.get_pipeline_id(dev)
         v = _find_version(client, dev_id, version) if dev_id else None
@@ -448,7 +449,7 @@ def submit(config: PipelineConfig, spec_file: Optional[str], host: Optional[str]
     defaults fill the rest; `pin_version` pins it to today's newest release, `version` to the
     release of that name (KFP's API cannot move a recurring run to another version: delete it
     and submit again). `no_cache`: the run parameter cache=off (every task runs again: compiler.add_cache_salt)."""
-    kf = config.kubeflow
+    kf = kubeflow_section(config)
     if schedule is not None:
         schedule = validate_cron(schedule)
     if not kf.pipeline_root:
@@ -469,7 +470,7 @@ def submit(config: PipelineConfig, spec_file: Optional[str], host: Optional[str]
     result: Dict[str, Any] = {"host": host, "experiment": experiment,
                               "pipeline_root": kf.pipeline_root}
     try:
-        with _kfp(host, config.kubeflow) as client:
+        with _kfp(host, kubeflow_section(config)) as client:
             ver = _upload(client, config, package, version)
             result["pipeline_version"] = ver
             exp = client.create_experiment(name=experiment)
@@ -502,13 +503,13 @@ def _schedule_release(config: PipelineConfig, host: Optional[str], schedule: str
                       values: Dict[str, str], no_cache: bool, pin_version: bool,
                       version: Optional[str]) -> Dict[str, Any]:
     """submit(schedule=...): a recurring run of the release pipeline (see submit)."""
-    kf = config.kubeflow
+    kf = kubeflow_section(config)
     host = _host(config, host)
     experiment = experiment or kf.kfp_experiment
     name = release_pipeline(config)
     result: Dict[str, Any] = {"host": host, "experiment": experiment,
                               "pipeline_root": kf.pipeline_root}
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         pipeline_id = client.get_pipeline_id(name)
         v = None
         if pipeline_id is not None:
@@ -550,7 +551,7 @@ def _create_schedule(client, config: PipelineConfig, experiment_id: str, ver: Di
                      name: str) -> Dict[str, Any]:
     import kfp_server_api
 
-    kf = config.kubeflow
+    kf = kubeflow_section(config)
     body = kfp_server_api.V2beta1RecurringRun(
         experiment_id=experiment_id, display_name=name,
         description=f"scheduled retraining of {ver['pipeline']}"
@@ -584,9 +585,9 @@ def schedules(config: PipelineConfig, host: Optional[str], action: str = "list",
         raise ConfigError(f"schedule {action}: name the recurring run id(s) (deblur schedule "
                           f"list shows them)")
     host = _host(config, host)
-    experiment = experiment or config.kubeflow.kfp_experiment
+    experiment = experiment or kubeflow_section(config).kfp_experiment
     out: Dict[str, Any] = {"host": host, "action": action, "experiment": experiment}
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         if action == "list":
             experiment_id = None
             if not all_experiments:
@@ -637,7 +638,7 @@ def versions(config: PipelineConfig, host: Optional[str], keep: Optional[int] = 
         raise ConfigError("--delete needs --keep N (how many of each pipeline's newest to keep)")
     host = _host(config, host)
     out: Dict[str, Any] = {"host": host, "keep": keep, "deleted": [], "versions": []}
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         pinned: Dict[str, List[str]] = {}
         following: Dict[str, List[str]] = {}
         for rr in _all_pages(client.list_recurring_runs, "recurring_runs"):

@@ -9,7 +9,7 @@
 
 The pipeline is the same pure create_pipeline() the local runner uses, built from a copy of the
 config with runner.orchestrator = "kubeflow" (component placement, pipelines/kubeflow/placement.py), the
-Dataflow Beam arguments of config.kubeflow, and the schema path as seen inside the image.
+Dataflow Beam arguments of the kubeflow section, and the schema path as seen inside the image.
 Compiling adds the run parameters of pipelines/run_params.py (root input parameters with the
 config's values as defaults: runtimeConfig.parameterValues of the PipelineJob, defaultValue in
 the root inputDefinitions of both documents) and makes every task's command
@@ -35,8 +35,9 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from pipelines import run_params
-from pipelines.kubeflow import placement
 from pipelines.config import REPO_ROOT, ConfigError, PipelineConfig
+from pipelines.kubeflow import placement
+from pipelines.kubeflow.config import kubeflow_section
 
 DEFAULT_OUT = "deblur-icdpm.json"
 # every task's container command (the image's python; infra/Dockerfile installs the package)
@@ -45,7 +46,7 @@ ENTRYPOINT = ["python", "-m", "pipelines.kubeflow.entrypoint"]
 # ---- config ---------------------------------------------------------------------------------
 def check_config(config: PipelineConfig) -> None:
     """Everything a Kubeflow run needs that has no usable default, named in one ConfigError."""
-    problems = list(config.kubeflow.missing())
+    problems = list(kubeflow_section(config).missing())
     if not config.data.sources:
         problems.append("data.sources (gs:// dataset roots; the synthetic default is generated "
                         "on this machine, which the cluster cannot read)")
@@ -76,7 +77,7 @@ def kubeflow_config(config: PipelineConfig) -> PipelineConfig:
     """The copy create_pipeline sees on Kubeflow."""
     check_config(config)
     cfg = copy.deepcopy(config)
-    kf = cfg.kubeflow
+    kf = kubeflow_section(cfg)
     cfg.runner.orchestrator = "kubeflow"
     cfg.runner.pipeline_root = kf.pipeline_root
     cfg.runner.beam_args = kf.beam_args()
@@ -100,7 +101,7 @@ def compile_pipeline(config: PipelineConfig, out_file: str = DEFAULT_OUT) -> str
 
     from pipelines.pipeline import create_pipeline
 
-    kf = cfg.kubeflow
+    kf = kubeflow_section(cfg)
     pipeline = create_pipeline(cfg, metadata_connection_config=None,
                                pipeline_root=kf.pipeline_root,
                                input_fingerprint=FINGERPRINT_PLACEHOLDER, placement=placement)
@@ -452,7 +453,7 @@ def platform_spec(job: Dict[str, Any], config: PipelineConfig) -> Optional[Dict[
 def write_package(job: Dict[str, Any], config: PipelineConfig, path: str) -> str:
     spec = copy.deepcopy(job["pipelineSpec"])
     # Runs started from the KFP UI (no runtime pipeline root) write here too, not to MinIO.
-    spec["defaultPipelineRoot"] = config.kubeflow.pipeline_root
+    spec["defaultPipelineRoot"] = kubeflow_section(config).pipeline_root
     docs = [spec]
     plat = platform_spec(job, config)
     if plat:

@@ -11,8 +11,10 @@
 
 Only what a user must decide has no default (image, pipeline_root, project for Dataflow or
 Vertex); `deblur compile` names every such field that is still unset in one ConfigError
-(pipelines/kubeflow/compiler.py: check_config). The format checks here run when the config is
-loaded. No TFX import: the CLI loads configs cheaply.
+(pipelines/kubeflow/compiler.py: check_config). The pipeline config keeps the section as plain
+data (pipelines/config.py knows no orchestrator); kubeflow_section(config) types it, with the
+format checks here, each time Kubeflow code reads it, and the command line calls it as it loads
+a config, so a typo fails before any work. No TFX import: the CLI loads configs cheaply.
 
 How each field reaches the cluster (checked against the KFP backend 2.0.5 sources):
 - ResourceSpec (cpu/memory limits and requests, accelerator type+count) is compiled by TFX's
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Dict, List, Optional
+
+from pipelines.config import PipelineConfig, build_section
 
 PLATFORMS = ("gke", "vertex")
 BEAM_RUNNERS = ("DataflowRunner", "DirectRunner")
@@ -286,3 +290,10 @@ class KubeflowConfig:
             return None
         r = self.resources.get("Trainer")
         return "local" if r is not None and r.accelerator == "google.com/tpu" else None
+
+
+def kubeflow_section(config: PipelineConfig) -> KubeflowConfig:
+    """config.kubeflow typed and checked: a ConfigError names the key ("kubeflow.dataflow:
+    unknown key(s) ..."). Built on every call from the plain data, so a change to the config's
+    section is what the next caller sees."""
+    return build_section(KubeflowConfig, config.kubeflow, "kubeflow")

@@ -15,6 +15,7 @@ import yaml
 from pipelines import config as config_lib
 from pipelines.kubeflow import client as kclient, compiler as kc, cron as kcron, images
 from pipelines.config import REPO_ROOT, ConfigError
+from pipelines.kubeflow.config import kubeflow_section
 from tests.kfp_fixtures import kfp_server  # noqa: F401 - the fixture
 
 EXAMPLE = os.path.join(REPO_ROOT, "infra", "kubeflow.example.yaml")
@@ -28,7 +29,7 @@ TODAY = ["DeblurIngest", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
 def _example(**kubeflow_changes) -> config_lib.PipelineConfig:
     cfg = config_lib.load(EXAMPLE)
     if kubeflow_changes:
-        cfg.kubeflow = dataclasses.replace(cfg.kubeflow, **kubeflow_changes)
+        cfg.kubeflow = {**cfg.kubeflow, **kubeflow_changes}
     return cfg
 
 
@@ -51,11 +52,11 @@ def registry():
 
 def _on(reg, cfg: config_lib.PipelineConfig) -> config_lib.PipelineConfig:
     """The example's images, on the fake registry (same tags)."""
-    kf = cfg.kubeflow
-    cfg.kubeflow = dataclasses.replace(
-        kf, image=reg.image(IMAGE_REPO, kf.image.rsplit(":", 1)[1]),
-        component_images={k: reg.image(IMAGE_REPO, v.rsplit(":", 1)[1])
-                          for k, v in kf.component_images.items()})
+    kf = kubeflow_section(cfg)
+    cfg.kubeflow = {
+        **cfg.kubeflow, "image": reg.image(IMAGE_REPO, kf.image.rsplit(":", 1)[1]),
+        "component_images": {k: reg.image(IMAGE_REPO, v.rsplit(":", 1)[1])
+                             for k, v in kf.component_images.items()}}
     return cfg
 
 
@@ -96,14 +97,14 @@ def _param(spec, task, name):
 # ---- config ---------------------------------------------------------------------------------
 def test_example_config_loads_with_typed_kubeflow_section():
     cfg = config_lib.load(EXAMPLE)
-    kf = cfg.kubeflow
+    kf = kubeflow_section(cfg)
     assert kf.pipeline_root.startswith("gs://") and kf.image and kf.project == "my-project"
     assert kf.trainer_platform == "gke" and kf.missing() == []
     tr = kf.resources["Trainer"]
     assert (tr.accelerator, tr.accelerator_count) == ("google.com/tpu", 4)
     assert tr.node_selector["cloud.google.com/gke-tpu-topology"] == "2x2"
     assert kf.resolved_trainer_tpu() == "local"
-    assert _example(trainer_platform="vertex").kubeflow.resolved_trainer_tpu() == "env"
+    assert kubeflow_section(_example(trainer_platform="vertex")).resolved_trainer_tpu() == "env"
     kc.check_config(cfg)  # nothing missing
 
 
@@ -119,8 +120,10 @@ def test_example_config_loads_with_typed_kubeflow_section():
     ({"dataflow": {"runner": "FlinkRunner"}}, "dataflow.runner"),
 ])
 def test_config_format_errors(kubeflow, message):
+    """The section's format checks run when Kubeflow code (or the command line) types it."""
+    cfg = config_lib.from_dict({"kubeflow": kubeflow})  # plain data to pipelines/config.py
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        config_lib.from_dict({"kubeflow": kubeflow})
+        kubeflow_section(cfg)
 
 
 def test_compile_names_every_missing_field_at_once(tmp_path):
@@ -181,18 +184,18 @@ def test_schema_version_images_and_entrypoint(compiled):
     cfg, job, docs, _ = compiled["gke"]
     spec = job["pipelineSpec"]
     assert spec["schemaVersion"] == "2.1.0"  # the only one the KFP 2.0.x backend takes
-    assert job["runtimeConfig"]["gcsOutputDirectory"] == cfg.kubeflow.pipeline_root
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == kubeflow_section(cfg).pipeline_root
     for task in kc.all_tasks(spec):
         _, ex = _executor(spec, task)
         if "container" not in ex:
             continue  # TFX Resolver nodes (see unsupported_on_kfp)
-        assert ex["container"]["image"] == cfg.kubeflow.image_for(task)
+        assert ex["container"]["image"] == kubeflow_section(cfg).image_for(task)
         # the image's ENTRYPOINT is not used
         assert ex["container"]["command"] == (
             kc.FINGERPRINT_COMMAND if task == kc.FINGERPRINT_TASK
             else kc.CHECK_COMMAND if task == kc.CHECK_TASK else ENTRYPOINT)
     assert _executor(spec, "Trainer")[1]["container"]["image"].endswith("-tpu")
-    assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == cfg.kubeflow.image
+    assert _executor(spec, "StatisticsGen")[1]["container"]["image"] == kubeflow_section(cfg).image
     # the checked-in schema, as seen inside the image
     assert _param(spec, "ImportSchemaGen", "schema_file") == "/opt/deblur/schemas/schema.pbtxt"
 
@@ -204,7 +207,7 @@ def test_dataflow_beam_args_in_the_beam_executors(compiled):
         for a in ("--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
                   "--temp_location=gs://my-deblur-bucket/pipeline_root/beam-tmp",
                   "--machine_type=n2-standard-4", "--max_num_workers=16",
-                  f"--sdk_container_image={cfg.kubeflow.image}", "--sdk_location=container",
+                  f"--sdk_container_image={kubeflow_section(cfg).image}", "--sdk_location=container",
                   "--experiments=use_runner_v2",
                   "--service_account_email=deblur-pipeline@my-project.iam.gserviceaccount.com"):
             assert a in args, (task, a)
@@ -226,7 +229,7 @@ def test_gke_trainer_resources_and_node_selectors(compiled):
     # the KFP package: the same spec with a default root, then the Kubernetes platform spec
     pkg_spec, platform = docs
     assert pkg_spec["root"] == spec["root"]
-    assert pkg_spec["defaultPipelineRoot"] == cfg.kubeflow.pipeline_root
+    assert pkg_spec["defaultPipelineRoot"] == kubeflow_section(cfg).pipeline_root
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert executors[label]["nodeSelector"]["labels"] == {
         "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
@@ -260,7 +263,7 @@ def test_vertex_trainer_runs_a_custom_job_on_a_tpu_pool(compiled):
     pool, = args["job_spec"]["worker_pool_specs"]
     assert pool["machine_spec"] == {"machine_type": "cloud-tpu", "accelerator_type": "TPU_V3",
                                     "accelerator_count": 8}
-    assert pool["container_spec"]["image_uri"] == cfg.kubeflow.image_for("Trainer")
+    assert pool["container_spec"]["image_uri"] == kubeflow_section(cfg).image_for("Trainer")
     assert args["job_spec"]["service_account"].startswith("deblur-pipeline@")
     assert custom["tpu"] == "env"  # TPUClusterResolver() from Vertex's TPU_CONFIG
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(
@@ -278,9 +281,9 @@ def test_vertex_gpu_workers_get_a_chief_pool_and_a_worker_pool():
     from tfx.extensions.google_cloud_ai_platform.trainer import executor
 
     cfg = _example()
-    cfg.kubeflow.vertex = dataclasses.replace(
-        cfg.kubeflow.vertex, machine_type="a2-highgpu-1g", accelerator_type="NVIDIA_TESLA_A100",
-        accelerator_count=1, workers=4)
+    cfg.kubeflow["vertex"] = {
+        **(cfg.kubeflow.get("vertex") or {}), "machine_type": "a2-highgpu-1g",
+        "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 1, "workers": 4}
     job = placement.vertex_custom_config(cfg)[executor.TRAINING_ARGS_KEY]["job_spec"]
     chief, workers = job["worker_pool_specs"]
     assert (chief["replica_count"], workers["replica_count"]) == (1, 3)
@@ -456,7 +459,7 @@ def test_upload_registers_a_pipeline_version_named_from_the_version_and_commit(
     pinned = images.images(docs[0])
     assert len(pinned) == 3 and all(f"{i}" in description for i in pinned)
     assert f"config sha256:{images.config_digest(docs[0])}" in description
-    assert docs[0]["defaultPipelineRoot"] == cfg.kubeflow.pipeline_root
+    assert docs[0]["defaultPipelineRoot"] == kubeflow_section(cfg).pipeline_root
     assert "kubernetes" in docs[1]["platforms"]
     stored = kfp_server.version_spec(r["version_id"])
     assert stored["root"]["inputDefinitions"]["parameters"]["gate_input_psnr_tolerance"][
@@ -574,7 +577,7 @@ def test_submit_schedule_follows_the_newest_release(compiled, kfp_server, monkey
     assert rr["mode"] == "ENABLE" and int(rr["max_concurrency"]) == 1 and rr["no_catchup"] is True
     assert rr["pipeline_version_reference"] == {"pipeline_id": rel["pipeline_id"]}
     assert rr.get("pipeline_spec") is None
-    assert rr["runtime_config"] == {"pipeline_root": cfg.kubeflow.pipeline_root,
+    assert rr["runtime_config"] == {"pipeline_root": kubeflow_section(cfg).pipeline_root,
                                     "parameters": {"train_steps": 5000}}
     assert rr["service_account"] == "deblur-pipeline"
     assert rr["display_name"] == "deblur-icdpm (newest release) train_steps=5000 0 0 3 * * 1"
@@ -1154,7 +1157,7 @@ def test_the_trainer_task_is_retried(compiled):
         cfg, job, docs, path = compiled[platform]
         tasks = kc.dag_tasks(job["pipelineSpec"])
         policy = tasks["Trainer"]["retryPolicy"]
-        assert policy["maxRetryCount"] == cfg.kubeflow.trainer_max_retries == 3
+        assert policy["maxRetryCount"] == kubeflow_section(cfg).trainer_max_retries == 3
         task = json_format.ParseDict(tasks["Trainer"], pipeline_spec_pb2.PipelineTaskSpec())
         assert task.retry_policy.max_retry_count == 3
         assert task.retry_policy.backoff_duration.seconds == 60
@@ -1485,20 +1488,20 @@ def test_front_door_options_reach_every_request(compiled, kfp_server, tmp_path, 
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
-    cfg.kubeflow.namespace = "team-deblur"
+    cfg.kubeflow["namespace"] = "team-deblur"
     kclient.submit(cfg, path, kfp_server.url)
     assert {r["authorization"] for r in kfp_server.requests} == {"Bearer s3cret-token"}
     exp, = kfp_server.bodies("POST", "/apis/v2beta1/experiments")
     assert exp["namespace"] == "team-deblur"
     # the config's path wins over the environment's; an unreadable one is one line, no request
-    cfg.kubeflow.token_path = str(tmp_path / "missing")
+    cfg.kubeflow["token_path"] = str(tmp_path / "missing")
     n = len(kfp_server.requests)
     with pytest.raises(ConfigError, match=r"token file .*missing .*cannot be read"):
         kclient.schedules(cfg, kfp_server.url)
     assert len(kfp_server.requests) == n
     # a run and a schedule are created with the service account infra/ binds
     run, = kfp_server.bodies("POST", "/apis/v2beta1/runs")
-    assert run["service_account"] == cfg.kubeflow.service_account == "deblur-pipeline"
+    assert run["service_account"] == kubeflow_section(cfg).service_account == "deblur-pipeline"
 
 
 def test_data_sources_short_form_a_sources_file(compiled, tmp_path, capsys):

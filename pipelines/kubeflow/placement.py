@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from pipelines.kubeflow.config import PodResources
+from pipelines.kubeflow.config import PodResources, kubeflow_section
 
 TRAINER_ID = "Trainer"
 # The pods cannot read the runner's SQLite ML Metadata: the warm start finds its parent in the
@@ -38,7 +38,7 @@ def vertex_custom_config(config) -> Dict[str, Any]:
     from tfx.extensions.google_cloud_ai_platform import constants
     from tfx.extensions.google_cloud_ai_platform.trainer import executor
 
-    kf = config.kubeflow
+    kf = kubeflow_section(config)
     v = kf.vertex
     # the chief pool, and with several workers a second pool of the others: Vertex gives the
     # replicas TF_CONFIG (chief / worker tasks), and every replica runs the TFX executor
@@ -64,7 +64,7 @@ def trainer(config, custom_config: Optional[Dict[str, Any]] = None, **kwargs):
         from tfx.v1.components import Trainer
 
         return Trainer(custom_config=custom, **kwargs)
-    kf = config.kubeflow
+    kf = kubeflow_section(config)
     tpu = kf.resolved_trainer_tpu()
     if tpu:
         custom["tpu"] = tpu  # components/training.py: TPUStrategy with bfloat16
@@ -98,7 +98,7 @@ def resource_spec(r: PodResources):
 
 def placed_resources(config, component_ids) -> Dict[str, PodResources]:
     """The resources entries that apply to these component ids."""
-    kf = config.kubeflow
+    kf = kubeflow_section(config)
     out = {}
     for cid in component_ids:
         r = kf.resources.get(cid)

@@ -23,7 +23,7 @@ summary to the run page and to that same path.
 from __future__ import annotations
 
 import posixpath
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec

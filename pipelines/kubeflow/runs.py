@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from core import artifacts
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.kubeflow.client import SubmitError, _experiment_id, _host, _kfp
+from pipelines.kubeflow.config import kubeflow_section
 
 # the exit code of `deblur runs wait` by the run's final state; a timeout is EXIT_TIMEOUT
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "SKIPPED": 1, "CANCELING": 2, "CANCELED": 2}
@@ -131,10 +132,10 @@ def list_runs(config: PipelineConfig, host: Optional[str], schedule: Optional[st
     that is not there on the 2.x backends (model/run.go: RecurringRunId, JobUUID since), so
     filtering on the server would fail there."""
     host = _host(config, host)
-    experiment = experiment or config.kubeflow.kfp_experiment
+    experiment = experiment or kubeflow_section(config).kfp_experiment
     out: Dict[str, Any] = {"host": host, "experiment": None if all_experiments else experiment,
                            "schedule": schedule, "runs": []}
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         experiment_id = None
         if schedule:
             rr = client.get_recurring_run(schedule)
@@ -159,7 +160,7 @@ def list_runs(config: PipelineConfig, host: Optional[str], schedule: Optional[st
 def status(config: PipelineConfig, host: Optional[str], run_id: str) -> Dict[str, Any]:
     """`deblur runs status`: the run, its tasks and, when it FAILED, why (one line)."""
     host = _host(config, host)
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         run = client.get_run(run_id)
         out = run_row(run, _Versions(client))
     out["tasks"] = task_rows(run)
@@ -171,7 +172,7 @@ def status(config: PipelineConfig, host: Optional[str], run_id: str) -> Dict[str
 def terminate(config: PipelineConfig, host: Optional[str], run_id: str) -> Dict[str, Any]:
     """`deblur runs terminate`: asks KFP to stop the run (it goes CANCELING, then CANCELED)."""
     host = _host(config, host)
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         client.terminate_run(run_id)
         return run_row(client.get_run(run_id))
 
@@ -180,7 +181,7 @@ def retry(config: PipelineConfig, host: Optional[str], run_id: str) -> Dict[str,
     """`deblur runs retry`: runs a FAILED or CANCELED run again from its failed tasks (KFP
     keeps the ones that succeeded). Any other state is refused before the request."""
     host = _host(config, host)
-    with _kfp(host, config.kubeflow) as client:
+    with _kfp(host, kubeflow_section(config)) as client:
         run = client.get_run(run_id)
         if run.state not in RETRYABLE:
             raise SubmitError(f"run {run_id} is {run.state}: only a FAILED or CANCELED run can "
@@ -259,7 +260,7 @@ def wait(config: PipelineConfig, host: Optional[str], run_id: str, poll: float =
 
     start = clock()
     try:
-        with _kfp(host, config.kubeflow) as client:
+        with _kfp(host, kubeflow_section(config)) as client:
             while True:
                 run = client.get_run(run_id)
                 now = datetime.datetime.now().strftime("%H:%M:%S")
@@ -287,7 +288,7 @@ def wait(config: PipelineConfig, host: Optional[str], run_id: str, poll: float =
     out["summary"] = out["summary_path"] = out["summary_note"] = None
     if run is not None and run.state in EXIT_CODES:  # ended: RunSummary's or RunEnd's
         root = (run.runtime_config.pipeline_root if run.runtime_config else None) \
-            or config.kubeflow.pipeline_root
+            or kubeflow_section(config).pipeline_root
         if root:
             out["summary_path"], out["summary"], out["summary_note"] = read_summary(
                 root, config.runner.pipeline_name, run_id)
