@@ -183,3 +183,14 @@ def test_run_local_refuses_a_crop_larger_than_the_images_before_anything_runs(tm
     cfg = C.load(None, ["data.sources=[{layout: gopro, root: " + str(tmp_path / "src") + "}]",
                         "training.data.crop_size=256", "ingest.train_crop_size=256"])
     assert cfg.training.build_experiment().data.crop_size == 256
+
+
+def test_the_old_spellings_leave_in_0_2_0():
+    """CHANGELOG.md: the refusal of the spellings renamed on 2026-12-02 and respell(), for the
+    packages compiled before then, are in 0.1.0 and go in 0.2.0. Not vacuous: the version is
+    read as core/version.py reads it, and bumping it with them still here fails."""
+    from core.version import package_version
+
+    major, minor = (int(p) for p in package_version().split(".")[:2])
+    assert (major, minor) < (0, 2) or not hasattr(C, "RENAMED"), (
+        "0.2.0 removes the old spellings (CHANGELOG.md): RENAMED, old_spellings, respell")
