@@ -4,8 +4,9 @@
     exp = get("tiny", train={"steps": 300})      # CPU-sized, for tests
 
 EXPERIMENTS is the one table of named experiments, each defined in one place: tiny, local (the
-quickstart's network and recipe), and the paper's icDPM-S, icDPM-L, S+Guide-S, S+Guide-L,
-L+Guide-S, L+Guide-L, which use the paper's training recipe (SPEC section 5).
+quickstart's network and recipe), local-finetune (the pipeline's default: local fine-tuned
+1500 steps from its shipped base model), and the paper's icDPM-S, icDPM-L, S+Guide-S,
+S+Guide-L, L+Guide-S, L+Guide-L, which use the paper's training recipe (SPEC section 5).
 
 train.steps is the number of steps a training of the experiment trains: from random weights,
 the step it reaches; warm-started (trainer/warm_start.py), the steps beyond its parent's step.
@@ -256,8 +257,10 @@ def _tuples(d: dict) -> dict:
 # ---- the experiments: one entry per name, every section in it (vdm's get_config style) ------
 # Each entry names the fields of its model, diffusion, data and train sections that differ from
 # the sections' defaults (ModelConfig: size S, Guide-S; DiffusionConfig; DataSection;
-# TrainConfig: the paper's recipe, SPEC section 5). get(name) builds the Experiment; nothing
-# else holds named configurations.
+# TrainConfig: the paper's recipe, SPEC section 5). "base_model", where present, is the folder
+# under models/ holding the base model the repository ships for the experiment: the parent of
+# its training under the pipeline's training.base_model "auto" (trainer/warm_start.py,
+# models/README.md). get(name) builds the Experiment; nothing else holds named configurations.
 
 # The quickstart's network (docs/model.md): the UNet on 2x2 patches (levels at 1/2 and 1/4,
 # where phi_2 and phi_4 enter), 2 dilated residual blocks per level and 2 in the middle, no
@@ -315,7 +318,16 @@ EXPERIMENTS: Dict[str, Dict[str, Any]] = {
                    image_summary_every=100)),
     # the quickstart's network and recipe from random weights (998k parameters); the shipped
     # base model models/local/ is this experiment trained 18000 steps (make base-model)
-    "local": dict(model=_LOCAL_MODEL, diffusion={}, data=_LOCAL_DATA, train=_LOCAL_TRAIN),
+    "local": dict(model=_LOCAL_MODEL, diffusion={}, data=_LOCAL_DATA, train=_LOCAL_TRAIN,
+                  base_model="local"),
+    # the pipeline's default (pipelines/config.py): the local experiment fine-tuned from its
+    # shipped base model on the run's own training split, 1500 steps beyond the base model's
+    # step, which fit the quickstart's 15 minutes on 2 CPU cores (~6 min of training;
+    # docs/experiments.md "The shipped base model and the fine-tune"). Everything else is the
+    # local recipe: its cosine learning rate spans these 1500 steps (a warm start's optimizer
+    # starts at 0) and its EMA warm-up counts the base model's steps
+    "local-finetune": dict(model=_LOCAL_MODEL, diffusion={}, data=_LOCAL_DATA,
+                           train={**_LOCAL_TRAIN, "steps": 1500}, base_model="local"),
     # the paper's six (Table 11), its recipe
     "icDPM-S": _paper(32, None),
     "icDPM-L": _paper(64, None),
@@ -339,3 +351,8 @@ def get(name: str, **overrides) -> Experiment:
                      data=DataSection(**entry["data"]), train=TrainConfig(**entry["train"]))
     return exp.replace(**overrides) if overrides else exp
 
+
+def base_model(name: str) -> Optional[str]:
+    """The folder under models/ of the base model the repository ships for experiment `name`
+    (its entry's base_model), or None: the repository ships none for it."""
+    return (EXPERIMENTS.get(name) or {}).get("base_model")

@@ -1,5 +1,7 @@
 """Warm start: a training that begins from an exported model (in the pipeline, the latest blessed
-one) instead of random weights, and trains `steps` more steps.
+one) instead of random weights, and trains `steps` more steps: an experiment's train.steps is
+the steps a training trains, beyond its parent's step when it has one (parent step 18000 and
+train.steps 1500 end at step 19500).
 
 What is taken from the parent, and why
 - Weights: the parent's SavedModel (trainer/export.py) holds the EMA weights, the model that was
@@ -64,37 +66,44 @@ SHIPPED_MODELS = posixpath.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "models")
 
 
-# the experiments whose base model the repository ships (models/README.md): "auto" without it
-# trains from random weights, which the quickstart's gate does not expect
-SHIPPED_EXPERIMENTS = ("local",)
+def shipped_folder(experiment: str) -> Optional[str]:
+    """models/<folder>/ of the base model the repository ships for the experiment (its
+    base_model in trainer/experiments.py's table: models/local/ for local and local-finetune),
+    or None: it ships none. "auto" without that model trains from random weights, which the
+    quickstart's gate does not expect."""
+    from trainer.experiments import base_model  # here: this module imports no TensorFlow
+
+    folder = base_model(experiment)
+    return posixpath.join(SHIPPED_MODELS, folder) if folder else None
 
 
 def base_model_missing(setting: str, experiment: str) -> Optional[str]:
-    """None, or (training.base_model auto, a shipped experiment, its model not there) the
-    warning that the base model was not found: where it was looked for, what training from
-    random weights means for the quickstart's gate, and how to get the model."""
-    if setting != "auto" or experiment not in SHIPPED_EXPERIMENTS:
-        return None
-    shipped = posixpath.join(SHIPPED_MODELS, experiment)
-    if os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)):
+    """None, or (training.base_model auto, an experiment with a shipped base model, that model
+    not there) the warning that the base model was not found: where it was looked for, what
+    training from random weights means for the quickstart's gate, and how to get the model."""
+    shipped = shipped_folder(experiment) if setting == "auto" else None
+    if shipped is None or os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)):
         return None
     return (f"the base model was not found: training.base_model is auto and there is no "
             f"{shipped}/{SAVED_MODEL_FILE}, so the Trainer starts from random weights unless a "
             "blessed model serves as its parent; the quickstart's gate expects the fine-tuned "
             "base model (a model from random weights at 1500 steps is usually not blessed). "
-            f"Get it with `git checkout models/{experiment}` or `make base-model` (~65 min), "
-            "or set training.base_model: none to train from random weights on purpose")
+            f"Get it with `git checkout models/{posixpath.basename(shipped)}` or `make "
+            "base-model` (~65 min), or set training.base_model: none to train from random "
+            "weights on purpose")
 
 
 def base_model_dir(setting: str, experiment: str) -> Optional[str]:
     """training.base_model -> a SavedModel folder or None (random weights): "auto" is the
-    shipped models/<experiment>/ when there is one, "none" is None, anything else is a folder
-    (resolved where the Trainer runs, so "auto" finds the copy inside the container image)."""
+    experiment's shipped base model (shipped_folder) when it is there, "none" is None, anything
+    else is a folder (resolved where the Trainer runs, so "auto" finds the copy inside the
+    container image)."""
     if setting == "none":
         return None
     if setting == "auto":
-        shipped = posixpath.join(SHIPPED_MODELS, experiment)
-        return shipped if os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)) else None
+        shipped = shipped_folder(experiment)
+        return shipped if shipped and os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)) \
+            else None
     return setting
 
 

@@ -133,7 +133,7 @@ def test_another_architecture_is_refused_in_one_line(parent):
 def test_a_parent_from_before_a_new_model_field_is_read_with_its_default(parent, tmp_path):
     """A ModelConfig field added after models were registered: a parent whose deblur.json has
     no such field was built with its default and warm-starts (here dropout, whose default the
-    tiny preset keeps); one that records another value is refused like any other
+    tiny experiment keeps); one that records another value is refused like any other
     architecture."""
     import shutil
 
@@ -188,6 +188,8 @@ def test_base_model_auto_is_the_shipped_model_of_the_experiment(tmp_path, monkey
     (shipped / "local" / "saved_model.pb").write_bytes(b"")
     monkeypatch.setattr(warm_start, "SHIPPED_MODELS", str(shipped))
     assert warm_start.base_model_dir("auto", "local") == str(shipped / "local")
+    # the fine-tune's base model is the local experiment's (trainer/experiments.py base_model)
+    assert warm_start.base_model_dir("auto", "local-finetune") == str(shipped / "local")
     assert warm_start.base_model_dir("auto", "tiny") is None  # none shipped: random weights
     assert warm_start.base_model_dir("none", "local") is None
     assert warm_start.base_model_dir("/m/x", "tiny") == "/m/x"

@@ -135,8 +135,9 @@ def add_parsers(sub) -> None:
                         f"{artifacts.SAVED_MODEL_DIR} go here; re-running resumes from its "
                         "checkpoints")
     s.add_argument("--experiment", default="tiny",
-                   help="the preset (training.experiment in the pipeline config): tiny, local, "
-                        "icDPM-S, icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
+                   help="the experiment (training.experiment in the pipeline config; "
+                        "trainer/experiments.py): tiny, local, local-finetune, icDPM-S, "
+                        "icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
     s.add_argument("--config", default=None, help=argparse.SUPPRESS)  # now --experiment
     s.add_argument("--steps", type=int, default=None, help="= --set train.steps=N")
     s.add_argument("--batch-size", type=int, default=None,
