@@ -75,6 +75,10 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    # the steps a training trains: from random weights, the step it ends at; warm-started, the
+    # steps beyond its parent's step (trainer/warm_start.py prepare() hands train.train the
+    # experiment with the step to end at, the parent's + these, which its experiment.json
+    # records)
     steps: int = 1_000_000
     global_batch_size: int = 256
     learning_rate: float = 1e-4

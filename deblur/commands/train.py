@@ -96,15 +96,17 @@ def cmd_train(args) -> int:
     check_writable(args.out, "--out")
     t0 = time.time()
     warm = {}
-    if args.warm_start:  # --steps more steps from the model's weights and step
+    if args.warm_start:  # train.steps more steps from the model's weights and step
         from trainer import warm_start
 
         if not os.path.exists(os.path.join(args.warm_start, artifacts.SAVED_MODEL_FILE)):
             raise UserError(f"--warm-start {args.warm_start}: no {artifacts.SAVED_MODEL_FILE} "
                             "there (give a SavedModel folder, e.g. a registry version)")
-        record = warm_start.decide(args.out, "latest_blessed", exp.train.steps,
-                                   lambda: warm_start.Parent(args.warm_start, args.warm_start))
-        exp, warm = warm_start.training_arguments(exp, record)
+        prepared = warm_start.prepare(
+            exp, args.out, mode="latest_blessed",
+            find_parent=lambda: warm_start.Parent(args.warm_start, args.warm_start),
+            instead="deblur train without --warm-start starts from random weights")
+        exp, warm = prepared.exp, prepared.train_kwargs
     result = train.train(exp, args.examples, args.out, progress=True, **warm)
     last = result["history"][-1] if result["history"] else {}
     skipped = f"; {result['skipped']} non-finite batch(es) skipped" if result["skipped"] else ""
@@ -155,7 +157,7 @@ def add_parsers(sub) -> None:
                         "FIELD; repeatable)")
     s.add_argument("--warm-start", default=None, metavar="SAVED_MODEL",
                    help="start from this exported model's weights and step (e.g. a registry "
-                        "version folder) and train --steps more steps")
+                        "version folder) and train train.steps (--steps) steps beyond its step")
 
 
 COMMANDS = {"model-stats": cmd_model_stats, "train": cmd_train}
