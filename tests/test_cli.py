@@ -173,7 +173,7 @@ def test_each_command_names_the_spelling_it_takes(tmp_path, capsys):
     work = ["run-local", "--work-dir", str(tmp_path / "w")]
     for argv, message in (
             (train + ["--config", "S+Guide-S"], "--config S+Guide-S: deblur train names its "
-             "preset with --experiment S+Guide-S (training.experiment in the pipeline config)"),
+             "experiment with --experiment S+Guide-S (training.experiment in the pipeline config)"),
             (train + ["--set", "training.train.steps=5"], "--set training.train.steps: the "
              "pipeline config's spelling; deblur train takes --set train.steps"),
             (train + ["--set", "training.steps=5"], "deblur train takes --set train.steps"),
@@ -182,7 +182,7 @@ def test_each_command_names_the_spelling_it_takes(tmp_path, capsys):
             (train + ["--set", "training.experiment=local"], "--experiment NAME"),
             (train + ["--set", "steps=5"], "--set steps: a field of the train section: --set "
                                            "train.steps"),
-            (train + ["--set", "experiment=local"], "names its preset with --experiment NAME"),
+            (train + ["--set", "experiment=local"], "names its experiment with --experiment NAME"),
             (work + ["--set", "train.steps=5"], "train.steps is deblur train's spelling; the "
                                                 "pipeline config's is training.train.steps"),
             (work + ["--set", "training.steps=5"], "training.steps is now training.train.steps"),

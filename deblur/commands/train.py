@@ -27,7 +27,7 @@ def cmd_model_stats(args) -> int:
 
 
 def train_experiment(args):
-    """The experiment of `deblur train`: the preset (--experiment), its flags (--steps,
+    """The experiment of `deblur train`: the named experiment (--experiment), its flags (--steps,
     --batch-size, --tpu, --strategy: shorthands of train.steps, train.global_batch_size,
     train.tpu + train.mixed_precision, train.strategy), then every --set SECTION.FIELD=VALUE
     (parsed as run-local's --set: VALUE is YAML; a --set wins over a flag), e.g. --set
@@ -37,7 +37,7 @@ def train_experiment(args):
     from trainer import experiments
 
     if args.config is not None:
-        raise UserError(f"--config {args.config}: deblur train names its preset with "
+        raise UserError(f"--config {args.config}: deblur train names its experiment with "
                         f"--experiment {args.config} (training.experiment in the pipeline "
                         f"config); --config is a pipeline config file in the other commands")
     flags = {}  # 0 is not "unset": TrainConfig refuses it in one line
@@ -71,7 +71,7 @@ def _check_trainer_sets(sections: dict) -> None:
             new = dict(old_spellings({"training": value})).get(path, path).split(".")
             if new[1:2] == ["experiment"]:
                 raise UserError(f"--set {path}: the pipeline config's spelling; deblur train "
-                                f"names its preset with --experiment NAME")
+                                f"names its experiment with --experiment NAME")
             if new[1:2] and new[1] in TRAINER_SECTIONS:
                 raise UserError(f"--set {path}: the pipeline config's spelling; deblur train "
                                 f"takes --set {'.'.join(new[1:])}")
@@ -79,7 +79,7 @@ def _check_trainer_sets(sections: dict) -> None:
                             f"the trainer's sections model, diffusion, data, train (e.g. --set "
                             f"train.steps=300)")
         if key == "experiment":
-            raise UserError("--set experiment: deblur train names its preset with --experiment "
+            raise UserError("--set experiment: deblur train names its experiment with --experiment "
                             "NAME (training.experiment in the pipeline config)")
         section = trainer_section_of(key)
         if section:
