@@ -37,7 +37,7 @@ run-local: setup
 ## The base model the quickstart warm-starts from (models/local/, models/README.md): the local
 ## experiment trained BASE_STEPS steps on a synthetic draw of its own (seed 1: 192 training
 ## pairs, no image of the quickstart's seed-0 sets), ~65-75 min on 2 CPU cores, at the constant
-## learning rate it was trained with (the preset's cosine came later). It writes under
+## learning rate it was trained with (the experiment's cosine came later). It writes under
 ## BASE_DIR; copy BASE_DIR/train/saved_model to models/local/ to ship it.
 BASE_DIR ?= runs/base-model
 BASE_STEPS ?= 18000

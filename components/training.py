@@ -82,7 +82,10 @@ def examples_uri(train_files) -> str:
 def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
     """custom_config["warm_start"]: "none" or "latest_blessed" (trainer/warm_start.py);
     find_parent() returns the latest blessed model (a warm_start.Parent) or None: run_fn
-    passes one that looks in the registry or ML Metadata. The training goes to the parent's step + train_steps."""
+    passes one that looks in the registry or ML Metadata. train.steps is train_args.num_steps
+    (fn_args.train_steps: create_pipeline's experiment's train.steps, or the train_steps run
+    parameter), the steps to train beyond the parent's step; warm_start.prepare sets up the
+    rest, as for `deblur train --warm-start`."""
     cfg = dict(fn_args.custom_config or {})
     overrides = {k: dict(v) for k, v in (cfg.get("overrides") or {}).items()}
     if fn_args.train_steps:
@@ -93,38 +96,32 @@ def train_from_fn_args(fn_args: FnArgs, find_parent=None) -> None:
         overrides["train"].setdefault("mixed_precision", "bfloat16")
     if not cfg.get("experiment"):
         raise ValueError("the Trainer's custom_config names no experiment (create_pipeline "
-                         "passes training.experiment): no preset to fall back to")
+                         "passes training.experiment): no experiment to fall back to")
     exp = experiments.get(cfg["experiment"], **overrides)
     strategy = tpu_strategy_from_environment() if tpu == "env" else None
     examples = examples_uri(fn_args.train_files)
     chief = train.is_chief_task()
     progress = logging.getLogger(PROGRESS_LOGGER)
-    mode = cfg.get("warm_start") or "none"
-    base_setting = (cfg.get("warm_start_source") or {}).get("base_model") or "none"
-    base_dir = warm_start.base_model_dir(base_setting, exp.name)
-    base = warm_start.Parent(base_dir, f"the base model {base_dir}") if base_dir else None
-    missing = warm_start.base_model_missing(base_setting, exp.name)
-    # the parent is decided first (it is part of the training's identity); every worker makes
-    # the same decision (the same registry). Only the chief writes it, into the training's
-    # checkpoint folder, outside this execution's output: a failed execution's output is
-    # deleted (TFX's launcher), the checkpoints must survive it
-    planned = warm_start.plan(mode, exp.train.steps, find_parent, base, model=exp.model)
-    if missing and planned["parent"] is None:  # the record carries it into the summary
-        planned["warning"] = missing
-        log.warning("Trainer: %s", missing)
-    work = training_dir(exp, examples, fn_args.model_run_dir, planned)
-    gfile = tf_gfile()
-    if gfile.exists(posixpath.join(work, CHECKPOINTS_DIR)):
+    # the parent is decided first (it is part of the training's identity, so of its folder);
+    # every worker makes the same decision (the same registry). Only the chief writes it, into
+    # the training's checkpoint folder, outside this execution's output: a failed execution's
+    # output is deleted (TFX's launcher), the checkpoints must survive it
+    prepared = warm_start.prepare(
+        exp, lambda planned: training_dir(exp, examples, fn_args.model_run_dir, planned),
+        mode=cfg.get("warm_start") or "none", find_parent=find_parent,
+        base_model=(cfg.get("warm_start_source") or {}).get("base_model") or "none",
+        write=chief)
+    work, record = prepared.out_dir, prepared.record
+    if tf_gfile().exists(posixpath.join(work, CHECKPOINTS_DIR)):
         progress.info("Trainer: resuming the interrupted training in %s (same data, experiment "
                       "and warm start)", work)
     else:
         progress.info("Trainer: checkpoints in %s until the training is done", work)
-    record = warm_start.decide(work, mode, exp.train.steps, write=chief, planned=planned)
     if record["parent"]:
         progress.info(
             "Trainer: warm start from %s (step %d), %d more steps", record["parent"]["name"],
             record["start_step"], record["steps"])
-    exp, warm = warm_start.training_arguments(exp, record)
+    exp, warm = prepared.exp, prepared.train_kwargs
     total, first = exp.train.steps, record["start_step"]
     every = max(1, (total - first) // 10)
     last = [first]

@@ -90,32 +90,33 @@ TRAINER_SECTIONS = ("model", "diffusion", "data", "train")
 
 @dataclasses.dataclass
 class TrainingConfig:
-    """The Trainer stage: an experiment preset of trainer/experiments.py (`deblur train
+    """The Trainer stage: an experiment of trainer/experiments.py (`deblur train
     --experiment`) and the fields that differ from it, one mapping per trainer section, each
     field spelled as `deblur train --set SECTION.FIELD`. A section in a file or a --set is
-    merged over the default below: a field not named keeps the pipeline's default, else the
-    preset's."""
+    merged over the default below (empty: every field the experiment's).
 
-    # local: the quickstart's recipe, warm-started from the base model the repository ships
-    # (models/local/, models/README.md: how it was trained and what it scores)
-    experiment: str = "local"
+    train.steps, like every field, is the experiment's unless named here (local-finetune:
+    1500); it is the steps the Trainer trains, after a warm start the steps beyond the
+    parent's step. The pipeline hands it to the Trainer as TFX train_args.num_steps, the one
+    place it travels, which the train_steps run parameter sets (pipelines/run_params.py)."""
+
+    # local-finetune: the quickstart's recipe, 1500 steps from the base model the repository
+    # ships (models/local/, models/README.md: how it was trained and what it scores)
+    experiment: str = "local-finetune"
     model: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer.model.ModelConfig
     diffusion: Dict[str, Any] = dataclasses.field(default_factory=dict)  # DiffusionConfig
     # DataSection; data.train_split is the split the Trainer trains on and the evaluator leaves out
     data: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    # TrainConfig. 1500 steps: from the shipped base model, the fine-tuning on the run's own
-    # training split that fits the quickstart's 15 minutes on 2 CPU cores (~6 min of the local
-    # model; docs/experiments.md); the pipeline's default, whatever the preset's (local: 2000).
-    # After a warm start: this many more steps.
-    train: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"steps": 1500})
+    train: Dict[str, Any] = dataclasses.field(default_factory=dict)  # TrainConfig
     # none: random weights; latest_blessed: the weights and step of the latest blessed model
     # (found when the Trainer runs, where the gate finds its baseline), then train.steps more
     # steps (trainer/warm_start.py says what is kept and why)
     warm_start: str = "none"
     # The weights a training starts from when it does not warm-start from a blessed model:
-    # "auto": the base model the repository ships for the experiment (models/<experiment>/
-    # with a saved_model.pb; models/local/ ships), random weights for the others; "none": random
-    # weights; or a SavedModel folder exported by this project, of the experiment's architecture
+    # "auto": the base model the repository ships for the experiment (models/<its base_model>/
+    # in trainer/experiments.py, with a saved_model.pb: models/local/ for local and
+    # local-finetune), random weights for the others; "none": random weights; or a SavedModel
+    # folder exported by this project, of the experiment's architecture
     base_model: str = "auto"
 
     # sections whose mapping in a file or a --set is merged over the default, not replacing it
@@ -148,7 +149,8 @@ class TrainingConfig:
         # checked here, without TensorFlow: the train_steps run parameter's check
         # (pipelines/run_params.py) applies it to the config alone
         steps = self.train.get("steps")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if "steps" in self.train and (isinstance(steps, bool) or not isinstance(steps, int)
+                                      or steps < 1):
             raise ValueError(f"training.train.steps must be an integer >= 1, got {steps!r}")
 
     def experiment_overrides(self) -> Dict[str, Dict[str, Any]]:
@@ -157,9 +159,10 @@ class TrainingConfig:
         return {s: dict(getattr(self, s)) for s in TRAINER_SECTIONS if getattr(self, s)}
 
     def build_experiment(self):
-        """The trainer's Experiment (the preset with these fields): the check that the preset
-        name and every field are valid, run before a pipeline starts (a typo otherwise
-        surfaced only in the Trainer, after ingest and validation). Imports TensorFlow."""
+        """The trainer's Experiment (the named experiment with these fields): the check that
+        the experiment's name and every field are valid, run before a pipeline starts (a typo
+        otherwise surfaced only in the Trainer, after ingest and validation). Imports
+        TensorFlow."""
         from trainer import experiments
 
         overrides = self.experiment_overrides()

@@ -90,14 +90,37 @@ def test_an_old_config_file_fails_naming_every_new_spelling(tmp_path):
 
 
 def test_trainer_sections_merge_over_the_defaults():
-    """A section named in a file or a --set keeps the fields it does not name: the pipeline's
-    1500 steps stay when only the batch size is set."""
+    """A section named in a file or a --set keeps the fields it does not name: the default
+    experiment's 1500 steps stay when only the batch size is set."""
     cfg = C.load(None, ["training.train.global_batch_size=2", "training.model.dropout=0.1"])
-    assert cfg.training.train == {"steps": 1500, "global_batch_size": 2}
+    assert cfg.training.experiment == "local-finetune"
+    assert cfg.training.train == {"global_batch_size": 2}
     assert cfg.training.experiment_overrides() == {
-        "model": {"dropout": 0.1}, "train": {"steps": 1500, "global_batch_size": 2}}
+        "model": {"dropout": 0.1}, "train": {"global_batch_size": 2}}
+    exp = cfg.training.build_experiment()
+    assert (exp.train.steps, exp.train.global_batch_size, exp.model.dropout) == (1500, 2, 0.1)
     assert C.from_dict(cfg.to_dict()) == cfg  # what the Kubeflow runner compiles reads back
     assert "train_split" not in cfg.to_dict()["evaluation"]
+
+
+def test_the_default_experiment_is_the_local_fine_tune_and_steps_have_one_source():
+    """The pipeline's default training is the local-finetune experiment: the local experiment's
+    network, data and recipe, 1500 steps beyond its shipped base model (models/local). Its step
+    count is the experiment's own (no pipeline default that overrides every experiment's): a
+    config that names another experiment trains that experiment's steps, and
+    training.train.steps (the train_steps run parameter's field) overrides either."""
+    from trainer import experiments, warm_start
+
+    default = C.load(None, []).training
+    exp, local = default.build_experiment(), experiments.get("local")
+    assert default.train == {} and exp.train.steps == 1500
+    assert (exp.model, exp.diffusion, exp.data) == (local.model, local.diffusion, local.data)
+    assert exp.train == local.replace(train={"steps": 1500}).train
+    assert warm_start.shipped_folder("local-finetune") == warm_start.shipped_folder("local") \
+        == os.path.join(warm_start.SHIPPED_MODELS, "local")
+    assert C.load(None, ["training.experiment=tiny"]).training.build_experiment().train.steps \
+        == experiments.get("tiny").train.steps
+    assert C.load(None, ["training.train.steps=7"]).training.build_experiment().train.steps == 7
 
 
 def test_the_same_path_with_one_prefix_in_both_commands():

@@ -76,7 +76,8 @@ def warm_start_config(config: PipelineConfig, registry_uri: str,
 
 def trainer_overrides(config: PipelineConfig) -> dict:
     """custom_config["overrides"] of the Trainer (components/training.py): training.model/
-    diffusion/data/train, {section: {field: value}}, less train.steps (in train_args)."""
+    diffusion/data/train, {section: {field: value}}, less train.steps: the step count travels
+    only as train_args.num_steps (create_pipeline), where the train_steps run parameter sets it."""
     overrides = config.training.experiment_overrides()
     train = {k: v for k, v in overrides.pop("train", {}).items() if k != "steps"}
     return {**overrides, **({"train": train} if train else {})}
@@ -92,8 +93,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     placement: where components run, the runner's own (trainer(config, custom_config,
     **kwargs) and place(config, components)); default LocalPlacement."""
     placement = placement or LocalPlacement
-    # the Trainer's experiment (the preset and training.model/diffusion/data/train) is checked
-    # now, not hours later in the Trainer: a ConfigError before any component runs
+    # the Trainer's experiment (training.experiment and training.model/diffusion/data/train) is
+    # checked now, not hours later in the Trainer: a ConfigError before any component runs
     experiment = config.training.build_experiment()
     # training.data.train_split, the one place of the training split: the Trainer's TFX
     # train_args, and the split the evaluator leaves out
@@ -122,7 +123,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         # start's parent looked up when it runs (not part of the cache key)
         run_fn="components.training.run_fn",
         examples=ingest.outputs["examples"],
-        # train.steps travels as train_args.num_steps, which the train_steps run parameter sets
+        # the experiment's train.steps (training.train.steps when named) travels as
+        # train_args.num_steps, and only there: the train_steps run parameter sets it
         train_args=TrainArgs(splits=[train_split], num_steps=experiment.train.steps),
         # evaluation is the DeblurEvaluator's job; TFX still wants an existing split here
         eval_args=EvalArgs(splits=[train_split], num_steps=0),

@@ -137,7 +137,7 @@ def test_overwrite_deletes_only_what_the_ingest_wrote(tmp_path, capsys):
 
 
 def test_zero_is_refused_not_ignored(tmp_path, capsys):
-    """--steps 0 trained the preset's 800 steps, --batch-size 0 used 8, training.steps=0 800
+    """--steps 0 trained the experiment's 800 steps, --batch-size 0 used 8, training.steps=0 800
     (now training.train.steps)."""
     for flag, field in (("--steps", "steps"), ("--batch-size", "global_batch_size")):
         assert cli.main(["train", "--examples", str(tmp_path), "--out", str(tmp_path / "o"),
@@ -173,7 +173,7 @@ def test_each_command_names_the_spelling_it_takes(tmp_path, capsys):
     work = ["run-local", "--work-dir", str(tmp_path / "w")]
     for argv, message in (
             (train + ["--config", "S+Guide-S"], "--config S+Guide-S: deblur train names its "
-             "preset with --experiment S+Guide-S (training.experiment in the pipeline config)"),
+             "experiment with --experiment S+Guide-S (training.experiment in the pipeline config)"),
             (train + ["--set", "training.train.steps=5"], "--set training.train.steps: the "
              "pipeline config's spelling; deblur train takes --set train.steps"),
             (train + ["--set", "training.steps=5"], "deblur train takes --set train.steps"),
@@ -182,7 +182,7 @@ def test_each_command_names_the_spelling_it_takes(tmp_path, capsys):
             (train + ["--set", "training.experiment=local"], "--experiment NAME"),
             (train + ["--set", "steps=5"], "--set steps: a field of the train section: --set "
                                            "train.steps"),
-            (train + ["--set", "experiment=local"], "names its preset with --experiment NAME"),
+            (train + ["--set", "experiment=local"], "names its experiment with --experiment NAME"),
             (work + ["--set", "train.steps=5"], "train.steps is deblur train's spelling; the "
                                                 "pipeline config's is training.train.steps"),
             (work + ["--set", "training.steps=5"], "training.steps is now training.train.steps"),
@@ -195,6 +195,18 @@ def test_each_command_names_the_spelling_it_takes(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("deblur: error: ") and message in err, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
+
+
+def test_train_help_lists_every_experiment():
+    """`deblur train --help` writes the experiments out (building the parser imports no
+    TensorFlow): the list is trainer/experiments.py's table, in its order."""
+    import argparse
+
+    from trainer import experiments
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = next(a.help for a in sub.choices["train"]._actions if a.dest == "experiment")
+    assert text.split("): ", 1)[1].split(", ") == list(experiments.EXPERIMENTS)
 
 
 def test_outputs_that_cannot_be_written_are_one_line_errors(tmp_path, capsys):

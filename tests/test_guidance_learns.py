@@ -1,7 +1,7 @@
 """A learn-one-batch check that sees the guidance (issue 37, item 5).
 
 tests/test_learn_one_batch.py checks the train/sample contract on the crops it trained on, and
-stays green with the guidance path cut: in the local preset the UNet sees y itself, and the
+stays green with the guidance path cut: in the local experiment the UNet sees y itself, and the
 guidance features (a function of y's gray pyramid) are redundant there. Measured on its fixture
 (300 steps on four 32 px crops), on 8 held-out 32 px windows of the same photographs: the one-step
 estimate scores 23.41 dB with the model's own guidance features, 23.52 dB with them zeroed and
@@ -9,22 +9,22 @@ estimate scores 23.41 dB with the model's own guidance features, 23.52 dB with t
 the same (23.46 / 23.60 / 23.58). No assertion of "the guidance helps" can be green on that
 configuration, so this module trains one where the guidance is the only way in:
 
-- the local preset with `input_concat=False` (the paper's ablation switch; `input_residual`
+- the local experiment with `input_concat=False` (the paper's ablation switch; `input_residual`
   needs y, so it goes too): the UNet sees x_t and the guidance features, nothing else of y, and
   from pure noise (input_scaling "signal" feeds it ~0 there) everything it knows of the image
-  came through H_k. Every other part of the preset and of its training recipe (LPIPS term, unit
+  came through H_k. Every other part of the experiment and of its training recipe (LPIPS term, unit
   weighting, cosine rate, mixed precision where the CPU has it) is the quickstart's.
 - gray crops (R = G = B): phi_k is luma, so on colour crops the held-out score is dominated by
   the colours the model must guess (14.5 dB guided vs 12.0 zeroed), not by the structure that
   the guidance carries; on gray crops the guidance describes the whole image at 1/2 and 1/4.
-- phi_k without its training noise (sigma 0 instead of the preset's 0.05): with the noise, the
+- phi_k without its training noise (sigma 0 instead of the experiment's 0.05): with the noise, the
   x4 regression did not beat the identity baseline on held-out (colour) crops after 300 or
   600 steps (MSE 0.00230 / 0.00236 against 0.00207: the noise's variance, 0.0025, is more
   than the blur costs at 1/4 on these crops), the same finding as the quickstart's run (x4:
   0.0145 against 0.0138). Without it both scales learn in 300 steps (held-out ratio 0.84-0.86 at x2,
   0.59-0.62 at x4). The sampler feeds phi_k without noise too.
 
-It trains on one batch of four 64 px crops (the preset's crop size) and scores on eight other
+It trains on one batch of four 64 px crops (the experiment's crop size) and scores on eight other
 windows of the same four photographs, disjoint from the training windows (checked below):
 
 - sampling with the model's own guidance features beats the same model, same seed, with the
@@ -66,7 +66,7 @@ HELD_OUT_WINDOWS = (("astronaut", (224, 80)), ("astronaut", (320, 160)),
                     ("coffee", (336, 48)), ("coffee", (64, 400)),
                     ("chelsea", (48, 240)), ("chelsea", (64, 160)),
                     ("rocket", (256, 288)), ("rocket", (96, 32)))
-# the export's serving default for this preset (DDPM T20 from pure noise, mean of 4 samples)
+# the export's serving default for this experiment (DDPM T20 from pure noise, mean of 4 samples)
 SETTING = SamplingSetting(**export.default_sampling(experiments.get("local").model))
 # Measured on the real code (train.seed 0, 1, 2): the guided mean is 8.1-8.3 dB over the
 # zeroed features' and 10.6 dB over another crop's, and 4.1-4.4 dB over the zeroed features'

@@ -563,12 +563,13 @@ def test_a_missing_base_model_is_said_at_start_up_and_in_the_summary(tmp_path, c
     a warning at start-up and in the summary says the base model was not found, where it was
     looked for, what that means for the quickstart's gate, and how to get it. (The shipped
     folder here is one without its saved_model.pb, for the tiny experiment: the test's own.)"""
-    from trainer import warm_start
+    from trainer import experiments, warm_start
 
     shipped = tmp_path / "models"
     (shipped / "tiny").mkdir(parents=True)
     monkeypatch.setattr(warm_start, "SHIPPED_MODELS", str(shipped))
-    monkeypatch.setattr(warm_start, "SHIPPED_EXPERIMENTS", ("tiny",))
+    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny",
+                        {**experiments.EXPERIMENTS["tiny"], "base_model": "tiny"})
     d = tiny_config(tmp_path)
     d["training"]["model"] = FAST_MODEL
     assert cli.main(["run-local", "--config", write_config(tmp_path, d)]) == 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from components.ingest.beam_ingest import run_ingest
 from components.ingest.sources import IngestOptions, IngestSource
@@ -107,8 +106,8 @@ def test_degraded_crops_keep_their_pyramids_and_the_sharp_crop_clean(examples_di
         assert np.any(np.diff(y.ravel()[order]) < -1e-3)
 
 
-def test_degradation_is_off_in_the_paper_presets():
+def test_degradation_is_off_in_the_paper_experiments():
     from trainer import experiments
 
-    for name in experiments.PRESETS:
-        assert experiments.get(name).data.degrade is (name == "local"), name
+    for name in experiments.EXPERIMENTS:
+        assert experiments.get(name).data.degrade is (name in ("local", "local-finetune")), name

@@ -1,4 +1,4 @@
-"""Practical degradations of the conditioning input (`data.degrade`, off in the paper presets).
+"""Practical degradations of the conditioning input (`data.degrade`, off in the paper experiments).
 
 A model trained only on clean, well-exposed frame-averaged blur (GoPro) meets dark, noisy and
 JPEG-compressed blur out of domain (RealBlur: the paper's failure cases). The augmentation

@@ -1,10 +1,15 @@
 """One typed config per experiment (google-research/vdm style): model, diffusion, data, train.
 
     exp = get("S+Guide-S")                       # the paper's recipe at size S + Guide-S
-    exp = get("tiny", train={"steps": 300})      # CPU-sized, for tests (the local pipeline: "local")
+    exp = get("tiny", train={"steps": 300})      # CPU-sized, for tests
 
-Every preset uses the paper's training recipe (SPEC section 5) except "tiny", which shrinks
-the model, the batch, the crop and the warm-ups so a few CPU minutes show learning.
+EXPERIMENTS is the one table of named experiments, each defined in one place: tiny, local (the
+quickstart's network and recipe), local-finetune (the pipeline's default: local fine-tuned
+1500 steps from its shipped base model), and the paper's icDPM-S, icDPM-L, S+Guide-S,
+S+Guide-L, L+Guide-S, L+Guide-L, which use the paper's training recipe (SPEC section 5).
+
+train.steps is the number of steps a training of the experiment trains: from random weights,
+the step it reaches; warm-started (trainer/warm_start.py), the steps beyond its parent's step.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ class DataSection:
     shuffle_buffer: int = 32
     train_split: str = "train"
     # practical degradations of the conditioning input (trainer/degrade.py); off in the
-    # paper's presets
+    # paper's experiments
     degrade: bool = False
 
     def __post_init__(self):
@@ -70,6 +75,10 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    # the steps a training trains: from random weights, the step it ends at; warm-started, the
+    # steps beyond its parent's step (trainer/warm_start.py prepare() hands train.train the
+    # experiment with the step to end at, the parent's + these, which its experiment.json
+    # records)
     steps: int = 1_000_000
     global_batch_size: int = 256
     learning_rate: float = 1e-4
@@ -249,48 +258,105 @@ def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-# The paper's recipe scaled to a few CPU minutes: a higher learning rate, and the
-# regression-only warm start kept at half of the run (the paper: 60k steps) so the small
-# guidance network learns its regression before the noise loss dominates the gradients.
-TINY_TRAIN = TrainConfig(
-    steps=800, global_batch_size=8, learning_rate=1e-3, lr_warmup_steps=20,
-    dpm_warmup_steps=400, ema_decay=0.99, checkpoint_every=100, log_every=10,
-    image_summary_every=100)
+# ---- the experiments: one entry per name, every section in it (vdm's get_config style) ------
+# Each entry names the fields of its model, diffusion, data and train sections that differ from
+# the sections' defaults (ModelConfig: size S, Guide-S; DiffusionConfig; DataSection;
+# TrainConfig: the paper's recipe, SPEC section 5). "base_model", where present, is the folder
+# under models/ holding the base model the repository ships for the experiment: the parent of
+# its training under the pipeline's training.base_model "auto" (trainer/warm_start.py,
+# models/README.md). get(name) builds the Experiment; nothing else holds named configurations.
 
-# The quickstart's recipe (pipelines/config.py's default experiment; the pipeline fine-tunes
-# the base model trained with it, models/local/; docs/experiments.md has the measurements
-# behind each choice):
-# mixed bfloat16 where the CPU has it, 64 px crops, a short regression-only start, an EMA
-# that follows a run of a few thousand steps, and L_DPM weighing the preconditioned output's
-# error alike at every noise level (its posterior mean, the one-step estimate, gained 0.21 dB
-# over the input in 2000 steps against 0.09 dB in 4000 with the paper's eps weighting), and
-# the LPIPS term on the x0 estimate (3000 steps: out-of-domain LPIPS 0.405 with DDPM T20 SA4
-# against 0.495 for the one-step estimate without it; benchmarks/results/
-# learning_curves_lpips1_3000.json), and a cosine learning rate that ends at 0 with the run
-# (the quickstart's fine-tune from the base model, 3 seeds: in-domain LPIPS 0.2016-0.2022,
-# against 0.2103 for the constant rate's seed 0; docs/experiments.md "The fine-tune's
-# spread"). The shipped base model was trained at the constant rate (make base-model).
-LOCAL_TRAIN = TrainConfig(
+# The quickstart's network (docs/model.md): the UNet on 2x2 patches (levels at 1/2 and 1/4,
+# where phi_2 and phi_4 enter), 2 dilated residual blocks per level and 2 in the middle, no
+# normalisation (GroupNorm's image-wide statistics kept it from denoising out of domain;
+# without a norm, SkipInit gains and a linear read-out keep it alive), the noised residual
+# x - y as its input, scaled to ~0 at the pure-noise end, preconditioned output
+# (docs/experiments.md, 2026-12-03).
+_LOCAL_MODEL = dict(
+    diffusion_channels=32, channel_multipliers=(1, 2), num_res_blocks=2, num_middle_blocks=2,
+    patch_size=2, guidance="latent", guidance_channels=16, guidance_multiplier=1,
+    guidance_blocks=2, guidance_scales=(2, 4), norm="none", dilations=(1, 2, 4, 8),
+    output="preconditioned", input_residual=True, input_scaling="signal", sigma_data=0.15)
+# 64 px crops, and the practical degradations of the input (trainer/degrade.py)
+_LOCAL_DATA = dict(crop_size=64, shuffle_buffer=64, degrade=True)
+# The quickstart's recipe (docs/experiments.md has the measurements behind each choice):
+# mixed bfloat16 where the CPU has it, a short regression-only start, an EMA that follows a
+# run of a few thousand steps, and L_DPM weighing the preconditioned output's error alike at
+# every noise level (its posterior mean, the one-step estimate, gained 0.21 dB over the input
+# in 2000 steps against 0.09 dB in 4000 with the paper's eps weighting), and the LPIPS term on
+# the x0 estimate (3000 steps: out-of-domain LPIPS 0.405 with DDPM T20 SA4 against 0.495 for
+# the one-step estimate without it; benchmarks/results/learning_curves_lpips1_3000.json), and
+# a cosine learning rate that ends at 0 with the run (the quickstart's fine-tune from the base
+# model, 3 seeds: in-domain LPIPS 0.2016-0.2022, against 0.2103 for the constant rate's seed 0;
+# docs/experiments.md "The fine-tune's spread"). The shipped base model was trained with it at
+# the constant rate for 18000 steps (make base-model).
+_LOCAL_TRAIN = dict(
     steps=2000, global_batch_size=8, learning_rate=1e-3, lr_warmup_steps=50,
     dpm_warmup_steps=100, ema_decay=0.999, ema_warmup=True, checkpoint_every=250, log_every=25,
     image_summary_every=500, mixed_precision="auto", dpm_loss_weighting="unit",
     lpips_weight=1.0, lr_schedule="cosine")
 
-PRESETS = ("tiny", "local", "icDPM-S", "icDPM-L", "S+Guide-S", "S+Guide-L", "L+Guide-S", "L+Guide-L")
+
+def _paper(diffusion_channels: int, guidance_channels: Optional[int]) -> Dict[str, dict]:
+    """One of the paper's six models (Table 11) with the paper's recipe: the UNet at C = 32 (S)
+    or 64 (L), guided by Guide-S (G = 32) or Guide-L (64), or unguided (icDPM)."""
+    guidance = (dict(guidance="none") if guidance_channels is None
+                else dict(guidance="latent", guidance_channels=guidance_channels))
+    return dict(model=dict(diffusion_channels=diffusion_channels, **guidance), diffusion={},
+                data={}, train={})
+
+
+EXPERIMENTS: Dict[str, Dict[str, Any]] = {
+    # CPU-sized, for tests: C = 8, and the paper's recipe scaled to a few CPU minutes (a higher
+    # learning rate, the regression-only warm start kept at half of the run, the paper: 60k
+    # steps, so the small guidance network learns its regression before the noise loss
+    # dominates the gradients)
+    "tiny": dict(
+        model=dict(diffusion_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
+                   num_middle_blocks=1, guidance="latent", guidance_channels=8,
+                   guidance_multiplier=1, guidance_blocks=1, norm_groups=4),
+        diffusion={},
+        data=dict(crop_size=64, shuffle_buffer=64),
+        train=dict(steps=800, global_batch_size=8, learning_rate=1e-3, lr_warmup_steps=20,
+                   dpm_warmup_steps=400, ema_decay=0.99, checkpoint_every=100, log_every=10,
+                   image_summary_every=100)),
+    # the quickstart's network and recipe from random weights (998k parameters); the shipped
+    # base model models/local/ is this experiment trained 18000 steps (make base-model)
+    "local": dict(model=_LOCAL_MODEL, diffusion={}, data=_LOCAL_DATA, train=_LOCAL_TRAIN,
+                  base_model="local"),
+    # the pipeline's default (pipelines/config.py): the local experiment fine-tuned from its
+    # shipped base model on the run's own training split, 1500 steps beyond the base model's
+    # step, which fit the quickstart's 15 minutes on 2 CPU cores (~6 min of training;
+    # docs/experiments.md "The shipped base model and the fine-tune"). Everything else is the
+    # local recipe: its cosine learning rate spans these 1500 steps (a warm start's optimizer
+    # starts at 0) and its EMA warm-up counts the base model's steps
+    "local-finetune": dict(model=_LOCAL_MODEL, diffusion={}, data=_LOCAL_DATA,
+                           train={**_LOCAL_TRAIN, "steps": 1500}, base_model="local"),
+    # the paper's six (Table 11), its recipe
+    "icDPM-S": _paper(32, None),
+    "icDPM-L": _paper(64, None),
+    "S+Guide-S": _paper(32, 32),
+    "S+Guide-L": _paper(32, 64),
+    "L+Guide-S": _paper(64, 32),
+    "L+Guide-L": _paper(64, 64),
+}
 
 
 def get(name: str, **overrides) -> Experiment:
-    from trainer.model import preset
+    """The experiment `name` of EXPERIMENTS, with `overrides` ({section: {field: value}}, as
+    Experiment.replace) applied on top."""
+    from trainer.model import ModelConfig
 
-    if name not in PRESETS:
-        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(PRESETS)}")
-    if name == "tiny":
-        exp = Experiment(name, preset("tiny"), data=DataSection(crop_size=64, shuffle_buffer=64),
-                         train=TINY_TRAIN)
-    elif name == "local":
-        exp = Experiment(name, preset("local"),
-                         data=DataSection(crop_size=64, shuffle_buffer=64, degrade=True),
-                         train=LOCAL_TRAIN)
-    else:
-        exp = Experiment(name, preset(name))
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    entry = EXPERIMENTS[name]
+    exp = Experiment(name, ModelConfig(**entry["model"]),
+                     diffusion=DiffusionConfig(**entry["diffusion"]),
+                     data=DataSection(**entry["data"]), train=TrainConfig(**entry["train"]))
     return exp.replace(**overrides) if overrides else exp
+
+
+def base_model(name: str) -> Optional[str]:
+    """The folder under models/ of the base model the repository ships for experiment `name`
+    (its entry's base_model), or None: the repository ships none for it."""
+    return (EXPERIMENTS.get(name) or {}).get("base_model")

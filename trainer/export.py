@@ -29,7 +29,7 @@ from trainer.setting import EVALUATOR, EXPORT_DEFAULT
 
 # The serving setting of a model no evaluation has seen yet (a Trainer's output; `deblur
 # predict` on it says so). The paper's (section C.2) for its eps-output models; for the
-# preconditioned output, the evaluator's pick for the local preset at steps 4000 and 5425
+# preconditioned output, the evaluator's pick for the local experiment at steps 4000 and 5425
 # (docs/experiments.md): from pure noise, DDPM T20, the mean of 4 samples. The eps-output tiny
 # model returns noise from pure noise (14.95 dB against its input's 19.88 at T50): run it
 # through the evaluator, whose grid has its input-based starts.

@@ -9,7 +9,7 @@ embedding are not counted (they are O(H W C), against O(H W C^2 k^2) for the con
 
 count()           builds the two Keras models at a static height x width: params are the
                   exact number of model variables, FLOPs are read from every Conv2D / Dense
-                  layer's kernel and output shape. Building costs ~5 s per full-size preset.
+                  layer's kernel and output shape. Building costs ~5 s per full-size model.
 count_analytic()  the same numbers from the architecture's formulas, in microseconds; tests
                   assert it equals count() on every ablation path (trainer/model_test.py).
 tf_profiler_flops() TensorFlow's own count (tf.compat.v1.profiler) on the concrete graph of
@@ -18,9 +18,10 @@ tf_profiler_flops() TensorFlow's own count (tf.compat.v1.profiler) on the concre
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict
 
-from trainer.model import ModelConfig, preset
+from trainer import experiments
+from trainer.model import ModelConfig
 
 # Paper Table 11: params, FLOPs of one step (incl. guidance) on 720 x 1280 x 3.
 PAPER_TABLE11 = {
@@ -220,10 +221,11 @@ def config_name(diffusion: str, guide: str) -> str:
 
 
 def model_stats_main(diffusion: str, guide: str, height: int = 720, width: int = 1280) -> dict:
-    """`deblur model-stats`: params and FLOPs of one step (guidance included) of a preset,
-    next to the paper's Table 11 figures. Raises ValueError on invalid arguments."""
+    """`deblur model-stats`: params and FLOPs of one step (guidance included) of one of the
+    paper's models (its experiment's model, trainer/experiments.py), next to the paper's
+    Table 11 figures. Raises ValueError on invalid arguments."""
     name = config_name(diffusion, guide)
-    cfg = preset(name)
+    cfg = experiments.get(name).model
     for side, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % cfg.multiple:
             raise ValueError(f"--{side} must be a positive multiple of {cfg.multiple}, got {v!r}")

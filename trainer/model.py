@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import keras
 from keras import layers, ops
@@ -36,7 +36,8 @@ INPUT_SCALINGS = ("edm", "signal")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Sizes and ablation switches. Presets: preset(name); docs/model.md explains the choice."""
+    """Sizes and ablation switches. The named configurations are the experiments' model
+    sections (trainer/experiments.py: get(name).model); docs/model.md explains the choice."""
 
     diffusion_channels: int = 32  # base width C of the UNet: S = 32, L = 64
     channel_multipliers: Tuple[int, ...] = (1, 2, 3, 4)  # width C*m of levels 1, 1/2, 1/4, 1/8
@@ -177,41 +178,6 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
-
-
-_S = dict(diffusion_channels=32)
-_L = dict(diffusion_channels=64)
-_GUIDE_S = dict(guidance="latent", guidance_channels=32)
-_GUIDE_L = dict(guidance="latent", guidance_channels=64)
-_NONE = dict(guidance="none")
-PRESETS: Dict[str, dict] = {
-    "tiny": dict(diffusion_channels=8, channel_multipliers=(1, 1, 2, 2), num_res_blocks=1,
-                 num_middle_blocks=1, guidance="latent", guidance_channels=8,
-                 guidance_multiplier=1, guidance_blocks=1, norm_groups=4),
-    # the quickstart's network (trainer/experiments.py "local"; docs/model.md): the UNet on 2x2
-    # patches (levels at 1/2 and 1/4, where phi_2 and phi_4 enter), 2 dilated residual blocks
-    # per level and 2 in the middle, no normalisation (GroupNorm's image-wide statistics kept
-    # it from denoising out of domain; without a norm, SkipInit gains and a linear read-out
-    # keep it alive), the noised residual x - y as its input, scaled to ~0 at the pure-noise
-    # end, preconditioned output (docs/experiments.md, 2026-12-03).
-    "local": dict(diffusion_channels=32, channel_multipliers=(1, 2), num_res_blocks=2,
-                  num_middle_blocks=2, patch_size=2, guidance="latent", guidance_channels=16,
-                  guidance_multiplier=1, guidance_blocks=2, guidance_scales=(2, 4),
-                  norm="none", dilations=(1, 2, 4, 8), output="preconditioned",
-                  input_residual=True, input_scaling="signal", sigma_data=0.15),
-    "S": {**_S, **_NONE}, "L": {**_L, **_NONE},
-    "icDPM-S": {**_S, **_NONE}, "icDPM-L": {**_L, **_NONE},
-    "S+Guide-S": {**_S, **_GUIDE_S}, "S+Guide-L": {**_S, **_GUIDE_L},
-    "L+Guide-S": {**_L, **_GUIDE_S}, "L+Guide-L": {**_L, **_GUIDE_L},
-}
-
-
-def preset(name: str, **overrides) -> ModelConfig:
-    """A named configuration ("tiny", "S", "L", "icDPM-S", "icDPM-L", "S+Guide-S", ...);
-    keyword overrides apply on top (e.g. preset("tiny", guidance="input"))."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return ModelConfig(**{**PRESETS[name], **overrides})
 
 
 def bfloat16_on_cpu() -> bool:

@@ -1,11 +1,12 @@
 """The guided icDPM model (trainer/model.py) and its counter (trainer/flops.py); tiny configs,
-except the Table 11 check, which counts the full-size presets without building tensors."""
+except the Table 11 check, which counts the paper's full-size models without building tensors."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import experiments as E
 from trainer import flops as F
 from trainer import model as M
 
@@ -29,10 +30,15 @@ ABLATIONS = {
 }
 
 
+def tiny(**over) -> M.ModelConfig:
+    """The tiny experiment's model with `over` changed."""
+    return E.get("tiny").model.replace(**over)
+
+
 @pytest.fixture(scope="module")
 def models():
     tf.random.set_seed(0)
-    return {name: M.GuidedDenoiser(M.preset("tiny", **over)) for name, over in ABLATIONS.items()}
+    return {name: M.GuidedDenoiser(tiny(**over)) for name, over in ABLATIONS.items()}
 
 
 def _inputs(batch, h=H, w=W, scales=(2, 4, 8), seed=0):
@@ -134,8 +140,8 @@ def test_input_residual_feeds_the_unet_the_noised_residual(models):
 
 
 def test_dilations_cycle_through_the_blocks_of_each_stage():
-    cfg = M.preset("tiny", channel_multipliers=(1, 2), guidance_scales=(2,), num_res_blocks=2,
-                   num_middle_blocks=3, dilations=[1, 2, 4, 8])
+    cfg = tiny(channel_multipliers=(1, 2), guidance_scales=(2,), num_res_blocks=2,
+               num_middle_blocks=3, dilations=[1, 2, 4, 8])
     assert cfg.dilations == (1, 2, 4, 8)
     unet = M.build_unet(cfg)
     rate = {l.name: l.dilation_rate[0] for l in unet.layers if l.name.endswith("_conv1")}
@@ -144,7 +150,7 @@ def test_dilations_cycle_through_the_blocks_of_each_stage():
     assert [rate[f"dec0_res{i}_conv1"] for i in range(3)] == [1, 2, 4]
     # the second conv of every block and the default config stay undilated
     assert all(l.dilation_rate == (1, 1) for l in unet.layers if l.name.endswith("_conv2"))
-    assert {l.dilation_rate for l in M.build_unet(M.preset("tiny")).layers
+    assert {l.dilation_rate for l in M.build_unet(tiny()).layers
             if isinstance(l, M.layers.Conv2D)} <= {(1, 1)}
 
 
@@ -155,7 +161,7 @@ def test_only_groupnorm_lets_a_far_region_change_the_output(norm, local):
     on a full image). "pixel" (LayerNorm over each pixel's channels) and "none" keep the
     output local."""
     tf.random.set_seed(1)
-    m = M.GuidedDenoiser(M.preset("tiny", norm=norm, guidance="none"))
+    m = M.GuidedDenoiser(tiny(norm=norm, guidance="none"))
     for layer in m.unet.layers:  # "none": open the SkipInit gains, so every branch computes
         if isinstance(layer, M.ResidualGain):
             layer.alpha.assign(1.0)
@@ -171,13 +177,13 @@ def test_no_norm_blocks_start_as_their_skip_path():
     """norm "none": every residual branch is scaled by a ResidualGain that starts at 0
     (SkipInit), so at initialisation a block whose width does not change returns its input
     exactly, and conv_out reads the stream without a SiLU; GroupNorm blocks have neither."""
-    cfg = M.preset("tiny", norm="none", guidance="none")
+    cfg = tiny(norm="none", guidance="none")
     unet = M.build_unet(cfg)
     gains = [l for l in unet.layers if isinstance(l, M.ResidualGain)]
     blocks = [l for l in unet.layers if l.name.endswith("_out") and l.name.startswith(
         ("enc", "mid", "dec"))]
     assert len(gains) == len(blocks) > 0 and all(float(g.alpha.numpy()) == 0.0 for g in gains)
-    group = M.build_unet(M.preset("tiny"))
+    group = M.build_unet(tiny())
     assert not any(isinstance(l, M.ResidualGain) for l in group.layers)
     # and no SiLU before conv_out, whose inputs could all drift below zero (a dead network)
     assert unet.get_layer("out_act").activation.__name__ == "linear"
@@ -200,8 +206,8 @@ def test_signal_input_scaling_leaves_the_pure_noise_end_to_y(scaling):
     channels are ~1e-4 x_t, so F no longer depends on which noise x_t holds (a plain regressor
     of y there); "edm" feeds unit-variance noise, which moves F."""
     tf.random.set_seed(2)
-    m = M.GuidedDenoiser(M.preset("tiny", norm="none", output="preconditioned",
-                                  input_residual=True, sigma_data=0.15, input_scaling=scaling))
+    m = M.GuidedDenoiser(tiny(norm="none", output="preconditioned",
+                              input_residual=True, sigma_data=0.15, input_scaling=scaling))
     x_a, y, phi = _inputs(1, seed=3)
     x_b = _inputs(1, seed=4)[0]
     g = tf.constant([1e-8])
@@ -242,20 +248,20 @@ def test_config_validation():
         M.ModelConfig(input_scaling="signal")
     with pytest.raises(ValueError, match="norm must be one of"):
         M.ModelConfig(norm="batch")
-    with pytest.raises(ValueError, match="unknown model preset"):
-        M.preset("XL")
+    with pytest.raises(ValueError, match="unknown experiment 'XL'; choose one of tiny, local"):
+        E.get("XL")
     # input-level guidance needs no UNet level at 1/8; the multiple still covers phi_8
     cfg = M.ModelConfig(channel_multipliers=(1, 2), guidance="input")
     assert cfg.multiple == 8
-    assert M.preset("icDPM-S") == M.preset("S") and M.preset("S").guidance == "none"
-    assert M.preset("S+Guide-L").guidance_channels == 64
+    assert E.get("icDPM-S").model.guidance == "none"
+    assert E.get("S+Guide-L").model.guidance_channels == 64
 
 
 @pytest.mark.parametrize("name", list(F.PAPER_TABLE11))
 def test_table11_sizes(name):
     """Params within 15 % and FLOPs of one 720 x 1280 step within 30 % of paper Table 11."""
     paper_params, paper_flops = F.PAPER_TABLE11[name]
-    got = F.count_analytic(M.preset(name), 720, 1280)
+    got = F.count_analytic(E.get(name).model, 720, 1280)
     assert abs(got["params"] / paper_params - 1) <= 0.15, got
     assert abs(got["flops"] / paper_flops - 1) <= 0.30, got
 
@@ -264,7 +270,7 @@ def test_table11_sizes(name):
                                   "patch2_residual_preconditioned"])
 def test_counter_walks_the_keras_models(name):
     """count() (Keras layers at a static size) == count_analytic() on each code path."""
-    cfg = M.preset("tiny", **ABLATIONS[name])
+    cfg = tiny(**ABLATIONS[name])
     assert F.count(cfg, H, W) == F.count_analytic(cfg, H, W)
 
 
@@ -287,8 +293,8 @@ def test_model_stats_main():
         F.model_stats_main("S", "none", height=721, width=1280)
     out = F.model_stats_main("s", "None", height=720, width=1280)  # builds icDPM-S (Keras)
     assert out["config"] == "icDPM-S"
-    assert out["params"] == F.count_analytic(M.preset("icDPM-S"))["params"]
-    assert out["flops"] == F.count_analytic(M.preset("icDPM-S"))["flops"]
+    assert out["params"] == F.count_analytic(E.get("icDPM-S").model)["params"]
+    assert out["flops"] == F.count_analytic(E.get("icDPM-S").model)["flops"]
     assert out["paper_params"] == 6_000_000 and abs(out["params_vs_paper"]) < 0.15
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import experiments as E
 from trainer import model as M
 from trainer import sampling as S
 
@@ -81,7 +82,7 @@ def test_an_exact_denoiser_recovers_x0(deterministic, steps, max_noise, samples)
 
 def test_guidance_is_outside_the_loop_and_nothing_retraces():
     tf.random.set_seed(0)
-    model = M.GuidedDenoiser(M.preset("tiny"))
+    model = M.GuidedDenoiser(E.get("tiny").model)
     sampler = S.Sampler(model)
     rng = np.random.default_rng(0)
     a = sampler(rng.integers(0, 256, (2, 16, 24, 3), dtype=np.uint8), S.SamplingSetting("ddpm", 3, 0.5, 2))
@@ -103,7 +104,7 @@ def test_guidance_is_outside_the_loop_and_nothing_retraces():
 
 def test_same_seed_same_output_and_ddim_is_deterministic_given_the_seed():
     tf.random.set_seed(0)
-    sampler = S.Sampler(M.GuidedDenoiser(M.preset("tiny")))
+    sampler = S.Sampler(M.GuidedDenoiser(E.get("tiny").model))
     img = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     ddpm = S.SamplingSetting("ddpm", 4, 0.5, 1)
     assert np.array_equal(sampler(img, ddpm, seed=3), sampler(img, ddpm, seed=3))
@@ -117,7 +118,7 @@ def test_tiled_sampling():
     np.testing.assert_allclose(out.astype(int), 255 - img.astype(int), atol=1)
     # one tile covering the image: the same chain as the untiled sampler
     tf.random.set_seed(0)
-    model = M.GuidedDenoiser(M.preset("tiny"))
+    model = M.GuidedDenoiser(E.get("tiny").model)
     img = img[:32, :32]
     setting = S.SamplingSetting("ddpm", 4, 0.5, 1)
     whole = S.Sampler(model)(img, setting, seed=7)
@@ -143,7 +144,7 @@ def test_tiled_sampling_from_the_saved_model_alone(tmp_path):
     from trainer.export import DeblurModule
 
     tf.random.set_seed(0)
-    model = M.GuidedDenoiser(M.preset("tiny"))
+    model = M.GuidedDenoiser(E.get("tiny").model)
     module = DeblurModule(model)
     tf.saved_model.save(module, str(tmp_path / "sm"),
                         signatures={"serving_default": module.serve, "deblur": module.deblur})

@@ -1,5 +1,12 @@
 """Warm start: a training that begins from an exported model (in the pipeline, the latest blessed
-one) instead of random weights, and trains `steps` more steps.
+one) instead of random weights, and trains `steps` more steps: an experiment's train.steps is
+the steps a training trains, beyond its parent's step when it has one (parent step 18000 and
+train.steps 1500 end at step 19500).
+
+prepare() is the one setup of it, which `deblur train --warm-start` and the pipeline's Trainer
+(components/training.py) both call: the parent (a blessed model, the base model, or none),
+its checks, the record, and the experiment that train.train runs, whose train.steps is the
+step to end at (train.train counts steps from 0, so a warm start's target is absolute).
 
 What is taken from the parent, and why
 - Weights: the parent's SavedModel (trainer/export.py) holds the EMA weights, the model that was
@@ -38,7 +45,7 @@ import logging
 import os
 import posixpath
 import re
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from core.artifacts import MODEL_INFO_FILE, SAVED_MODEL_FILE, WARM_START_FILE
 
@@ -64,37 +71,44 @@ SHIPPED_MODELS = posixpath.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "models")
 
 
-# the experiments whose base model the repository ships (models/README.md): "auto" without it
-# trains from random weights, which the quickstart's gate does not expect
-SHIPPED_EXPERIMENTS = ("local",)
+def shipped_folder(experiment: str) -> Optional[str]:
+    """models/<folder>/ of the base model the repository ships for the experiment (its
+    base_model in trainer/experiments.py's table: models/local/ for local and local-finetune),
+    or None: it ships none. "auto" without that model trains from random weights, which the
+    quickstart's gate does not expect."""
+    from trainer.experiments import base_model  # here: this module imports no TensorFlow
+
+    folder = base_model(experiment)
+    return posixpath.join(SHIPPED_MODELS, folder) if folder else None
 
 
 def base_model_missing(setting: str, experiment: str) -> Optional[str]:
-    """None, or (training.base_model auto, a shipped experiment, its model not there) the
-    warning that the base model was not found: where it was looked for, what training from
-    random weights means for the quickstart's gate, and how to get the model."""
-    if setting != "auto" or experiment not in SHIPPED_EXPERIMENTS:
-        return None
-    shipped = posixpath.join(SHIPPED_MODELS, experiment)
-    if os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)):
+    """None, or (training.base_model auto, an experiment with a shipped base model, that model
+    not there) the warning that the base model was not found: where it was looked for, what
+    training from random weights means for the quickstart's gate, and how to get the model."""
+    shipped = shipped_folder(experiment) if setting == "auto" else None
+    if shipped is None or os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)):
         return None
     return (f"the base model was not found: training.base_model is auto and there is no "
             f"{shipped}/{SAVED_MODEL_FILE}, so the Trainer starts from random weights unless a "
             "blessed model serves as its parent; the quickstart's gate expects the fine-tuned "
             "base model (a model from random weights at 1500 steps is usually not blessed). "
-            f"Get it with `git checkout models/{experiment}` or `make base-model` (~65 min), "
-            "or set training.base_model: none to train from random weights on purpose")
+            f"Get it with `git checkout models/{posixpath.basename(shipped)}` or `make "
+            "base-model` (~65 min), or set training.base_model: none to train from random "
+            "weights on purpose")
 
 
 def base_model_dir(setting: str, experiment: str) -> Optional[str]:
     """training.base_model -> a SavedModel folder or None (random weights): "auto" is the
-    shipped models/<experiment>/ when there is one, "none" is None, anything else is a folder
-    (resolved where the Trainer runs, so "auto" finds the copy inside the container image)."""
+    experiment's shipped base model (shipped_folder) when it is there, "none" is None, anything
+    else is a folder (resolved where the Trainer runs, so "auto" finds the copy inside the
+    container image)."""
     if setting == "none":
         return None
     if setting == "auto":
-        shipped = posixpath.join(SHIPPED_MODELS, experiment)
-        return shipped if os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)) else None
+        shipped = shipped_folder(experiment)
+        return shipped if shipped and os.path.exists(posixpath.join(shipped, SAVED_MODEL_FILE)) \
+            else None
     return setting
 
 
@@ -192,12 +206,13 @@ def decide(model_run_dir: str, mode: str, steps: int,
 
 
 def plan(mode: str, steps: int, find_parent: Optional[Callable[[], Optional[Parent]]] = None,
-         base: Optional[Parent] = None, model=None) -> dict:
+         base: Optional[Parent] = None, model=None, instead: Optional[str] = None) -> dict:
     """A new warm-start record (decide's): the parent is looked up (mode latest_blessed) and
     checked (check_parent: a missing or damaged parent is a WarmStartError naming it; with
     `model`, the training's ModelConfig, one of another architecture too, naming the setting
-    that avoids it). base: the base model (training.base_model), the parent when the mode is
-    none or no blessed model exists yet (else random weights)."""
+    that avoids it, or `instead`'s words). base: the base model (training.base_model), the
+    parent when the mode is none or no blessed model exists yet (else random weights). steps:
+    the steps to train, beyond the parent's step (the record's target_step)."""
     if mode not in MODES and not is_ref(mode):
         raise WarmStartError(f"warm_start must be {describe_modes()}, got {mode!r}")
     parent = find_parent() if (mode == "latest_blessed" or is_ref(mode)) and find_parent else None
@@ -206,11 +221,11 @@ def plan(mode: str, steps: int, find_parent: Optional[Callable[[], Optional[Pare
     record = {"mode": mode, "parent": None, "start_step": 0, "steps": int(steps),
               "target_step": int(steps)}
     why_not = "training.warm_start is none" if mode == "none" else "no blessed model yet"
-    instead = ("training.warm_start: none starts from " + ("the base model" if base is not None
-                                                           else "random weights"))
+    hint = ("training.warm_start: none starts from " + ("the base model" if base is not None
+                                                        else "random weights"))
     if parent is None and base is not None:  # the base model, when no blessed one serves
         parent = dataclasses.replace(base, name=f"{base.name} ({why_not})")
-        instead = "training.base_model: none starts from random weights"
+        hint = "training.base_model: none starts from random weights"
     if parent is None:
         record["reason"] = why_not
     else:
@@ -220,11 +235,53 @@ def plan(mode: str, steps: int, find_parent: Optional[Callable[[], Optional[Pare
             problem = diff and f"its model differs in {diff}"
         if problem:
             raise WarmStartError(f"cannot warm-start from {parent.name}: {problem}; nothing was "
-                                 f"trained ({instead})")
+                                 f"trained ({instead or hint})")
         parent.step = parent_step(model_info(parent.saved_model_dir))
         record.update(parent=parent.to_json(), start_step=parent.step,
                       target_step=parent.step + int(steps), reason=f"from {parent.name}")
     return record
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What prepare() hands the training."""
+    exp: Any  # the Experiment train.train runs: its train.steps is the step to end at
+    train_kwargs: dict  # train.train's warm_start (the parent's folder or None), export_info
+    record: dict  # the warm-start record (decide's), as written into the training's folder
+    out_dir: str  # the training's folder
+
+
+def prepare(exp, out_dir: Union[str, Callable[[dict], str]], mode: str = "none",
+            find_parent: Optional[Callable[[], Optional[Parent]]] = None,
+            base_model: str = "none", write: bool = True,
+            instead: Optional[str] = None) -> Prepared:
+    """The warm-start setup of a training: `deblur train --warm-start` and the pipeline's
+    Trainer (components/training.py) both call it.
+
+    exp: the experiment as named and overridden, its train.steps the steps to train (beyond
+    the parent's step when there is a parent). out_dir: the training's folder, or a function
+    of the new record that names it (the pipeline's Trainer keys its folder on the parent).
+    mode, find_parent: training.warm_start and how to find the parent it names (plan()).
+    base_model: training.base_model, "auto" (the experiment's shipped base model), "none" or a
+    folder: the parent when no blessed model serves. write: False for a multi-worker job's
+    other workers (decide()). instead: how to train without the parent, for the error that
+    refuses one (default: the pipeline's knobs).
+
+    The parent is looked up and checked, architecture included, before anything is written;
+    a folder that already holds a record (a retried or resumed training) keeps its decision.
+    Returns the experiment with train.steps = the record's target_step (the parent's step +
+    steps, or steps), train.train's keyword arguments, the record and the folder."""
+    base_dir = base_model_dir(base_model, exp.name)
+    base = Parent(base_dir, f"the base model {base_dir}") if base_dir else None
+    planned = plan(mode, exp.train.steps, find_parent, base, model=exp.model, instead=instead)
+    missing = base_model_missing(base_model, exp.name)
+    if missing and planned["parent"] is None:  # the record carries it into the summary
+        planned["warning"] = missing
+        log.warning("%s", missing)
+    folder = out_dir(planned) if callable(out_dir) else out_dir
+    record = decide(folder, mode, exp.train.steps, write=write, planned=planned)
+    trained, kwargs = training_arguments(exp, record)
+    return Prepared(exp=trained, train_kwargs=kwargs, record=record, out_dir=folder)
 
 
 def training_arguments(exp, record: dict):

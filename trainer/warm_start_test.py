@@ -130,10 +130,47 @@ def test_another_architecture_is_refused_in_one_line(parent):
     assert "\n" not in str(e.value) and "training.warm_start: none" in str(e.value)
 
 
+def test_prepare_is_the_one_setup_of_deblur_train_and_the_trainer(parent, tmp_path):
+    """warm_start.prepare, which `deblur train --warm-start` and the pipeline's Trainer both
+    call: train.steps are the steps beyond the parent's step, and the experiment train.train
+    runs ends at the parent's step + them; the record is written before training, and a folder
+    that has one keeps its decision; a parent of another architecture is refused before
+    anything is written, in the caller's words."""
+    saved = os.path.join(parent[0], "saved_model")
+
+    def find():
+        return warm_start.Parent(saved, "the parent")
+
+    got = warm_start.prepare(_exp(CHILD_STEPS), str(tmp_path / "a"), mode="latest_blessed",
+                             find_parent=find)
+    assert got.exp.train.steps == PARENT_STEPS + CHILD_STEPS
+    assert (got.record["start_step"], got.record["steps"]) == (PARENT_STEPS, CHILD_STEPS)
+    assert got.train_kwargs == {"warm_start": saved, "export_info": {"warm_start": got.record}}
+    assert json.load(open(tmp_path / "a" / warm_start.WARM_START_FILE)) == got.record
+    again = warm_start.prepare(_exp(CHILD_STEPS), str(tmp_path / "a"))  # mode none now
+    assert again.record == got.record and again.exp == got.exp
+    # the pipeline's Trainer names its folder after the new record; other workers write none
+    keyed = warm_start.prepare(_exp(CHILD_STEPS), lambda r: str(tmp_path / f"b{r['start_step']}"),
+                               mode="latest_blessed", find_parent=find, write=False)
+    assert keyed.out_dir == str(tmp_path / f"b{PARENT_STEPS}")
+    assert not os.path.exists(keyed.out_dir)
+    cold = warm_start.prepare(_exp(CHILD_STEPS), str(tmp_path / "c"))  # no parent
+    assert cold.exp.train.steps == CHILD_STEPS and cold.train_kwargs["warm_start"] is None
+    with pytest.raises(warm_start.WarmStartError) as e:
+        warm_start.prepare(_exp(CHILD_STEPS, diffusion_channels=16), str(tmp_path / "d"),
+                           mode="latest_blessed", find_parent=find,
+                           instead="deblur train without --warm-start starts from random weights")
+    assert re.fullmatch(r"cannot warm-start from the parent: its model differs in "
+                        r"diffusion_channels \(\d+ there, 16 here\); nothing was trained "
+                        r"\(deblur train without --warm-start starts from random weights\)",
+                        str(e.value))
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_parent_from_before_a_new_model_field_is_read_with_its_default(parent, tmp_path):
     """A ModelConfig field added after models were registered: a parent whose deblur.json has
     no such field was built with its default and warm-starts (here dropout, whose default the
-    tiny preset keeps); one that records another value is refused like any other
+    tiny experiment keeps); one that records another value is refused like any other
     architecture."""
     import shutil
 
@@ -188,6 +225,8 @@ def test_base_model_auto_is_the_shipped_model_of_the_experiment(tmp_path, monkey
     (shipped / "local" / "saved_model.pb").write_bytes(b"")
     monkeypatch.setattr(warm_start, "SHIPPED_MODELS", str(shipped))
     assert warm_start.base_model_dir("auto", "local") == str(shipped / "local")
+    # the fine-tune's base model is the local experiment's (trainer/experiments.py base_model)
+    assert warm_start.base_model_dir("auto", "local-finetune") == str(shipped / "local")
     assert warm_start.base_model_dir("auto", "tiny") is None  # none shipped: random weights
     assert warm_start.base_model_dir("none", "local") is None
     assert warm_start.base_model_dir("/m/x", "tiny") == "/m/x"
@@ -322,7 +361,7 @@ def test_a_truncated_parent_base_model_or_blessed_parent_is_one_line(parent, ing
                      damaged, "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert err == f"deblur: error: cannot warm-start from {damaged}: {problem}; nothing was " \
-                  "trained (training.warm_start: none starts from random weights)\n"
+                  "trained (deblur train without --warm-start starts from random weights)\n"
     assert not out.exists() or not os.listdir(out)
     # the pipeline: a registered parent whose local copy is truncated falls back to the
     # registry's intact copy (the IndexError stopped that fall-back too)

@@ -256,10 +256,11 @@ def nan_model(tmp_path_factory):
     zero-initialised R_k convs get random kernels so that R_k is not the identity (the domain
     gap test reads it). Returns (SavedModel path, the in-process model)."""
     from trainer.export import DeblurModule
-    from trainer.model import GuidedDenoiser, preset
+    from trainer import experiments
+    from trainer.model import GuidedDenoiser
 
-    model = GuidedDenoiser(preset("tiny", guidance="input", channel_multipliers=(1,),
-                                  num_middle_blocks=0))
+    model = GuidedDenoiser(experiments.get("tiny").model.replace(
+        guidance="input", channel_multipliers=(1,), num_middle_blocks=0))
     w = model.unet.trainable_variables[0]
     value = w.numpy()
     value.flat[0] = np.nan

@@ -27,7 +27,7 @@ def cmd_model_stats(args) -> int:
 
 
 def train_experiment(args):
-    """The experiment of `deblur train`: the preset (--experiment), its flags (--steps,
+    """The experiment of `deblur train`: the named experiment (--experiment), its flags (--steps,
     --batch-size, --tpu, --strategy: shorthands of train.steps, train.global_batch_size,
     train.tpu + train.mixed_precision, train.strategy), then every --set SECTION.FIELD=VALUE
     (parsed as run-local's --set: VALUE is YAML; a --set wins over a flag), e.g. --set
@@ -37,7 +37,7 @@ def train_experiment(args):
     from trainer import experiments
 
     if args.config is not None:
-        raise UserError(f"--config {args.config}: deblur train names its preset with "
+        raise UserError(f"--config {args.config}: deblur train names its experiment with "
                         f"--experiment {args.config} (training.experiment in the pipeline "
                         f"config); --config is a pipeline config file in the other commands")
     flags = {}  # 0 is not "unset": TrainConfig refuses it in one line
@@ -71,7 +71,7 @@ def _check_trainer_sets(sections: dict) -> None:
             new = dict(old_spellings({"training": value})).get(path, path).split(".")
             if new[1:2] == ["experiment"]:
                 raise UserError(f"--set {path}: the pipeline config's spelling; deblur train "
-                                f"names its preset with --experiment NAME")
+                                f"names its experiment with --experiment NAME")
             if new[1:2] and new[1] in TRAINER_SECTIONS:
                 raise UserError(f"--set {path}: the pipeline config's spelling; deblur train "
                                 f"takes --set {'.'.join(new[1:])}")
@@ -79,7 +79,7 @@ def _check_trainer_sets(sections: dict) -> None:
                             f"the trainer's sections model, diffusion, data, train (e.g. --set "
                             f"train.steps=300)")
         if key == "experiment":
-            raise UserError("--set experiment: deblur train names its preset with --experiment "
+            raise UserError("--set experiment: deblur train names its experiment with --experiment "
                             "NAME (training.experiment in the pipeline config)")
         section = trainer_section_of(key)
         if section:
@@ -96,15 +96,17 @@ def cmd_train(args) -> int:
     check_writable(args.out, "--out")
     t0 = time.time()
     warm = {}
-    if args.warm_start:  # --steps more steps from the model's weights and step
+    if args.warm_start:  # train.steps more steps from the model's weights and step
         from trainer import warm_start
 
         if not os.path.exists(os.path.join(args.warm_start, artifacts.SAVED_MODEL_FILE)):
             raise UserError(f"--warm-start {args.warm_start}: no {artifacts.SAVED_MODEL_FILE} "
                             "there (give a SavedModel folder, e.g. a registry version)")
-        record = warm_start.decide(args.out, "latest_blessed", exp.train.steps,
-                                   lambda: warm_start.Parent(args.warm_start, args.warm_start))
-        exp, warm = warm_start.training_arguments(exp, record)
+        prepared = warm_start.prepare(
+            exp, args.out, mode="latest_blessed",
+            find_parent=lambda: warm_start.Parent(args.warm_start, args.warm_start),
+            instead="deblur train without --warm-start starts from random weights")
+        exp, warm = prepared.exp, prepared.train_kwargs
     result = train.train(exp, args.examples, args.out, progress=True, **warm)
     last = result["history"][-1] if result["history"] else {}
     skipped = f"; {result['skipped']} non-finite batch(es) skipped" if result["skipped"] else ""
@@ -135,8 +137,9 @@ def add_parsers(sub) -> None:
                         f"{artifacts.SAVED_MODEL_DIR} go here; re-running resumes from its "
                         "checkpoints")
     s.add_argument("--experiment", default="tiny",
-                   help="the preset (training.experiment in the pipeline config): tiny, local, "
-                        "icDPM-S, icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
+                   help="the experiment (training.experiment in the pipeline config; "
+                        "trainer/experiments.py): tiny, local, local-finetune, icDPM-S, "
+                        "icDPM-L, S+Guide-S, S+Guide-L, L+Guide-S, L+Guide-L")
     s.add_argument("--config", default=None, help=argparse.SUPPRESS)  # now --experiment
     s.add_argument("--steps", type=int, default=None, help="= --set train.steps=N")
     s.add_argument("--batch-size", type=int, default=None,
@@ -154,7 +157,7 @@ def add_parsers(sub) -> None:
                         "FIELD; repeatable)")
     s.add_argument("--warm-start", default=None, metavar="SAVED_MODEL",
                    help="start from this exported model's weights and step (e.g. a registry "
-                        "version folder) and train --steps more steps")
+                        "version folder) and train train.steps (--steps) steps beyond its step")
 
 
 COMMANDS = {"model-stats": cmd_model_stats, "train": cmd_train}
