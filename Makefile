@@ -48,9 +48,10 @@ base-model: setup
 
 ## The test suite (what CI runs), on TEST_WORKERS workers (pytest-xdist), a test module to a
 ## worker: 2, the cores of these machines; TEST_WORKERS=0 runs it in one process. conftest.py
-## says how the modules are split and ordered.
+## says how the modules are split and ordered. --durations=30: every run, CI's too, ends with its
+## 30 slowest tests, where the suite's time goes.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 test: setup-test
 	$(PYTEST) $(PYTEST_ARGS)
