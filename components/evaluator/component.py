@@ -25,18 +25,13 @@ from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from components import run_page
+from components import artifact_io, run_page
 from components.evaluator import evaluate as ev
 from components.evaluator import report as report_lib
 from components.evaluator.gate import GateConfig
-from core import artifacts
 from trainer.setting import SamplingSetting
 
 log = logging.getLogger(__name__)
-
-
-def _read_json(path):
-    return artifacts.read_json(path, artifacts.text_reader(fileio))
 
 
 @dataclasses.dataclass
@@ -124,7 +119,7 @@ def DeblurEvaluator(
     gate = GateConfig(**json.loads(gate_config))
     candidates = []
     if baseline_model is not None:  # the Resolver's latest blessed model
-        prior = _read_json(os.path.join(baseline_blessing.uri, ev.BLESSING_FILE)) \
+        prior = artifact_io.read_json(os.path.join(baseline_blessing.uri, ev.BLESSING_FILE)) \
             if baseline_blessing is not None else None
         candidates.append((path_utils.serving_model_path(baseline_model.uri),
                            _setting((prior or {}).get("best_setting")),
