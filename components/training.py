@@ -1,12 +1,13 @@
 """The pipeline's Trainer run_fn (TFX's GenericExecutor): the same trainer.train.train() the CLI
-calls, with the warm start's parent found where the gate finds its baseline, the latest
-blessed model:
+calls, with the warm start's parent found by the gate's own lookup of the latest blessed model
+(components/latest_blessed.py):
 
 - registry (open-source KFP, which cannot run Resolver nodes; or gate.baseline: registry): its
-  newest whole version, which only ever holds blessed models (Registry.latest, local_path: a
-  gs:// version is downloaded and checked against its manifest);
-- ML Metadata (locally): the newest Model that a ModelBlessing with blessed=1 names as its
-  current_model_id (what TFX's LatestBlessedModelStrategy picks), in this pipeline's context.
+  newest whole version, which only ever holds blessed models (latest_blessed.in_registry: a
+  gs:// version is downloaded and checked against its manifest, a damaged one skipped);
+- ML Metadata (locally): what the evaluator's Resolver hands the gate, TFX's
+  LatestBlessedModelStrategy over this pipeline's Models and ModelBlessings
+  (latest_blessed.in_metadata).
 
 The parent is looked up when the Trainer executes, never in the pipeline definition: it is not
 part of the Trainer's cache key, so a run on unchanged data reuses the cached training even
@@ -226,6 +227,8 @@ def tpu_strategy_from_environment():
 
 
 def latest_blessed(source: Dict[str, Any]) -> Optional[Parent]:
+    """The warm start's parent: the latest blessed model where warm_start_source says the gate
+    finds it (ML Metadata's SQLite store, else the registry); None before the first blessing."""
     if source.get("metadata_path"):
         return latest_blessed_in_metadata(source["metadata_path"], source["pipeline_name"],
                                           source.get("registry_uri"), source.get("model_name"))
@@ -236,16 +239,14 @@ def latest_blessed(source: Dict[str, Any]) -> Optional[Parent]:
 
 
 def latest_in_registry(uri: str, model_name: str) -> Optional[Parent]:
-    from components.registry.registry import Registry
+    """The registry's newest whole version (the gate's registry baseline, when it loads)."""
+    from components import latest_blessed as lookup
 
-    registry = Registry(uri, model_name)
-    latest = registry.latest(hashes=True)  # what local_path checks: a damaged one is skipped
-    if latest is None:
+    found = next(lookup.in_registry(uri, model_name), None)
+    if found is None:
         return None
-    version, manifest = latest
-    return Parent(saved_model_dir=registry.local_path(version),
-                  name=f"registry version {version}", version=version,
-                  model_uri=(manifest.get("source") or {}).get("model_uri"))
+    return Parent(saved_model_dir=found.path, name=f"registry version {found.version}",
+                  version=found.version, model_uri=found.model_uri)
 
 
 def intact(parent: Parent, registry_uri: Optional[str], model_name: Optional[str]) -> Parent:
@@ -278,25 +279,17 @@ def intact(parent: Parent, registry_uri: Optional[str], model_name: Optional[str
 def latest_blessed_in_metadata(metadata_path: str, pipeline_name: str,
                                registry_uri: Optional[str] = None,
                                model_name: Optional[str] = None) -> Optional[Parent]:
+    """The model the evaluator's Resolver hands the gate (latest_blessed.in_metadata), with the
+    registry version the pusher made of it, if any; its registry copy when it is damaged
+    (intact)."""
     from tfx.utils import path_utils
 
-    from components.metadata_store import open_store
+    from components import latest_blessed as lookup
 
-    store = open_store(metadata_path)
-    if store is None:
+    found = lookup.in_metadata(metadata_path, pipeline_name)
+    if found is None:
         return None
-    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline is None:
-        return None
-    types = {t.id: t.name for t in store.get_artifact_types()}
-    blessed = [a for a in store.get_artifacts_by_context(pipeline.id)
-               if types.get(a.type_id) == "ModelBlessing"
-               and a.custom_properties["blessed"].int_value == 1
-               and a.custom_properties["current_model_id"].int_value > 0]
-    if not blessed:
-        return None
-    model_id = max(a.custom_properties["current_model_id"].int_value for a in blessed)
-    model, = store.get_artifacts_by_id([model_id])
+    model, _ = found
     version = None
     if registry_uri and model_name:  # which version the pusher made of it, if any
         from components.registry.pusher import registered_version
@@ -304,6 +297,6 @@ def latest_blessed_in_metadata(metadata_path: str, pipeline_name: str,
 
         version = registered_version(Registry(registry_uri, model_name), model.uri)
     return intact(Parent(saved_model_dir=path_utils.serving_model_path(model.uri),
-                         name=f"ML Metadata model {model_id}"
+                         name=f"ML Metadata model {model.id}"
                               + (f" (registry version {version})" if version else ""),
                          version=version, model_uri=model.uri), registry_uri, model_name)

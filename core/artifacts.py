@@ -4,7 +4,9 @@ reads and writes.
 
 Every producer and every consumer takes its names from here, so a name is spelled once. No
 TensorFlow and no Beam: a path may be local or gs://, and a caller that reads gs:// passes its
-own `read_text` to `read_json`.
+own `read_text` to `read_json`, the one JSON reader (components/artifact_io.py binds it to
+TFX's fileio for the components, components/ingest/beam_ingest.py to Beam's FileSystems,
+components/registry/pusher.py to the registry's Storage).
 """
 from __future__ import annotations
 

@@ -16,15 +16,11 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-from tfx.dsl.components.common import resolver as tfx_resolver
-from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
-    LatestBlessedModelStrategy)
-from tfx.types import Channel, standard_artifacts
-
 from tfx.v1.components import ExampleValidator, ImportSchemaGen, StatisticsGen
 from tfx.v1.proto import EvalArgs, TrainArgs
 from tfx.orchestration import pipeline as tfx_pipeline
 
+from components import latest_blessed as latest_blessed_lookup
 from components.evaluator.component import DeblurEvaluator
 from components.ingest.component import DeblurIngest, unit_store
 from components.registry.component import RegistryPusher
@@ -133,17 +129,15 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                        **warm_start_config(config, registry_uri, placement.SQLITE_METADATA)},
     )
     trainer.add_upstream_node(gate)  # never train on data that failed validation
-    # The baseline of the gate: the latest blessed model, from ML Metadata through a Resolver
-    # (none on a first run), or from the registry where Resolver nodes cannot run. One that
-    # does not load (damaged files) gives way to the registry's newest version that does.
+    # The baseline of the gate: the latest blessed model (components/latest_blessed.py, where
+    # the Trainer finds its warm start's parent too), from ML Metadata through a Resolver (none
+    # on a first run; an input, so part of the evaluator's cache key, which the Trainer's
+    # parent must not be), or from the registry where Resolver nodes cannot run. One that does
+    # not load (damaged files) gives way to the registry's newest version that does.
     baseline = {}
     latest_blessed = None
     if config.gate.baseline == "ml-metadata":
-        latest_blessed = tfx_resolver.Resolver(
-            strategy_class=LatestBlessedModelStrategy,
-            model=Channel(type=standard_artifacts.Model),
-            model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-        ).with_id("latest_blessed_model_resolver")
+        latest_blessed = latest_blessed_lookup.resolver()
         baseline = {"baseline_model": latest_blessed.outputs["model"],
                     "baseline_blessing": latest_blessed.outputs["model_blessing"],
                     "baseline_fallback_registry_uri": registry_uri,

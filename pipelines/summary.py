@@ -68,10 +68,6 @@ def run_executions(store, run_name: str) -> Dict[str, str]:
     return out
 
 
-def _read_json(path: str) -> dict:
-    return artifacts.read_json(path, required=True)
-
-
 def _split_names(artifact) -> List[str]:
     return json.loads(artifact.properties["split_names"].string_value)
 
@@ -93,27 +89,27 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
     if "Examples" in arts:
         ex = arts["Examples"][-1]
         summary["examples_uri"] = ex.uri
-        summary["ingest"] = _read_json(os.path.join(ex.uri, SUMMARY_FILE))
+        summary["ingest"] = artifacts.read_json(os.path.join(ex.uri, SUMMARY_FILE), required=True)
     if "ExampleAnomalies" in arts:
         an = arts["ExampleAnomalies"][-1]
         summary["anomalies"] = validation.anomalies_by_split(an.uri, _split_names(an))
     if "ModelRun" in arts:
         history_path = os.path.join(arts["ModelRun"][-1].uri, HISTORY_FILE)
         if os.path.exists(history_path):
-            history = _read_json(history_path)
+            history = artifacts.read_json(history_path, required=True)
             summary["training"] = {"first": history[0], "last": history[-1]} if history else {}
         warm_path = os.path.join(arts["ModelRun"][-1].uri, WARM_START_FILE)
         if os.path.exists(warm_path):
-            summary["warm_start"] = _read_json(warm_path)
+            summary["warm_start"] = artifacts.read_json(warm_path, required=True)
         resumed_path = os.path.join(arts["ModelRun"][-1].uri, RESUMED_FILE)
         if os.path.exists(resumed_path):  # the training went on from an interrupted run's
-            summary["resumed"] = _read_json(resumed_path)
+            summary["resumed"] = artifacts.read_json(resumed_path, required=True)
     if "Model" in arts:
         summary["model_uri"] = arts["Model"][-1].uri
     if "ModelEvaluation" in arts:
         path = os.path.join(arts["ModelEvaluation"][-1].uri, EVALUATION_FILE)
         if os.path.exists(path):
-            ev = _read_json(path)
+            ev = artifacts.read_json(path, required=True)
             summary["evaluation"] = {"uri": arts["ModelEvaluation"][-1].uri,
                                      "domains": ev["domains"], "best_setting": ev["best_setting"],
                                      "best": ev["best"], "baseline": ev.get("baseline"),
@@ -123,7 +119,7 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
     if "ModelBlessing" in arts:
         b = arts["ModelBlessing"][-1]
         path = os.path.join(b.uri, BLESSING_FILE)
-        summary["blessing"] = _read_json(path) if os.path.exists(path) else {}
+        summary["blessing"] = artifacts.read_json(path) or {}
         summary["blessing"]["blessed"] = bool(b.custom_properties["blessed"].int_value) \
             if "blessed" in b.custom_properties else summary["blessing"].get("blessed")
     if "PushedModel" in arts:
@@ -136,10 +132,10 @@ def build_summary(metadata_path: str, pipeline_name: str, run_name: Optional[str
     if "deblur.Servability" in arts:  # components/serving/component.py
         path = os.path.join(arts["deblur.Servability"][-1].uri, "servability.json")
         if os.path.exists(path):
-            summary["servability"] = _read_json(path)
+            summary["servability"] = artifacts.read_json(path, required=True)
     if "deblur.DomainDrift" in arts:
-        summary["drift"] = _read_json(os.path.join(arts["deblur.DomainDrift"][-1].uri,
-                                                   validation.DRIFT_FILE))
+        summary["drift"] = artifacts.read_json(os.path.join(arts["deblur.DomainDrift"][-1].uri,
+                                                            validation.DRIFT_FILE), required=True)
     summary["retraining"] = retraining(summary)
     return summary
 

@@ -1,12 +1,14 @@
 """DeblurEvaluator: the TFX wrapper of components.evaluator.evaluate (what `deblur evaluate` runs).
 
-Inputs: the ingested Examples, the Trainer's Model, and optionally the latest blessed model
-with its blessing (from a Resolver with LatestBlessedModelStrategy in the pipeline; absent on
-the first run), or, where Resolver nodes cannot run (open-source KFP), the newest version of
-the model registry (baseline_registry_uri), which holds only blessed models. Outputs: a ModelEvaluation (evaluation.json, per-split metrics, the
-perception-distortion plot, sample grids) and a ModelBlessing (blessing.json with every rule;
-custom properties `blessed`, `current_model_id`, ... as TFX's own Evaluator writes them, so
-LatestBlessedModelStrategy finds blessed models). For the Kubeflow run page
+Inputs: the ingested Examples, the Trainer's Model, and optionally the latest blessed model,
+found by components/latest_blessed.py (the warm start's lookup too): with its blessing from
+that module's Resolver (LatestBlessedModelStrategy; absent on the first run), or, where
+Resolver nodes cannot run (open-source KFP), the newest whole version of the model registry
+(baseline_registry_uri), which holds only blessed models. Outputs: a ModelEvaluation
+(evaluation.json, per-split metrics, the perception-distortion plot, sample grids) and a
+ModelBlessing (blessing.json with every rule; custom properties `blessed`, `current_model_id`,
+... as TFX's own Evaluator writes them, so LatestBlessedModelStrategy finds blessed models).
+For the Kubeflow run page
 (components/run_page.py): `verdict` (system.Markdown: the decision and every rule), `report`
 (system.HTML: verdict, per-domain metrics of the chosen setting and of the blurry input, the
 perception-distortion plot and the sample grids, embedded), `metrics` and `input_metrics`
@@ -25,18 +27,13 @@ from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from components import run_page
+from components import artifact_io, latest_blessed, run_page
 from components.evaluator import evaluate as ev
 from components.evaluator import report as report_lib
 from components.evaluator.gate import GateConfig
-from core import artifacts
 from trainer.setting import SamplingSetting
 
 log = logging.getLogger(__name__)
-
-
-def _read_json(path):
-    return artifacts.read_json(path, artifacts.text_reader(fileio))
 
 
 @dataclasses.dataclass
@@ -54,20 +51,17 @@ def _setting(setting) -> Optional[dict]:
 
 def registry_candidates(uri: str, model_name: str) -> Iterator[Tuple[str, Optional[dict], str]]:
     """(SavedModel dir, sampling setting, name) of the registry's versions, newest first (the
-    registry holds only blessed models); a version whose files do not match its manifest, or
-    whose manifest is unreadable, is skipped with a warning naming it."""
-    from components.registry.registry import Registry, RegistryError
-
-    registry = Registry(uri, model_name)
-    for version in reversed(registry.versions()):
+    registry holds only blessed models): latest_blessed.in_registry, the warm start's lookup
+    too, which skips a version whose files do not match its manifest, or whose manifest is
+    unreadable, with a warning naming it; so is one whose sampling setting does not parse."""
+    for found in latest_blessed.in_registry(uri, model_name):
         try:
-            path = registry.local_path(version)  # each file's size and SHA-256 checked
-            setting = _setting(registry.show(version).get("sampling"))
-        except (RegistryError, ValueError, TypeError) as e:
+            setting = _setting(found.manifest.get("sampling"))
+        except (ValueError, TypeError) as e:
             log.warning("DeblurEvaluator: skipping registry version %d as the baseline: %s",
-                        version, _first_line(e))
+                        found.version, _first_line(e))
             continue
-        yield path, setting, f"registry version {version}"
+        yield found.path, setting, f"registry version {found.version}"
 
 
 def _first_line(e: BaseException) -> str:
@@ -123,8 +117,8 @@ def DeblurEvaluator(
     config = ev.EvalConfig(**json.loads(eval_config))
     gate = GateConfig(**json.loads(gate_config))
     candidates = []
-    if baseline_model is not None:  # the Resolver's latest blessed model
-        prior = _read_json(os.path.join(baseline_blessing.uri, ev.BLESSING_FILE)) \
+    if baseline_model is not None:  # the Resolver's latest blessed model (latest_blessed.py)
+        prior = artifact_io.read_json(os.path.join(baseline_blessing.uri, ev.BLESSING_FILE)) \
             if baseline_blessing is not None else None
         candidates.append((path_utils.serving_model_path(baseline_model.uri),
                            _setting((prior or {}).get("best_setting")),

@@ -61,9 +61,10 @@ class GateConfig:
     # difference) or "interval" (the paired bootstrap interval of it, evaluation.confidence:
     # the bound nearest the threshold must pass)
     decide_on: str = "mean"
-    # Where the latest blessed model comes from: "ml-metadata" (a Resolver with
+    # Where the latest blessed model comes from, for this baseline and for the warm start's
+    # parent (components/latest_blessed.py): "ml-metadata" (a Resolver with
     # LatestBlessedModelStrategy; LocalDagRunner, Vertex AI Pipelines) or "registry" (the newest
-    # version of registry.uri: open-source KFP's backend cannot run Resolver nodes).
+    # whole version of registry.uri: open-source KFP's backend cannot run Resolver nodes).
     baseline: str = "ml-metadata"
 
     def __post_init__(self):

@@ -453,8 +453,10 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode())
 
 
-def _read_json(path: str) -> Optional[dict]:
-    """The JSON at path, or None when it is missing or damaged (the unit is then redone)."""
+def read_json_or_none(path: str) -> Optional[dict]:
+    """The JSON at path (Beam's FileSystems: local or gs://), or None when it is missing or
+    damaged: a unit store record or a summary that does not read back is redone, never an error
+    (core.artifacts.read_json, which raises on damage, parses it)."""
     try:
         return artifacts.read_json(path, lambda p: read_text(p) if _exists(p) else None)
     except ValueError:
@@ -499,7 +501,7 @@ def _stored_whole(folder: str, unit: Unit) -> bool:
         log.warning("unit store %s lacks shards (%s): ingesting the unit again", folder,
                     ", ".join(f"{s}: {have} of {want}" for s, (have, want) in short.items()))
         return False
-    recorded = (_read_json(f"{folder}/{UNIT_FILE}") or {}).get("shards")
+    recorded = (read_json_or_none(f"{folder}/{UNIT_FILE}") or {}).get("shards")
     if not isinstance(recorded, dict) or set(recorded) != set(unit.num_shards):
         log.warning("unit store %s (unit %s) has no shard checksums in its %s (stored by an "
                     "older version): ingesting the unit again", folder, unit.key, UNIT_FILE)
@@ -516,7 +518,7 @@ def _stored_whole(folder: str, unit: Unit) -> bool:
         log.warning("unit store %s (unit %s) holds damaged shards (%s): ingesting the unit "
                     "again", folder, unit.key, "; ".join(damaged))
         return False
-    why = _quarantine_damage(folder, _read_json(f"{folder}/{UNIT_FILE}") or {})
+    why = _quarantine_damage(folder, read_json_or_none(f"{folder}/{UNIT_FILE}") or {})
     if why:
         log.warning("unit store %s (unit %s): its %s %s: ingesting the unit again", folder,
                     unit.key, UNIT_QUARANTINE, why)
@@ -830,10 +832,10 @@ def _store_units(run: IngestRun) -> Tuple[Dict[str, Tuple[dict, List[str]]], Lis
 def _changes(run: IngestRun, u: Unit) -> dict:
     """What differs from the unit's previous ingest in this store (the index names the
     fingerprint last ingested for the same source/span): new, changed and removed pair ids."""
-    previous = (_read_json(_index_path(run.store, u)) or {}).get("fingerprint")
+    previous = (read_json_or_none(_index_path(run.store, u)) or {}).get("fingerprint")
     if previous == u.fingerprint:
         return {"change": "unchanged"}
-    old = (_read_json(f"{run.store}/{previous}/{UNIT_FILE}") or {}).get("pairs") if previous else None
+    old = (read_json_or_none(f"{run.store}/{previous}/{UNIT_FILE}") or {}).get("pairs") if previous else None
     if old is None:
         return {"change": "new", "new_pairs": len(u.pairs)}
     added = sorted(set(u.pairs) - set(old))
@@ -887,7 +889,7 @@ def finalize_ingest(run: IngestRun) -> dict:
         if u.key in stored:  # ingested now: its record and quarantine are at hand
             rec, unit_quarantine = stored[u.key]
         else:  # reused from the store
-            rec = _read_json(f"{run.unit_dir(u)}/{UNIT_FILE}")
+            rec = read_json_or_none(f"{run.unit_dir(u)}/{UNIT_FILE}")
             if rec is None:
                 raise IngestError(f"unit {u.key} ({u.fingerprint[:12]}) has no {UNIT_FILE} "
                                   f"in {run.store}")

@@ -10,14 +10,13 @@ quarantine/) is refused in one line and nothing is deleted, even with --overwrit
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Callable, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from components.ingest.beam_ingest import PRIVATE_STORE, UNIT_DONE
+from components.ingest.beam_ingest import PRIVATE_STORE, UNIT_DONE, read_json_or_none
 from core.artifacts import (COUNTS_DIR, COUNTS_PREFIX, QUARANTINE_DIR, QUARANTINE_FILE,
                             SPLIT_PREFIX, SUMMARY_FILE, UNIT_FILE)
 
@@ -79,12 +78,9 @@ def output_files(summary: dict) -> Callable[[str], bool]:
 
 def ingest_summary(path: str) -> Optional[dict]:
     """The ingest summary at path (with its counts), or None."""
-    if not FileSystems.exists(path):
-        return None
     try:
-        with FileSystems.open(path) as f:
-            summary = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError):
+        summary = read_json_or_none(path)
+    except OSError:
         return None
     if isinstance(summary, dict) and {"inputs", "written", "quarantined", "splits"} <= set(summary) \
             and isinstance(summary["splits"], dict):

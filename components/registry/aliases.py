@@ -153,7 +153,7 @@ class Aliases:
         found = []
         if self.registry.is_gcs:
             prefix = f"{self._root}/{alias}/" if alias else f"{self._root}/"
-            client = self.registry._storage_client()
+            client = self.registry.storage.client
             for blob in client.list_blobs(self.registry._bucket_name, prefix=prefix):
                 parts = blob.name[len(self._root) + 1:].split("/")
                 if len(parts) == 2 and _REV_RE.match(parts[1]) and ALIAS_RE.match(parts[0]):

@@ -291,3 +291,52 @@ def test_the_manifest_records_the_choice_on_validation_and_the_baselines_as_plai
     assert got["ci_low"] is None and got["ci_high"] is None and got["mean_diff"] == -0.01
     rule = m["blessing"]["rules"][-1]["domains"]["out"]["psnr"]
     assert rule["ci_low"] is None and rule["value"] == 25.1
+
+
+# -------------------------------------------------------------------------------- gs://
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    from tests.gcs_emulator import fake_gcs
+
+    with fake_gcs(tmp_path_factory.mktemp("gcs")) as emulator:
+        emulator.create_bucket("pusher")
+        yield emulator
+
+
+def _upload(emulator, folder: Path, prefix: str) -> str:
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        emulator.client.bucket("pusher").blob(
+            f"{prefix}/{f.relative_to(folder).as_posix()}").upload_from_filename(str(f))
+    return f"gs://pusher/{prefix}"
+
+
+def test_the_pusher_reads_its_inputs_on_gs_through_the_registry_storage(gcs, tmp_path):
+    """Blessing, evaluation and examples on gs:// (the Kubeflow layout), read over the
+    registry's storage layer (registry.Storage, its one google-cloud-storage client): the same
+    manifest as from local folders, and the same one-line errors naming the gs:// file."""
+    inputs = make_inputs(tmp_path, blessed=True)
+    local = {k: Path(inputs[k][0].uri) for k in (C.BLESSING_KEY, C.EVALUATION_KEY, C.EXAMPLES_KEY)}
+    uris = {k: _upload(gcs, folder, f"run/{k}") for k, folder in local.items()}
+    model_dir = str(Path(inputs[C.MODEL_KEY][0].uri) / "Format-Serving")
+    result = pusher.register_model(
+        registry_uri="gs://pusher/registry", model_name="m", model_dir=model_dir,
+        blessing_uri=uris[C.BLESSING_KEY], evaluation_uri=uris[C.EVALUATION_KEY],
+        examples_uri=uris[C.EXAMPLES_KEY])
+    assert result.pushed and result.version == 1
+    m = result.manifest
+    assert m["sampling"] == SETTING and m["metrics"] == BEST
+    assert m["blessing"]["rules"] == RULES_OK
+    from_local = pusher.data_fingerprint(str(local[C.EXAMPLES_KEY]))
+    assert m["data"] == {**from_local, "uri": uris[C.EXAMPLES_KEY]}  # same files, same hash
+    assert m["data"]["files"] == 2 and m["data"]["summary"]["written"] == 4
+
+    with pytest.raises(ValueError, match=f"^blessing file gs://pusher/nowhere/blessing.json "
+                                         "does not exist$"):
+        pusher.register_model(registry_uri="gs://pusher/registry", model_name="m",
+                              model_dir=model_dir, blessing_uri="gs://pusher/nowhere")
+    gcs.client.bucket("pusher").blob("run/bad/evaluation.json").upload_from_string("{not json")
+    with pytest.raises(ValueError, match="^evaluation file gs://pusher/run/bad/evaluation.json "
+                                         "is not valid JSON"):
+        pusher.register_model(registry_uri="gs://pusher/registry", model_name="m",
+                              model_dir=model_dir, blessing_uri=uris[C.BLESSING_KEY],
+                              evaluation_uri="gs://pusher/run/bad")

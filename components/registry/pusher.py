@@ -5,8 +5,8 @@
 the SavedModel into the registry. A model that is not blessed is not pushed: the result says
 so with the failed rules, and nothing is written to the registry.
 
-Inputs it reads (local paths or gs://, the latter through google-cloud-storage, like the
-registry itself):
+Inputs it reads (local paths or gs://, through the registry's storage layer, Storage in
+registry.py: google-cloud-storage over the registry's own client):
   <blessing_uri>/blessing.json   {"blessed": bool, "rules": [{"rule", "value", "threshold",
                                   "verdict", "detail"?}, ...], "reason"?, "config"?,
                                   "best_setting"?, "best"?} (components/evaluator writes it);
@@ -31,11 +31,10 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
-from components.registry.registry import Registry
-from core import artifacts
-from core.version import code_version
+from components.registry.registry import Registry, Storage
 from core.artifacts import (BLESSING_FILE, EVALUATION_FILE, MODEL_INFO_FILE, SAVED_MODEL_FILE,
-                            SUMMARY_FILE)
+                            SUMMARY_FILE, read_json)
+from core.version import code_version
 
 FAILING_VERDICTS = ("false", "fail", "failed")
 
@@ -54,45 +53,6 @@ class PushResult:
         return dataclasses.asdict(self)
 
 
-# ------------------------------------------------------------------------------- storage
-def _gcs(uri: str):
-    from google.cloud import storage
-
-    bucket, _, name = uri[len("gs://"):].partition("/")
-    return storage.Client().bucket(bucket), name.strip("/")
-
-
-def read_text(uri: str) -> Optional[str]:
-    """The text of a local or gs:// file, or None if it does not exist."""
-    if uri.startswith("gs://"):
-        bucket, name = _gcs(uri)
-        blob = bucket.get_blob(name)
-        return None if blob is None else blob.download_as_bytes().decode()
-    if not os.path.isfile(uri):
-        return None
-    with open(uri) as f:
-        return f.read()
-
-
-def list_sizes(uri: str) -> List[Tuple[str, int]]:
-    """(relative path, bytes) of every file under a local or gs:// folder, sorted."""
-    if uri.startswith("gs://"):
-        bucket, prefix = _gcs(uri)
-        out = [(b.name[len(prefix) + 1:], b.size) for b in
-               bucket.client.list_blobs(bucket.name, prefix=prefix + "/") if not b.name.endswith("/")]
-        return sorted(out)
-    out = []
-    for root, _, files in os.walk(uri):
-        for f in files:
-            p = os.path.join(root, f)
-            out.append((os.path.relpath(p, uri).replace(os.sep, "/"), os.path.getsize(p)))
-    return sorted(out)
-
-
-def _read_json(uri: str, what: str, required: bool) -> Optional[Dict[str, Any]]:
-    return artifacts.read_json(uri, read_text, what, required)
-
-
 # ------------------------------------------------------------------------------- pieces
 def _failed(verdict) -> bool:
     return verdict is False or str(verdict).strip().lower() in FAILING_VERDICTS
@@ -104,13 +64,15 @@ def _rule_text(r: Dict[str, Any]) -> str:
     return f"{r.get('rule', '?')} = {r.get('value')} (threshold {r.get('threshold')})"
 
 
-def read_blessing(blessing_uri: str, blessed_property: Optional[int]) -> Tuple[bool, Dict, List[str]]:
+def read_blessing(blessing_uri: str, blessed_property: Optional[int],
+                  storage: Optional[Storage] = None) -> Tuple[bool, Dict, List[str]]:
     """(blessed, blessing.json, failed rules as text).
 
     The artifact's `blessed` custom property (ML Metadata's record) and blessing.json must
     agree when both exist; a disagreement is an error, not a guess."""
-    record = _read_json(f"{blessing_uri.rstrip('/')}/{BLESSING_FILE}", "blessing file",
-                        required=blessed_property is None) or {}
+    record = read_json(f"{blessing_uri.rstrip('/')}/{BLESSING_FILE}",
+                       (storage or Storage()).read_text, "blessing file",
+                       required=blessed_property is None) or {}
     if "blessed" in record and blessed_property is not None and bool(record["blessed"]) != bool(
             blessed_property):
         raise ValueError(f"blessing {blessing_uri}: custom property blessed={blessed_property} "
@@ -123,22 +85,24 @@ def read_blessing(blessing_uri: str, blessed_property: Optional[int]) -> Tuple[b
     return blessed, record, failed
 
 
-def read_evaluation(evaluation_uri: str) -> Dict[str, Any]:
-    ev = _read_json(f"{evaluation_uri.rstrip('/')}/{EVALUATION_FILE}", "evaluation file", True)
+def read_evaluation(evaluation_uri: str, storage: Optional[Storage] = None) -> Dict[str, Any]:
+    ev = read_json(f"{evaluation_uri.rstrip('/')}/{EVALUATION_FILE}",
+                   (storage or Storage()).read_text, "evaluation file", required=True)
     missing = [k for k in ("best_setting", "best") if k not in ev]
     if missing:
         raise ValueError(f"evaluation {evaluation_uri}/{EVALUATION_FILE} lacks {missing}")
     return ev
 
 
-def data_fingerprint(examples_uri: str) -> Dict[str, Any]:
+def data_fingerprint(examples_uri: str, storage: Optional[Storage] = None) -> Dict[str, Any]:
     """A cheap fingerprint of an Examples folder: SHA-256 over the sorted (path, bytes) of
     every file and the full text of summary.json (split counts, quarantine).
 
     It reads no example data (a training set is many GB); together with the Examples artifact's
     URI and ML Metadata id, which the manifest records too, it identifies the data."""
-    files = list_sizes(examples_uri)
-    summary_text = read_text(f"{examples_uri.rstrip('/')}/{SUMMARY_FILE}")
+    storage = storage or Storage()
+    files = storage.list_sizes(examples_uri)
+    summary_text = storage.read_text(f"{examples_uri.rstrip('/')}/{SUMMARY_FILE}")
     h = hashlib.sha256()
     for rel, size in files:
         h.update(f"{rel}\t{size}\n".encode())
@@ -229,7 +193,8 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
     Not blessed: returns pushed=False with "model not blessed: <failed rules>" and writes
     nothing. Blessed: returns the version, its URI and the manifest that was stored."""
     registry = Registry(registry_uri, model_name)  # validates the name before any reading
-    blessed, blessing, failed = read_blessing(blessing_uri, blessed_property)
+    storage = registry.storage  # its inputs are read over the registry's client
+    blessed, blessing, failed = read_blessing(blessing_uri, blessed_property, storage)
     if not blessed:
         detail = "; ".join(failed) if failed else f"{BLESSING_FILE} records no failed rule"
         return PushResult(pushed=False, reason=f"model not blessed: {detail}")
@@ -243,8 +208,9 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
                           reason=f"already registered as version {existing} (the same model "
                                  f"{model_uri}, from an earlier run)")
 
-    evaluation = read_evaluation(evaluation_uri) if evaluation_uri else None
-    model_info = _read_json(f"{model_dir.rstrip('/')}/{MODEL_INFO_FILE}", "model info", False)
+    evaluation = read_evaluation(evaluation_uri, storage) if evaluation_uri else None
+    model_info = read_json(f"{model_dir.rstrip('/')}/{MODEL_INFO_FILE}", storage.read_text,
+                           "model info")
     metrics = (evaluation or {}).get("best") or blessing.get("best")
     if evaluation is not None and evaluation.get("best_setting"):
         sampling, sampling_source = evaluation["best_setting"], "evaluation best_setting"
@@ -264,7 +230,7 @@ def register_model(*, registry_uri: str, model_name: str, model_dir: str, blessi
         "evaluation": _evaluation_record(evaluation, blessing),
         "blessing": {"blessed": True, "rules": blessing.get("rules", []),
                      **{k: blessing[k] for k in ("reason", "config") if k in blessing}},
-        "data": data_fingerprint(examples_uri) if examples_uri else None,
+        "data": data_fingerprint(examples_uri, storage) if examples_uri else None,
         "code": code_version(),
         "pipeline": dict(pipeline or {}),
         "mlmd": dict(mlmd_ids or {}),

@@ -138,6 +138,72 @@ def _split_gcs(uri: str) -> Tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+class Storage:
+    """Local paths and gs:// objects, the registry's storage layer: the Registry, its aliases
+    (aliases.py) and the pusher (pusher.py, which reads the evaluator's and the ingest's files)
+    reach gs:// through here, over one google-cloud-storage client built in one place
+    (`client`) the first time a gs:// URI is touched.
+
+    `client`: a google.cloud.storage.Client (default: one built from the environment; with
+    STORAGE_EMULATOR_HOST set it talks to that emulator, anonymously). Why not TensorFlow's
+    gs:// file system: it ignores the emulator and has no create-only write (module docstring)."""
+
+    def __init__(self, client=None):
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        return self._client
+
+    def bucket(self, name: str):
+        return self.client.bucket(name)
+
+    def read_text(self, uri: str) -> Optional[str]:
+        """The text of a local file or a gs:// object, or None when it does not exist."""
+        if _is_gcs(uri):
+            bucket, name = _split_gcs(uri)
+            blob = self.bucket(bucket).get_blob(name)
+            return None if blob is None else blob.download_as_bytes().decode()
+        if not os.path.isfile(uri):
+            return None
+        with open(uri) as f:
+            return f.read()
+
+    def _blobs(self, uri: str) -> Iterator[Tuple[str, Any]]:
+        """(path relative to the gs:// folder uri, blob) of every object under it."""
+        bucket, prefix = _split_gcs(uri.rstrip("/"))
+        for blob in self.client.list_blobs(bucket, prefix=prefix + "/" if prefix else None):
+            rel = blob.name[len(prefix) + 1:] if prefix else blob.name
+            if rel and not rel.endswith("/"):
+                yield rel, blob
+
+    def list_sizes(self, uri: str) -> List[Tuple[str, int]]:
+        """(relative path, bytes) of every file under a local or gs:// folder, sorted."""
+        if _is_gcs(uri):
+            return sorted((rel, blob.size) for rel, blob in self._blobs(uri))
+        out = []
+        for root, _, files in os.walk(uri):
+            for f in files:
+                p = os.path.join(root, f)
+                out.append((os.path.relpath(p, uri).replace(os.sep, "/"), os.path.getsize(p)))
+        return sorted(out)
+
+    def download_tree(self, uri: str, dest: str) -> int:
+        """Copies every object under the gs:// folder uri into the local folder dest (same
+        relative paths); returns how many."""
+        n = 0
+        for rel, blob in self._blobs(uri):
+            path = os.path.join(dest, *rel.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            blob.download_to_filename(path)
+            n += 1
+        return n
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -323,9 +389,8 @@ class Registry:
     """One model's versions in a registry at `uri` (a local folder or gs://bucket/prefix).
 
     `client` is a google.cloud.storage.Client for gs:// (default: one built from the
-    environment; with STORAGE_EMULATOR_HOST set it talks to that emulator, anonymously).
-    `cache_dir` holds downloaded versions of a gs:// registry (default $DEBLUR_REGISTRY_CACHE
-    or ~/.cache/deblur/registry)."""
+    environment, see Storage, which `storage` holds). `cache_dir` holds downloaded versions of
+    a gs:// registry (default $DEBLUR_REGISTRY_CACHE or ~/.cache/deblur/registry)."""
 
     def __init__(self, uri: str, model_name: str = DEFAULT_MODEL_NAME, *, client=None,
                  cache_dir: Optional[str] = None):
@@ -337,7 +402,7 @@ class Registry:
         self.uri = uri.rstrip("/") if _is_gcs(uri) else os.path.abspath(uri)
         self.model_name = model_name
         self.cache_dir = cache_dir
-        self._client = client
+        self.storage = Storage(client)
         if _is_gcs(uri):
             self._bucket_name, prefix = _split_gcs(uri)
             self._root = f"{prefix}/{model_name}" if prefix else model_name
@@ -582,20 +647,9 @@ class Registry:
         if not _is_gcs(model_dir):
             yield model_dir
             return
-        bucket_name, prefix = _split_gcs(model_dir.rstrip("/"))
-        client = self._storage_client()
         tmp = tempfile.mkdtemp(prefix="deblur-registry-src-")
         try:
-            n = 0
-            for blob in client.list_blobs(bucket_name, prefix=prefix + "/" if prefix else None):
-                rel = blob.name[len(prefix) + 1:] if prefix else blob.name
-                if not rel or rel.endswith("/"):
-                    continue
-                path = os.path.join(tmp, *rel.split("/"))
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                blob.download_to_filename(path)
-                n += 1
-            if not n:
+            if not self.storage.download_tree(model_dir, tmp):
                 raise RegistryError(f"model_dir {model_dir} holds no objects")
             yield tmp
         finally:
@@ -664,15 +718,8 @@ class Registry:
                 shutil.rmtree(os.path.join(staging_root, name), ignore_errors=True)
 
     # gs:// ---------------------------------------------------------------------------
-    def _storage_client(self):
-        if self._client is None:
-            from google.cloud import storage
-
-            self._client = storage.Client()
-        return self._client
-
     def _bucket(self):
-        return self._storage_client().bucket(self._bucket_name)
+        return self.storage.bucket(self._bucket_name)
 
     def _gcs_scan(self):
         """(complete, numeric prefixes, claims) as sets of version numbers."""
@@ -680,8 +727,8 @@ class Registry:
 
         complete, numeric, claims = set(), set(), set()
         try:
-            blobs = list(self._storage_client().list_blobs(self._bucket_name,
-                                                           prefix=self._root + "/"))
+            blobs = list(self.storage.client.list_blobs(self._bucket_name,
+                                                        prefix=self._root + "/"))
         except gexc.NotFound:
             raise RegistryError(f"bucket gs://{self._bucket_name} does not exist") from None
         for blob in blobs:

@@ -41,7 +41,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components import run_page
+from components import artifact_io, run_page
 from core import artifacts
 
 SUMMARY_KEY = "summary"
@@ -61,10 +61,6 @@ def _children(folder: str) -> Set[str]:
     return {c.rstrip("/") for c in fileio.listdir(folder)}
 
 
-def _read(path: str) -> Optional[str]:
-    return artifacts.text_reader(fileio)(path)
-
-
 def _find_file(folder: str, name: str) -> Optional[str]:
     """The first file called `name` under folder (<task>/[<uuid>/]<name>), newest uuid last."""
     for root, _, files in sorted(fileio.walk(folder)) if fileio.exists(folder) else ():
@@ -80,7 +76,7 @@ def task_errors(run_dir: str, present: Set[str]) -> Dict[str, str]:
         # at <run>/<task>/, never under an output: no walk of a task's (large) outputs
         path = artifacts.join(run_dir, task, artifacts.TASK_ERROR_FILE)
         if fileio.exists(path):
-            record = artifacts.read_json(path, artifacts.text_reader(fileio)) or {}
+            record = artifact_io.read_json(path) or {}
             out[task] = str(record.get("error") or "failed (no message)")
     return out
 
@@ -88,7 +84,7 @@ def task_errors(run_dir: str, present: Set[str]) -> Dict[str, str]:
 def refused_parameters(run_dir: str) -> List[str]:
     """The refusal lines of DeblurRunCheck's report ([] when every value was good)."""
     path = _find_file(posixpath.join(run_dir, CHECK_TASK), "report")
-    text = _read(path) if path else None
+    text = artifact_io.read_text(path) if path else None
     if not text or "refused" not in text.splitlines()[0]:
         return []
     return [line[2:] for line in text.splitlines() if line.startswith("- **")]
@@ -195,7 +191,7 @@ class Executor(base_executor.BaseExecutor):
         s = build(run_dir, graph, parse_status(exec_properties.get(FINAL_STATUS) or ""))
         path = artifacts.kfp_run_summary_path(run_dir)
         if s["succeeded"]:
-            full = _read(path) if s["summary_written"] else None
+            full = artifact_io.read_text(path) if s["summary_written"] else None
             text = f"## Run succeeded: {s['run']}\n\n" + (full or "")
             run_page.write_text(out, "run end: succeeded", text)
         else:

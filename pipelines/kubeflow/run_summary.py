@@ -32,6 +32,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 
 from components import run_page
+from components.artifact_io import read_json
 from components.evaluator.evaluate import EVALUATION_SUMMARY_KEYS
 from components.validation_component import DomainDrift
 from core import artifacts
@@ -75,10 +76,6 @@ def task_states(run_dir: str, uris: Dict[str, str]) -> Dict[str, str]:
     return states
 
 
-def _json(path: str) -> Optional[Any]:
-    return artifacts.read_json(path, artifacts.text_reader(fileio))
-
-
 def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
     """The dict of pipelines/summary.py build_summary, read from the input artifacts."""
     from components import validation
@@ -89,7 +86,7 @@ def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
                          "executions": task_states(run_dir, uris)}
     if "examples" in arts:
         s["examples_uri"] = arts["examples"].uri
-        ingest = _json(posixpath.join(arts["examples"].uri, SUMMARY_FILE))
+        ingest = read_json(posixpath.join(arts["examples"].uri, SUMMARY_FILE))
         if ingest:
             s["ingest"] = ingest
     if "anomalies" in arts:
@@ -99,22 +96,22 @@ def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
         except Exception:  # noqa: BLE001 - the summary goes on without it
             pass
     if "drift" in arts:
-        drift = _json(posixpath.join(arts["drift"].uri, validation.DRIFT_FILE))
+        drift = read_json(posixpath.join(arts["drift"].uri, validation.DRIFT_FILE))
         if drift:
             s["drift"] = drift
     if "model_run" in arts:
         uri = arts["model_run"].uri
-        history = _json(posixpath.join(uri, HISTORY_FILE))
+        history = read_json(posixpath.join(uri, HISTORY_FILE))
         if history:
             s["training"] = {"first": history[0], "last": history[-1]}
         for key, name in (("warm_start", WARM_START_FILE), ("resumed", RESUMED_FILE)):
-            value = _json(posixpath.join(uri, name))
+            value = read_json(posixpath.join(uri, name))
             if value is not None:
                 s[key] = value
     if "model" in arts:
         s["model_uri"] = arts["model"].uri
     if "evaluation" in arts:
-        ev = _json(posixpath.join(arts["evaluation"].uri, EVALUATION_FILE))
+        ev = read_json(posixpath.join(arts["evaluation"].uri, EVALUATION_FILE))
         if ev:
             s["evaluation"] = {"uri": arts["evaluation"].uri, "domains": ev["domains"],
                                "best_setting": ev["best_setting"], "best": ev["best"],
@@ -124,12 +121,12 @@ def build(arts: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
                                **{k: ev.get(k) for k in EVALUATION_SUMMARY_KEYS}}
     if "blessing" in arts:
         b = arts["blessing"]
-        s["blessing"] = _json(posixpath.join(b.uri, BLESSING_FILE)) or {}
+        s["blessing"] = read_json(posixpath.join(b.uri, BLESSING_FILE)) or {}
         if b.has_custom_property("blessed"):
             s["blessing"]["blessed"] = bool(b.get_int_custom_property("blessed"))
     if "pushed_model" in arts:
         p = arts["pushed_model"]
-        record = _json(posixpath.join(p.uri, PUSH_RECORD_FILE)) or {}
+        record = read_json(posixpath.join(p.uri, PUSH_RECORD_FILE)) or {}
         s["push"] = {"pushed": int(bool(record.get("pushed"))),
                      "pushed_version": (str(record["version"]) if record.get("version") is not None
                                         else None),

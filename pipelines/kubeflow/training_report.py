@@ -27,28 +27,22 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
-from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 
 from components import run_page
-from core import artifacts
+from components.artifact_io import read_json
 from core.artifacts import HISTORY_FILE, RESUMED_FILE, WARM_START_FILE
 
 MODEL_RUN_KEY = "model_run"
 CURVES_KEY = "curves"
 METRICS_KEY = "metrics"
-_read_text = artifacts.text_reader(fileio)
-
-
-def _read_json(path: str) -> Optional[Any]:
-    return artifacts.read_json(path, _read_text)
 
 
 def read_model_run(uri: str) -> Tuple[List[Dict[str, Any]], Optional[dict], Optional[list]]:
-    return (_read_json(posixpath.join(uri, HISTORY_FILE)) or [],
-            _read_json(posixpath.join(uri, WARM_START_FILE)),
-            _read_json(posixpath.join(uri, RESUMED_FILE)))
+    return (read_json(posixpath.join(uri, HISTORY_FILE)) or [],
+            read_json(posixpath.join(uri, WARM_START_FILE)),
+            read_json(posixpath.join(uri, RESUMED_FILE)))
 
 
 def _losses(row: Dict[str, Any]) -> List[str]:
