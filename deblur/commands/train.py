@@ -105,6 +105,7 @@ def cmd_train(args) -> int:
         prepared = warm_start.prepare(
             exp, args.out, mode="latest_blessed",
             find_parent=lambda: warm_start.Parent(args.warm_start, args.warm_start),
+            write=train.is_chief_task(),  # the chief writes warm_start.json, as in the Trainer
             instead="deblur train without --warm-start starts from random weights")
         exp, warm = prepared.exp, prepared.train_kwargs
     result = train.train(exp, args.examples, args.out, progress=True, **warm)
