@@ -213,11 +213,12 @@ def _check_every_answer(client, host: str) -> None:
 
 
 def _host(config: PipelineConfig, host: Optional[str]) -> str:
-    host = host or kubeflow_section(config).host
+    kf = kubeflow_section(config)
+    host = host or kf.host
     if not host:
         raise ConfigError("no KFP host: pass --host URL or set kubeflow.host")
     # the token file is read before any request: a missing one is a config error
-    options = client_options(kubeflow_section(config))
+    options = client_options(kf)
     if "client_id" in options:  # behind IAP only kfp's own token gets through: kfp.Client's
         return _check_host(host, check=False)  # answers are still checked (_kfp)
     return _check_host(host, options.get("existing_token"))
@@ -470,7 +471,7 @@ def submit(config: PipelineConfig, spec_file: Optional[str], host: Optional[str]
     result: Dict[str, Any] = {"host": host, "experiment": experiment,
                               "pipeline_root": kf.pipeline_root}
     try:
-        with _kfp(host, kubeflow_section(config)) as client:
+        with _kfp(host, kf) as client:
             ver = _upload(client, config, package, version)
             result["pipeline_version"] = ver
             exp = client.create_experiment(name=experiment)
@@ -509,7 +510,7 @@ def _schedule_release(config: PipelineConfig, host: Optional[str], schedule: str
     name = release_pipeline(config)
     result: Dict[str, Any] = {"host": host, "experiment": experiment,
                               "pipeline_root": kf.pipeline_root}
-    with _kfp(host, kubeflow_section(config)) as client:
+    with _kfp(host, kf) as client:
         pipeline_id = client.get_pipeline_id(name)
         v = None
         if pipeline_id is not None:
@@ -585,9 +586,10 @@ def schedules(config: PipelineConfig, host: Optional[str], action: str = "list",
         raise ConfigError(f"schedule {action}: name the recurring run id(s) (deblur schedule "
                           f"list shows them)")
     host = _host(config, host)
-    experiment = experiment or kubeflow_section(config).kfp_experiment
+    kf = kubeflow_section(config)
+    experiment = experiment or kf.kfp_experiment
     out: Dict[str, Any] = {"host": host, "action": action, "experiment": experiment}
-    with _kfp(host, kubeflow_section(config)) as client:
+    with _kfp(host, kf) as client:
         if action == "list":
             experiment_id = None
             if not all_experiments:

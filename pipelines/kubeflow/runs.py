@@ -132,10 +132,11 @@ def list_runs(config: PipelineConfig, host: Optional[str], schedule: Optional[st
     that is not there on the 2.x backends (model/run.go: RecurringRunId, JobUUID since), so
     filtering on the server would fail there."""
     host = _host(config, host)
-    experiment = experiment or kubeflow_section(config).kfp_experiment
+    kf = kubeflow_section(config)
+    experiment = experiment or kf.kfp_experiment
     out: Dict[str, Any] = {"host": host, "experiment": None if all_experiments else experiment,
                            "schedule": schedule, "runs": []}
-    with _kfp(host, kubeflow_section(config)) as client:
+    with _kfp(host, kf) as client:
         experiment_id = None
         if schedule:
             rr = client.get_recurring_run(schedule)
@@ -250,6 +251,7 @@ def wait(config: PipelineConfig, host: Optional[str], run_id: str, poll: float =
     if poll < 0 or (timeout is not None and timeout < 0):
         raise ConfigError("--poll and --timeout are seconds, not negative")
     host = _host(config, host)
+    kf = kubeflow_section(config)
     seen: Dict[str, Tuple[str, Optional[str]]] = {}
     run_state, run, exit_code = None, None, None
     stdout = sys.stdout  # _kfp silences kfp's own prints; the reports go out
@@ -260,7 +262,7 @@ def wait(config: PipelineConfig, host: Optional[str], run_id: str, poll: float =
 
     start = clock()
     try:
-        with _kfp(host, kubeflow_section(config)) as client:
+        with _kfp(host, kf) as client:
             while True:
                 run = client.get_run(run_id)
                 now = datetime.datetime.now().strftime("%H:%M:%S")
@@ -288,7 +290,7 @@ def wait(config: PipelineConfig, host: Optional[str], run_id: str, poll: float =
     out["summary"] = out["summary_path"] = out["summary_note"] = None
     if run is not None and run.state in EXIT_CODES:  # ended: RunSummary's or RunEnd's
         root = (run.runtime_config.pipeline_root if run.runtime_config else None) \
-            or kubeflow_section(config).pipeline_root
+            or kf.pipeline_root
         if root:
             out["summary_path"], out["summary"], out["summary_note"] = read_summary(
                 root, config.runner.pipeline_name, run_id)
