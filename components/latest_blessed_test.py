@@ -14,6 +14,7 @@ from components import latest_blessed, training
 from components.metadata_store import sqlite_config
 from components.registry.registry import Registry
 from components.registry.registry_test import make_source
+from tests.gcs_emulator import bucket_fixture
 
 SETTING = {"sampler": "ddim", "steps": 4, "max_noise": 0.2, "samples": 1}
 
@@ -129,13 +130,7 @@ def test_in_the_registry_both_take_the_newest_whole_version(tmp_path, caplog, mo
                                     "model_name": "m"}) is None
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    from tests.gcs_emulator import fake_gcs
-
-    with fake_gcs(tmp_path_factory.mktemp("gcs")) as emulator:
-        emulator.create_bucket("blessed")
-        yield emulator
+gcs = bucket_fixture("blessed")
 
 
 def test_on_gs_a_damaged_newest_version_gives_way_to_the_next(gcs, tmp_path, caplog,

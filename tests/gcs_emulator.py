@@ -120,3 +120,16 @@ def fake_gcs(base: Path) -> Iterator[Emulator]:
                 os.environ[k] = v
         if creds_cache is not None:
             creds_cache._credentials_init, creds_cache._credentials = saved_cache
+
+
+def bucket_fixture(bucket: str):
+    """A module-scoped pytest fixture `gcs`: the emulator running for the test module, with
+    `bucket` created (in the module: `gcs = bucket_fixture("models")`)."""
+
+    @pytest.fixture(scope="module")
+    def gcs(tmp_path_factory) -> Iterator[Emulator]:
+        with fake_gcs(tmp_path_factory.mktemp("gcs")) as emulator:
+            emulator.create_bucket(bucket)
+            yield emulator
+
+    return gcs

@@ -15,7 +15,7 @@ from components.registry import aliases as A
 from components.registry import registry as R
 from components.registry.registry_test import BUCKET, make_source
 from deblur import cli
-from tests.gcs_emulator import fake_gcs
+from tests.gcs_emulator import bucket_fixture
 
 REPO = Path(__file__).resolve().parents[2]
 MOVERS = 6
@@ -272,11 +272,7 @@ def test_tf_serving_config_parses_with_tensorflow_serving(tmp_path, capsys):
 
 
 # -------------------------------------------------------------------------------- gs://
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    with fake_gcs(tmp_path_factory.mktemp("gcs")) as emulator:
-        emulator.create_bucket(BUCKET)
-        yield emulator
+gcs = bucket_fixture(BUCKET)
 
 
 def test_gcs_aliases_races_and_refusals(gcs, tmp_path):

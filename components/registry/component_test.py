@@ -13,6 +13,7 @@ from tfx.types import channel_utils, standard_artifacts
 from components.registry import component as C
 from components.registry import pusher
 from components.registry.registry import Registry, RegistryError
+from tests.gcs_emulator import bucket_fixture
 
 SETTING = {"sampler": "ddpm", "steps": 20, "max_noise": 0.1, "samples": 1}
 BLESSING_SETTING = {"sampler": "ddpm", "steps": 30, "max_noise": 0.2, "samples": 2}
@@ -294,13 +295,7 @@ def test_the_manifest_records_the_choice_on_validation_and_the_baselines_as_plai
 
 
 # -------------------------------------------------------------------------------- gs://
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    from tests.gcs_emulator import fake_gcs
-
-    with fake_gcs(tmp_path_factory.mktemp("gcs")) as emulator:
-        emulator.create_bucket("pusher")
-        yield emulator
+gcs = bucket_fixture("pusher")
 
 
 def _upload(emulator, folder: Path, prefix: str) -> str:

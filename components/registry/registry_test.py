@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from components.registry import registry as R
-from tests.gcs_emulator import fake_gcs
+from tests.gcs_emulator import bucket_fixture
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "deblur-registry-test"
@@ -274,11 +274,7 @@ def test_local_push_that_loses_the_rename_race_takes_the_next_version(tmp_path):
 
 
 # -------------------------------------------------------------------------------- gs://
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    with fake_gcs(tmp_path_factory.mktemp("gcs")) as emulator:
-        emulator.create_bucket(BUCKET)
-        yield emulator
+gcs = bucket_fixture(BUCKET)
 
 
 def _objects(emulator, prefix: str) -> list:
